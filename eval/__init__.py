@@ -1,0 +1,1 @@
+"""The text-speech understanding gap harness."""

@@ -1,0 +1,1 @@
+"""Converters and locators that turn small offline assets into transformers checkpoints."""

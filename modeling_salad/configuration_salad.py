@@ -1,0 +1,242 @@
+"""Configuration of SALAD speech LLMs (speech encoder -> adapter -> causal LM).
+
+Also home of the one piece of arithmetic that the processor and the model must agree on: how many
+`<|audio|>` tokens a clip of N samples becomes (`AudioLengthSpec`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+#: Encoder families with a dedicated code path. Anything else must return `last_hidden_state` and expose
+#: `conv_kernel`/`conv_stride` in its config (wav2vec2, HuBERT, WavLM, data2vec-audio...).
+WHISPER_MODEL_TYPES = ("whisper", "whisper_encoder")
+MIMI_MODEL_TYPES = ("mimi", "mimi_encoder")
+
+ADAPTER_TYPES = ("transformer", "mlp")
+
+
+@dataclass(frozen=True)
+class AudioLengthSpec:
+    """How a clip of `num_samples` becomes `<|audio|>` tokens, step by step.
+
+    1. Clips longer than `chunk_samples` are cut into windows of at most `chunk_samples` (the encoder's
+       window, e.g. 30 s for Whisper); each window is encoded on its own and the tokens are concatenated.
+    2. A window shorter than `min_samples` is zero-padded to it (a 1-sample clip still needs one frame), and
+       to a whole number of codec frames when `ceil_hop > 1`.
+    3. The processor turns samples into feature frames: `samples // feature_hop` (Whisper log-mel: hop 160,
+       last STFT frame dropped; raw-waveform encoders: hop 1, the samples themselves).
+    4. Inside the encoder, strided convolutions `(kernel, stride, padding)` shrink the frames,
+       `(T + 2p - k) // s + 1`, and a causal codec with hop `ceil_hop` gives `ceil(T / ceil_hop)` (Mimi: 1920).
+    5. The adapter stacks `stack_factor` frames into one token: `ceil(T / stack_factor)`.
+
+    The processor uses `num_tokens` on sample counts to expand placeholders; the model uses
+    `tokens_from_features` on the feature mask it receives and checks it against the encoder's real output.
+    """
+
+    feature_hop: int = 1
+    min_samples: int = 1
+    chunk_samples: int | None = None
+    conv_layers: tuple[tuple[int, int, int], ...] = ()
+    ceil_hop: int = 1
+    stack_factor: int = 1
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AudioLengthSpec:
+        values = dict(values)
+        values["conv_layers"] = tuple(tuple(layer) for layer in values.get("conv_layers", ()))
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["conv_layers"] = [list(layer) for layer in self.conv_layers]
+        return values
+
+    def chunk_lengths(self, num_samples: int) -> list[int]:
+        """Sample counts of the encoder windows a clip is cut into."""
+        if num_samples < 1:
+            raise ValueError(f"A clip needs at least one sample, got {num_samples}.")
+        if self.chunk_samples is None or num_samples <= self.chunk_samples:
+            return [num_samples]
+        full, rest = divmod(num_samples, self.chunk_samples)
+        return [self.chunk_samples] * full + ([rest] if rest else [])
+
+    def padded_samples(self, num_samples: int) -> int:
+        """Samples of a window after the processor's zero-padding: up to `min_samples`, then to whole codec
+        frames (a multiple of `ceil_hop`) so that a partial last frame never depends on what follows it."""
+        num_samples = max(num_samples, self.min_samples)
+        return -(-num_samples // self.ceil_hop) * self.ceil_hop
+
+    def features_from_samples(self, num_samples: int) -> int:
+        return self.padded_samples(num_samples) // self.feature_hop
+
+    def tokens_from_features(self, frames):
+        """Token count for feature-frame counts; works on ints and on integer tensors alike."""
+        for kernel, stride, padding in self.conv_layers:
+            frames = (frames + 2 * padding - kernel) // stride + 1
+        frames = -(-frames // self.ceil_hop)  # ceil division, valid for tensors too
+        return -(-frames // self.stack_factor)
+
+    def num_tokens(self, num_samples: int) -> int:
+        """Number of `<|audio|>` tokens for a clip of `num_samples` samples at the encoder's sampling rate."""
+        return sum(
+            int(self.tokens_from_features(self.features_from_samples(n)))
+            for n in self.chunk_lengths(num_samples)
+        )
+
+
+class SaladConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`SaladForConditionalGeneration`]: a speech encoder, an adapter and a causal LM.
+
+    Args:
+        audio_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the speech encoder: a Whisper (encoder) config, a Mimi (encoder) config, or any audio
+            encoder config whose model returns `last_hidden_state` (wav2vec2, HuBERT...). Defaults to Whisper.
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the causal LM (Qwen2.5, Llama, SmolLM2...). Defaults to Qwen2.
+        audio_token_id (`int`, *optional*):
+            Id of the `<|audio|>` placeholder token in the LM vocabulary.
+        adapter_type (`str`, *optional*, defaults to `"mlp"`):
+            `"transformer"`: the paper's stack of causal Transformer decoder layers; `"mlp"`: frame stacking
+            followed by a SwiGLU MLP (cheap, Ultravox-style).
+        adapter_stack_factor (`int`, *optional*, defaults to 4):
+            Number of consecutive encoder frames concatenated into one audio token (Whisper's 50 Hz with 4 gives
+            12.5 Hz, Mimi's rate). Use 1 for Mimi.
+        adapter_hidden_size (`int`, *optional*, defaults to 960):
+            Width of the Transformer adapter.
+        adapter_intermediate_size (`int`, *optional*, defaults to 2560):
+            MLP width of the Transformer adapter layers, and hidden width of the MLP adapter.
+        adapter_num_layers (`int`, *optional*, defaults to 12):
+            Number of causal decoder layers of the Transformer adapter.
+        adapter_num_attention_heads (`int`, *optional*, defaults to 15):
+            Attention heads of the Transformer adapter.
+        adapter_num_key_value_heads (`int`, *optional*, defaults to 5):
+            Key/value heads of the Transformer adapter (grouped-query attention).
+        adapter_rms_norm_eps (`float`, *optional*, defaults to 1e-5):
+            Epsilon of the adapter's RMS norms.
+        audio_chunk_seconds (`float`, *optional*):
+            Longest window the encoder sees at once; longer clips are cut into windows encoded separately.
+            Defaults to the encoder's limit (30 s for Whisper) and to no limit for other encoders.
+
+    Example:
+
+    ```python
+    >>> from transformers import WhisperConfig, Qwen2Config
+    >>> from modeling_salad import SaladConfig, SaladForConditionalGeneration
+
+    >>> config = SaladConfig(audio_config=WhisperConfig().to_dict(), text_config=Qwen2Config().to_dict())
+    >>> model = SaladForConditionalGeneration(config)
+    ```
+    """
+
+    model_type = "salad"
+    sub_configs_defaults = {
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+    }
+
+    audio_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    audio_token_id: int | None = None
+    adapter_type: str = "mlp"
+    adapter_stack_factor: int = 4
+    adapter_hidden_size: int = 960
+    adapter_intermediate_size: int = 2560
+    adapter_num_layers: int = 12
+    adapter_num_attention_heads: int = 15
+    adapter_num_key_value_heads: int = 5
+    adapter_rms_norm_eps: float = 1e-5
+    audio_chunk_seconds: float | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.adapter_type not in ADAPTER_TYPES:
+            raise ValueError(f"adapter_type must be one of {ADAPTER_TYPES}, got {self.adapter_type!r}.")
+        if self.adapter_stack_factor < 1:
+            raise ValueError(f"adapter_stack_factor must be >= 1, got {self.adapter_stack_factor}.")
+        if (
+            self.adapter_type == "transformer"
+            and self.adapter_num_attention_heads % self.adapter_num_key_value_heads
+        ):
+            raise ValueError(
+                f"adapter_num_attention_heads ({self.adapter_num_attention_heads}) must be a multiple of "
+                f"adapter_num_key_value_heads ({self.adapter_num_key_value_heads})."
+            )
+        if self.audio_encoder_family == "generic" and not hasattr(self.audio_config, "conv_kernel"):
+            raise ValueError(
+                f"Unsupported speech encoder {self.audio_config.model_type!r}: SALAD supports Whisper, Mimi and "
+                "encoders with a convolutional front end described by `conv_kernel`/`conv_stride` "
+                "(wav2vec2, HuBERT, WavLM...)."
+            )
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def audio_encoder_family(self) -> str:
+        """`"whisper"`, `"mimi"` or `"generic"`: which code path encodes the audio."""
+        model_type = self.audio_config.model_type
+        if model_type in WHISPER_MODEL_TYPES:
+            return "whisper"
+        if model_type in MIMI_MODEL_TYPES:
+            return "mimi"
+        return "generic"
+
+    @property
+    def audio_sampling_rate(self) -> int:
+        return getattr(self.audio_config, "sampling_rate", 16000)
+
+    @property
+    def audio_encoder_hidden_size(self) -> int:
+        """Width of the features the encoder hands to the adapter."""
+        if self.audio_encoder_family == "whisper":
+            return self.audio_config.d_model
+        if self.audio_encoder_family == "mimi":
+            return getattr(self.audio_config, "latent_dim", self.audio_config.hidden_size)
+        return self.audio_config.hidden_size
+
+    @property
+    def audio_length_spec(self) -> AudioLengthSpec:
+        family = self.audio_encoder_family
+        chunk_seconds = self.audio_chunk_seconds
+        if family == "whisper":
+            # log-mel at 100 Hz (hop 160 at 16 kHz, last frame dropped), then conv1 (k3 s1 p1), conv2 (k3 s2 p1)
+            hop = 160
+            window = self.audio_config.max_source_positions * 2 * hop
+            chunk_samples = min(window, int(chunk_seconds * 16000)) if chunk_seconds else window
+            return AudioLengthSpec(
+                feature_hop=hop,
+                min_samples=400,  # one STFT window (n_fft)
+                chunk_samples=chunk_samples,
+                conv_layers=((3, 1, 1), (3, 2, 1)),
+                stack_factor=self.adapter_stack_factor,
+            )
+        chunk_samples = int(chunk_seconds * self.audio_sampling_rate) if chunk_seconds else None
+        if family == "mimi":
+            hop = round(self.audio_config.sampling_rate / self.audio_config.frame_rate)
+            return AudioLengthSpec(
+                chunk_samples=chunk_samples, ceil_hop=hop, stack_factor=self.adapter_stack_factor
+            )
+        conv_layers = tuple(
+            (k, s, 0) for k, s in zip(self.audio_config.conv_kernel, self.audio_config.conv_stride)
+        )
+        receptive = self.audio_config.conv_kernel[0] + sum(
+            (k - 1) * math.prod(self.audio_config.conv_stride[:i])
+            for i, k in enumerate(self.audio_config.conv_kernel)
+            if i > 0
+        )
+        return AudioLengthSpec(
+            min_samples=receptive,
+            chunk_samples=chunk_samples,
+            conv_layers=conv_layers,
+            stack_factor=self.adapter_stack_factor,
+        )
+
+
+__all__ = ["AudioLengthSpec", "SaladConfig"]

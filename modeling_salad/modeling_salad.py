@@ -1,0 +1,445 @@
+"""SALAD speech LLM: a speech encoder, an adapter and a causal LM.
+
+Audio clips are encoded, turned into LM-width embeddings by the adapter and written into the LM's input
+embeddings at the `<|audio|>` placeholder positions (`masked_scatter`), so text and speech can be
+interleaved freely in one sequence, several clips per sample.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationMixin,
+    LlamaConfig,
+    LlamaModel,
+    MimiEncoderConfig,
+    MimiEncoderModel,
+    PreTrainedModel,
+    WhisperModel,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .configuration_salad import MIMI_MODEL_TYPES, SaladConfig
+from .pipeline_salad import PIPELINE_TASK, SaladSpeechToTextPipeline
+from .processing_salad import DEFAULT_AUDIO_TOKEN, add_audio_token
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """Boolean `[batch, max_length]` mask, True on the first `lengths[i]` positions of row i."""
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def stack_frames(hidden_states: torch.Tensor, stack_factor: int) -> torch.Tensor:
+    """Concatenate groups of `stack_factor` consecutive frames: `[n, T, d] -> [n, ceil(T/k), k*d]`.
+
+    The last group is zero-padded, which is why `AudioLengthSpec` rounds token counts up.
+    """
+    num_clips, num_frames, dim = hidden_states.shape
+    remainder = num_frames % stack_factor
+    if remainder:
+        hidden_states = nn.functional.pad(hidden_states, (0, 0, 0, stack_factor - remainder))
+    return hidden_states.reshape(num_clips, -1, stack_factor * dim)
+
+
+class SaladMLPAdapter(nn.Module):
+    """Frame stacking, then a SwiGLU MLP to the LM width: cheap, and enough when the LM is tuned too."""
+
+    def __init__(self, config: SaladConfig):
+        super().__init__()
+        self.stack_factor = config.adapter_stack_factor
+        in_features = config.audio_encoder_hidden_size * self.stack_factor
+        self.norm = nn.RMSNorm(in_features, eps=config.adapter_rms_norm_eps)
+        self.gate_proj = nn.Linear(in_features, config.adapter_intermediate_size, bias=False)
+        self.up_proj = nn.Linear(in_features, config.adapter_intermediate_size, bias=False)
+        self.down_proj = nn.Linear(
+            config.adapter_intermediate_size, config.text_config.hidden_size, bias=False
+        )
+
+    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.norm(stack_frames(hidden_states, self.stack_factor))
+        return self.down_proj(nn.functional.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+class SaladTransformerAdapter(nn.Module):
+    """The paper's adapter: a stack of causal Transformer decoder layers between two projections.
+
+    The layers are a Llama decoder (RoPE, grouped-query attention, SwiGLU, RMSNorm) fed with embeddings, so
+    SDPA/flash attention and gradient checkpointing come from transformers. Causal attention keeps the
+    adapter streamable and makes right padding exact: a frame never attends to the padding after it.
+    """
+
+    def __init__(self, config: SaladConfig):
+        super().__init__()
+        self.stack_factor = config.adapter_stack_factor
+        width = config.adapter_hidden_size
+        self.in_proj = nn.Linear(config.audio_encoder_hidden_size * self.stack_factor, width, bias=False)
+        self.decoder = LlamaModel(
+            LlamaConfig(
+                vocab_size=1,
+                hidden_size=width,
+                intermediate_size=config.adapter_intermediate_size,
+                num_hidden_layers=config.adapter_num_layers,
+                num_attention_heads=config.adapter_num_attention_heads,
+                num_key_value_heads=config.adapter_num_key_value_heads,
+                head_dim=width // config.adapter_num_attention_heads,
+                rms_norm_eps=config.adapter_rms_norm_eps,
+                max_position_embeddings=4096,
+                bos_token_id=None,
+                eos_token_id=None,
+                pad_token_id=None,
+            )
+        )
+        # The decoder only ever receives embeddings: drop the token table so no parameter goes unused
+        # (unused parameters break DDP and waste optimizer state).
+        self.decoder.embed_tokens = None
+        self.out_proj = nn.Linear(width, config.text_config.hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.in_proj(stack_frames(hidden_states, self.stack_factor))
+        hidden_states = self.decoder(
+            inputs_embeds=hidden_states, attention_mask=token_mask.long(), use_cache=False
+        ).last_hidden_state
+        return self.out_proj(hidden_states)
+
+
+ADAPTER_CLASSES = {"mlp": SaladMLPAdapter, "transformer": SaladTransformerAdapter}
+
+
+class SaladPreTrainedModel(PreTrainedModel):
+    config: SaladConfig
+    config_class = SaladConfig
+    base_model_prefix = ""
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _skip_keys_device_placement = "cache"
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as usual, and make the folder self-sufficient for `trust_remote_code` users.
+
+        Besides `AutoConfig`/`AutoModel` (written by `register_for_auto_class`), the `auto_map` also names
+        `AutoModelForMultimodalLM`, which the built-in `any-to-any` pipeline loads, and `custom_pipelines`
+        declares `salad-speech-to-text`. Its code travels as a relative import of this file.
+        """
+        class_path = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+        pipeline_path = (
+            f"{SaladSpeechToTextPipeline.__module__.split('.')[-1]}.{SaladSpeechToTextPipeline.__name__}"
+        )
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoModelForMultimodalLM": class_path,
+        }
+        self.config.custom_pipelines = {
+            PIPELINE_TASK: {"impl": pipeline_path, "pt": ["AutoModel"], "type": "multimodal"}
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
+    """Speech encoder -> adapter -> causal LM, generating text from interleaved text and speech.
+
+    Inputs follow the processor: `input_ids` with one `<|audio|>` token per audio embedding, and
+    `input_features` `[num_chunks, ...]` with `input_features_mask` `[num_chunks, frames]` for every audio
+    window of the batch, in the order their placeholders appear (sample by sample, left to right).
+    `input_features` are log-mel frames `[n, mels, frames]` for Whisper and waveforms `[n, samples]` for
+    Mimi and wav2vec2-like encoders.
+    """
+
+    def __init__(self, config: SaladConfig):
+        super().__init__(config)
+        self.audio_tower = build_audio_tower(config)
+        self.adapter = ADAPTER_CLASSES[config.adapter_type](config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self._no_split_modules = [
+            *(getattr(self.audio_tower, "_no_split_modules", None) or []),
+            *(getattr(self.language_model, "_no_split_modules", None) or []),
+        ]
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    # ------------------------------------------------------------------ audio
+    def _encode_whisper(self, input_features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Whisper encoder on variable-length log-mel input, with padded frames masked out.
+
+        `WhisperEncoder.forward` insists on 30 s of frames; running its layers ourselves on the real length
+        (positions sliced to it, padding masked) saves up to ~4.5x of encoder compute on short clips.
+        """
+        encoder = self.audio_tower
+        hidden = nn.functional.gelu(encoder.conv1(input_features.to(encoder.conv1.weight.dtype)))
+        hidden = nn.functional.gelu(encoder.conv2(hidden)).transpose(1, 2)
+        num_positions = hidden.shape[1]
+        if num_positions > encoder.embed_positions.num_embeddings:
+            raise ValueError(
+                f"Audio window of {num_positions} encoder positions exceeds Whisper's "
+                f"{encoder.embed_positions.num_embeddings}; the processor chunks long clips, pass its output as is."
+            )
+        hidden = hidden + encoder.embed_positions.weight[:num_positions].to(hidden.dtype)
+        valid = lengths_to_mask(self._conv_lengths(feature_lengths), num_positions)
+        attention_mask = None
+        if not bool(valid.all()):
+            attention_mask = torch.zeros(valid.shape, dtype=hidden.dtype, device=hidden.device)
+            attention_mask = attention_mask.masked_fill(~valid, torch.finfo(hidden.dtype).min)[
+                :, None, None, :
+            ]
+        for layer in encoder.layers:
+            hidden = layer(hidden, attention_mask)
+        return encoder.layer_norm(hidden)
+
+    def _conv_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder output frames (before stacking) for feature lengths, from the shared length spec."""
+        spec = self.config.audio_length_spec
+        for kernel, stride, padding in spec.conv_layers:
+            feature_lengths = (feature_lengths + 2 * padding - kernel) // stride + 1
+        return -(-feature_lengths // spec.ceil_hop)
+
+    def _encode_waveform(self, input_features: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
+        """Mimi (continuous latents before quantization) or a wav2vec2-like encoder on raw waveforms."""
+        tower = self.audio_tower
+        waveform = input_features.to(next(tower.parameters()).dtype)
+        if self.config.audio_encoder_family == "mimi":
+            # Mimi is causal end to end, so right padding cannot leak into the valid frames.
+            return tower(waveform[:, None, :]).latents.transpose(1, 2)
+        return tower(input_values=waveform, attention_mask=feature_mask.long()).last_hidden_state
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Audio embeddings of every valid audio token, concatenated over windows: `[num_audio_tokens, hidden]`.
+
+        Args:
+            input_features: `[num_windows, mels, frames]` log-mel (Whisper) or `[num_windows, samples]` waveform.
+            input_features_mask: `[num_windows, frames or samples]`, 1 on real input, 0 on padding.
+        """
+        feature_lengths = input_features_mask.sum(-1).long()
+        if bool((feature_lengths == 0).any()):
+            raise ValueError(
+                "An audio window in `input_features_mask` is all padding; every window needs content."
+            )
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.audio_tower.parameters())
+        with torch.set_grad_enabled(grad):
+            if self.config.audio_encoder_family == "whisper":
+                hidden = self._encode_whisper(input_features, feature_lengths)
+            else:
+                hidden = self._encode_waveform(input_features, input_features_mask)
+        # Zero the frames past each window's end so the adapter's last stacked group matches an unpadded run.
+        frame_mask = lengths_to_mask(self._conv_lengths(feature_lengths), hidden.shape[1])
+        hidden = hidden * frame_mask[..., None].to(hidden.dtype)
+        spec = self.config.audio_length_spec
+        padded_tokens = int(spec.tokens_from_features(input_features.shape[-1]))
+        token_lengths = spec.tokens_from_features(feature_lengths)
+        token_mask = lengths_to_mask(token_lengths, padded_tokens)
+        audio_embeds = self.adapter(hidden, token_mask)
+        if audio_embeds.shape[1] != padded_tokens:
+            raise RuntimeError(
+                f"The encoder produced {audio_embeds.shape[1]} audio tokens where the length spec predicts "
+                f"{padded_tokens}; `SaladConfig.audio_length_spec` does not describe this encoder."
+            )
+        return audio_embeds[token_mask]
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor, audio_embeds: torch.Tensor) -> torch.Tensor:
+        """Where the audio embeddings go; raises when placeholders and embeddings do not pair up one to one."""
+        mask = input_ids == self.config.audio_token_id
+        num_placeholders = int(mask.sum())
+        if num_placeholders != audio_embeds.shape[0]:
+            raise ValueError(
+                f"The input has {num_placeholders} audio placeholder tokens (id {self.config.audio_token_id}) but "
+                f"the audio gives {audio_embeds.shape[0]} embeddings. Build inputs with SaladProcessor, which "
+                "expands each `<|audio|>` to the clip's token count, and pass all of its outputs."
+            )
+        return mask
+
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """LM input embeddings with audio embeddings written at the placeholder positions."""
+        placeholder = input_ids == self.config.audio_token_id
+        # The placeholder id may lie past the LM's original vocabulary; its row is never read.
+        inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
+        if input_features is None:
+            if bool(placeholder.any()):
+                raise ValueError(
+                    f"The input has {int(placeholder.sum())} audio placeholder tokens but no `input_features`."
+                )
+            return inputs_embeds
+        if input_features_mask is None:
+            raise ValueError("`input_features` needs its `input_features_mask` (the processor returns both).")
+        audio_embeds = self.get_audio_features(input_features, input_features_mask)
+        mask = self.get_placeholder_mask(input_ids, audio_embeds)
+        return inputs_embeds.masked_scatter(mask[..., None], audio_embeds.to(inputs_embeds.dtype))
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        input_features (`torch.Tensor`, *optional*):
+            Audio windows from [`SaladProcessor`]: log-mel `[n, mels, frames]` or waveforms `[n, samples]`.
+        input_features_mask (`torch.Tensor`, *optional*):
+            `[n, frames or samples]`, 1 on real input and 0 on padding.
+        labels (`torch.LongTensor`, *optional*):
+            Token ids for the next-token loss; -100 is ignored. Audio placeholder positions should be -100.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_inputs(input_ids, input_features, input_features_mask)
+        elif input_features is not None:
+            raise ValueError("`input_features` needs `input_ids` to locate the audio placeholders.")
+        if "past_key_values" in kwargs:
+            cache = kwargs.pop("past_key_values")
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ assembly
+    @classmethod
+    def from_pretrained_components(
+        cls,
+        audio_encoder: str,
+        language_model: str,
+        audio_token: str = DEFAULT_AUDIO_TOKEN,
+        freeze_audio_tower: bool = True,
+        lora_config=None,
+        dtype: torch.dtype | str | None = None,
+        **adapter_kwargs,
+    ) -> SaladForConditionalGeneration:
+        """Assemble a SALAD model from an encoder checkpoint and an LLM checkpoint (Hub ids or local paths).
+
+        The adapter is freshly initialized; the encoder and the LLM keep their pretrained weights. The LLM's
+        tokenizer gets `audio_token` as a special token and the LLM's embeddings grow to fit it. Build the
+        matching processor with `SaladProcessor.from_pretrained_components(audio_encoder, language_model,
+        model.config)`.
+
+        Args:
+            audio_encoder: a Whisper, Mimi or wav2vec2-like checkpoint; only its encoder is kept.
+            language_model: any causal LM checkpoint with a tokenizer.
+            audio_token: the placeholder token added to the tokenizer.
+            freeze_audio_tower: keep the encoder frozen (the paper's choice).
+            lora_config: a `peft.LoraConfig`; LoRA goes on the LLM only and the LLM's base weights are frozen.
+            dtype: dtype to load the encoder and the LLM in.
+            **adapter_kwargs: `adapter_*` / `audio_chunk_seconds` fields of [`SaladConfig`].
+        """
+        tokenizer = add_audio_token(AutoTokenizer.from_pretrained(language_model), audio_token)
+        audio_config = AutoConfig.from_pretrained(audio_encoder)
+        audio_model = load_audio_encoder(audio_encoder, audio_config, dtype=dtype)
+        text_model = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
+        if len(tokenizer) > text_model.get_input_embeddings().num_embeddings:
+            text_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        config = SaladConfig(
+            audio_config=audio_model.config.to_dict(),
+            text_config=text_model.config.to_dict(),
+            audio_token_id=tokenizer.convert_tokens_to_ids(audio_token),
+            **adapter_kwargs,
+        )
+        with torch.device("meta"):
+            model = cls(config)
+        model.audio_tower = audio_model
+        model.language_model = text_model
+        model.adapter = ADAPTER_CLASSES[config.adapter_type](config).to(dtype=text_model.dtype)
+        model.adapter.apply(model._init_weights)
+        model.generation_config = text_model.generation_config
+        if freeze_audio_tower:
+            model.audio_tower.requires_grad_(False)
+        if lora_config is not None:
+            model.add_lora_to_language_model(lora_config)
+        return model
+
+    def add_lora_to_language_model(self, lora_config) -> None:
+        """Inject LoRA layers (a `peft.LoraConfig`) into the LLM only, and freeze the LLM's base weights.
+
+        `set_lora_enabled(False)` then gives back the original LLM, the teacher of cross-modal distillation,
+        without a second copy in memory; `merge_lora()` folds the LoRA weights in before publishing.
+        """
+        from peft import inject_adapter_in_model
+
+        if lora_config.target_modules is None:
+            lora_config.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
+        self.language_model.requires_grad_(False)
+        inject_adapter_in_model(lora_config, self.language_model)
+
+    def _lora_layers(self) -> list[nn.Module]:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [module for module in self.language_model.modules() if isinstance(module, BaseTunerLayer)]
+
+    def set_lora_enabled(self, enabled: bool) -> None:
+        """Switch the LLM's LoRA layers on or off (off: the original text LLM)."""
+        for layer in self._lora_layers():
+            layer.enable_adapters(enabled)
+
+    def merge_lora(self) -> None:
+        """Fold LoRA into the LLM's weights and remove the LoRA layers, leaving a plain LLM."""
+        for name, module in list(self.language_model.named_modules()):
+            if module in self._lora_layers():
+                module.merge()
+                parent_name, _, child = name.rpartition(".")
+                setattr(self.language_model.get_submodule(parent_name), child, module.get_base_layer())
+
+
+def build_audio_tower(config: SaladConfig) -> PreTrainedModel:
+    """The encoder half only: a `WhisperEncoder` for Whisper, `MimiEncoderModel` for Mimi, else `AutoModel`."""
+    if config.audio_encoder_family == "whisper":
+        return WhisperEncoder(config.audio_config)
+    if config.audio_encoder_family == "mimi":
+        audio_config = config.audio_config
+        if not isinstance(audio_config, MimiEncoderConfig):
+            audio_config = MimiEncoderConfig(**audio_config.to_dict())
+        return MimiEncoderModel(audio_config)
+    return AutoModel.from_config(config.audio_config)
+
+
+def load_audio_encoder(name_or_path: str, audio_config, dtype=None) -> PreTrainedModel:
+    """Load the encoder half of a speech checkpoint with its pretrained weights."""
+    if audio_config.model_type == "whisper":
+        return WhisperModel.from_pretrained(name_or_path, dtype=dtype).get_encoder()
+    if audio_config.model_type in MIMI_MODEL_TYPES:
+        encoder_config = MimiEncoderConfig(**audio_config.to_dict())
+        return MimiEncoderModel.from_pretrained(name_or_path, config=encoder_config, dtype=dtype)
+    return AutoModel.from_pretrained(name_or_path, dtype=dtype)
+
+
+__all__ = ["SaladPreTrainedModel", "SaladForConditionalGeneration"]

@@ -1,0 +1,96 @@
+"""`salad-speech-to-text`: raw audio in (path, bytes, array + rate, or a list of them), text out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from transformers import Pipeline
+
+from .processing_salad import load_audio
+
+PIPELINE_TASK = "salad-speech-to-text"
+
+
+class SaladSpeechToTextPipeline(Pipeline):
+    """Answer spoken input with a SALAD model.
+
+    Each input is a file path, raw file bytes, a `{"array": ..., "sampling_rate": ...}` dict, or an array with
+    `sampling_rate=` given to the call; a list of them is a batch. Audio is decoded with soundfile, down-mixed
+    to mono and resampled to the encoder's rate. An optional `prompt` (text after the audio in the user turn)
+    steers the answer; the LLM's chat template is used when it has one.
+
+    Example:
+
+    ```python
+    >>> from transformers import pipeline
+    >>> pipe = pipeline("salad-speech-to-text", model="path/to/salad-checkpoint", trust_remote_code=True)
+    >>> pipe("question.wav", prompt="Answer the question.", max_new_tokens=32)
+    {'generated_text': '...'}
+    ```
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_image_processor = False
+    _pipeline_calls_generate = True
+
+    def _sanitize_parameters(
+        self, prompt=None, sampling_rate=None, max_new_tokens=None, generate_kwargs=None
+    ):
+        preprocess_params = {"prompt": prompt, "sampling_rate": sampling_rate}
+        forward_params = dict(generate_kwargs or {})
+        if max_new_tokens is not None:
+            forward_params["max_new_tokens"] = max_new_tokens
+        return preprocess_params, forward_params, {}
+
+    def decode_input(self, inputs, sampling_rate: int | None) -> np.ndarray:
+        if isinstance(inputs, dict):
+            array = inputs.get("array", inputs.get("raw"))
+            if array is None or "sampling_rate" not in inputs:
+                raise ValueError("An audio dict needs 'array' (or 'raw') and 'sampling_rate'.")
+            return load_audio(array, self.processor.sampling_rate, inputs["sampling_rate"])
+        if isinstance(inputs, (str, Path, bytes, bytearray)):
+            return load_audio(inputs, self.processor.sampling_rate)
+        if sampling_rate is None:
+            raise ValueError(
+                "An audio array needs its sampling rate: call the pipeline with `sampling_rate=...` or pass "
+                "{'array': audio, 'sampling_rate': rate}."
+            )
+        if hasattr(inputs, "detach"):
+            inputs = inputs.detach().cpu().numpy()
+        return load_audio(inputs, self.processor.sampling_rate, sampling_rate)
+
+    def preprocess(self, inputs, prompt=None, sampling_rate=None):
+        audio = self.decode_input(inputs, sampling_rate)
+        if self.processor.tokenizer.chat_template is None:
+            return self.processor(
+                text=self.processor.audio_token + (prompt or ""), audio=audio, return_tensors="pt"
+            )
+        content = [{"type": "audio", "audio": audio}]
+        if prompt:
+            content.append({"type": "text", "text": prompt})
+        return self.processor.apply_chat_template(
+            [{"role": "user", "content": content}],
+            tokenize=True,
+            return_dict=True,
+            add_generation_prompt=True,
+            return_tensors="pt",
+        )
+
+    def _forward(self, model_inputs, **generate_kwargs):
+        prompt_length = model_inputs["input_ids"].shape[1]
+        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
+        generated = self.model.generate(**model_inputs, **generate_kwargs)
+        return {"generated_ids": generated[:, prompt_length:]}
+
+    def postprocess(self, model_outputs):
+        return {
+            "generated_text": self.processor.decode(
+                model_outputs["generated_ids"][0], skip_special_tokens=True
+            )
+        }
+
+
+__all__ = ["PIPELINE_TASK", "SaladSpeechToTextPipeline"]

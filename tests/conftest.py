@@ -1,0 +1,156 @@
+"""Shared fixtures: tiny SALAD models built in code (no downloads), one per speech-encoder family."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import (
+    EncodecFeatureExtractor,
+    LlamaConfig,
+    MimiEncoderConfig,
+    PreTrainedTokenizerFast,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+)
+
+from modeling_salad import SaladConfig, SaladForConditionalGeneration, SaladProcessor, add_audio_token
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "speech and text should be understood alike",
+    "what is the capital of france? paris is the capital.",
+    "one two three four five six seven eight nine ten",
+] * 20
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A small byte-level BPE trained in code, with ChatML specials, a chat template and `<|audio|>`."""
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        CORPUS, vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", bos_token=None)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return add_audio_token(tokenizer)
+
+
+def tiny_text_config(vocab_size: int) -> dict:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    ).to_dict()
+
+
+def tiny_audio_config(family: str) -> dict:
+    if family == "whisper":
+        return WhisperConfig(
+            d_model=16,
+            encoder_layers=2,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            num_mel_bins=80,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=32,
+            vocab_size=64,
+            pad_token_id=0,
+            bos_token_id=0,
+            eos_token_id=0,
+            decoder_start_token_id=0,
+        ).to_dict()
+    if family == "mimi":
+        return MimiEncoderConfig(
+            hidden_size=16,
+            num_filters=4,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=32,
+            codebook_dim=16,
+            vector_quantization_hidden_dimension=16,
+            head_dim=8,
+        ).to_dict()
+    if family == "wav2vec2":
+        return Wav2Vec2Config(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            conv_dim=(8, 8),
+            conv_kernel=(10, 3),
+            conv_stride=(5, 2),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2,
+            vocab_size=32,
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+        ).to_dict()
+    raise ValueError(family)
+
+
+def tiny_feature_extractor(family: str):
+    if family == "whisper":
+        return WhisperFeatureExtractor(feature_size=80)
+    if family == "mimi":
+        return EncodecFeatureExtractor(feature_size=1, sampling_rate=24000)
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, do_normalize=True, return_attention_mask=True
+    )
+
+
+def build_tiny(family: str = "whisper", adapter_type: str = "mlp", seed: int = 0, **config_kwargs):
+    """A random tiny SALAD model and its processor (eval mode, fp32)."""
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    config = SaladConfig(
+        audio_config=tiny_audio_config(family),
+        text_config=tiny_text_config(len(tokenizer)),
+        audio_token_id=tokenizer.convert_tokens_to_ids("<|audio|>"),
+        adapter_type=adapter_type,
+        adapter_stack_factor=1 if family == "mimi" else 2,
+        adapter_hidden_size=32,
+        adapter_intermediate_size=48,
+        adapter_num_layers=2,
+        adapter_num_attention_heads=4,
+        adapter_num_key_value_heads=2,
+        **config_kwargs,
+    )
+    model = SaladForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    processor = SaladProcessor(
+        tiny_feature_extractor(family), tokenizer, audio_length_spec=config.audio_length_spec.to_dict()
+    )
+    return model, processor
+
+
+def tone(seconds: float, sampling_rate: int = 16000, freq: float = 440.0, seed: int = 0) -> np.ndarray:
+    """A noisy sine: deterministic audio with some content for the encoder to see."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sampling_rate)) / sampling_rate
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def whisper_salad():
+    return build_tiny("whisper")

@@ -1,0 +1,173 @@
+"""Auto classes, trust_remote_code loading without salad installed, and both pipelines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from conftest import build_tiny, tone
+from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor, pipeline
+
+from modeling_salad import (
+    PIPELINE_TASK,
+    SaladForConditionalGeneration,
+    SaladProcessor,
+    SaladSpeechToTextPipeline,
+)
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    model, processor = build_tiny("whisper", "transformer")
+    path = tmp_path_factory.mktemp("salad-tiny")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path, model, processor
+
+
+def test_auto_classes_resolve_salad(saved_checkpoint):
+    path, model, _ = saved_checkpoint
+    assert type(AutoConfig.from_pretrained(path)).__name__ == "SaladConfig"
+    assert isinstance(AutoModel.from_pretrained(path), SaladForConditionalGeneration)
+    assert isinstance(AutoModelForMultimodalLM.from_pretrained(path), SaladForConditionalGeneration)
+    assert isinstance(AutoProcessor.from_pretrained(path), SaladProcessor)
+
+
+def test_checkpoint_carries_code_and_auto_map(saved_checkpoint):
+    path, _, _ = saved_checkpoint
+    config = json.loads((path / "config.json").read_text())
+    assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForMultimodalLM"}
+    assert PIPELINE_TASK in config["custom_pipelines"]
+    for name in ["configuration_salad.py", "modeling_salad.py", "processing_salad.py", "pipeline_salad.py"]:
+        assert (path / name).is_file(), name
+    processor_config = json.loads((path / "processor_config.json").read_text())
+    assert "AutoProcessor" in processor_config["auto_map"]
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    import numpy as np
+
+    class BlockSalad(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"modeling_salad", "trainers", "hub_scripts", "eval"}:
+                raise ImportError(f"{name} is blocked: remote code must not need the salad package")
+
+    sys.meta_path.insert(0, BlockSalad())
+    import torch
+    from transformers import AutoModel, AutoProcessor, pipeline
+
+    path, inputs_file = sys.argv[1], sys.argv[2]
+    model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    clip = np.load(inputs_file)["clip"]
+    inputs = processor(text="Hear <|audio|> now", audio=clip, sampling_rate=16000)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    speech = pipeline("salad-speech-to-text", model=path, trust_remote_code=True)
+    answer = speech({"array": clip, "sampling_rate": 16000}, prompt="Repeat.", max_new_tokens=4)
+    any_to_any = pipeline("any-to-any", model=path, trust_remote_code=True)
+    chat = [{"role": "user", "content": [{"type": "audio", "audio": clip}, {"type": "text", "text": "Hi"}]}]
+    reply = any_to_any(text=chat, max_new_tokens=4, return_full_text=False)
+    print(json.dumps({
+        "model_module": type(model).__module__,
+        "logits": logits[0, -1, :8].tolist(),
+        "answer": answer["generated_text"],
+        "reply": reply[0]["generated_text"],
+    }))
+    """
+)
+
+
+def test_fresh_process_loads_with_trust_remote_code_without_salad(saved_checkpoint, tmp_path):
+    path, model, processor = saved_checkpoint
+    clip = tone(0.8)
+    np.savez(tmp_path / "inputs.npz", clip=clip)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "PYTHONPATH": "",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(path), str(tmp_path / "inputs.npz")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["model_module"].startswith("transformers_modules")
+    with torch.no_grad():
+        expected = model(**processor(text="Hear <|audio|> now", audio=clip)).logits[0, -1, :8]
+    torch.testing.assert_close(torch.tensor(report["logits"]), expected, rtol=1e-5, atol=1e-5)
+    assert isinstance(report["answer"], str)
+    assert isinstance(report["reply"], str)
+
+
+@pytest.fixture(scope="module")
+def speech_pipeline(saved_checkpoint):
+    """In-process pipeline on our own class (`pipeline(task, model=dir, trust_remote_code=True)` is covered by
+    the fresh-process test)."""
+    _, model, processor = saved_checkpoint
+    return SaladSpeechToTextPipeline(model=model, processor=processor)
+
+
+def test_custom_pipeline_accepts_path_bytes_arrays_and_lists(speech_pipeline, tmp_path):
+    clip = tone(0.6)
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, clip, 16000)
+    kwargs = {"max_new_tokens": 3, "prompt": "What was said?"}
+    by_path = speech_pipeline(str(path), **kwargs)
+    by_bytes = speech_pipeline(path.read_bytes(), **kwargs)
+    by_array = speech_pipeline(clip, sampling_rate=16000, **kwargs)
+    assert isinstance(by_path["generated_text"], str)
+    assert by_path == by_bytes == by_array
+    batch = speech_pipeline([str(path), {"array": clip, "sampling_rate": 16000}], **kwargs)
+    assert [item["generated_text"] for item in batch] == [by_path["generated_text"]] * 2
+
+
+def test_custom_pipeline_resamples_and_downmixes(speech_pipeline, saved_checkpoint):
+    _, model, processor = saved_checkpoint
+    clip_8k = tone(0.6, 8000)
+    stereo = np.stack([clip_8k, clip_8k])  # [channels, samples]
+    answer = speech_pipeline(stereo, sampling_rate=8000, max_new_tokens=3)
+    from modeling_salad import resample
+
+    expected_inputs = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "audio", "audio": resample(clip_8k, 8000, 16000)}]}],
+        tokenize=True,
+        return_dict=True,
+        add_generation_prompt=True,
+        return_tensors="pt",
+    )
+    generated = model.generate(**expected_inputs, max_new_tokens=3, do_sample=False)
+    expected = processor.decode(
+        generated[0, expected_inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )
+    assert answer["generated_text"] == expected
+
+
+def test_custom_pipeline_array_without_rate_is_refused(speech_pipeline):
+    with pytest.raises(ValueError, match="sampling rate"):
+        speech_pipeline(tone(0.5))
+
+
+def test_any_to_any_pipeline_answers_chat_with_audio(saved_checkpoint):
+    path, _, _ = saved_checkpoint
+    pipe = pipeline("any-to-any", model=str(path))
+    chat = [
+        {"role": "user", "content": [{"type": "audio", "audio": tone(0.5)}, {"type": "text", "text": "Hi"}]}
+    ]
+    reply = pipe(text=chat, max_new_tokens=4, return_full_text=False)
+    assert isinstance(reply[0]["generated_text"], str)

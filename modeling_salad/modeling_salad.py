@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedModel,
     WhisperModel,
 )
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .configuration_salad import MIMI_MODEL_TYPES, SaladConfig
@@ -306,8 +306,9 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        return_last_hidden_state: bool = False,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | BaseModelOutputWithPast:
         r"""
         input_features (`torch.Tensor`, *optional*):
             Audio windows from [`SaladProcessor`]: log-mel `[n, mels, frames]` or waveforms `[n, samples]`.
@@ -315,6 +316,9 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             `[n, frames or samples]`, 1 on real input and 0 on padding.
         labels (`torch.LongTensor`, *optional*):
             Token ids for the next-token loss; -100 is ignored. Audio placeholder positions should be -100.
+        return_last_hidden_state (`bool`, *optional*, defaults to `False`):
+            Stop before the LM head and return the decoder's output (`last_hidden_state`): losses computed in
+            chunks from hidden states (cross-modal distillation) never need the full `[batch, seq, vocab]` logits.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -324,6 +328,14 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             raise ValueError("`input_features` needs `input_ids` to locate the audio placeholders.")
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
+        if return_last_hidden_state:
+            return self.language_model.get_decoder()(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                **kwargs,
+            )
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

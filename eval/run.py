@@ -1,0 +1,318 @@
+"""`salad-eval`: the text-speech gap of a SALAD model on spoken multiple-choice tasks.
+
+    salad-eval --config configs/eval-embedded-default.yaml
+    salad-eval --model runs/my-salad --tasks offline arc_challenge --num_fewshot 5 --output_dir runs/eval
+
+Five systems answer the same items: `base_text` (the original LLM on text: the reference), `salad_text`
+(retention), `salad_speech` (question spoken, options read), `cascade` (ASR transcript -> base LLM) and `prior`
+(options with the question left out: the option-prior control). Writes `results.json` (what the model card
+reads), `results.md` and PNG plots to `output_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from trl import TrlParser
+
+from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+
+from .gap import forgetting_and_misalignment, gap_report
+from .scoring import few_shot_block, prior_prompt, score_speech, score_text, text_prompt
+from .tasks import MultipleChoiceItem, load_offline_tasks, load_task
+
+SYSTEMS = ("base_text", "salad_text", "salad_speech", "cascade", "prior")
+
+
+@dataclass
+class EvalArguments:
+    model: str = field(
+        default="embedded:untrained",
+        metadata={
+            "help": "SALAD checkpoint (path or Hub id). `embedded:untrained` assembles Whisper tiny.en + a fresh "
+            "adapter + SmolLM2-135M-Instruct from the offline packages (the untrained baseline)."
+        },
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The original text LLM (reference and F). Default: the SALAD model's own LLM with LoRA off, "
+            "exact when the LLM was frozen or LoRA-tuned; give it for fully fine-tuned LLMs."
+        },
+    )
+    asr_model: str = field(
+        default="embedded:whisper-tiny.en", metadata={"help": "Whisper checkpoint of the cascade's ASR."}
+    )
+    tasks: list[str] = field(
+        default_factory=lambda: ["offline"],
+        metadata={
+            "help": "'offline', paper tasks (arc_challenge, openbookqa, hellaswag, piqa, storycloze, mmsu) or JSONL paths."
+        },
+    )
+    limit: int | None = field(default=None, metadata={"help": "Items per task (None: all)."})
+    num_fewshot: int = field(default=0, metadata={"help": "Text few-shot examples before each item."})
+    systems: list[str] = field(
+        default_factory=lambda: list(SYSTEMS), metadata={"help": f"Subset of {SYSTEMS}."}
+    )
+    tts_backend: str = field(default="espeak-ng", metadata={"help": "TTS engine for the spoken items."})
+    tts_voice: str | None = field(
+        default=None, metadata={"help": "TTS voice (e.g. one held out from training)."}
+    )
+    tts_cache_dir: str = field(default="~/.cache/salad/tts", metadata={"help": "Synthesis cache."})
+    distribution_metrics: bool = field(
+        default=True, metadata={"help": "Also measure forgetting F and misalignment M."}
+    )
+    bootstrap_samples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the intervals."})
+    normalized: bool = field(
+        default=True, metadata={"help": "Pick options by length-normalized log-probability."}
+    )
+    output_dir: str = field(
+        default="runs/eval", metadata={"help": "Where results.json, results.md and plots go."}
+    )
+    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16."})
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap and of the TTS voice choice."})
+
+    def __post_init__(self):
+        unknown = set(self.systems) - set(SYSTEMS)
+        if unknown:
+            raise ValueError(f"Unknown systems {sorted(unknown)}; choose from {SYSTEMS}.")
+
+
+def load_salad(name: str, dtype: torch.dtype) -> tuple[SaladForConditionalGeneration, SaladProcessor]:
+    from trainers.train import resolve_checkpoint
+
+    if name == "embedded:untrained":
+        encoder = resolve_checkpoint("embedded:whisper-tiny.en")
+        llm = resolve_checkpoint("embedded:smollm2-135m-instruct")
+        torch.manual_seed(0)
+        model = SaladForConditionalGeneration.from_pretrained_components(
+            encoder, llm, adapter_type="mlp", adapter_intermediate_size=1024, dtype=dtype
+        )
+        return model.eval(), SaladProcessor.from_pretrained_components(encoder, llm, model.config)
+    path = resolve_checkpoint(name)
+    return SaladForConditionalGeneration.from_pretrained(
+        path, dtype=dtype
+    ).eval(), SaladProcessor.from_pretrained(path)
+
+
+def synthesize_items(
+    items: list[MultipleChoiceItem], args: EvalArguments, sampling_rate: int
+) -> list[np.ndarray]:
+    """Spoken versions of the items (cached on disk), at the model's sampling rate."""
+    from modeling_salad import resample
+    from trainers.tts import get_backend, synthesize_many
+
+    backend = get_backend(args.tts_backend)
+    voices = [args.tts_voice] if args.tts_voice else None
+    results = synthesize_many(
+        [item.spoken_text for item in items], backend, voices=voices,
+        cache_dir=Path(args.tts_cache_dir).expanduser(), seed=args.seed,
+    )  # fmt: skip
+    return [resample(r.audio, r.sampling_rate, sampling_rate) for r in results]
+
+
+def transcribe(asr_model: str, clips: list[np.ndarray], sampling_rate: int) -> list[str]:
+    from transformers import pipeline
+
+    from trainers.train import resolve_checkpoint
+
+    asr = pipeline("automatic-speech-recognition", model=resolve_checkpoint(asr_model))
+    return [
+        asr({"raw": clip, "sampling_rate": sampling_rate})["text"].strip()
+        for clip in tqdm(clips, desc="cascade ASR", leave=False)
+    ]
+
+
+def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -> dict:
+    """Every requested system on the items of one task; returns choices, correctness and the report."""
+    tokenizer = processor.tokenizer
+    fewshot = load_offline_tasks("fewshot")[: args.num_fewshot] if args.num_fewshot else []
+    shots = few_shot_block(fewshot)
+    needs_audio = {"salad_speech", "cascade"} & set(args.systems)
+    clips = synthesize_items(items, args, processor.sampling_rate) if needs_audio else []
+    transcripts = (
+        transcribe(args.asr_model, clips, processor.sampling_rate) if "cascade" in args.systems else []
+    )
+    scorers = {
+        "base_text": lambda i, item: score_text(
+            base_lm, tokenizer, item, text_prompt(item.spoken_text, shots)
+        ),
+        "salad_text": lambda i, item: score_text(
+            model, tokenizer, item, text_prompt(item.spoken_text, shots)
+        ),
+        "salad_speech": lambda i, item: score_speech(model, processor, item, clips[i], shots),
+        "cascade": lambda i, item: score_text(base_lm, tokenizer, item, text_prompt(transcripts[i], shots)),
+        "prior": lambda i, item: score_text(model, tokenizer, item, prior_prompt(shots)),
+    }
+    choices, correct = {}, {}
+    for system in args.systems:
+        scores = [
+            scorers[system](i, item)
+            for i, item in enumerate(tqdm(items, desc=f"{name}/{system}", leave=False))
+        ]
+        choices[system] = [s.choice(args.normalized) for s in scores]
+        correct[system] = [c == item.answer for c, item in zip(choices[system], items)]
+    report = gap_report(
+        correct, choices, [item.domain for item in items], num_samples=args.bootstrap_samples, seed=args.seed
+    )
+    report["chance"] = float(np.mean([1 / len(item.options) for item in items]))
+    if transcripts:
+        import jiwer
+
+        report["cascade_wer"] = float(
+            jiwer.wer([i.spoken_text.lower() for i in items], [t.lower() for t in transcripts])
+        )
+    if args.distribution_metrics and clips:
+        rows = [
+            {
+                "text": item.spoken_text,
+                "audio": {"array": clip, "sampling_rate": processor.sampling_rate},
+                "domain": item.domain,
+            }
+            for item, clip in zip(items, clips)
+        ]
+        report["distribution"] = forgetting_and_misalignment(model, processor, rows)
+    report["items"] = [
+        {"id": item.id, "domain": item.domain, "answer": item.answer, **{s: choices[s][k] for s in choices}}
+        for k, item in enumerate(items)
+    ]
+    return report
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| task | system | accuracy | 95% CI | n |", "|---|---|---|---|---|"]
+    for task, report in results["tasks"].items():
+        for system, summary in report["systems"].items():
+            low, high = summary["ci95"]
+            lines.append(
+                f"| {task} | {system} | {summary['accuracy']:.3f} | [{low:.3f}, {high:.3f}] | {summary['n']} |"
+            )
+    lines += [
+        "",
+        "| task | gap (base text - SALAD speech) | retention gap | speech/prior agreement | chance |",
+        "|---|---|---|---|---|",
+    ]
+    for task, report in results["tasks"].items():
+        gap, retention = report.get("gap"), report.get("retention_gap")
+        fmt = lambda d: f"{d['value']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "-"  # noqa: E731
+        agreement = report.get("speech_prior_agreement")
+        lines.append(
+            f"| {task} | {fmt(gap)} | {fmt(retention)} | {agreement if agreement is None else f'{agreement:.2f}'} | {report['chance']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def save_plots(results: dict, output_dir: Path) -> list[str]:
+    """Accuracy per task and system (with intervals); gap per domain for each task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    tasks = list(results["tasks"])
+    systems = list(next(iter(results["tasks"].values()))["systems"])
+    fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(tasks) * len(systems) / 3, 4))
+    width = 0.8 / len(systems)
+    for k, system in enumerate(systems):
+        acc = [results["tasks"][t]["systems"][system]["accuracy"] for t in tasks]
+        err = np.array(
+            [
+                [
+                    a - results["tasks"][t]["systems"][system]["ci95"][0],
+                    results["tasks"][t]["systems"][system]["ci95"][1] - a,
+                ]
+                for t, a in zip(tasks, acc)
+            ]
+        ).T
+        ax.bar(np.arange(len(tasks)) + k * width, acc, width, yerr=err, capsize=3, label=system)
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(systems) - 1) / 2, tasks)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy per task (95% bootstrap CI)")
+    fig.tight_layout()
+    fig.savefig(output_dir / "accuracy_per_task.png", dpi=120)
+    plt.close(fig)
+    paths.append("accuracy_per_task.png")
+    for task, report in results["tasks"].items():
+        domains = [d for d in report["domains"] if "gap" in report["domains"][d]]
+        if not domains:
+            continue
+        gaps = [report["domains"][d]["gap"]["value"] for d in domains]
+        err = np.array(
+            [
+                [g - report["domains"][d]["gap"]["ci95"][0], report["domains"][d]["gap"]["ci95"][1] - g]
+                for d, g in zip(domains, gaps)
+            ]
+        ).T
+        fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(domains)), 4))
+        ax.bar(domains, gaps, yerr=err, capsize=3, color="tab:red")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_ylabel("text - speech accuracy")
+        ax.set_title(f"{task}: text-speech gap per domain")
+        ax.tick_params(axis="x", rotation=45)
+        fig.tight_layout()
+        fig.savefig(output_dir / f"gap_per_domain_{task}.png", dpi=120)
+        plt.close(fig)
+        paths.append(f"gap_per_domain_{task}.png")
+    return paths
+
+
+def run(args: EvalArguments) -> dict:
+    dtype = getattr(torch, args.dtype)
+    model, processor = load_salad(args.model, dtype)
+    base_lm = None
+    if args.base_model is not None:
+        from transformers import AutoModelForCausalLM
+
+        from trainers.train import resolve_checkpoint
+
+        base_lm = AutoModelForCausalLM.from_pretrained(
+            resolve_checkpoint(args.base_model), dtype=dtype
+        ).eval()
+    reference = base_lm if base_lm is not None else _LoraOffLM(model)
+    results = {"config": asdict(args), "tasks": {}}
+    for task in args.tasks:
+        items = load_task(task, args.limit)
+        results["tasks"][task] = evaluate_task(task, items, model, processor, reference, args)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output_dir / "results.md").write_text(markdown_table(results))
+    results["plots"] = save_plots(results, output_dir)
+    return results
+
+
+class _LoraOffLM(torch.nn.Module):
+    """The SALAD model's own LLM with LoRA switched off: the original text LLM when it was frozen or LoRA-tuned."""
+
+    def __init__(self, model: SaladForConditionalGeneration):
+        super().__init__()
+        self.model = model
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def forward(self, **kwargs):
+        from trainers.trainer import lora_disabled
+
+        with lora_disabled(self.model):
+            return self.model.language_model(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = TrlParser((EvalArguments,)).parse_args_and_config(args=argv)
+    results = run(args)
+    print(markdown_table(results))
+    print(f"Results, table and plots in {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

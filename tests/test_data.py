@@ -1,0 +1,164 @@
+"""Interleaving, student/teacher position mapping, collation and bad-row accounting."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from conftest import tone
+
+from trainers.data import (
+    BadRowError,
+    SaladDistillationCollator,
+    Segment,
+    collate_examples,
+    encode_segments,
+    interleaved_segments,
+    plan_interleaving,
+)
+
+
+def check_pairs(batch, processor, examples):
+    """Every student position whose next token is text is paired with the teacher position that predicts
+    the same token, and no other position is supervised."""
+    student = batch["input_ids"].reshape(-1)
+    teacher = batch["teacher_input_ids"].reshape(-1)
+    s_index, t_index, targets = batch["student_index"], batch["teacher_index"], batch["target_ids"]
+    assert torch.equal(student[s_index + 1], targets)
+    assert torch.equal(teacher[t_index + 1], targets)
+    assert not (targets == processor.audio_token_id).any()
+    # exhaustiveness: count student positions (within real tokens) followed by a text token
+    mask = batch["attention_mask"]
+    expected = 0
+    for row in range(mask.shape[0]):
+        ids = batch["input_ids"][row][mask[row].bool()]
+        expected += int((ids[1:] != processor.audio_token_id).sum())
+    assert len(targets) == expected
+    assert len(set(s_index.tolist())) == len(s_index)
+
+
+SPEECH_LAYOUTS = {
+    "speech_at_start": ["speech", "text", "text"],
+    "speech_in_middle": ["text", "speech", "text"],
+    "speech_at_end": ["text", "text", "speech"],
+    "several_clips": ["speech", "text", "speech", "text", "speech"],
+}
+
+
+def make_segments(layout, seed=0):
+    words = "the quick brown fox jumps over the lazy dog and runs far away".split()
+    rng = np.random.default_rng(seed)
+    segments = []
+    for index, kind in enumerate(layout):
+        text = " ".join(rng.choice(words, size=int(rng.integers(2, 6))))
+        audio = tone(float(rng.uniform(0.2, 1.0)), 16000, seed=index) if kind == "speech" else None
+        segments.append(Segment(kind, text, audio))
+    return segments
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_mapping_pairs_same_next_token_for_all_layouts(whisper_salad, padding_side):
+    _, processor = whisper_salad
+    examples = [
+        encode_segments(make_segments(layout, seed), processor)
+        for seed, layout in enumerate(SPEECH_LAYOUTS.values())
+    ]
+    # prompts of different lengths: a text-only example and one with a long text prefix
+    examples.append(
+        encode_segments([Segment("text", "a plain text only example with no audio at all")], processor)
+    )
+    examples.append(
+        encode_segments(
+            [Segment("text", "a much longer prompt " * 5), *make_segments(["speech", "text"], 9)], processor
+        )
+    )
+    batch = collate_examples(examples, processor, padding_side)
+    check_pairs(batch, processor, examples)
+    num_clips = sum(len(e.clips) for e in examples)
+    assert int(batch["input_features_mask"].any(-1).sum()) == num_clips
+    assert int((batch["input_ids"] == processor.audio_token_id).sum()) == sum(
+        processor.length_spec.num_tokens(c.size) for e in examples for c in e.clips
+    )
+
+
+def test_text_after_speech_is_predicted_from_last_audio_and_last_transcript_token(whisper_salad):
+    _, processor = whisper_salad
+    example = encode_segments([Segment("speech", "one two", tone(0.5)), Segment("text", "three")], processor)
+    first_pair = (example.student_positions[0], example.teacher_positions[0])
+    assert example.student_ids[first_pair[0]] == processor.audio_token_id
+    assert example.student_ids[first_pair[0] + 1] != processor.audio_token_id
+    transcript_ids = processor.tokenizer("one two", add_special_tokens=False)["input_ids"]
+    assert example.teacher_ids[first_pair[1]] == transcript_ids[-1]
+
+
+def test_text_only_example_supervises_every_next_token(whisper_salad):
+    _, processor = whisper_salad
+    example = encode_segments([Segment("text", "one two three four")], processor)
+    assert example.student_ids == example.teacher_ids
+    assert example.student_positions == example.teacher_positions == list(range(len(example.student_ids) - 1))
+
+
+def test_plan_interleaving_alternates_and_covers_all_words():
+    rng = random.Random(0)
+    for num_words in [1, 7, 40, 200]:
+        plan = plan_interleaving(num_words, rng)
+        assert plan[0][1] == 0 and plan[-1][2] == num_words
+        assert all(a[2] == b[1] and a[0] != b[0] for a, b in zip(plan, plan[1:]))
+        for kind, start, end in plan[:-1]:
+            low, high = (10, 30) if kind == "text" else (5, 15)
+            assert low <= end - start <= high
+
+
+def test_interleaved_segments_cut_audio_on_word_boundaries():
+    words = [f"w{i}" for i in range(60)]
+    starts = [i * 0.25 for i in range(60)]
+    ends = [s + 0.2 for s in starts]
+    audio = tone(15.0)
+    segments = interleaved_segments(words, starts, ends, audio, 16000, random.Random(1))
+    assert " ".join(s.text for s in segments) == " ".join(words)
+    assert sum(s.audio.size for s in segments if s.kind == "speech") <= audio.size
+    for segment in segments:
+        if segment.kind == "speech":
+            n_words = len(segment.text.split())
+            assert abs(segment.audio.size - n_words * 0.25 * 16000) <= 0.25 * 16000
+
+
+def test_inconsistent_alignment_is_a_bad_row():
+    with pytest.raises(BadRowError):
+        interleaved_segments(["a", "b"], [0.0], [0.1], tone(1.0), 16000, random.Random(0))
+    with pytest.raises(BadRowError):
+        interleaved_segments(["a", "b"], [0.0, 5.0], [0.1, 5.5], tone(1.0), 16000, random.Random(0))
+
+
+def test_collator_reads_paths_arrays_and_text_rows(whisper_salad, tmp_path):
+    _, processor = whisper_salad
+    path = tmp_path / "a.wav"
+    soundfile.write(path, tone(1.0, 8000), 8000)
+    rows = [
+        {"text": "hello there", "audio": str(path)},
+        {"text": "general text without audio", "audio": None},
+        {"text": "an array clip", "audio": {"array": tone(0.8), "sampling_rate": 16000}},
+    ]
+    batch = SaladDistillationCollator(processor)(rows)
+    assert batch["input_ids"].shape[0] == 3
+    assert batch["input_features"].shape[0] == 2
+
+
+def test_bad_rows_are_counted_and_stop_the_run_past_the_threshold(whisper_salad, tmp_path):
+    _, processor = whisper_salad
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio at all")
+    collator = SaladDistillationCollator(processor, max_bad_row_fraction=0.05)
+    good = {"text": "fine", "audio": {"array": tone(0.3), "sampling_rate": 16000}}
+    batch = collator([good, {"text": "bad", "audio": str(broken)}, good])
+    assert batch["input_ids"].shape[0] == 2
+    assert collator.stats["rows"] == 3 and collator.stats["bad_rows"] == 1
+    assert collator.stats["bad_row_reasons"] == {"audio could not be decoded": 1}
+    nan_row = {"text": "bad", "audio": {"array": np.full(10, np.nan), "sampling_rate": 16000}}
+    with pytest.raises(ValueError, match="rows could not be used"):
+        for _ in range(10):  # one bad row in two: past 5% of max(rows, 100) after six batches
+            collator([good, nan_row])
+    assert collator.stats["bad_row_reasons"]["audio is empty or has NaN/inf samples."] >= 5

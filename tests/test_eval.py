@@ -1,0 +1,193 @@
+"""The gap harness: option scoring, loaders, intervals, forgetting F and misalignment M."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny, tone
+from torch import nn
+
+from eval.gap import bootstrap_interval, forgetting_and_misalignment, gap_report, paired_difference
+from eval.scoring import score_speech, score_text, text_prompt
+from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks
+
+
+class BiasedLM(nn.Module):
+    """Wraps a causal LM (for its cache machinery) but emits one fixed next-token distribution everywhere."""
+
+    def __init__(self, lm: nn.Module, log_probs: torch.Tensor):
+        super().__init__()
+        self.lm, self.log_probs = lm, log_probs
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, **kwargs):
+        out = self.lm(**kwargs)
+        out.logits = self.log_probs.expand_as(out.logits).clone()
+        return out
+
+
+def test_scoring_follows_the_model_and_normalizes_by_option_tokens(whisper_salad):
+    """A model with a fixed next-token distribution: scores equal the hand computation, and the length
+    normalization flips the choice between a short option and a long one made of likelier tokens."""
+    model, processor = whisper_salad
+    tokenizer = processor.tokenizer
+    short, long = "dog", "quick brown jumps over the lazy"
+    ids_short = tokenizer(" " + short, add_special_tokens=False)["input_ids"]
+    ids_long = tokenizer(" " + long, add_special_tokens=False)["input_ids"]
+    assert len(ids_long) >= 2 * len(ids_short)
+    vocab = model.config.text_config.vocab_size
+    probs = torch.zeros(vocab)
+    probs[ids_long] = math.exp(-5.7)  # per token -5.7: likelier tokens, but more of them
+    probs[ids_short] = math.exp(-6.0)  # per token -6.0 (tokens shared with the long option too)
+    rest = [t for t in range(vocab) if probs[t] == 0]
+    probs[rest] = (1 - probs.sum()) / len(rest)
+    log_probs = probs.log()
+    lm = BiasedLM(model.language_model, log_probs)
+    item = MultipleChoiceItem("i", "d", "which animal", (short, long), 0)
+    scores = score_text(lm, tokenizer, item, text_prompt(item.spoken_text, ""))
+    for k, ids in enumerate([ids_short, ids_long]):
+        assert scores.logprob[k] == pytest.approx(log_probs[ids].sum().item(), abs=1e-4)
+        assert scores.logprob_norm[k] == pytest.approx(log_probs[ids].mean().item(), abs=1e-4)
+    assert scores.choice(normalized=False) == 0
+    assert scores.choice(normalized=True) == 1
+
+
+def test_cached_option_scoring_equals_full_sequence_scoring(whisper_salad):
+    model, processor = whisper_salad
+    item = MultipleChoiceItem("i", "d", "what is two plus two", ("four", "five apples", "six"), 0)
+    prompt = text_prompt(item.spoken_text, "Question: x\nAnswer: y\n\n")
+    scores = score_text(model, processor.tokenizer, item, prompt)
+    prompt_length = len(processor.tokenizer(prompt)["input_ids"])
+    for k, option in enumerate(item.options):
+        full = processor.tokenizer(prompt + " " + option, return_tensors="pt")
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(**full).logits[0].float(), -1)
+        ids = full["input_ids"][0]
+        expected = sum(log_probs[i - 1, ids[i]].item() for i in range(prompt_length, len(ids)))
+        assert scores.logprob[k] == pytest.approx(expected, abs=1e-4)
+
+
+def test_speech_scoring_uses_the_audio(whisper_salad):
+    model, processor = whisper_salad
+    item = MultipleChoiceItem("i", "d", "q", ("yes", "no"), 0)
+    a = score_speech(model, processor, item, tone(1.0, freq=300), "")
+    b = score_speech(model, processor, item, tone(1.0, freq=900, seed=3), "")
+    assert a.logprob != b.logprob
+
+
+def test_bootstrap_and_paired_difference():
+    values = [1, 0] * 50
+    low, high = bootstrap_interval(values, seed=1)
+    assert low < 0.5 < high and high - low < 0.3
+    same = paired_difference([1, 0, 1, 1], [1, 0, 1, 1])
+    assert same["value"] == 0 and same["ci95"] == [0.0, 0.0]
+
+
+def test_gap_report_per_domain_and_prior_agreement():
+    correct = {
+        "base_text": [1, 1, 1, 0],
+        "salad_speech": [0, 1, 0, 0],
+        "salad_text": [1, 1, 1, 0],
+        "prior": [0, 1, 0, 1],
+    }
+    choices = {"salad_speech": [2, 0, 1, 3], "prior": [2, 0, 1, 0]}
+    report = gap_report(correct, choices, ["a", "a", "b", "b"])
+    assert report["gap"]["value"] == pytest.approx(0.5)
+    assert report["retention_gap"]["value"] == 0
+    assert report["speech_prior_agreement"] == 0.75
+    assert report["domains"]["a"]["gap"]["value"] == pytest.approx(0.5)
+    assert report["domains"]["b"]["systems"]["base_text"]["n"] == 2
+
+
+def test_forgetting_is_zero_when_the_student_is_the_teacher(whisper_salad):
+    model, processor = whisper_salad
+    rows = [
+        {"text": "the quick brown fox", "audio": {"array": tone(0.7), "sampling_rate": 16000}, "domain": "x"}
+    ]
+    result = forgetting_and_misalignment(model, processor, rows)
+    assert result["forgetting"] == 0.0
+    assert result["misalignment"] > 0
+    assert result["domains"]["x"]["tokens"] == result["tokens"] > 0
+
+
+def test_misalignment_is_zero_when_speech_embeddings_equal_text_embeddings(whisper_salad, monkeypatch):
+    """An adapter that emits exactly the transcript's token embeddings makes speech and text inputs equal."""
+    model, processor = whisper_salad
+    transcript = "one two three"
+    ids = processor.tokenizer(transcript, add_special_tokens=False)["input_ids"]
+    samples = next(n for n in range(400, 40000, 160) if processor.length_spec.num_tokens(n) == len(ids))
+    monkeypatch.setattr(
+        model, "get_audio_features", lambda *a, **k: model.get_input_embeddings()(torch.tensor(ids))
+    )
+    rows = [{"text": transcript, "audio": {"array": tone(samples / 16000), "sampling_rate": 16000}}]
+    result = forgetting_and_misalignment(model, processor, rows, continuation="so {transcript}")
+    assert result["misalignment"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_forgetting_against_a_different_base_model_is_positive(whisper_salad):
+    model, processor = whisper_salad
+    other = build_tiny("whisper", "mlp", seed=1)[0].language_model
+    rows = [{"text": "a b c d", "audio": {"array": tone(0.5), "sampling_rate": 16000}}]
+    assert forgetting_and_misalignment(model, processor, rows, base_model=other)["forgetting"] > 0
+
+
+def test_jsonl_loader_reports_the_malformed_line(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    good = {"id": "a", "domain": "d", "question": "q?", "options": ["x", "y"], "answer": 1}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "b", "answer": 5}) + "\n")
+    with pytest.raises(ValueError, match="line 2.*answer"):
+        load_jsonl_tasks(path)
+    path.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):
+        load_jsonl_tasks(path)
+
+
+PAPER_FIXTURES = {
+    "arc_challenge": {"id": "Q1", "question": "Which is a gas?", "choices": {"text": ["ice", "steam"], "label": ["A", "B"]}, "answerKey": "B"},
+    "openbookqa": {"id": "7", "question_stem": "Sun is a", "choices": {"text": ["star", "moon"], "label": ["A", "B"]}, "answerKey": "A"},
+    "hellaswag": {"ind": 4, "ctx": "A man sits", "endings": ["down.", "up.", "x.", "y."], "label": "0", "activity_label": "Sitting"},
+    "piqa": {"goal": "Open a jar", "sol1": "twist the lid", "sol2": "eat the lid", "label": 0},
+    "storycloze": {"story_id": "s", "input_sentence_1": "A.", "input_sentence_2": "B.", "input_sentence_3": "C.", "input_sentence_4": "D.", "sentence_quiz1": "E.", "sentence_quiz2": "F.", "answer_right_ending": 2},
+    "mmsu": {"question_id": "m1", "question": "2+2?", "option_a": "3", "option_b": "4", "option_c": "5", "option_d": "6", "reference": "B", "question_category": "math"},
+}  # fmt: skip
+EXPECTED_ANSWERS = {
+    "arc_challenge": 1,
+    "openbookqa": 0,
+    "hellaswag": 0,
+    "piqa": 0,
+    "storycloze": 1,
+    "mmsu": 1,
+}
+
+
+@pytest.mark.parametrize("task", sorted(PAPER_TASKS))
+def test_paper_task_mappers_on_local_fixtures(task):
+    _, _, _, mapper = PAPER_TASKS[task]
+    (item,) = items_from_rows([PAPER_FIXTURES[task]], task, mapper)
+    assert item.answer == EXPECTED_ANSWERS[task]
+    assert item.task == task and item.spoken_text
+    assert math.isfinite(item.answer)
+
+
+def test_hellaswag_unlabeled_rows_are_skipped():
+    _, _, _, mapper = PAPER_TASKS["hellaswag"]
+    assert items_from_rows([{**PAPER_FIXTURES["hellaswag"], "label": ""}], "hellaswag", mapper) == []
+
+
+def test_generic_mapper_letters_and_text_answers():
+    from eval.tasks import generic_mapper
+
+    rows = [{"q": "Pick B", "A": "a", "B": "b", "gold": "B"}]
+    (item,) = items_from_rows(rows, "mine", generic_mapper("q", ["A", "B"], "gold", answer_format="letter"))
+    assert item.answer == 1
+    rows = [{"q": "Pick b", "opts": ["a", "b"], "gold": "b"}]
+    (item,) = items_from_rows(rows, "mine", generic_mapper("q", "opts", "gold", answer_format="text"))
+    assert item.answer == 1
+    assert np.isfinite(item.answer)

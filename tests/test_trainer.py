@@ -1,0 +1,218 @@
+"""SaladDistillationTrainer: smoke training per teacher mode, LoRA, resume, CLI and a 2-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_tiny, tone
+from datasets import Dataset
+from transformers import TrainerCallback
+from trl import TrlParser
+
+from trainers.config import SaladDistillationConfig
+from trainers.train import SaladDataArguments, SaladModelArguments
+from trainers.train import main as train_main
+from trainers.trainer import SaladDistillationTrainer
+
+WORDS = "the quick brown fox jumps over the lazy dog while one two three four five six seven eight".split()
+
+
+def speech_rows(n: int = 8) -> list[dict]:
+    rows = []
+    for i in range(n):
+        words = WORDS[i % 5 :] + WORDS[: i % 5]
+        starts = [0.12 * k for k in range(len(words))]
+        rows.append(
+            {
+                "text": " ".join(words),
+                "audio": {"array": tone(0.12 * len(words) + 0.1, seed=i).tolist(), "sampling_rate": 16000},
+                "words": words,
+                "word_starts": starts,
+                "word_ends": [s + 0.1 for s in starts],
+            }
+        )
+    rows.append({"text": "plain text keeps the llm from forgetting", "audio": None, "words": None,
+                 "word_starts": None, "word_ends": None})  # fmt: skip
+    return rows
+
+
+def config(tmp_path, **overrides) -> SaladDistillationConfig:
+    values = dict(
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=3, learning_rate=1e-2,
+        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0, text_span=[2, 4],
+        speech_span=[2, 3], dataloader_num_workers=0, disable_tqdm=True,
+    )  # fmt: skip
+    values.update(overrides)
+    return SaladDistillationConfig(**values)
+
+
+def parameters(module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(before: dict, module) -> bool:
+    return any(not torch.equal(before[name], p) for name, p in module.named_parameters() if name in before)
+
+
+@pytest.mark.parametrize(
+    ("train_llm", "teacher_mode", "llm_changes"),
+    [("frozen", "shared", False), ("lora", "shared", True), ("full", "separate", True)],
+)
+def test_two_training_steps_per_teacher_mode(tmp_path, train_llm, teacher_mode, llm_changes):
+    model, processor = build_tiny("whisper", "mlp")
+    args = config(tmp_path, train_llm=train_llm, teacher_mode=teacher_mode)
+    trainer = SaladDistillationTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(speech_rows())
+    )
+    encoder, adapter, llm = (
+        parameters(model.audio_tower),
+        parameters(model.adapter),
+        parameters(model.language_model),
+    )
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    assert changed(adapter, model.adapter)
+    assert not changed(encoder, model.audio_tower)
+    assert changed(llm, model.language_model) == llm_changes
+    logged = [entry for entry in trainer.state.log_history if "divergence" in entry]
+    assert logged and all(entry["divergence"] >= 0 for entry in logged)
+    if teacher_mode == "separate":
+        assert not any(p.requires_grad for p in trainer.teacher.parameters())
+
+
+def test_shared_teacher_is_the_original_llm_under_lora(tmp_path):
+    """With LoRA switched off the shared teacher's hidden states equal the untouched LLM's."""
+    model, processor = build_tiny("whisper", "mlp")
+    reference = build_tiny("whisper", "mlp")[0].language_model
+    args = config(tmp_path, train_llm="lora", max_steps=1)
+    trainer = SaladDistillationTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(speech_rows())
+    )
+    trainer.train()
+    batch = trainer.data_collator(speech_rows()[:2])
+    hidden, _ = trainer.teacher_hidden_states(model, batch)
+    with torch.no_grad():
+        expected = reference.get_decoder()(
+            input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
+        ).last_hidden_state
+    torch.testing.assert_close(hidden, expected)
+
+
+def test_separate_learning_rates_for_adapter_and_llm(tmp_path):
+    model, processor = build_tiny("whisper", "mlp")
+    args = config(
+        tmp_path,
+        train_llm="full",
+        teacher_mode="separate",
+        adapter_learning_rate=1e-3,
+        llm_learning_rate=5e-5,
+    )
+    trainer = SaladDistillationTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(speech_rows())
+    )
+    optimizer = trainer.create_optimizer()
+    adapter_ids = {id(p) for p in model.adapter.parameters()}
+    for group in optimizer.param_groups:
+        expected = 1e-3 if all(id(p) in adapter_ids for p in group["params"]) else 5e-5
+        assert group["lr"] == expected
+
+
+class StopAt(TrainerCallback):
+    """Interrupts training after `step` optimizer steps, as a crash or a preemption would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_gives_the_same_weights(tmp_path):
+    """4 steps straight == 2 steps, interrupted, then resumed from the checkpoint for 2 more."""
+    rows = Dataset.from_list(speech_rows())
+
+    def run(output, resume=None, callbacks=()):
+        model, processor = build_tiny("whisper", "mlp")
+        args = config(output, max_steps=4, save_strategy="steps", save_steps=2)
+        trainer = SaladDistillationTrainer(
+            model=model, args=args, processing_class=processor, train_dataset=rows, callbacks=list(callbacks)
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return model, trainer
+
+    straight, _ = run(tmp_path / "a")
+    run(tmp_path / "b", callbacks=[StopAt(2)])
+    resumed, trainer = run(tmp_path / "b", resume=str(tmp_path / "b" / "out" / "checkpoint-2"))
+    assert trainer.state.global_step == 4
+    for (name, p), q in zip(straight.adapter.named_parameters(), resumed.adapter.parameters()):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model, processor = build_tiny("whisper", "mlp")
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    with open(root / "speech.jsonl", "w") as f:
+        for row in speech_rows():
+            if row["audio"] is not None:
+                f.write(json.dumps(row) + "\n")
+    with open(root / "text.jsonl", "w") as f:
+        for i in range(10):
+            f.write(json.dumps({"text": f"text only row number {i} about foxes and dogs"}) + "\n")
+    (root / "config.yaml").write_text(
+        f"model_name_or_path: {root / 'model'}\n"
+        f"data_files: [{root / 'speech.jsonl'}]\n"
+        f"text_data_files: [{root / 'text.jsonl'}]\n"
+        "max_steps: 2\nper_device_train_batch_size: 2\nlearning_rate: 0.001\nreport_to: []\n"
+        "save_strategy: 'no'\nuse_cpu: true\ntext_span: [2, 4]\nspeech_span: [2, 3]\nlogging_steps: 1\n"
+    )
+    return root
+
+
+def test_cli_with_yaml_config_and_flag_override(cli_setup, tmp_path):
+    out = tmp_path / "run"
+    train_main(["--config", str(cli_setup / "config.yaml"), "--output_dir", str(out), "--max_steps", "1"])
+    state = (
+        json.loads((out / "trainer_state.json").read_text())
+        if (out / "trainer_state.json").exists()
+        else None
+    )
+    assert (out / "model.safetensors").exists() and (out / "processor_config.json").exists()
+    assert state is None or state["global_step"] == 1
+
+
+@pytest.mark.slow
+def test_two_process_cpu_accelerate_launch(cli_setup, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trainers.train",
+         "--config", str(cli_setup / "config.yaml"), "--output_dir", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parent.parent.glob("configs/*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_configs_parse(path):
+    """Every training config in configs/ parses into the CLI's dataclasses (no model is loaded; GPU configs get
+    `--bf16 false` here because TrainingArguments refuses bf16 on a machine without a GPU)."""
+    parser = TrlParser((SaladModelArguments, SaladDataArguments, SaladDistillationConfig))
+    model_args, data_args, training_args = parser.parse_args_and_config(
+        args=["--config", str(path), "--bf16", "false", "--use_cpu", "true"]
+    )
+    assert training_args.alpha == 1.0
+    assert model_args.model_name_or_path or model_args.language_model

@@ -1,0 +1,129 @@
+"""`SaladDistillationConfig`: the training arguments of cross-modal distillation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .losses import DIVERGENCES
+
+TEACHER_MODES = ("shared", "separate")
+LLM_TRAINING = ("frozen", "lora", "full")
+
+
+@dataclass
+class SaladDistillationConfig(TrainingArguments):
+    r"""
+    Configuration of [`SaladDistillationTrainer`]: every `TrainingArguments` field plus the SALAD recipe.
+
+    The loss is `alpha * D(teacher || student) + (1 - alpha) * NLL` over the positions whose next token is
+    text, where the teacher (the original text LLM) reads the all-text version of what the student hears.
+    """
+
+    alpha: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the distillation term; 1 - alpha weighs the next-token NLL. SALAD uses 1.0."
+        },
+    )
+    divergence: str = field(
+        default="forward_kl",
+        metadata={
+            "help": "forward_kl: KL(teacher || student), the paper's; reverse_kl: KL(student || teacher); jsd: "
+            "beta * KL(teacher || M) + (1 - beta) * KL(student || M) with M = beta * teacher + (1 - beta) * student.",
+            "choices": list(DIVERGENCES),
+        },
+    )
+    beta: float = field(
+        default=0.5, metadata={"help": "Mixture weight of the teacher in `jsd` (0 < beta < 1)."}
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature of both distributions inside the loss only."}
+    )
+    teacher_mode: str = field(
+        default="shared",
+        metadata={
+            "help": "shared: the teacher is the student's own LLM with LoRA switched off (LLM frozen or LoRA; no "
+            "second copy in memory). separate: a frozen copy of the original LLM (needed for full fine-tuning).",
+            "choices": list(TEACHER_MODES),
+        },
+    )
+    train_llm: str = field(
+        default="frozen",
+        metadata={"help": "How the LLM trains: frozen, lora or full.", "choices": list(LLM_TRAINING)},
+    )
+    train_audio_encoder: bool = field(default=False, metadata={"help": "Also train the speech encoder."})
+    adapter_learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate of the adapter (default: learning_rate)."}
+    )
+    llm_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate of the LLM and its LoRA (default: learning_rate)."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (train_llm=lora)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (train_llm=lora)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (train_llm=lora)."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata={"help": "LLM module names that get LoRA (train_llm=lora)."},
+    )
+    text_span: list[int] = field(
+        default_factory=lambda: [10, 30],
+        metadata={"help": "Min and max words of a text span when interleaving."},
+    )
+    speech_span: list[int] = field(
+        default_factory=lambda: [5, 15],
+        metadata={"help": "Min and max words of a speech span when interleaving."},
+    )
+    continuation: str = field(
+        default="{transcript}",
+        metadata={
+            "help": "Text after a whole-utterance speech segment (rows without word timestamps); `{transcript}` "
+            "is replaced by the transcript ('Repeat what was said: {transcript}' gives the dense repeat format)."
+        },
+    )
+    text_only_ratio: float = field(
+        default=1 / 3,
+        metadata={"help": "Share of text-only rows mixed into training to limit forgetting (0 disables)."},
+    )
+    loss_chunk_size: int = field(
+        default=1024,
+        metadata={"help": "Positions per chunk of the loss: the [N, vocab] logits never exist at once."},
+    )
+    max_bad_row_fraction: float = field(
+        default=0.01,
+        metadata={"help": "Stop when more than this share of rows cannot be decoded or aligned."},
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep every column: the collator builds the examples from raw rows."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}.")
+        if self.teacher_mode not in TEACHER_MODES:
+            raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}.")
+        if self.train_llm not in LLM_TRAINING:
+            raise ValueError(f"train_llm must be one of {LLM_TRAINING}, got {self.train_llm!r}.")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}.")
+        if self.divergence == "jsd" and not 0.0 < self.beta < 1.0:
+            raise ValueError(
+                f"jsd needs 0 < beta < 1, got {self.beta}; use forward_kl or reverse_kl for the limits."
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}.")
+        if self.train_llm == "full" and self.teacher_mode == "shared":
+            raise ValueError(
+                "train_llm='full' changes the LLM the shared teacher would read; use teacher_mode='separate'."
+            )
+        for name in ("text_span", "speech_span"):
+            span = getattr(self, name)
+            if len(span) != 2 or not 1 <= span[0] <= span[1]:
+                raise ValueError(f"{name} must be [min, max] with 1 <= min <= max, got {span}.")
+        if not 0.0 <= self.text_only_ratio < 1.0:
+            raise ValueError(f"text_only_ratio must lie in [0, 1), got {self.text_only_ratio}.")
+        if self.loss_chunk_size < 1:
+            raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}.")

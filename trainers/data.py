@@ -1,0 +1,296 @@
+"""Training data for cross-modal distillation: interleaved text/speech examples and their collator.
+
+A training example is a list of segments. The student sees text segments as tokens and speech segments as
+audio (`<|audio|>` placeholders filled by the adapter); the teacher sees every segment as text. The
+distillation loss compares the two at every position whose next token is text, so the collator emits, next
+to both token sequences, the pairs of positions (student, teacher) that predict the same text token.
+
+Rows come from `datasets` (map-style or streaming) and are turned into examples on the fly by the collator,
+so corpora that do not fit on disk stream through. Row schema (columns):
+
+- `text` (str): the transcript of `audio`, or the text of a text-only row.
+- `audio` (optional): a file path, raw file bytes, `{"array", "sampling_rate"}` or `{"path"}`; absent/None
+  for text-only rows. Decoded with soundfile (the `datasets` Audio feature needs torchcodec, which is not
+  always importable).
+- `words`, `word_starts`, `word_ends` (optional): word-level alignment in seconds (forced alignment, or
+  `word_timestamps_with_asr`). With them speech is interleaved with text in spans cut on word boundaries;
+  without them the whole utterance is speech, followed by a text continuation.
+
+A row whose audio cannot be decoded, or whose alignment is inconsistent, is skipped, counted and reported
+in `collator.stats`; past `max_bad_row_fraction` of the rows seen the run stops with an error.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from modeling_salad import SaladProcessor, load_audio
+
+
+@dataclass
+class Segment:
+    """A piece of an example: text for both models, or speech (with its transcript) for the student."""
+
+    kind: str  # "text" or "speech"
+    text: str
+    audio: np.ndarray | None = None
+
+
+@dataclass
+class EncodedExample:
+    student_ids: list[int]
+    teacher_ids: list[int]
+    clips: list[np.ndarray]
+    student_positions: list[int]  # position i predicts the token at i + 1 ...
+    teacher_positions: list[int]  # ... and so does the paired teacher position
+    target_ids: list[int]
+
+
+class BadRowError(ValueError):
+    """A dataset row that cannot become an example (undecodable audio, inconsistent alignment...)."""
+
+
+def plan_interleaving(
+    num_words: int,
+    rng: random.Random,
+    text_span: tuple[int, int] = (10, 30),
+    speech_span: tuple[int, int] = (5, 15),
+) -> list[tuple[str, int, int]]:
+    """Alternate text and speech spans over `num_words` words: `[(kind, first_word, end_word), ...]`.
+
+    Span lengths are drawn uniformly from the inclusive ranges; the first span's kind is random. The last
+    span is whatever is left, so lengths may fall below the range there.
+    """
+    plan, start = [], 0
+    kind = rng.choice(["text", "speech"])
+    while start < num_words:
+        low, high = text_span if kind == "text" else speech_span
+        end = min(num_words, start + rng.randint(low, high))
+        plan.append((kind, start, end))
+        start, kind = end, ("speech" if kind == "text" else "text")
+    return plan
+
+
+def interleaved_segments(
+    words: list[str],
+    word_starts: list[float],
+    word_ends: list[float],
+    audio: np.ndarray,
+    sampling_rate: int,
+    rng: random.Random,
+    text_span: tuple[int, int] = (10, 30),
+    speech_span: tuple[int, int] = (5, 15),
+) -> list[Segment]:
+    """Cut an aligned utterance into alternating text and speech segments on word boundaries.
+
+    A speech span's audio runs from its first word's start to the next word's start (or the end of the
+    audio), so no sound between words is lost.
+    """
+    if not (len(words) == len(word_starts) == len(word_ends)) or not words:
+        raise BadRowError(
+            f"words/word_starts/word_ends must be non-empty and of equal length, got "
+            f"{len(words)}/{len(word_starts)}/{len(word_ends)}."
+        )
+    if (
+        any(b < a for a, b in zip(word_starts, word_starts[1:]))
+        or word_ends[-1] * sampling_rate > audio.size + 1
+    ):
+        raise BadRowError("word timestamps are not increasing or run past the end of the audio.")
+    segments = []
+    for kind, first, end in plan_interleaving(len(words), rng, text_span, speech_span):
+        text = " ".join(words[first:end])
+        if kind == "text":
+            segments.append(Segment("text", text))
+            continue
+        start_sample = int(word_starts[first] * sampling_rate)
+        end_sample = int(word_starts[end] * sampling_rate) if end < len(words) else audio.size
+        segments.append(Segment("speech", text, audio[start_sample:end_sample]))
+    return segments
+
+
+def whole_utterance_segments(transcript: str, audio: np.ndarray, continuation: str) -> list[Segment]:
+    """Speech for the whole utterance, then a text continuation that the loss supervises.
+
+    `continuation` may contain `{transcript}`: "Repeat what was said: {transcript}" gives the dense
+    "repeat" format, where the teacher is nearly certain of every transcript token.
+    """
+    return [Segment("speech", transcript, audio), Segment("text", continuation.format(transcript=transcript))]
+
+
+def encode_segments(segments: list[Segment], processor: SaladProcessor) -> EncodedExample:
+    """Token ids of the student and the teacher, and the positions that predict the same text tokens.
+
+    Segments are tokenized one by one (joined by a space), so a text segment has the same ids in both
+    sequences; a speech segment is `num_tokens(clip)` placeholders for the student and its transcript for the
+    teacher. Every text token (but the very first of the sequence) is predicted by the position before it in
+    each sequence: those two positions form a pair. Positions predicting audio or transcript tokens are not
+    paired: the student has no text to predict there.
+    """
+    tokenizer = processor.tokenizer
+    spec = processor.length_spec
+    prefix = tokenizer("", add_special_tokens=True)["input_ids"]  # BOS where the tokenizer uses one
+    student, teacher, clips = list(prefix), list(prefix), []
+    student_positions, teacher_positions, targets = [], [], []
+    for index, segment in enumerate(segments):
+        text = segment.text if index == 0 else " " + segment.text
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if segment.kind == "speech":
+            if segment.audio is None or segment.audio.size == 0:
+                raise BadRowError(f"speech segment {index} ({segment.text!r}) has no audio.")
+            clips.append(segment.audio)
+            student += [processor.audio_token_id] * spec.num_tokens(segment.audio.size)
+            teacher += ids
+            continue
+        for token in ids:
+            if student:
+                student_positions.append(len(student) - 1)
+                teacher_positions.append(len(teacher) - 1)
+                targets.append(token)
+            student.append(token)
+            teacher.append(token)
+    return EncodedExample(student, teacher, clips, student_positions, teacher_positions, targets)
+
+
+def decode_row_audio(audio: Any, sampling_rate: int) -> np.ndarray:
+    """A row's audio as mono float32 at `sampling_rate`; `BadRowError` when it cannot be decoded."""
+    try:
+        if isinstance(audio, dict) and "array" in audio:
+            clip = load_audio(np.asarray(audio["array"]), sampling_rate, audio["sampling_rate"])
+        else:
+            clip = load_audio(
+                audio.get("bytes") or audio["path"] if isinstance(audio, dict) else audio, sampling_rate
+            )
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise BadRowError(f"audio could not be decoded: {error}") from error
+    if clip.size == 0 or not np.isfinite(clip).all():
+        raise BadRowError("audio is empty or has NaN/inf samples.")
+    return clip
+
+
+def word_timestamps_with_asr(asr_pipeline, audio: np.ndarray, sampling_rate: int) -> dict[str, list]:
+    """Word alignment from a Whisper ASR pipeline (`return_timestamps="word"`), in this module's row schema."""
+    result = asr_pipeline({"raw": audio, "sampling_rate": sampling_rate}, return_timestamps="word")
+    chunks = [chunk for chunk in result["chunks"] if chunk["text"].strip()]
+    return {
+        "words": [chunk["text"].strip() for chunk in chunks],
+        "word_starts": [float(chunk["timestamp"][0]) for chunk in chunks],
+        "word_ends": [float(chunk["timestamp"][1] or chunk["timestamp"][0]) for chunk in chunks],
+    }
+
+
+@dataclass
+class SaladDistillationCollator:
+    """Rows -> a batch of student inputs, teacher inputs and the pairs of positions to distill.
+
+    Output keys: `input_ids`, `attention_mask`, `input_features`, `input_features_mask` (student);
+    `teacher_input_ids`, `teacher_attention_mask`; `student_index` and `teacher_index` (flat indices into
+    `[batch * seq]` of each side) and `target_ids`, one entry per supervised token.
+    """
+
+    processor: SaladProcessor
+    text_span: tuple[int, int] = (10, 30)
+    speech_span: tuple[int, int] = (5, 15)
+    continuation: str = "{transcript}"
+    max_bad_row_fraction: float = 0.01
+    padding_side: str = "right"
+    seed: int = 0
+    stats: dict = field(default_factory=lambda: {"rows": 0, "bad_rows": 0, "bad_row_reasons": {}})
+
+    def row_to_segments(self, row: dict) -> list[Segment]:
+        text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise BadRowError("the row has no text.")
+        if row.get("audio") is None:
+            return [Segment("text", text.strip())]
+        audio = decode_row_audio(row["audio"], self.processor.sampling_rate)
+        if row.get("words"):
+            # The spans of a row depend on the row and the seed only, so a resumed run sees the same examples.
+            rng = random.Random(f"{self.seed}:{text}")
+            return interleaved_segments(
+                row["words"], row["word_starts"], row["word_ends"], audio, self.processor.sampling_rate,
+                rng, self.text_span, self.speech_span,
+            )  # fmt: skip
+        return whole_utterance_segments(text.strip(), audio, self.continuation)
+
+    def encode_rows(self, rows: list[dict]) -> list[EncodedExample]:
+        """Encode the rows, skipping and counting bad ones; raise once they pass the allowed share."""
+        examples = []
+        for row in rows:
+            self.stats["rows"] += 1
+            try:
+                examples.append(encode_segments(self.row_to_segments(row), self.processor))
+            except BadRowError as error:
+                self.stats["bad_rows"] += 1
+                reason = str(error).split(":")[0]
+                self.stats["bad_row_reasons"][reason] = self.stats["bad_row_reasons"].get(reason, 0) + 1
+                if self.stats["bad_rows"] > self.max_bad_row_fraction * max(self.stats["rows"], 100):
+                    raise ValueError(
+                        f"{self.stats['bad_rows']} of {self.stats['rows']} rows could not be used "
+                        f"({self.stats['bad_row_reasons']}), more than max_bad_row_fraction="
+                        f"{self.max_bad_row_fraction}. Fix the data or raise the threshold."
+                    ) from error
+        if not examples:
+            raise ValueError(f"No usable row in this batch of {len(rows)}; see collator.stats: {self.stats}")
+        return examples
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return collate_examples(self.encode_rows(rows), self.processor, self.padding_side)
+
+
+def pad_sequences(
+    sequences: list[list[int]], pad_id: int, side: str
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Pad to the longest; returns ids, attention mask and each row's offset (left padding shifts positions)."""
+    longest = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    offsets = []
+    for row, seq in enumerate(sequences):
+        offset = longest - len(seq) if side == "left" else 0
+        ids[row, offset : offset + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, offset : offset + len(seq)] = 1
+        offsets.append(offset)
+    return ids, mask, offsets
+
+
+def collate_examples(
+    examples: list[EncodedExample], processor: SaladProcessor, padding_side: str = "right"
+) -> dict:
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+    pad_id = processor.tokenizer.pad_token_id
+    student_ids, student_mask, student_offsets = pad_sequences(
+        [e.student_ids for e in examples], pad_id, padding_side
+    )
+    teacher_ids, teacher_mask, teacher_offsets = pad_sequences(
+        [e.teacher_ids for e in examples], pad_id, padding_side
+    )
+    student_index, teacher_index, targets = [], [], []
+    for row, example in enumerate(examples):
+        student_index += [
+            row * student_ids.shape[1] + student_offsets[row] + p for p in example.student_positions
+        ]
+        teacher_index += [
+            row * teacher_ids.shape[1] + teacher_offsets[row] + p for p in example.teacher_positions
+        ]
+        targets += example.target_ids
+    batch = {
+        "input_ids": student_ids,
+        "attention_mask": student_mask,
+        "teacher_input_ids": teacher_ids,
+        "teacher_attention_mask": teacher_mask,
+        "student_index": torch.tensor(student_index, dtype=torch.long),
+        "teacher_index": torch.tensor(teacher_index, dtype=torch.long),
+        "target_ids": torch.tensor(targets, dtype=torch.long),
+    }
+    clips = [clip for example in examples for clip in example.clips]
+    if clips:
+        audio_inputs, _ = processor.prepare_audio(clips)
+        batch["input_features"] = torch.from_numpy(audio_inputs["input_features"])
+        batch["input_features_mask"] = torch.from_numpy(audio_inputs["input_features_mask"])
+    return batch

@@ -1,0 +1,377 @@
+"""Cross-modal distillation loss: alpha * divergence(teacher, student) + (1 - alpha) * NLL.
+
+SALAD trains the speech LLM (student, which hears the speech spans) to predict, at every position whose next
+token is text, the same distribution over the vocabulary as the original text LLM (teacher, which reads the
+transcript). Everything here works on positions that the caller has already gathered and paired: row i of the
+student's and of the teacher's hidden states predict the same text token.
+
+Two implementations give the same value and the same gradients:
+
+- `chunked_distillation_loss`, for training: it goes from hidden states and LM heads to the loss a few
+  positions at a time, recomputing each chunk's logits during backward, so the `[N, V]` logits of student and
+  teacher never exist at once (Qwen2.5's vocabulary has 151,936 entries: one fp32 copy of the logits of a
+  2048-token sequence is 1.2 GB, and a plain implementation keeps several).
+- `materialized_distillation_loss`, the plain reference used by the tests and the memory benchmark.
+
+`divergence_per_position` is the building block and can be used on logits directly (e.g. to measure the
+paper's forgetting and misalignment).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+
+
+@dataclass
+class DistillationLossOutput:
+    """The loss to back-propagate and detached sums to log.
+
+    Attributes:
+        loss: `(alpha * divergence_sum + (1 - alpha) * nll_sum) / denominator`, a scalar with a grad_fn.
+        divergence_sum: the divergence summed over the positions (detached, fp32).
+        nll_sum: the student's negative log-likelihood of `target_ids` at temperature 1, summed over the
+            positions (detached, fp32); zero when no `target_ids` were given.
+        num_tokens: the number of positions in this call (N).
+    """
+
+    loss: torch.Tensor
+    divergence_sum: torch.Tensor
+    nll_sum: torch.Tensor
+    num_tokens: int
+
+
+def _check_options(divergence: str, beta: float, temperature: float) -> None:
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"Unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}.")
+    if divergence == "jsd" and not 0.0 < beta < 1.0:
+        raise ValueError(
+            f"The generalized JSD needs 0 < beta < 1, got beta={beta}. At beta=0 or 1 it vanishes identically; "
+            "its limits, scaled by 1/beta and 1/(1 - beta), are divergence='forward_kl' (KL(teacher || student)) "
+            "and divergence='reverse_kl' (KL(student || teacher)): use those instead."
+        )
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+
+
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-softmax over the vocabulary in at least fp32, with -inf floored to the smallest finite float.
+
+    bf16 has 8 bits of mantissa: a log-softmax computed in it is off by up to ~0.4% of each log-probability,
+    enough to make a divergence between nearly equal distributions negative or noisy, hence the upcast first.
+    A logit of -inf (a banned token) yields a log-probability of -inf, and the divergences then evaluate
+    0 * (-inf - -inf) = NaN, in values and in gradients (logaddexp of two -inf has a NaN gradient even where the
+    incoming gradient is zero). Flooring at the smallest finite float leaves every finite log-probability
+    untouched and still gives such tokens a probability of exactly 0.
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    logits = logits.to(dtype)
+    if temperature != 1.0:  # dividing by 1 would still cost a full [N, V] pass, forward and backward
+        logits = logits / temperature
+    return F.log_softmax(logits, dim=-1)
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) = sum_v p_v (log p_v - log q_v) per row, from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+def _divergence_from_log_probs(
+    student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, divergence: str, beta: float
+) -> torch.Tensor:
+    if divergence == "forward_kl":
+        per_position = _kl(teacher_log_probs, student_log_probs)
+    elif divergence == "reverse_kl":
+        per_position = _kl(student_log_probs, teacher_log_probs)
+    else:
+        # log M = log(beta * p_teacher + (1 - beta) * p_student), summed in probability space via logaddexp.
+        mixture_log_probs = torch.logaddexp(
+            teacher_log_probs + math.log(beta), student_log_probs + math.log1p(-beta)
+        )
+        per_position = beta * _kl(teacher_log_probs, mixture_log_probs) + (1.0 - beta) * _kl(
+            student_log_probs, mixture_log_probs
+        )
+    # Every divergence here is >= 0; rounding (notably for nearly equal distributions) can dip below.
+    return per_position.clamp_min(0.0)
+
+
+def divergence_per_position(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Divergence between teacher and student next-token distributions at each position.
+
+    Args:
+        student_logits: `[N, V]`, any floating dtype (upcast to fp32, or kept in fp64, before the softmax).
+        teacher_logits: `[N, V]`, same vocabulary.
+        divergence: which divergence, with P_T the teacher's and P_S the student's distribution:
+
+            - `"forward_kl"` (default, the SALAD paper's): KL(P_T || P_S) = sum_v P_T (log P_T - log P_S).
+              Mass-covering: the student is penalized wherever the teacher puts mass and it does not.
+            - `"reverse_kl"`: KL(P_S || P_T). Mode-seeking.
+            - `"jsd"`: the generalized Jensen-Shannon divergence with the mixture taken in probability space,
+              M = beta * P_T + (1 - beta) * P_S, and
+              JSD_beta = beta * KL(P_T || M) + (1 - beta) * KL(P_S || M).
+              beta = 0.5 is the symmetric JSD (bounded by log 2). Both terms vanish as beta goes to 0 or 1;
+              JSD_beta / beta tends to forward KL and JSD_beta / (1 - beta) to reverse KL, which is why beta
+              must lie strictly between 0 and 1 and the limits are the other two options. TRL 1.16's
+              `GKDTrainer.generalized_jsd_loss` uses the same weights (mixture `beta * teacher +
+              (1 - beta) * student`, then `beta * KL(teacher || M) + (1 - beta) * KL(student || M)`), so a
+              given beta in (0, 1) means the same thing in both; TRL additionally maps beta = 0 and 1 to
+              forward and reverse KL, which are separate options here.
+        beta: the teacher's weight in the JSD mixture; ignored by the two KLs.
+        temperature: divides both logits before the softmax. It shapes the loss only: the result is not
+            multiplied by temperature**2 (the Hinton et al. rescaling that keeps gradient magnitudes comparable
+            across temperatures when a soft loss is mixed with a hard one). SALAD uses temperature 1, where
+            the two conventions agree; at other temperatures, scale alpha or the learning rate explicitly.
+
+    Returns:
+        `[N]` fp32 (fp64 for fp64 inputs) divergences, summed over the full vocabulary, never negative.
+    """
+    _check_options(divergence, beta, temperature)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} "
+            "must have the same shape."
+        )
+    return _divergence_from_log_probs(
+        _log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature), divergence, beta
+    )
+
+
+def _loss_sums(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    student_head_weight: torch.Tensor,
+    teacher_head_weight: torch.Tensor,
+    student_head_bias: torch.Tensor | None,
+    teacher_head_bias: torch.Tensor | None,
+    target_ids: torch.Tensor | None,
+    divergence: str,
+    beta: float,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of divergences, sum of NLLs) over a block of positions, from hidden states and LM heads."""
+    student_logits = F.linear(student_hidden, student_head_weight, student_head_bias)
+    student_log_probs = _log_probs(student_logits, temperature)
+    teacher_log_probs = _log_probs(
+        F.linear(teacher_hidden, teacher_head_weight, teacher_head_bias), temperature
+    )
+    divergence_sum = _divergence_from_log_probs(student_log_probs, teacher_log_probs, divergence, beta).sum()
+    if target_ids is None:
+        return divergence_sum, divergence_sum.new_zeros(())
+    # The NLL is the usual language-modelling loss, so it is taken at temperature 1 whatever the divergence uses.
+    if temperature != 1.0:
+        student_log_probs = _log_probs(student_logits, 1.0)
+    nll_sum = -student_log_probs.gather(-1, target_ids.unsqueeze(-1)).sum()
+    return divergence_sum, nll_sum
+
+
+def _prepare(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    student_head_weight: torch.Tensor,
+    teacher_head_weight: torch.Tensor,
+    target_ids: torch.Tensor | None,
+    teacher_head_bias: torch.Tensor | None,
+    alpha: float,
+    divergence: str,
+    beta: float,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Validate the inputs; return the teacher's tensors detached.
+
+    The teacher is a fixed target. Detaching matters when the teacher shares the student's LM head (an LLM that
+    is frozen or LoRA-tuned serves as its own teacher with adapters disabled, and a trained, shared head would
+    otherwise also receive gradients through the teacher's logits).
+    """
+    _check_options(divergence, beta, temperature)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}.")
+    if alpha < 1.0 and target_ids is None:
+        raise ValueError(f"alpha={alpha} < 1 mixes in the NLL term, which needs target_ids.")
+    if student_hidden.dim() != 2 or teacher_hidden.dim() != 2:
+        raise ValueError("student_hidden and teacher_hidden must be [N, H] (gathered supervised positions).")
+    if student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise ValueError(
+            f"student_hidden has {student_hidden.shape[0]} positions but teacher_hidden "
+            f"{teacher_hidden.shape[0]}; they must be paired row by row."
+        )
+    if student_head_weight.shape[0] != teacher_head_weight.shape[0]:
+        raise ValueError(
+            f"Student and teacher heads have different vocabularies ({student_head_weight.shape[0]} vs "
+            f"{teacher_head_weight.shape[0]})."
+        )
+    if target_ids is not None and target_ids.shape != student_hidden.shape[:1]:
+        raise ValueError(
+            f"target_ids must be [N] = [{student_hidden.shape[0]}], got {tuple(target_ids.shape)}."
+        )
+    return (
+        teacher_hidden.detach(),
+        teacher_head_weight.detach(),
+        None if teacher_head_bias is None else teacher_head_bias.detach(),
+    )
+
+
+def _finish(
+    divergence_sum: torch.Tensor,
+    nll_sum: torch.Tensor,
+    num_tokens: int,
+    alpha: float,
+    num_items_in_batch: int | torch.Tensor | None,
+) -> DistillationLossOutput:
+    """Combine the sums and normalize.
+
+    Dividing each micro-batch's sum by the number of supervised tokens of the whole optimizer step (what the
+    Trainer passes as `num_items_in_batch`) makes gradient accumulation equal one big batch; dividing each by
+    its own count would weight tokens of short micro-batches more. An empty step gives 0 rather than 0/0.
+    """
+    denominator = num_tokens if num_items_in_batch is None else num_items_in_batch
+    if isinstance(denominator, torch.Tensor):
+        denominator = denominator.to(divergence_sum.device).clamp_min(1)
+    else:
+        denominator = max(denominator, 1)
+    loss = (alpha * divergence_sum + (1.0 - alpha) * nll_sum) / denominator
+    return DistillationLossOutput(
+        loss=loss, divergence_sum=divergence_sum.detach(), nll_sum=nll_sum.detach(), num_tokens=num_tokens
+    )
+
+
+def chunked_distillation_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    student_head_weight: torch.Tensor,
+    teacher_head_weight: torch.Tensor,
+    target_ids: torch.Tensor | None = None,
+    *,
+    alpha: float = 1.0,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    student_head_bias: torch.Tensor | None = None,
+    teacher_head_bias: torch.Tensor | None = None,
+) -> DistillationLossOutput:
+    """Distillation loss from hidden states, `chunk_size` positions at a time.
+
+    Each chunk's logits, log-probabilities and divergence run under activation checkpointing: the forward pass
+    keeps only the chunk's scalar sums, and backward recomputes the chunk's logits from its hidden states and
+    the heads, one chunk at a time. Peak memory therefore scales with `chunk_size * V` instead of `N * V`, at
+    the price of computing the logits twice (about 5/3 of the matmul time of the materialized loss when the
+    head is frozen). Value and gradients equal `materialized_distillation_loss` up to float summation order.
+
+    Args:
+        student_hidden: `[N, H_s]` final hidden states of the student at the supervised positions (after the
+            final norm, i.e. what the LM head reads); gradients flow into them.
+        teacher_hidden: `[N, H_t]` the teacher's hidden states at the paired positions; treated as constants.
+        student_head_weight: `[V, H_s]` the student's LM head (its `lm_head.weight`); trained or frozen.
+        teacher_head_weight: `[V, H_t]` the teacher's LM head; may be the same tensor as the student's.
+        target_ids: `[N]` the next-token ids, for the NLL term `-log P_S(target)` (temperature 1). Required
+            when alpha < 1; when given with alpha = 1 the NLL is still reported in `nll_sum`.
+        alpha: weight of the divergence; 1 - alpha weighs the NLL. SALAD uses 1.
+        divergence, beta, temperature: see `divergence_per_position`.
+        chunk_size: positions per chunk. The transient memory is a few `chunk_size x V` fp32 tensors
+            (a 1024 x 151,936 one is 0.6 GB); lower it for large vocabularies on small devices.
+        num_items_in_batch: the number of supervised positions in all micro-batches of the optimizer step
+            (the Trainer's `num_items_in_batch`); the loss is the sum divided by it. Defaults to N, the mean
+            over this call's positions.
+        student_head_bias, teacher_head_bias: `[V]` biases of heads that have one.
+
+    Returns:
+        `DistillationLossOutput`. With N = 0 the loss is a zero that is still connected to `student_hidden`
+        and the student's head, so backward (and DDP's gradient hooks) run as for any other batch.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    teacher_hidden, teacher_head_weight, teacher_head_bias = _prepare(
+        student_hidden,
+        teacher_hidden,
+        student_head_weight,
+        teacher_head_weight,
+        target_ids,
+        teacher_head_bias,
+        alpha,
+        divergence,
+        beta,
+        temperature,
+    )
+    num_tokens = student_hidden.shape[0]
+    divergence_sum = nll_sum = None
+    # range(0, max(N, 1)) runs one (empty) chunk when N == 0, which is what connects the zero loss to the graph.
+    for start in range(0, max(num_tokens, 1), chunk_size):
+        end = start + chunk_size
+        chunk_divergence, chunk_nll = checkpoint(
+            _loss_sums,
+            student_hidden[start:end],
+            teacher_hidden[start:end],
+            student_head_weight,
+            teacher_head_weight,
+            student_head_bias,
+            teacher_head_bias,
+            None if target_ids is None else target_ids[start:end],
+            divergence,
+            beta,
+            temperature,
+            use_reentrant=False,
+            preserve_rng_state=False,  # nothing random inside; skips saving RNG states per chunk
+        )
+        divergence_sum = chunk_divergence if divergence_sum is None else divergence_sum + chunk_divergence
+        nll_sum = chunk_nll if nll_sum is None else nll_sum + chunk_nll
+    return _finish(divergence_sum, nll_sum, num_tokens, alpha, num_items_in_batch)
+
+
+def materialized_distillation_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    student_head_weight: torch.Tensor,
+    teacher_head_weight: torch.Tensor,
+    target_ids: torch.Tensor | None = None,
+    *,
+    alpha: float = 1.0,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    student_head_bias: torch.Tensor | None = None,
+    teacher_head_bias: torch.Tensor | None = None,
+) -> DistillationLossOutput:
+    """The same loss as `chunked_distillation_loss`, with all `[N, V]` logits built at once.
+
+    The reference for tests and benchmarks; it keeps several `[N, V]` fp32 tensors alive for backward, so train
+    with the chunked version. Arguments and result as in `chunked_distillation_loss`.
+    """
+    teacher_hidden, teacher_head_weight, teacher_head_bias = _prepare(
+        student_hidden,
+        teacher_hidden,
+        student_head_weight,
+        teacher_head_weight,
+        target_ids,
+        teacher_head_bias,
+        alpha,
+        divergence,
+        beta,
+        temperature,
+    )
+    divergence_sum, nll_sum = _loss_sums(
+        student_hidden,
+        teacher_hidden,
+        student_head_weight,
+        teacher_head_weight,
+        student_head_bias,
+        teacher_head_bias,
+        target_ids,
+        divergence,
+        beta,
+        temperature,
+    )
+    return _finish(divergence_sum, nll_sum, student_hidden.shape[0], alpha, num_items_in_batch)

@@ -1,0 +1,185 @@
+"""`salad-train`: cross-modal distillation from the command line.
+
+    salad-train --config configs/stage1-embedded-default.yaml
+    salad-train --config configs/stage1-qwen2.5-3b-mimi.yaml --per_device_train_batch_size 4   # flags override
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m trainers.train --config ...
+
+The model is either an existing SALAD checkpoint (`model_name_or_path`) or assembled from an encoder and an LLM
+(`audio_encoder` + `language_model`). Data are `datasets` rows in the schema of `trainers.data` (local files
+or Hub datasets, map-style or `streaming`), mixed with text-only rows at `text_only_ratio`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from datasets import interleave_datasets, load_dataset
+from trl import TrlParser
+
+from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+
+from .config import SaladDistillationConfig
+from .trainer import SaladDistillationTrainer
+
+
+@dataclass
+class SaladModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An existing SALAD checkpoint (Hub id or path) to continue training."}
+    )
+    audio_encoder: str | None = field(
+        default=None,
+        metadata={"help": "Speech encoder checkpoint for a new model (Whisper, Mimi, wav2vec2...)."},
+    )
+    language_model: str | None = field(
+        default=None, metadata={"help": "Causal LM checkpoint for a new model."}
+    )
+    adapter_type: str = field(
+        default="mlp", metadata={"help": "New model's adapter: 'mlp' or 'transformer'."}
+    )
+    adapter_stack_factor: int = field(
+        default=4, metadata={"help": "New model: encoder frames per audio token."}
+    )
+    adapter_hidden_size: int = field(default=960, metadata={"help": "New model: Transformer adapter width."})
+    adapter_intermediate_size: int = field(default=2560, metadata={"help": "New model: adapter MLP width."})
+    adapter_num_layers: int = field(default=12, metadata={"help": "New model: Transformer adapter layers."})
+    adapter_num_attention_heads: int = field(default=15, metadata={"help": "New model: adapter heads."})
+    adapter_num_key_value_heads: int = field(default=5, metadata={"help": "New model: adapter KV heads."})
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
+
+    def __post_init__(self):
+        if (self.model_name_or_path is None) == (self.audio_encoder is None or self.language_model is None):
+            raise ValueError(
+                "Give either model_name_or_path (a SALAD checkpoint) or both audio_encoder and language_model."
+            )
+
+
+@dataclass
+class SaladDataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Speech dataset: a Hub id, a local dataset directory or a loader name."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of dataset_name."})
+    data_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Local speech data files (jsonl/json/csv/parquet) instead of a name."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate on (None: no evaluation)."}
+    )
+    text_dataset_name: str | None = field(
+        default=None, metadata={"help": "Text-only corpus (Hub id or path)."}
+    )
+    text_data_files: list[str] = field(default_factory=list, metadata={"help": "Local text-only data files."})
+    text_split: str = field(default="train", metadata={"help": "Split of the text-only corpus."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the datasets instead of loading them."})
+
+
+def load_rows(name: str | None, files: list[str], split: str, streaming: bool, config: str | None = None):
+    """A `datasets` split from a name/directory or from local files (format from the file extension)."""
+    if name is not None:
+        return load_dataset(name, config, split=split, streaming=streaming)
+    extension = files[0].rsplit(".", 1)[-1]
+    builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(extension)
+    if builder is None:
+        raise ValueError(f"Unsupported data file {files[0]!r}: use jsonl, json, csv or parquet.")
+    return load_dataset(builder, data_files={split: files}, split=split, streaming=streaming)
+
+
+def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDistillationConfig):
+    """Speech rows, with text-only rows interleaved at `text_only_ratio` (sampled, seeded)."""
+    if data_args.dataset_name is None and not data_args.data_files:
+        raise ValueError("Give dataset_name or data_files for the speech data.")
+    speech = load_rows(
+        data_args.dataset_name, data_args.data_files, data_args.train_split, data_args.streaming,
+        data_args.dataset_config,
+    )  # fmt: skip
+    has_text = data_args.text_dataset_name is not None or data_args.text_data_files
+    if not has_text or training_args.text_only_ratio == 0:
+        return speech
+    text = load_rows(
+        data_args.text_dataset_name, data_args.text_data_files, data_args.text_split, data_args.streaming
+    )
+    # Text rows get the speech columns as nulls, so both share one schema for interleaving.
+    speech_columns = [column for column in (speech.column_names or ["text", "audio"]) if column != "text"]
+    text = text.select_columns(["text"]).map(lambda row: dict.fromkeys(speech_columns))
+    ratio = training_args.text_only_ratio
+    return interleave_datasets(
+        [speech, text],
+        probabilities=[1 - ratio, ratio],
+        seed=training_args.seed,
+        stopping_strategy="first_exhausted",
+    )
+
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+def resolve_checkpoint(name: str) -> str:
+    """`embedded:<asset>` names a small offline model converted from a registry package (see README)."""
+    if not name.startswith(EMBEDDED_PREFIX):
+        return name
+    from hub_scripts import embedded_assets
+
+    resolvers = {
+        "whisper-tiny.en": embedded_assets.whisper_tiny_en_path,
+        "whisper-base": embedded_assets.whisper_base_path,
+        "smollm2-135m-instruct": embedded_assets.smollm2_135m_instruct_path,
+    }
+    asset = name[len(EMBEDDED_PREFIX) :]
+    if asset not in resolvers:
+        raise ValueError(f"Unknown embedded asset {asset!r}; choose one of {sorted(resolvers)}.")
+    return str(resolvers[asset]())
+
+
+def load_model_and_processor(
+    model_args: SaladModelArguments,
+) -> tuple[SaladForConditionalGeneration, SaladProcessor]:
+    dtype = getattr(torch, model_args.dtype)
+    if model_args.model_name_or_path is not None:
+        path = resolve_checkpoint(model_args.model_name_or_path)
+        model = SaladForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        return model, SaladProcessor.from_pretrained(path)
+    audio_encoder = resolve_checkpoint(model_args.audio_encoder)
+    language_model = resolve_checkpoint(model_args.language_model)
+    adapter_kwargs = {name: value for name, value in vars(model_args).items() if name.startswith("adapter_")}
+    model = SaladForConditionalGeneration.from_pretrained_components(
+        audio_encoder, language_model, dtype=dtype, **adapter_kwargs
+    )
+    processor = SaladProcessor.from_pretrained_components(audio_encoder, language_model, model.config)
+    return model, processor
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = TrlParser((SaladModelArguments, SaladDataArguments, SaladDistillationConfig))
+    model_args, data_args, training_args = parser.parse_args_and_config(args=argv)
+    model, processor = load_model_and_processor(model_args)
+    train_dataset = build_train_dataset(data_args, training_args)
+    eval_dataset = None
+    if data_args.eval_split is not None:
+        eval_dataset = load_rows(
+            data_args.dataset_name,
+            data_args.data_files,
+            data_args.eval_split,
+            False,
+            data_args.dataset_config,
+        )
+    trainer = SaladDistillationTrainer(
+        model=model,
+        args=training_args,
+        processing_class=processor,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if training_args.train_llm == "lora":
+        model.merge_lora()  # publishable checkpoints hold a plain LLM
+    trainer.save_model(training_args.output_dir)
+    processor.save_pretrained(training_args.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""`SaladDistillationTrainer`: cross-modal distillation of a text LLM into its speech-adapted self."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import textwrap
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+
+from .config import SaladDistillationConfig
+from .data import SaladDistillationCollator
+from .losses import chunked_distillation_loss
+
+
+class SaladDistillationTrainer(Trainer):
+    """Trainer for SALAD's cross-modal distillation (Stage I, and Stage II on selected synthetic speech).
+
+    Each batch holds the student's interleaved text/speech inputs, the teacher's all-text inputs and the
+    pairs of positions that predict the same text token (see `trainers.data`). The student runs up to its
+    last hidden states; the loss projects the paired positions through the LM heads chunk by chunk
+    (`trainers.losses`), so neither model's `[batch, seq, vocab]` logits are ever materialized.
+
+    Args:
+        model: a [`SaladForConditionalGeneration`].
+        args: a [`SaladDistillationConfig`]; `train_llm`, `train_audio_encoder` set what trains.
+        processing_class: the model's [`SaladProcessor`].
+        teacher_model: for `teacher_mode="separate"`, the frozen original LLM (`AutoModelForCausalLM`);
+            default: a frozen copy of the model's LLM taken before training.
+        data_collator: default [`SaladDistillationCollator`] built from `args`.
+    """
+
+    _tag_names = ["salad", "speech", "cross-modal-distillation"]
+    _name = "SALAD"
+    _paper = {
+        "title": "Closing the Gap Between Text and Speech Understanding in LLMs",
+        "id": "2510.13632",
+        "citation": textwrap.dedent("""\
+            @inproceedings{cuervo2026closing,
+                title     = {{Closing the Gap Between Text and Speech Understanding in LLMs}},
+                author    = {Santiago Cuervo and others},
+                booktitle = {The Fourteenth International Conference on Learning Representations, {ICLR} 2026},
+                year      = 2026,
+                eprint    = {2510.13632},
+                archivePrefix = {arXiv},
+            }"""),
+    }
+    # compute_loss divides by the supervised-token count of the whole accumulated batch itself
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: SaladForConditionalGeneration,
+        args: SaladDistillationConfig,
+        processing_class: SaladProcessor,
+        train_dataset=None,
+        eval_dataset=None,
+        teacher_model=None,
+        data_collator=None,
+        **kwargs,
+    ):
+        set_trainable_parts(model, args)
+        if data_collator is None:
+            data_collator = SaladDistillationCollator(
+                processing_class,
+                text_span=tuple(args.text_span),
+                speech_span=tuple(args.speech_span),
+                continuation=args.continuation,
+                max_bad_row_fraction=args.max_bad_row_fraction,
+                seed=args.seed,
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self.teacher = None
+        if args.teacher_mode == "separate":
+            teacher = teacher_model if teacher_model is not None else copy.deepcopy(model.language_model)
+            self.teacher = teacher.requires_grad_(False).eval().to(self.args.device)
+        self._metrics = defaultdict(list)
+
+    # ------------------------------------------------------------------ optimizer
+    def create_optimizer(self, model=None):
+        """AdamW (or `args.optim`) with separate peak learning rates for the adapter and the LLM."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[float, float], list] = defaultdict(list)
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            learning_rate = self.args.learning_rate
+            if name.startswith("adapter.") and self.args.adapter_learning_rate is not None:
+                learning_rate = self.args.adapter_learning_rate
+            elif name.startswith("language_model.") and self.args.llm_learning_rate is not None:
+                learning_rate = self.args.llm_learning_rate
+            groups[(learning_rate, self.args.weight_decay if name in decay else 0.0)].append(param)
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(
+            [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()],
+            lr=self.args.learning_rate,
+            **optimizer_kwargs,
+        )
+        return self.optimizer
+
+    # ------------------------------------------------------------------ loss
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """Supervised tokens over the whole accumulated batch (and all processes), the loss's denominator."""
+        count = torch.tensor(sum(len(batch["target_ids"]) for batch in batch_samples), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def teacher_hidden_states(self, model, inputs) -> tuple[torch.Tensor, torch.nn.Module]:
+        """Final hidden states of the teacher on the all-text inputs, and its LM head."""
+        with torch.no_grad():
+            if self.teacher is not None:
+                outputs = self.teacher.get_decoder()(
+                    input_ids=inputs["teacher_input_ids"], attention_mask=inputs["teacher_attention_mask"]
+                )
+                return outputs.last_hidden_state, self.teacher.get_output_embeddings()
+            unwrapped = self.accelerator.unwrap_model(model)
+            with lora_disabled(unwrapped):
+                outputs = model(
+                    input_ids=inputs["teacher_input_ids"],
+                    attention_mask=inputs["teacher_attention_mask"],
+                    return_last_hidden_state=True,
+                )
+            return outputs.last_hidden_state, unwrapped.get_output_embeddings()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher_hidden, teacher_head = self.teacher_hidden_states(model, inputs)
+        student_hidden = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            input_features=inputs.get("input_features"),
+            input_features_mask=inputs.get("input_features_mask"),
+            return_last_hidden_state=True,
+        ).last_hidden_state
+        student_head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        output = chunked_distillation_loss(
+            student_hidden.flatten(0, 1)[inputs["student_index"]],
+            teacher_hidden.flatten(0, 1)[inputs["teacher_index"]],
+            student_head.weight,
+            teacher_head.weight,
+            inputs["target_ids"],
+            alpha=self.args.alpha,
+            divergence=self.args.divergence,
+            beta=self.args.beta,
+            temperature=self.args.temperature,
+            chunk_size=self.args.loss_chunk_size,
+            num_items_in_batch=num_items_in_batch,
+            student_head_bias=getattr(student_head, "bias", None),
+            teacher_head_bias=getattr(teacher_head, "bias", None),
+        )
+        loss = output.loss
+        if inputs.get("input_features") is None:
+            # A text-only batch leaves the adapter out of the graph: tie it in with a zero term, so DDP sees
+            # every trainable parameter used and a frozen-LLM run still has something to backpropagate.
+            unwrapped = self.accelerator.unwrap_model(model)
+            loss = loss + sum(p.sum() for p in unwrapped.adapter.parameters() if p.requires_grad) * 0.0
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        self._record_metrics(output, "train" if model.training else "eval")
+        return (loss, output) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ------------------------------------------------------------------ logging
+    def _record_metrics(self, output, mode: str) -> None:
+        tokens = max(int(output.num_tokens), 1)
+        self._metrics[f"{mode}_divergence"].append(float(output.divergence_sum) / tokens)
+        self._metrics[f"{mode}_nll"].append(float(output.nll_sum) / tokens)
+        self._metrics[f"{mode}_supervised_tokens"].append(float(output.num_tokens))
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        for key in [k for k in self._metrics if k.startswith(mode)]:
+            values = self._metrics.pop(key)
+            name = key[len(mode) + 1 :]
+            logs[f"eval_{name}" if mode == "eval" else name] = sum(values) / len(values)
+        collator = self.data_collator
+        if isinstance(collator, SaladDistillationCollator) and collator.stats["rows"]:
+            logs["bad_rows"] = collator.stats["bad_rows"]
+            logs["rows_seen"] = collator.stats["rows"]
+        super().log(logs, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def lora_disabled(model: SaladForConditionalGeneration):
+    """The original text LLM for the duration of the block (a no-op without LoRA)."""
+    has_lora = bool(model._lora_layers())
+    if has_lora:
+        model.set_lora_enabled(False)
+    try:
+        yield
+    finally:
+        if has_lora:
+            model.set_lora_enabled(True)
+
+
+def set_trainable_parts(model: SaladForConditionalGeneration, args: SaladDistillationConfig) -> None:
+    """Freeze or unfreeze encoder, adapter and LLM as the config says; add LoRA when asked and missing."""
+    model.audio_tower.requires_grad_(args.train_audio_encoder)
+    model.adapter.requires_grad_(True)
+    if args.train_llm == "lora" and not model._lora_layers():
+        from peft import LoraConfig
+
+        model.add_lora_to_language_model(
+            LoraConfig(
+                r=args.lora_r,
+                lora_alpha=args.lora_alpha,
+                lora_dropout=args.lora_dropout,
+                target_modules=list(args.lora_target_modules),
+            )
+        )
+    elif args.train_llm == "full":
+        model.language_model.requires_grad_(True)
+    elif args.train_llm == "frozen":
+        model.language_model.requires_grad_(False)

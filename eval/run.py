@@ -110,7 +110,7 @@ def synthesize_items(
     backend = get_backend(args.tts_backend)
     voices = [args.tts_voice] if args.tts_voice else None
     results = synthesize_many(
-        [item.spoken_text for item in items], backend, voices=voices,
+        [item.spoken_text for item in items], backend, voices=voices, num_workers=0,
         cache_dir=Path(args.tts_cache_dir).expanduser(), seed=args.seed,
     )  # fmt: skip
     return [resample(r.audio, r.sampling_rate, sampling_rate) for r in results]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from torch import nn
 from eval.gap import bootstrap_interval, forgetting_and_misalignment, gap_report, paired_difference
 from eval.scoring import score_speech, score_text, text_prompt
 from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class BiasedLM(nn.Module):
@@ -191,3 +194,64 @@ def test_generic_mapper_letters_and_text_answers():
     (item,) = items_from_rows(rows, "mine", generic_mapper("q", "opts", "gold", answer_format="text"))
     assert item.answer == 1
     assert np.isfinite(item.answer)
+
+
+def test_evaluate_metric_modules_load_from_local_paths():
+    import evaluate
+
+    accuracy = evaluate.load(str(REPO / "eval" / "metrics" / "accuracy_ci"))
+    result = accuracy.compute(predictions=[0, 2, 1, 1], references=[0, 1, 1, 1])
+    assert result["accuracy"] == 0.75 and result["ci95_low"] <= 0.75 <= result["ci95_high"]
+    gap = evaluate.load(str(REPO / "eval" / "metrics" / "text_speech_gap"))
+    result = gap.compute(
+        text_predictions=[0, 1, 1, 1], speech_predictions=[0, 2, 0, 1], references=[0, 1, 1, 1]
+    )
+    assert result["gap"] == 0.5 and result["text_accuracy"] == 1.0
+
+
+@pytest.fixture
+def tiny_eval_run(whisper_salad, tmp_path, monkeypatch):
+    """`eval.run.run` on the tiny model with stand-ins for TTS (tones) and ASR (the true text)."""
+    from eval import run as run_module
+
+    model, processor = whisper_salad
+    monkeypatch.setattr(run_module, "load_salad", lambda name, dtype: (model, processor))
+    monkeypatch.setattr(
+        run_module,
+        "synthesize_items",
+        lambda items, args, sr: [tone(0.3 + 0.01 * i, sr) for i in range(len(items))],
+    )
+    transcribed = []
+
+    def fake_transcribe(asr_model, clips, sampling_rate):
+        transcribed.append(len(clips))
+        return [item.spoken_text for item in run_module.load_task("offline", 12)]
+
+    monkeypatch.setattr(run_module, "transcribe", fake_transcribe)
+    args = run_module.EvalArguments(limit=12, output_dir=str(tmp_path), bootstrap_samples=200, num_fewshot=2)
+    return run_module.run(args), tmp_path, transcribed
+
+
+def test_harness_writes_json_markdown_and_plots(tiny_eval_run):
+    results, out, transcribed = tiny_eval_run
+    report = results["tasks"]["offline"]
+    assert set(report["systems"]) == {"base_text", "salad_text", "salad_speech", "cascade", "prior"}
+    # a frozen LLM: retention is exact, F is zero, and the cascade with perfect ASR equals the text reference
+    assert report["retention_gap"]["value"] == 0
+    assert report["systems"]["cascade"]["accuracy"] == report["systems"]["base_text"]["accuracy"]
+    assert report["distribution"]["forgetting"] == 0.0 and report["distribution"]["misalignment"] > 0
+    assert report["cascade_wer"] == 0.0 and transcribed == [12]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["tasks"]["offline"]["gap"] == report["gap"]
+    assert "| offline | salad_speech |" in (out / "results.md").read_text()
+    assert (out / "accuracy_per_task.png").stat().st_size > 0 and (
+        out / "gap_per_domain_offline.png"
+    ).exists()
+
+
+def test_offline_task_set_is_large_and_broad():
+    from eval.tasks import load_offline_tasks
+
+    items = load_offline_tasks()
+    assert len(items) >= 300 and len({item.domain for item in items}) >= 8
+    assert len(load_offline_tasks("fewshot")) >= 8

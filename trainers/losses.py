@@ -74,7 +74,7 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     logits = logits.to(dtype)
     if temperature != 1.0:  # dividing by 1 would still cost a full [N, V] pass, forward and backward
         logits = logits / temperature
-    return F.log_softmax(logits, dim=-1)
+    return F.log_softmax(logits, dim=-1).clamp_min(torch.finfo(dtype).min)
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

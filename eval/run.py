@@ -117,6 +117,8 @@ def synthesize_items(
 
 
 def transcribe(asr_model: str, clips: list[np.ndarray], sampling_rate: int) -> list[str]:
+    """The cascade's first half: Whisper transcripts of the clips, one clip at a time (batched Whisper
+    generation pads every clip to 30 s and was over ten times slower on a 2-core CPU)."""
     from transformers import pipeline
 
     from trainers.train import resolve_checkpoint

@@ -162,3 +162,30 @@ def test_bad_rows_are_counted_and_stop_the_run_past_the_threshold(whisper_salad,
         for _ in range(10):  # one bad row in two: past 5% of max(rows, 100) after six batches
             collator([good, nan_row])
     assert collator.stats["bad_row_reasons"]["audio is empty or has NaN/inf samples."] >= 5
+
+
+@pytest.mark.assets
+def test_word_timestamps_from_whisper_asr_cut_real_speech(whisper_salad):
+    """Whisper tiny.en word timestamps on a recorded prompt feed the interleaving builder directly."""
+    import jiwer
+
+    embedded_assets = pytest.importorskip("hub_scripts.embedded_assets")
+    try:
+        clip = next(c for c in embedded_assets.asterisk_prompts() if c.name == "agent-alreadyon")
+        whisper = embedded_assets.whisper_tiny_en_path()
+    except (FileNotFoundError, ModuleNotFoundError) as error:
+        pytest.skip(str(error))
+    from transformers import pipeline
+
+    from trainers.data import word_timestamps_with_asr
+
+    alignment = word_timestamps_with_asr(
+        pipeline("automatic-speech-recognition", model=str(whisper)), clip.audio, 16000
+    )
+    hypothesis = " ".join(alignment["words"]).lower().replace(".", "")
+    assert jiwer.wer(clip.transcript.lower().replace(".", ""), hypothesis) < 0.2
+    assert alignment["word_starts"] == sorted(alignment["word_starts"])
+    assert alignment["word_ends"][-1] <= clip.audio.size / 16000 + 0.05
+    segments = interleaved_segments(**alignment, audio=clip.audio, sampling_rate=16000, rng=random.Random(0),
+                                     text_span=(2, 4), speech_span=(2, 3))  # fmt: skip
+    assert any(s.kind == "speech" for s in segments) and any(s.kind == "text" for s in segments)

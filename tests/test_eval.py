@@ -255,3 +255,13 @@ def test_offline_task_set_is_large_and_broad():
     items = load_offline_tasks()
     assert len(items) >= 300 and len({item.domain for item in items}) >= 8
     assert len(load_offline_tasks("fewshot")) >= 8
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("configs/eval*.yaml")), ids=lambda p: p.name)
+def test_shipped_eval_configs_parse(path):
+    from trl import TrlParser
+
+    from eval.run import EvalArguments
+
+    (args,) = TrlParser((EvalArguments,)).parse_args_and_config(args=["--config", str(path)])
+    assert args.tasks and set(args.systems) <= {"base_text", "salad_text", "salad_speech", "cascade", "prior"}

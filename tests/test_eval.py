@@ -13,27 +13,26 @@ from conftest import build_tiny, tone
 from torch import nn
 
 from eval.gap import bootstrap_interval, forgetting_and_misalignment, gap_report, paired_difference
-from eval.scoring import score_speech, score_text, text_prompt
+from eval.scoring import score_speech_items, score_text_items, text_prompt
 from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-class BiasedLM(nn.Module):
-    """Wraps a causal LM (for its cache machinery) but emits one fixed next-token distribution everywhere."""
+class FixedDistributionLM(nn.Module):
+    """A causal LM stand-in whose next-token distribution is `log_probs` at every position: zero hidden
+    states through a head with zero weights and `log_probs` as bias."""
 
-    def __init__(self, lm: nn.Module, log_probs: torch.Tensor):
+    def __init__(self, log_probs: torch.Tensor, hidden_size: int = 8):
         super().__init__()
-        self.lm, self.log_probs = lm, log_probs
+        self.hidden_size = hidden_size
+        self.head = nn.Linear(hidden_size, log_probs.numel())
+        nn.init.zeros_(self.head.weight)
+        with torch.no_grad():
+            self.head.bias.copy_(log_probs)
 
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def forward(self, **kwargs):
-        out = self.lm(**kwargs)
-        out.logits = self.log_probs.expand_as(out.logits).clone()
-        return out
+    def hidden_states_and_head(self, input_ids, attention_mask):
+        return torch.zeros(*input_ids.shape, self.hidden_size), self.head
 
 
 def test_scoring_follows_the_model_and_normalizes_by_option_tokens(whisper_salad):
@@ -52,9 +51,9 @@ def test_scoring_follows_the_model_and_normalizes_by_option_tokens(whisper_salad
     rest = [t for t in range(vocab) if probs[t] == 0]
     probs[rest] = (1 - probs.sum()) / len(rest)
     log_probs = probs.log()
-    lm = BiasedLM(model.language_model, log_probs)
+    lm = FixedDistributionLM(log_probs)
     item = MultipleChoiceItem("i", "d", "which animal", (short, long), 0)
-    scores = score_text(lm, tokenizer, item, text_prompt(item.spoken_text, ""))
+    (scores,) = score_text_items(lm, tokenizer, [item], [text_prompt(item.spoken_text, "")])
     for k, ids in enumerate([ids_short, ids_long]):
         assert scores.logprob[k] == pytest.approx(log_probs[ids].sum().item(), abs=1e-4)
         assert scores.logprob_norm[k] == pytest.approx(log_probs[ids].mean().item(), abs=1e-4)
@@ -62,27 +61,43 @@ def test_scoring_follows_the_model_and_normalizes_by_option_tokens(whisper_salad
     assert scores.choice(normalized=True) == 1
 
 
-def test_cached_option_scoring_equals_full_sequence_scoring(whisper_salad):
+def test_batched_scoring_equals_one_sequence_at_a_time(whisper_salad):
     model, processor = whisper_salad
-    item = MultipleChoiceItem("i", "d", "what is two plus two", ("four", "five apples", "six"), 0)
-    prompt = text_prompt(item.spoken_text, "Question: x\nAnswer: y\n\n")
-    scores = score_text(model, processor.tokenizer, item, prompt)
-    prompt_length = len(processor.tokenizer(prompt)["input_ids"])
-    for k, option in enumerate(item.options):
-        full = processor.tokenizer(prompt + " " + option, return_tensors="pt")
-        with torch.no_grad():
-            log_probs = torch.log_softmax(model(**full).logits[0].float(), -1)
-        ids = full["input_ids"][0]
-        expected = sum(log_probs[i - 1, ids[i]].item() for i in range(prompt_length, len(ids)))
-        assert scores.logprob[k] == pytest.approx(expected, abs=1e-4)
+    items = [
+        MultipleChoiceItem("i", "d", "what is two plus two", ("four", "five apples", "six"), 0),
+        MultipleChoiceItem("j", "d", "a much longer question about a brown fox and a dog", ("yes", "no"), 1),
+    ]
+    prompts = [text_prompt(item.spoken_text, "Question: x\nAnswer: y\n\n") for item in items]
+    batched = score_text_items(model, processor.tokenizer, items, prompts, batch_size=4)
+    for item, prompt, scores in zip(items, prompts, batched):
+        prompt_length = len(processor.tokenizer(prompt)["input_ids"])
+        for k, option in enumerate(item.options):
+            full = processor.tokenizer(prompt + " " + option, return_tensors="pt")
+            with torch.no_grad():
+                log_probs = torch.log_softmax(model(**full).logits[0].float(), -1)
+            ids = full["input_ids"][0]
+            expected = sum(log_probs[i - 1, ids[i]].item() for i in range(prompt_length, len(ids)))
+            assert scores.logprob[k] == pytest.approx(expected, abs=1e-4)
+            assert scores.logprob_norm[k] == pytest.approx(expected / (len(ids) - prompt_length), abs=1e-4)
 
 
-def test_speech_scoring_uses_the_audio(whisper_salad):
+def test_batched_speech_scoring_equals_the_processor_path(whisper_salad):
+    """Speech items scored in a batch of mixed-length clips equal one item through the processor's own call."""
     model, processor = whisper_salad
-    item = MultipleChoiceItem("i", "d", "q", ("yes", "no"), 0)
-    a = score_speech(model, processor, item, tone(1.0, freq=300), "")
-    b = score_speech(model, processor, item, tone(1.0, freq=900, seed=3), "")
-    assert a.logprob != b.logprob
+    items = [MultipleChoiceItem(str(n), "d", "q", ("yes", "no way"), 0) for n in range(3)]
+    clips = [tone(0.5 + 0.4 * n, freq=300 + 200 * n, seed=n) for n in range(3)]
+    batched = score_speech_items(model, processor, items, clips, shots="", batch_size=5)
+    assert batched[0].logprob != batched[1].logprob  # the audio matters
+    for item, clip, scores in zip(items, clips, batched):
+        prompt = text_prompt(processor.audio_token, "")
+        prompt_length = processor(text=prompt, audio=clip)["input_ids"].shape[1]
+        for k, option in enumerate(item.options):
+            inputs = processor(text=prompt + " " + option, audio=clip)
+            with torch.no_grad():
+                log_probs = torch.log_softmax(model(**inputs).logits[0].float(), -1)
+            ids = inputs["input_ids"][0]
+            expected = sum(log_probs[i - 1, ids[i]].item() for i in range(prompt_length, len(ids)))
+            assert scores.logprob[k] == pytest.approx(expected, abs=1e-4)
 
 
 def test_bootstrap_and_paired_difference():

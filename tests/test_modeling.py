@@ -299,5 +299,5 @@ def test_lora_can_be_disabled_for_the_teacher_and_merged(component_checkpoints):
         model.set_lora_enabled(True)
         assert not torch.allclose(tuned, base)
         model.merge_lora()
-        assert not model._lora_layers()
+        assert not model.has_lora()
         torch.testing.assert_close(model(**inputs).logits, tuned, rtol=1e-4, atol=1e-5)

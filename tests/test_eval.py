@@ -280,3 +280,21 @@ def test_shipped_eval_configs_parse(path):
 
     (args,) = TrlParser((EvalArguments,)).parse_args_and_config(args=["--config", str(path)])
     assert args.tasks and set(args.systems) <= {"base_text", "salad_text", "salad_speech", "cascade", "prior"}
+
+
+@pytest.mark.assets
+def test_cascade_transcribes_real_speech_with_whisper_tiny():
+    """The cascade's ASR half on the real Whisper tiny.en and a recorded prompt."""
+    import jiwer
+
+    from eval.run import transcribe
+
+    embedded_assets = pytest.importorskip("hub_scripts.embedded_assets")
+    try:
+        clips = embedded_assets.asterisk_prompts(limit=3)
+        embedded_assets.whisper_tiny_en_path()
+    except (FileNotFoundError, ModuleNotFoundError) as error:
+        pytest.skip(str(error))
+    texts = transcribe("embedded:whisper-tiny.en", [clip.audio for clip in clips], 16000)
+    normalize = lambda text: text.lower().replace(".", "").replace(",", "")  # noqa: E731
+    assert jiwer.wer([normalize(c.transcript) for c in clips], [normalize(t) for t in texts]) < 0.3

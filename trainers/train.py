@@ -35,6 +35,14 @@ class SaladModelArguments:
     language_model: str | None = field(
         default=None, metadata={"help": "Causal LM checkpoint for a new model."}
     )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The original text LLM for teacher_mode=separate (needed when continuing from a checkpoint "
+            "whose LLM was already fine-tuned, e.g. Stage II after full fine-tuning). Default: a copy of the "
+            "loaded model's LLM."
+        },
+    )
     adapter_type: str = field(
         default="mlp", metadata={"help": "New model's adapter: 'mlp' or 'transformer'."}
     )
@@ -167,12 +175,20 @@ def main(argv: list[str] | None = None) -> None:
             False,
             data_args.dataset_config,
         )
+    teacher_model = None
+    if model_args.teacher_model_name_or_path is not None:
+        from transformers import AutoModelForCausalLM
+
+        teacher_model = AutoModelForCausalLM.from_pretrained(
+            resolve_checkpoint(model_args.teacher_model_name_or_path), dtype=getattr(torch, model_args.dtype)
+        )
     trainer = SaladDistillationTrainer(
         model=model,
         args=training_args,
         processing_class=processor,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
+        teacher_model=teacher_model,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if training_args.train_llm == "lora":

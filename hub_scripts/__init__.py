@@ -1,1 +1,1 @@
-"""Converters and locators that turn small offline assets into transformers checkpoints."""
+"""Hub tooling: converters of the small offline assets, checkpoint building, salad-push, model card, salad-verify."""

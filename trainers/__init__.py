@@ -1,1 +1,2 @@
-"""Cross-modal distillation trainer, data building and Stage II active selection (see the issues)."""
+"""SALAD training: cross-modal distillation (config, trainer, loss, data, salad-train), TTS backends and Stage II
+active selection (salad-select)."""

@@ -63,7 +63,10 @@ class EvalArguments:
     tts_voice: str | None = field(
         default=None, metadata={"help": "TTS voice (e.g. one held out from training)."}
     )
-    tts_cache_dir: str = field(default="~/.cache/salad/tts", metadata={"help": "Synthesis cache."})
+    tts_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Synthesis cache (default: `tts/` under `$SALAD_CACHE` or ~/.cache/salad)."},
+    )
     distribution_metrics: bool = field(
         default=True, metadata={"help": "Also measure forgetting F and misalignment M."}
     )
@@ -112,9 +115,17 @@ def synthesize_items(
     voices = [args.tts_voice] if args.tts_voice else None
     results = synthesize_many(
         [item.spoken_text for item in items], backend, voices=voices, num_workers=0,
-        cache_dir=Path(args.tts_cache_dir).expanduser(), seed=args.seed,
+        cache_dir=tts_cache_dir(args), seed=args.seed,
     )  # fmt: skip
     return [resample(r.audio, r.sampling_rate, sampling_rate) for r in results]
+
+
+def tts_cache_dir(args: EvalArguments) -> Path:
+    if args.tts_cache_dir is not None:
+        return Path(args.tts_cache_dir).expanduser()
+    from hub_scripts.embedded_assets import cache_dir
+
+    return cache_dir() / "tts"
 
 
 def transcribe(asr_model: str, clips: list[np.ndarray], sampling_rate: int) -> list[str]:

@@ -60,9 +60,8 @@ def main() -> None:
     )
     print(f"    model answer: {answer['generated_text']!r}  ({time.perf_counter() - start:.1f} s)")
     print(
-        "\nNOTE: the adapter is untrained, so the answer does not follow the audio yet. Training it is the\n"
-        "cross-modal distillation trainer's job (issues 3 and 7); this demo shows the model package working end\n"
-        "to end on real weights and real speech."
+        "\nNOTE: the adapter is untrained, so the answer does not follow the audio yet. `salad-train` (see the\n"
+        "README) trains it; this demo shows the model package working end to end on real weights and real speech."
     )
 
 

@@ -100,11 +100,13 @@ def forgetting_and_misalignment(
     base_model=None,
     batch_size: int = 4,
     continuation: str = "{transcript}",
+    with_forgetting: bool = True,
 ) -> dict:
     """F and M per token (overall and per `row["domain"]`) over rows in the `trainers.data` schema.
 
     `base_model` is the original text LLM Q; None means the SALAD model's own LLM with LoRA switched off
-    (for a frozen LLM, F is then exactly 0). M compares the SALAD model on the all-text version with itself
+    (for a frozen LLM, F is then exactly 0); `with_forgetting=False` skips that base-model pass (F is then
+    reported as NaN) for callers that only need M, such as Stage II probing. M compares the SALAD model on the all-text version with itself
     on the spoken version at every position whose next token is text (the distillation pairs).
     """
     collator = SaladDistillationCollator(processor, continuation=continuation, max_bad_row_fraction=0.0)
@@ -123,11 +125,14 @@ def forgetting_and_misalignment(
             input_features=batch.get("input_features"), input_features_mask=batch.get("input_features_mask"),
             return_last_hidden_state=True,
         ).last_hidden_state  # fmt: skip
-        base_hidden, base_head = _base_hidden_states(model, base_model, batch)
         text_logits = head(text_hidden.flatten(0, 1)[batch["teacher_index"]])
         speech_logits = head(speech_hidden.flatten(0, 1)[batch["student_index"]])
-        base_logits = base_head(base_hidden.flatten(0, 1)[batch["teacher_index"]])
-        forgetting = divergence_per_position(text_logits, base_logits)  # KL(Q || P) on text
+        if with_forgetting:
+            base_hidden, base_head = _base_hidden_states(model, base_model, batch)
+            base_logits = base_head(base_hidden.flatten(0, 1)[batch["teacher_index"]])
+            forgetting = divergence_per_position(text_logits, base_logits)  # KL(Q || P) on text
+        else:
+            forgetting = torch.full_like(text_logits[:, 0], float("nan"))
         misalignment = divergence_per_position(speech_logits, text_logits)  # KL(P_text || P_speech)
         row_of_pair = batch["student_index"] // batch["input_ids"].shape[1]
         for pair, row in enumerate(row_of_pair.tolist()):

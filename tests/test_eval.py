@@ -298,3 +298,12 @@ def test_cascade_transcribes_real_speech_with_whisper_tiny():
     texts = transcribe("embedded:whisper-tiny.en", [clip.audio for clip in clips], 16000)
     normalize = lambda text: text.lower().replace(".", "").replace(",", "")  # noqa: E731
     assert jiwer.wer([normalize(c.transcript) for c in clips], [normalize(t) for t in texts]) < 0.3
+
+
+def test_misalignment_alone_skips_forgetting(whisper_salad):
+    model, processor = whisper_salad
+    rows = [{"text": "the quick brown fox", "audio": {"array": tone(0.7), "sampling_rate": 16000}}]
+    both = forgetting_and_misalignment(model, processor, rows)
+    alone = forgetting_and_misalignment(model, processor, rows, with_forgetting=False)
+    assert alone["misalignment"] == pytest.approx(both["misalignment"])
+    assert math.isnan(alone["forgetting"])

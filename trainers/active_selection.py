@@ -309,7 +309,8 @@ def salad_misalignment(
     """
     from eval.gap import forgetting_and_misalignment
 
-    options = {"batch_size": batch_size} | ({} if continuation is None else {"continuation": continuation})
+    options = {"batch_size": batch_size, "with_forgetting": False}
+    options |= {} if continuation is None else {"continuation": continuation}
 
     def measure(rows: list[dict]) -> float:
         return float(forgetting_and_misalignment(model, processor, rows, **options)["misalignment"])

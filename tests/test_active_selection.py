@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny, tone
+from conftest import ToneBackend, build_tiny, tone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from trl import TrlParser
@@ -34,7 +34,6 @@ from trainers.active_selection import (
     target_weights,
 )
 from trainers.select import SelectArguments, select_synthetic_speech
-from trainers.tts import TTSBackend, _EngineOutput
 
 REPO = Path(__file__).parent.parent
 
@@ -272,29 +271,6 @@ def test_misalignment_of_the_tiny_model_is_positive_and_finite():
 
 # ---------------------------------------------------------------------------------------------------------
 # salad-select end to end, on fakes
-
-
-class ToneBackend(TTSBackend):
-    """A fake engine: 0.1 s of tone per word (scaled by the rate), word timestamps exact."""
-
-    name = "tone"
-    default_voice = "low"
-    calls = 0
-
-    @property
-    def version(self) -> str:
-        return "tone-1"
-
-    def voices(self) -> list[str]:
-        return ["low", "high"]
-
-    def _synthesize(self, text, voice, rate, pitch):
-        ToneBackend.calls += 1
-        step = 0.1 / (rate or 1.0)
-        count = len(text.split())
-        audio = tone(step * count, freq=220 if voice == "low" else 440)
-        starts = [round(i * step, 4) for i in range(count)]
-        return _EngineOutput(audio, 16000, starts, [round(s + step, 4) for s in starts])
 
 
 TOPICS = {

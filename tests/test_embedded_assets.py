@@ -248,3 +248,70 @@ def test_minilm_embeds_similar_sentences_closer():
     embeddings = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
     assert embeddings.shape == (3, 384)
     assert embeddings[0] @ embeddings[1] > embeddings[0] @ embeddings[2] + 0.2
+
+
+# --- the shipped embedded default ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def assembled(tmp_path, monkeypatch):
+    """The embedded components with a small fresh adapter, in a temporary cache that links to the real
+    conversions (so assembled checkpoints do not pile up in the user's cache)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for locate in (whisper_tiny_en_path, smollm2_135m_instruct_path):
+        converted = Path(asset(locate))
+        (cache / converted.name).symlink_to(converted, target_is_directory=True)
+    monkeypatch.setenv("SALAD_CACHE", str(cache))
+    return embedded_assets._assemble_embedded({"adapter_type": "mlp", "adapter_intermediate_size": 64})
+
+
+@pytest.mark.assets
+def test_export_and_assembly_round_trip_the_trained_adapter(tmp_path, assembled):
+    """A checkpoint on the embedded components ships as its adapter alone and comes back with equal weights."""
+    from modeling_salad import SaladForConditionalGeneration
+
+    model = assembled
+    with torch.no_grad():
+        for parameter in model.adapter.parameters():
+            parameter.add_(torch.randn_like(parameter))  # "training"
+    model.save_pretrained(tmp_path / "trained")
+    shipped = embedded_assets.export_embedded_default(tmp_path / "trained", tmp_path / "shipped")
+    assert (shipped / "adapter.safetensors").stat().st_size < 5e6
+    reloaded = SaladForConditionalGeneration.from_pretrained(
+        embedded_assets.salad_embedded_default_path(shipped)
+    )
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.assets
+def test_export_refuses_a_checkpoint_whose_llm_was_trained(tmp_path, assembled):
+    model = assembled
+    with torch.no_grad():
+        model.language_model.lm_head.weight[5] += 1.0
+    model.save_pretrained(tmp_path / "full")
+    with pytest.raises(ValueError, match="only the adapter can be shipped"):
+        embedded_assets.export_embedded_default(tmp_path / "full", tmp_path / "shipped")
+
+
+@pytest.mark.assets
+def test_the_shipped_default_loads_in_one_line_and_is_closer_to_the_text_llm_on_human_speech():
+    """The committed adapter (hub_scripts/embedded_default/) on the offline components loads with one
+    `from_pretrained`, and on recorded human prompts its misalignment M is below the untrained adapter's."""
+    from eval.gap import forgetting_and_misalignment
+    from eval.run import load_salad
+
+    if not (embedded_assets.EMBEDDED_DEFAULT_DIR / embedded_assets.ADAPTER_WEIGHTS).exists():
+        pytest.skip(
+            "no trained adapter in hub_scripts/embedded_default/ (see benchmarks/alignment/README.md)"
+        )
+    rows = [{"text": clip.transcript, "audio": {"array": clip.audio, "sampling_rate": clip.sampling_rate}}
+            for clip in asset(lambda: asterisk_prompts(limit=8))]  # fmt: skip
+    misalignment = {}
+    for name in ("embedded:salad", "embedded:untrained"):
+        model, processor = load_salad(name, torch.float32)
+        with torch.no_grad():
+            measured = forgetting_and_misalignment(model, processor, rows, with_forgetting=False)
+        misalignment[name] = measured["misalignment"]
+    assert misalignment["embedded:salad"] < misalignment["embedded:untrained"]

@@ -14,7 +14,7 @@ from torch import nn
 
 from eval.gap import bootstrap_interval, forgetting_and_misalignment, gap_report, paired_difference
 from eval.scoring import score_speech_items, score_text_items, text_prompt
-from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks
+from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks, load_task
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -307,3 +307,10 @@ def test_misalignment_alone_skips_forgetting(whisper_salad):
     alone = forgetting_and_misalignment(model, processor, rows, with_forgetting=False)
     assert alone["misalignment"] == pytest.approx(both["misalignment"])
     assert math.isnan(alone["forgetting"])
+
+
+def test_a_limited_offline_set_spans_the_domains():
+    items = load_task("offline", 16)
+    assert len(items) == 16 and len({item.domain for item in items}) == 8
+    order = [item.id for item in load_task("offline")]
+    assert [order.index(item.id) for item in items] == sorted(order.index(item.id) for item in items)

@@ -216,9 +216,14 @@ def test_two_process_cpu_accelerate_launch(cli_setup, tmp_path):
     assert (out / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize(
-    "path", sorted(Path(__file__).parent.parent.glob("configs/stage*.yaml")), ids=lambda p: p.name
+TRAINING_CONFIGS = sorted(
+    path
+    for path in Path(__file__).parent.parent.glob("configs/*.yaml")
+    if not path.name.startswith(("eval-", "select-"))  # parsed in test_eval.py / test_active_selection.py
 )
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
     """Every training config in configs/ parses into the CLI's dataclasses (no model is loaded; GPU configs get
     `--bf16 false` here because TrainingArguments refuses bf16 on a machine without a GPU)."""

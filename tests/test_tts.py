@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ToneBackend
 
 from trainers.tts import (
     EngineNotFoundError,
@@ -25,10 +26,8 @@ from trainers.tts import (
     FliteBackend,
     KokoroBackend,
     Synthesis,
-    TTSBackend,
     _align,
     _consistent_times,
-    _EngineOutput,
     _kokoro_model,
     _kokoro_pipeline,
     cache_key,
@@ -166,30 +165,6 @@ def test_choose_job_is_deterministic_per_text():
     assert len({job.voice for job in jobs}) > 1 and all(0.8 <= job.rate <= 1.2 for job in jobs)
     assert jobs != [choose_job(f"text {i}", voices, 8, (0.8, 1.2), (0.9, 1.1)) for i in range(20)]
     assert choose_job("same", voices, 7, None, None).rate is None
-
-
-class ToneBackend(TTSBackend):
-    """A counting stand-in engine: one tone per word, so timestamps are known exactly."""
-
-    name = "tone"
-    default_voice = "low"
-    calls = 0
-
-    @property
-    def version(self) -> str:
-        return "1"
-
-    def voices(self) -> list[str]:
-        return ["low", "high"]
-
-    def _synthesize(self, text, voice, rate, pitch) -> _EngineOutput:
-        type(self).calls += 1
-        word_seconds = 0.1 / (rate or 1.0)
-        frequency = (200 if voice == "low" else 400) * (pitch or 1.0)
-        n = int(word_seconds * 8000)
-        audio = 0.5 * np.sin(2 * np.pi * frequency * np.arange(n * len(text.split())) / 8000)
-        starts = [index * word_seconds for index in range(len(text.split()))]
-        return _EngineOutput(audio, 8000, starts, [start + word_seconds for start in starts])
 
 
 def test_synthesize_many_caches_and_resumes(tmp_path):

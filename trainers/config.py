@@ -10,6 +10,7 @@ from .losses import DIVERGENCES
 
 TEACHER_MODES = ("shared", "separate")
 LLM_TRAINING = ("frozen", "lora", "full")
+OBJECTIVES = ("distillation", "frame_embedding")
 
 
 @dataclass
@@ -83,6 +84,31 @@ class SaladDistillationConfig(TrainingArguments):
             "is replaced by the transcript ('Repeat what was said: {transcript}' gives the dense repeat format)."
         },
     )
+    interleave_probability: float = field(
+        default=1.0,
+        metadata={
+            "help": "Share of word-aligned rows cut into interleaved text/speech spans; the others are spoken "
+            "whole and followed by `continuation`."
+        },
+    )
+    objective: str = field(
+        default="distillation",
+        metadata={
+            "help": "'distillation' (the SALAD loss) or 'frame_embedding': a cheap warm start of the adapter alone "
+            "on word-aligned speech (each audio token lands on the embedding of the token spoken then; no LLM "
+            "forward; see trainers/losses.py)."
+        },
+    )
+    frame_temperature: float = field(
+        default=1.0, metadata={"help": "Scale of the squared distances of objective='frame_embedding'."}
+    )
+    frame_num_negatives: int | None = field(
+        default=4096,
+        metadata={
+            "help": "objective='frame_embedding' scores the batch's target tokens and this many random others "
+            "(sampled softmax); None scores the whole vocabulary."
+        },
+    )
     text_only_ratio: float = field(
         default=1 / 3,
         metadata={"help": "Share of text-only rows mixed into training to limit forgetting (0 disables)."},
@@ -133,6 +159,12 @@ class SaladDistillationConfig(TrainingArguments):
             span = getattr(self, name)
             if len(span) != 2 or not 1 <= span[0] <= span[1]:
                 raise ValueError(f"{name} must be [min, max] with 1 <= min <= max, got {span}.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if self.objective == "frame_embedding" and self.train_llm != "frozen":
+            raise ValueError("objective='frame_embedding' trains the adapter alone; set train_llm='frozen'.")
+        if not 0.0 <= self.interleave_probability <= 1.0:
+            raise ValueError(f"interleave_probability must lie in [0, 1], got {self.interleave_probability}.")
         if not 0.0 <= self.text_only_ratio < 1.0:
             raise ValueError(f"text_only_ratio must lie in [0, 1), got {self.text_only_ratio}.")
         if self.loss_chunk_size < 1:

@@ -39,6 +39,8 @@ class Segment:
     kind: str  # "text" or "speech"
     text: str
     audio: np.ndarray | None = None
+    # (start, end) seconds of each word of `text` within `audio`, when the row was word-aligned
+    word_times: list[tuple[float, float]] | None = None
 
 
 @dataclass
@@ -49,6 +51,9 @@ class EncodedExample:
     student_positions: list[int]  # position i predicts the token at i + 1 ...
     teacher_positions: list[int]  # ... and so does the paired teacher position
     target_ids: list[int]
+    frame_targets: list[
+        int
+    ]  # per audio token: the text token spoken then, BLANK between words, IGNORE unknown
 
 
 class BadRowError(ValueError):
@@ -109,17 +114,51 @@ def interleaved_segments(
             continue
         start_sample = int(word_starts[first] * sampling_rate)
         end_sample = int(word_starts[end] * sampling_rate) if end < len(words) else audio.size
-        segments.append(Segment("speech", text, audio[start_sample:end_sample]))
+        offset = start_sample / sampling_rate
+        times = [(word_starts[i] - offset, word_ends[i] - offset) for i in range(first, end)]
+        segments.append(Segment("speech", text, audio[start_sample:end_sample], times))
     return segments
 
 
-def whole_utterance_segments(transcript: str, audio: np.ndarray, continuation: str) -> list[Segment]:
+def whole_utterance_segments(
+    transcript: str, audio: np.ndarray, continuation: str, word_times: list[tuple[float, float]] | None = None
+) -> list[Segment]:
     """Speech for the whole utterance, then a text continuation that the loss supervises.
 
     `continuation` may contain `{transcript}`: "Repeat what was said: {transcript}" gives the dense
     "repeat" format, where the teacher is nearly certain of every transcript token.
     """
-    return [Segment("speech", transcript, audio), Segment("text", continuation.format(transcript=transcript))]
+    speech = Segment("speech", transcript, audio, word_times)
+    return [speech, Segment("text", continuation.format(transcript=transcript))]
+
+
+BLANK, IGNORE = -1, -100
+
+
+def frame_targets(
+    segment: Segment, num_tokens: int, tokenizer, sampling_rate: int, leading_space: bool
+) -> list[int]:
+    """The text token spoken at the middle of each of a clip's `num_tokens` audio tokens.
+
+    A word's tokens share its duration equally; audio tokens between words get `BLANK`, and every audio token
+    of a clip without word times gets `IGNORE`. Words are tokenized one at a time (with the space before them),
+    which can split a few differently from the whole transcript: a warm-start target, not an exact one.
+    """
+    if segment.word_times is None:
+        return [IGNORE] * num_tokens
+    words = segment.text.split()
+    if len(words) != len(segment.word_times):
+        raise BadRowError(f"{len(words)} words but {len(segment.word_times)} word times in {segment.text!r}.")
+    duration = segment.audio.size / sampling_rate
+    centers = (np.arange(num_tokens) + 0.5) * duration / num_tokens
+    targets = np.full(num_tokens, BLANK)
+    for index, (word, (start, end)) in enumerate(zip(words, segment.word_times)):
+        ids = tokenizer((" " if index or leading_space else "") + word, add_special_tokens=False)["input_ids"]
+        inside = np.nonzero((centers >= start) & (centers < end))[0]
+        if ids and inside.size and end > start:
+            piece = ((centers[inside] - start) / (end - start) * len(ids)).astype(int).clip(0, len(ids) - 1)
+            targets[inside] = np.asarray(ids)[piece]
+    return targets.tolist()
 
 
 def encode_segments(segments: list[Segment], processor: SaladProcessor) -> EncodedExample:
@@ -134,7 +173,7 @@ def encode_segments(segments: list[Segment], processor: SaladProcessor) -> Encod
     tokenizer = processor.tokenizer
     spec = processor.length_spec
     prefix = tokenizer("", add_special_tokens=True)["input_ids"]  # BOS where the tokenizer uses one
-    student, teacher, clips = list(prefix), list(prefix), []
+    student, teacher, clips, frames = list(prefix), list(prefix), [], []
     student_positions, teacher_positions, targets = [], [], []
     for index, segment in enumerate(segments):
         text = segment.text if index == 0 else " " + segment.text
@@ -143,7 +182,9 @@ def encode_segments(segments: list[Segment], processor: SaladProcessor) -> Encod
             if segment.audio is None or segment.audio.size == 0:
                 raise BadRowError(f"speech segment {index} ({segment.text!r}) has no audio.")
             clips.append(segment.audio)
-            student += [processor.audio_token_id] * spec.num_tokens(segment.audio.size)
+            num_tokens = spec.num_tokens(segment.audio.size)
+            frames += frame_targets(segment, num_tokens, tokenizer, processor.sampling_rate, index > 0)
+            student += [processor.audio_token_id] * num_tokens
             teacher += ids
             continue
         for token in ids:
@@ -153,7 +194,7 @@ def encode_segments(segments: list[Segment], processor: SaladProcessor) -> Encod
                 targets.append(token)
             student.append(token)
             teacher.append(token)
-    return EncodedExample(student, teacher, clips, student_positions, teacher_positions, targets)
+    return EncodedExample(student, teacher, clips, student_positions, teacher_positions, targets, frames)
 
 
 def decode_row_audio(audio: Any, sampling_rate: int) -> np.ndarray:
@@ -189,13 +230,18 @@ class SaladDistillationCollator:
 
     Output keys: `input_ids`, `attention_mask`, `input_features`, `input_features_mask` (student);
     `teacher_input_ids`, `teacher_attention_mask`; `student_index` and `teacher_index` (flat indices into
-    `[batch * seq]` of each side) and `target_ids`, one entry per supervised token.
+    `[batch * seq]` of each side) and `target_ids`, one entry per supervised token; with audio,
+    `frame_targets`: per audio token in order, the text token spoken then (see `frame_targets`), and
+    `speech_seconds`, the batch's seconds of speech (logged, for curves against minutes of speech seen).
+
+    Rows with word timestamps are interleaved with probability `interleave_probability`, else spoken whole.
     """
 
     processor: SaladProcessor
     text_span: tuple[int, int] = (10, 30)
     speech_span: tuple[int, int] = (5, 15)
     continuation: str = "{transcript}"
+    interleave_probability: float = 1.0
     max_bad_row_fraction: float = 0.01
     padding_side: str = "right"
     seed: int = 0
@@ -208,14 +254,15 @@ class SaladDistillationCollator:
         if row.get("audio") is None:
             return [Segment("text", text.strip())]
         audio = decode_row_audio(row["audio"], self.processor.sampling_rate)
-        if row.get("words"):
-            # The spans of a row depend on the row and the seed only, so a resumed run sees the same examples.
-            rng = random.Random(f"{self.seed}:{text}")
+        # The format and spans of a row depend on the row and the seed only: a resumed run sees the same examples.
+        rng = random.Random(f"{self.seed}:{text}")
+        if row.get("words") and rng.random() < self.interleave_probability:
             return interleaved_segments(
                 row["words"], row["word_starts"], row["word_ends"], audio, self.processor.sampling_rate,
                 rng, self.text_span, self.speech_span,
             )  # fmt: skip
-        return whole_utterance_segments(text.strip(), audio, self.continuation)
+        times = list(zip(row["word_starts"], row["word_ends"])) if row.get("words") else None
+        return whole_utterance_segments(text.strip(), audio, self.continuation, times)
 
     def encode_rows(self, rows: list[dict]) -> list[EncodedExample]:
         """Encode the rows, skipping and counting bad ones; raise once they pass the allowed share."""
@@ -293,4 +340,7 @@ def collate_examples(
         audio_inputs, _ = processor.prepare_audio(clips)
         batch["input_features"] = torch.from_numpy(audio_inputs["input_features"])
         batch["input_features_mask"] = torch.from_numpy(audio_inputs["input_features_mask"])
+        batch["speech_seconds"] = torch.tensor(sum(clip.size for clip in clips) / processor.sampling_rate)
+        frames = [target for example in examples for target in example.frame_targets]
+        batch["frame_targets"] = torch.tensor(frames, dtype=torch.long)
     return batch

@@ -375,3 +375,80 @@ def materialized_distillation_loss(
         temperature,
     )
     return _finish(divergence_sum, nll_sum, student_hidden.shape[0], alpha, num_items_in_batch)
+
+
+@dataclass
+class FrameEmbeddingLossOutput:
+    """The warm-start loss (a scalar with a grad_fn), its detached frame accuracy and the frames it scored."""
+
+    loss: torch.Tensor
+    accuracy: torch.Tensor  # over all scored frames, blanks included
+    word_accuracy: torch.Tensor  # over the frames inside words only
+    num_frames: int
+
+
+def frame_embedding_loss(
+    audio_embeds: torch.Tensor,
+    frame_targets: torch.Tensor,
+    token_embeddings: torch.Tensor,
+    temperature: float = 1.0,
+    num_negatives: int | None = None,
+    generator: torch.Generator | None = None,
+) -> FrameEmbeddingLossOutput:
+    """Each audio token should land on the input embedding of the text token spoken at its time.
+
+    Audio tokens are scored against the LLM's token embeddings by negative squared distance over
+    `temperature`, and a cross-entropy asks for the token spoken at the audio token's time (from word
+    timestamps; `trainers.data.frame_targets`), or for the blank between words: the mean token embedding, a
+    neutral input to the LLM. It needs no LLM forward pass, so it is cheap enough to run for many steps: a
+    warm start that puts the words into the adapter's output before distillation shapes how the LLM reads them
+    (at small scale, distillation alone finds a content-free prompt first, DESIGN.md §7). Distance, not cosine:
+    SmolLM2's embeddings share a large common direction (mean cosine 0.44), and a distance also fixes the norm.
+
+    Args:
+        audio_embeds: `[num_audio_tokens, hidden]`, the clips' audio tokens concatenated in order.
+        frame_targets: `[num_audio_tokens]` token ids, `BLANK` (-1) between words, `IGNORE` (-100) unknown.
+        token_embeddings: `[vocab, hidden]`, the LLM's input embedding matrix (not trained here).
+        temperature: scale of the squared distances (SmolLM2's nearest neighbours lie ~4.5 apart, squared).
+        num_negatives: score only the tokens among the targets and this many others drawn at random (a sampled
+            softmax, several times cheaper on a CPU); None scores the whole vocabulary.
+        generator: random source of the drawn tokens.
+    """
+    if frame_targets.shape[0] != audio_embeds.shape[0]:
+        raise ValueError(f"{frame_targets.shape[0]} frame targets for {audio_embeds.shape[0]} audio tokens.")
+    scored = frame_targets != -100
+    targets = frame_targets[scored]
+    audio = audio_embeds[scored].float()
+    embeddings = token_embeddings.detach().float()
+    blank = embeddings.mean(0, keepdim=True)
+    tokens = targets[targets >= 0]
+    if num_negatives is not None:
+        candidates, renumbered = sample_candidates(tokens, embeddings.shape[0], num_negatives, generator)
+        embeddings = embeddings[candidates]
+        targets = targets.clone()
+        targets[targets >= 0] = renumbered
+    vocab = torch.cat([embeddings, blank])
+    targets = torch.where(targets >= 0, targets, vocab.shape[0] - 1)
+    # -|a - e|^2 = 2 a.e - |e|^2 - |a|^2, and |a|^2 is the same for every class of a frame
+    scores = (2 * audio @ vocab.T - vocab.pow(2).sum(-1)) / temperature
+    loss = F.cross_entropy(scores, targets, reduction="mean") if targets.numel() else audio_embeds.sum() * 0.0
+    hits = (scores.argmax(-1) == targets).float().detach()
+    in_word = targets != vocab.shape[0] - 1
+    accuracy = hits.mean() if hits.numel() else hits.sum()
+    word_accuracy = hits[in_word].mean() if in_word.any() else hits.sum()
+    return FrameEmbeddingLossOutput(loss, accuracy, word_accuracy, int(targets.numel()))
+
+
+def sample_candidates(
+    targets: torch.Tensor, vocab_size: int, num_negatives: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token ids to score (the targets' own, then `num_negatives` others at random) and the targets
+    renumbered as indices into them."""
+    positives = torch.unique(targets)
+    is_positive = torch.zeros(vocab_size, dtype=torch.bool)
+    is_positive[positives] = True
+    others = torch.nonzero(~is_positive).squeeze(1)
+    drawn = others[torch.randperm(others.numel(), generator=generator)[:num_negatives]]
+    index = torch.zeros(vocab_size, dtype=torch.long)
+    index[positives] = torch.arange(positives.numel())
+    return torch.cat([positives, drawn]), index[targets]

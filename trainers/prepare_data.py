@@ -1,11 +1,18 @@
-"""Build training rows (the `trainers.data` schema) from speech that is installed on this machine.
+"""Build training rows (the `trainers.data` schema) from speech and text that are installed on this machine.
 
     python -m trainers.prepare_data --output_dir data/asterisk
+    python -m trainers.prepare_data --source text_pool --output_dir data/tts --num_sentences 12000
 
-Writes the Asterisk English prompts (real human speech, one US-English speaker, CC-BY-SA-3.0, from Debian
-`asterisk-core-sounds-en-g722` + `asterisk-core-sounds-en`) as 16 kHz WAV files with `train.jsonl` and
-`eval.jsonl` (a seeded hold-out split). Rows carry no word timestamps, so the trainer uses them as
-whole-utterance speech followed by the configured text continuation.
+`--source asterisk` writes the Asterisk English prompts (real human speech, one US-English speaker,
+CC-BY-SA-3.0, from Debian `asterisk-core-sounds-en-g722` + `asterisk-core-sounds-en`) as 16 kHz WAV files
+with `train.jsonl` and `eval.jsonl` (a seeded hold-out split). Rows carry no word timestamps, so the trainer
+uses them as whole-utterance speech followed by the configured text continuation.
+
+`--source text_pool` speaks sentences of the offline text pool (`python -m trainers.text_pool`) with the
+offline TTS voices, one voice per sentence, with the engines' word timestamps (so the trainer can interleave).
+Voices named in `--held_out_voices` (by default espeak-ng `en-us` in every variant and flite `slt`, the
+evaluation voices) never speak a training row: `eval.jsonl` holds other sentences in those voices only, so
+that evaluation measures speech from voices the model was not trained on.
 """
 
 from __future__ import annotations
@@ -20,12 +27,67 @@ from transformers import HfArgumentParser
 
 from hub_scripts.embedded_assets import asterisk_prompts
 
+from .active_selection import speech_row, write_rows
+from .tts import get_backend, synthesize_many
+
+SOURCES = ("asterisk", "text_pool")
+
 
 @dataclass
 class PrepareArguments:
-    output_dir: str = field(metadata={"help": "Folder for the WAV files and the jsonl splits."})
-    eval_fraction: float = field(default=0.1, metadata={"help": "Share of prompts held out for evaluation."})
-    seed: int = field(default=0, metadata={"help": "Seed of the hold-out split."})
+    output_dir: str = field(metadata={"help": "Folder for the audio files and the jsonl splits."})
+    source: str = field(default="asterisk", metadata={"help": f"What to speak: one of {SOURCES}."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Share of rows held out for evaluation."})
+    seed: int = field(default=0, metadata={"help": "Seed of the hold-out split and of the voice choice."})
+    text_pool: str = field(
+        default="data/text_pool/pool.jsonl",
+        metadata={"help": "Text pool jsonl (column `text`) for --source text_pool."},
+    )
+    num_sentences: int = field(default=12000, metadata={"help": "Pool sentences to speak (train + eval)."})
+    offset: int = field(
+        default=0,
+        metadata={
+            "help": "Skip this many sentences of the seeded draw: --offset 12000 speaks sentences that the "
+            "default --num_sentences 12000 (the embedded default's training data) never drew."
+        },
+    )
+    max_words: int = field(default=40, metadata={"help": "Longer pool sentences are not drawn."})
+    backends: list[str] = field(
+        default_factory=lambda: ["espeak-ng", "flite"],
+        metadata={"help": "TTS engines that share the sentences."},
+    )
+    backend_shares: list[float] = field(
+        default_factory=lambda: [0.8, 0.2],
+        metadata={"help": "Share of the sentences spoken by each backend (same order as --backends)."},
+    )
+    held_out_voices: list[str] = field(
+        default_factory=lambda: ["en-us", "slt"],
+        metadata={
+            "help": "Voices kept for evaluation; a name matches the voice and its variants ('en-us' holds out "
+            "'en-us+f3')."
+        },
+    )
+    num_workers: int | None = field(
+        default=None, metadata={"help": "Synthesis processes (default: one per CPU)."}
+    )
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}.")
+        if len(self.backends) != len(self.backend_shares) or min(self.backend_shares) < 0:
+            raise ValueError("Give one non-negative --backend_shares entry per --backends entry.")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must lie in [0, 1), got {self.eval_fraction}.")
+
+
+def write_splits(rows: list[dict], output: Path, eval_fraction: float, seed: int) -> dict[str, int]:
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    num_eval = round(len(rows) * eval_fraction)
+    splits = {"eval": rows[:num_eval], "train": rows[num_eval:]}
+    for split, split_rows in splits.items():
+        write_rows(split_rows, output / f"{split}.jsonl")
+    return {split: len(split_rows) for split, split_rows in splits.items()}
 
 
 def write_asterisk_rows(args: PrepareArguments) -> dict[str, int]:
@@ -36,18 +98,80 @@ def write_asterisk_rows(args: PrepareArguments) -> dict[str, int]:
         path = output / "audio" / f"{clip.name.replace('/', '__')}.wav"
         soundfile.write(path, clip.audio, clip.sampling_rate)
         rows.append({"text": clip.transcript, "audio": str(path.resolve()), "name": clip.name})
-    random.Random(args.seed).shuffle(rows)
-    num_eval = round(len(rows) * args.eval_fraction)
-    splits = {"eval": rows[:num_eval], "train": rows[num_eval:]}
-    for split, split_rows in splits.items():
-        with open(output / f"{split}.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in split_rows)
-    return {split: len(split_rows) for split, split_rows in splits.items()}
+    return write_splits(rows, output, args.eval_fraction, args.seed)
+
+
+def is_held_out(voice: str, held_out: list[str]) -> bool:
+    return voice.split("+")[0] in held_out or voice in held_out
+
+
+def split_voices(backend, held_out: list[str]) -> tuple[list[str], list[str]]:
+    """(training voices, evaluation voices) of a backend."""
+    voices = backend.voices()
+    train = [voice for voice in voices if not is_held_out(voice, held_out)]
+    evaluation = [voice for voice in voices if is_held_out(voice, held_out)]
+    if not train:
+        raise ValueError(
+            f"Every voice of {backend.name} is held out ({held_out}); nothing is left to train on."
+        )
+    return train, evaluation
+
+
+def draw_sentences(path: str, count: int, max_words: int, seed: int, offset: int = 0) -> list[str]:
+    """`count` distinct pool sentences of at most `max_words` words, drawn with `seed` after skipping `offset`.
+
+    The draw is `random.Random(seed).sample(pool, offset + count)[offset:]`. Where `offset + count` is above
+    about a seventh of the pool, CPython samples by a partial shuffle whose first draws do not depend on how
+    many are asked for, so the sentences past the offset are new (tests/test_prepare_data.py checks it).
+    """
+    if not Path(path).exists():
+        raise FileNotFoundError(f"No text pool at {path}; build it with `python -m trainers.text_pool`.")
+    with open(path) as handle:
+        texts = [json.loads(line)["text"] for line in handle]
+    texts = [text for text in texts if len(text.split()) <= max_words]
+    if offset + count > len(texts):
+        raise ValueError(
+            f"Asked for sentences {offset}..{offset + count}; the pool has {len(texts)} of at most {max_words} words."
+        )
+    return random.Random(seed).sample(texts, offset + count)[offset:]
+
+
+def write_text_pool_rows(args: PrepareArguments) -> dict[str, int]:
+    """Speak pool sentences: training rows in training voices, held-apart sentences in held-out voices."""
+    output = Path(args.output_dir)
+    sentences = draw_sentences(args.text_pool, args.num_sentences, args.max_words, args.seed, args.offset)
+    num_eval = round(len(sentences) * args.eval_fraction)
+    splits = {"eval": sentences[:num_eval], "train": sentences[num_eval:]}
+    shares = [share / sum(args.backend_shares) for share in args.backend_shares]
+    counts = {}
+    for split, texts in splits.items():
+        rows, start = [], 0
+        for index, (name, share) in enumerate(zip(args.backends, shares)):
+            end = len(texts) if index == len(shares) - 1 else start + round(share * len(texts))
+            backend = get_backend(name)
+            train_voices, eval_voices = split_voices(backend, args.held_out_voices)
+            voices = train_voices if split == "train" else eval_voices
+            if texts[start:end] and not voices:
+                raise ValueError(
+                    f"{name} has no held-out voice among {args.held_out_voices} for the eval split."
+                )
+            for synthesis in synthesize_many(
+                texts[start:end], backend, voices=voices, num_workers=args.num_workers,
+                cache_dir=output / "audio", seed=args.seed,
+            ):  # fmt: skip
+                rows.append(
+                    speech_row(synthesis, str(Path(synthesis.audio_path).resolve()), source="text_pool")
+                )
+            start = end
+        write_rows(rows, output / f"{split}.jsonl")
+        counts[split] = len(rows)
+    return counts
 
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses(args=argv)
-    counts = write_asterisk_rows(args)
+    writers = {"asterisk": write_asterisk_rows, "text_pool": write_text_pool_rows}
+    counts = writers[args.source](args)
     print(f"Wrote {counts['train']} train and {counts['eval']} eval rows to {args.output_dir}")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from datasets import interleave_datasets, load_dataset
+from datasets import concatenate_datasets, interleave_datasets, load_dataset
 from trl import TrlParser
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
@@ -94,7 +94,25 @@ def load_rows(name: str | None, files: list[str], split: str, streaming: bool, c
     builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(extension)
     if builder is None:
         raise ValueError(f"Unsupported data file {files[0]!r}: use jsonl, json, csv or parquet.")
-    return load_dataset(builder, data_files={split: files}, split=split, streaming=streaming)
+    parts = [
+        load_dataset(builder, data_files={split: [file]}, split=split, streaming=streaming) for file in files
+    ]
+    return concatenate_datasets(with_columns(parts)) if len(parts) > 1 else parts[0]
+
+
+def with_columns(datasets: list) -> list:
+    """The datasets with the union of their columns, in one order; a column a dataset lacks is None there.
+
+    So files with different columns (TTS rows with word timestamps next to human speech without) load as one.
+    """
+    columns = list(dict.fromkeys(column for dataset in datasets for column in dataset.column_names))
+    aligned = []
+    for dataset in datasets:
+        missing = [column for column in columns if column not in dataset.column_names]
+        if missing:
+            dataset = dataset.map(lambda row, missing=missing: dict.fromkeys(missing))
+        aligned.append(dataset.select_columns(columns))
+    return aligned
 
 
 def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDistillationConfig):
@@ -136,6 +154,7 @@ def resolve_checkpoint(name: str) -> str:
         "whisper-tiny.en": embedded_assets.whisper_tiny_en_path,
         "whisper-base": embedded_assets.whisper_base_path,
         "smollm2-135m-instruct": embedded_assets.smollm2_135m_instruct_path,
+        "salad": embedded_assets.salad_embedded_default_path,  # the shipped, trained embedded default
     }
     asset = name[len(EMBEDDED_PREFIX) :]
     if asset not in resolvers:

@@ -14,7 +14,7 @@ from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .config import SaladDistillationConfig
 from .data import SaladDistillationCollator
-from .losses import chunked_distillation_loss
+from .losses import chunked_distillation_loss, frame_embedding_loss
 
 
 class SaladDistillationTrainer(Trainer):
@@ -62,6 +62,7 @@ class SaladDistillationTrainer(Trainer):
                 text_span=tuple(args.text_span),
                 speech_span=tuple(args.speech_span),
                 continuation=args.continuation,
+                interleave_probability=args.interleave_probability,
                 max_bad_row_fraction=args.max_bad_row_fraction,
                 seed=args.seed,
             )
@@ -79,6 +80,7 @@ class SaladDistillationTrainer(Trainer):
             teacher = teacher_model if teacher_model is not None else copy.deepcopy(model.language_model)
             self.teacher = teacher.requires_grad_(False).eval().to(self.args.device)
         self._metrics = defaultdict(list)
+        self._speech_seconds_seen = 0.0  # on this process, since this run (re)started
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model=None):
@@ -132,6 +134,8 @@ class SaladDistillationTrainer(Trainer):
             return outputs.last_hidden_state, unwrapped.get_output_embeddings()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.objective == "frame_embedding":
+            return self.compute_frame_embedding_loss(model, inputs, return_outputs)
         teacher_hidden, teacher_head = self.teacher_hidden_states(model, inputs)
         student_hidden = model(
             input_ids=inputs["input_ids"],
@@ -167,6 +171,26 @@ class SaladDistillationTrainer(Trainer):
         self._record_metrics(output, "train" if model.training else "eval")
         return (loss, output) if return_outputs else loss
 
+    def compute_frame_embedding_loss(self, model, inputs, return_outputs=False):
+        """The adapter's warm start: each audio token lands on the embedding of the token spoken at its time."""
+        if inputs.get("input_features") is None:
+            raise ValueError(
+                "objective='frame_embedding' needs speech in every batch; set text_only_ratio=0."
+            )
+        unwrapped = self.accelerator.unwrap_model(model)
+        output = frame_embedding_loss(
+            unwrapped.get_audio_features(inputs["input_features"], inputs["input_features_mask"]),
+            inputs["frame_targets"],
+            unwrapped.get_input_embeddings().weight,
+            temperature=self.args.frame_temperature,
+            num_negatives=self.args.frame_num_negatives,
+        )
+        mode = "train" if model.training else "eval"
+        self._metrics[f"{mode}_frame_accuracy"].append(float(output.accuracy))
+        self._metrics[f"{mode}_word_frame_accuracy"].append(float(output.word_accuracy))
+        self._metrics[f"{mode}_aligned_frames"].append(float(output.num_frames))
+        return (output.loss, output) if return_outputs else output.loss
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
@@ -180,12 +204,18 @@ class SaladDistillationTrainer(Trainer):
         self._metrics[f"{mode}_nll"].append(float(output.nll_sum) / tokens)
         self._metrics[f"{mode}_supervised_tokens"].append(float(output.num_tokens))
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._speech_seconds_seen += float(inputs.get("speech_seconds", 0.0))
+        return super().training_step(model, inputs, num_items_in_batch)
+
     def log(self, logs: dict, *args, **kwargs) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         for key in [k for k in self._metrics if k.startswith(mode)]:
             values = self._metrics.pop(key)
             name = key[len(mode) + 1 :]
             logs[f"eval_{name}" if mode == "eval" else name] = sum(values) / len(values)
+        if mode == "train":
+            logs["speech_minutes_seen"] = round(self._speech_seconds_seen / 60, 3)
         collator = self.data_collator
         if isinstance(collator, SaladDistillationCollator) and collator.stats["rows"]:
             logs["bad_rows"] = collator.stats["bad_rows"]

@@ -14,14 +14,14 @@ on the built-in spoken task set (held-out voice espeak-ng en-us) and M/F on rows
 - `latency`: time to first token and peak memory of the SALAD model against the Whisper tiny.en cascade on the
   same spoken questions (each system in its own process, so peak memory is its own).
 
-Writes `results.json`, `results.md` and one plot per claim into `--output_dir`.
+Writes `results.json`, `results.md` and one plot per claim into `--output_dir`; claims run in separate calls
+accumulate there (each keeps the arguments it was run with).
 """
 
 from __future__ import annotations
 
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from hub_scripts.demo import (  # noqa: E402
@@ -150,32 +151,38 @@ def gap_vs_minutes(args: ReproduceArguments, output: Path) -> dict:
 
 
 LATENCY_SCRIPT = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
-from eval.run import load_salad, synthesize_items, EvalArguments
+from eval.run import EvalArguments, synthesize_items
+from eval.scoring import text_prompt
 from eval.tasks import load_task
-system, count = sys.argv[1], int(sys.argv[2])
+from trainers.train import resolve_checkpoint
+system, count, model_name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 torch.set_grad_enabled(False)
 items = load_task("offline", count)
-model, processor = load_salad("{model}", torch.float32)
-clips = synthesize_items(items, EvalArguments(tts_voice="en-us"), processor.sampling_rate)
-if system == "cascade":
-    from transformers import pipeline
-    from trainers.train import resolve_checkpoint
+clips = synthesize_items(items, EvalArguments(tts_voice="en-us"), 16000)
+if system == "cascade":  # Whisper tiny.en transcribes, then the text LLM reads the transcript
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
     asr = pipeline("automatic-speech-recognition", model=resolve_checkpoint("embedded:whisper-tiny.en"))
+    llm_path = resolve_checkpoint("embedded:smollm2-135m-instruct")
+    llm, tokenizer = AutoModelForCausalLM.from_pretrained(llm_path).eval(), AutoTokenizer.from_pretrained(llm_path)
+else:  # the SALAD model hears the question in the same frame
+    from eval.run import load_salad
+    model, processor = load_salad(model_name, torch.float32)
 times = []
 for clip in clips:
     start = time.perf_counter()
     if system == "cascade":
-        text = asr({{"raw": clip, "sampling_rate": processor.sampling_rate}})["text"]
-        inputs = processor.tokenizer(text, return_tensors="pt")
-        model.language_model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        text = asr({"raw": clip, "sampling_rate": 16000})["text"].strip()
+        inputs = tokenizer(text_prompt(text, ""), return_tensors="pt")
+        llm.generate(**inputs, max_new_tokens=1, do_sample=False)
     else:
-        inputs = processor(text=processor.audio_token, audio=clip, return_tensors="pt")
+        inputs = processor(text=text_prompt(processor.audio_token, ""), audio=clip, return_tensors="pt")
         model.generate(**inputs, max_new_tokens=1, do_sample=False)
     times.append(time.perf_counter() - start)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({{"ttft_seconds": times, "peak_rss_mb": peak}}))
+# VmHWM: this process's own peak resident memory (ru_maxrss would carry the parent's peak across fork + exec)
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"ttft_seconds": times, "peak_rss_mb": peak_kb / 1024}))
 """
 
 
@@ -183,16 +190,15 @@ def latency(args: ReproduceArguments) -> dict:
     """TTFT (audio in -> first token out, after one warm-up) and peak RSS per system, each in a fresh process."""
     results = {}
     for system in ("salad", "cascade"):
-        script = LATENCY_SCRIPT.format(model=args.model)
         completed = subprocess.run(
-            [sys.executable, "-c", script, system, str(args.latency_questions + 1)],
+            [sys.executable, "-c", LATENCY_SCRIPT, system, str(args.latency_questions + 1), args.model],
             capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
         )  # fmt: skip
         measured = json.loads(completed.stdout.strip().splitlines()[-1])
         times = measured["ttft_seconds"][1:]  # the first call warms up
         results[system] = {
-            "ttft_median_seconds": statistics.median(times),
-            "ttft_p90_seconds": sorted(times)[int(0.9 * (len(times) - 1))],
+            "ttft_median_seconds": float(np.median(times)),
+            "ttft_p90_seconds": float(np.percentile(times, 90)),
             "peak_rss_mb": measured["peak_rss_mb"],
             "questions": len(times),
         }
@@ -307,7 +313,12 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(ReproduceArguments).parse_args_into_dataclasses(args=argv)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    results = {"arguments": asdict(args), "claims": {}, "timings_seconds": {}}
+    results = {"arguments": {}, "claims": {}, "timings_seconds": {}}
+    previous = output / "results.json"
+    if previous.exists():  # claims run separately accumulate in one results file
+        results.update(json.loads(previous.read_text()))
+    for claim in args.claims:
+        results["arguments"][claim] = asdict(args)
     data = {}
     if {"distillation_vs_nll", "active_vs_uniform"} & set(args.claims):
         from trainers.train import resolve_checkpoint

@@ -110,10 +110,27 @@ def print_evaluation(untrained: dict, shipped: dict) -> None:
     print("    shipped embedded default:")
     for system in ("salad_text", "salad_speech", "cascade", "prior"):
         print(accuracy_line(system, shipped["systems"].get(system)))
+    print("    " + prior_verdict(shipped["systems"]))
     gap = shipped.get("gap")
     if gap:
         print(f"    text-speech gap of the shipped model: {100 * gap['value']:+.1f} points "
               f"[{100 * gap['ci95'][0]:+.1f}, {100 * gap['ci95'][1]:+.1f}]")  # fmt: skip
+
+
+def prior_verdict(systems: dict) -> str:
+    """Whether spoken accuracy is clear of the option prior: what tells a model that hears the words apart."""
+    speech, prior = systems["salad_speech"], systems["prior"]
+    clear = speech["ci95"][0] > prior["accuracy"]
+    return (
+        f"spoken accuracy {100 * speech['accuracy']:.1f}% [{100 * speech['ci95'][0]:.1f}, "
+        f"{100 * speech['ci95'][1]:.1f}] is {'clear of' if clear else 'not clear of'} the option prior "
+        f"({100 * prior['accuracy']:.1f}%; chance 25%): "
+        + (
+            "it conveys part of what is said."
+            if clear
+            else "on these items it does not yet convey the words."
+        )
+    )
 
 
 def fresh_data(output: Path, args: DemoArguments) -> tuple[Path, Path, Path]:
@@ -313,6 +330,10 @@ def numbers_markdown(summary: dict) -> str:
         for system, value in summary[key]["systems"].items():
             lines.append(f"| {model} | {system} | {100 * value['accuracy']:.1f}% "
                          f"[{100 * value['ci95'][0]:.1f}, {100 * value['ci95'][1]:.1f}] |")  # fmt: skip
+    lines += ["", "Shipped model: " + prior_verdict(summary["eval_shipped"]["systems"])]
+    question = summary["spoken_question"]
+    lines += ["", f"Recorded human question {question['transcript']!r}; asked to repeat it, the continued model "
+              f"wrote {question['repeated']!r}; its answer: {question['answer']!r}."]  # fmt: skip
     before, after = summary["continuation"]["before"], summary["continuation"]["after"]
     lines += ["", f"Held-out rows, before -> after the continuation: M {before['misalignment']:.3f} -> "
               f"{after['misalignment']:.3f} nats/token, F {before['forgetting']:.3f} -> {after['forgetting']:.3f}."]  # fmt: skip

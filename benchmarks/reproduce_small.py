@@ -48,7 +48,12 @@ CLAIMS = ("distillation_vs_nll", "active_vs_uniform", "gap_vs_minutes", "latency
 @dataclass
 class ReproduceArguments:
     output_dir: str = field(
-        default="benchmarks/results/reproduce_small", metadata={"help": "Results folder."}
+        default="benchmarks/results/reproduce_small",
+        metadata={"help": "Results folder: results.json, results.md and the plots."},
+    )
+    work_dir: str = field(
+        default="runs/reproduce_small",
+        metadata={"help": "Where the fresh data, selections, continued models and their evaluations go."},
     )
     claims: list[str] = field(default_factory=lambda: list(CLAIMS), metadata={"help": f"Subset of {CLAIMS}."})
     model: str = field(default="embedded:salad", metadata={"help": "The starting checkpoint."})
@@ -126,7 +131,7 @@ def active_vs_uniform(args: ReproduceArguments, data: dict, output: Path) -> dic
     return runs
 
 
-def gap_vs_minutes(args: ReproduceArguments, output: Path) -> dict:
+def gap_vs_minutes(args: ReproduceArguments, work: Path) -> dict:
     """Speech and text accuracy of the main run's checkpoints, by minutes of speech seen."""
     checkpoints = sorted(
         Path(args.checkpoints_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])
@@ -143,9 +148,7 @@ def gap_vs_minutes(args: ReproduceArguments, output: Path) -> dict:
         ]
         minutes = logged[-1] if logged else None
         demo = demo_arguments(args, seed=0)
-        result = evaluate(
-            str(checkpoint), ["salad_speech", "prior"], output / f"curve-{checkpoint.name}", demo
-        )
+        result = evaluate(str(checkpoint), ["salad_speech", "prior"], work / f"curve-{checkpoint.name}", demo)
         points[checkpoint.name] = {"step": state["global_step"], "speech_minutes": minutes, **result}
     return points
 
@@ -311,7 +314,7 @@ def plot(results: dict, output: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(ReproduceArguments).parse_args_into_dataclasses(args=argv)
-    output = Path(args.output_dir)
+    output, work = Path(args.output_dir), Path(args.work_dir)
     output.mkdir(parents=True, exist_ok=True)
     results = {"arguments": {}, "claims": {}, "timings_seconds": {}}
     previous = output / "results.json"
@@ -325,18 +328,18 @@ def main(argv: list[str] | None = None) -> dict:
 
         demo = demo_arguments(args, seed=0)
         data["shipped"] = Path(resolve_checkpoint(args.model))
-        data["train"], held_out_file, data["pool"] = fresh_data(output, demo)
+        data["train"], held_out_file, data["pool"] = fresh_data(work, demo)
         data["held_out"] = load_rows_list(held_out_file)
-        stage2_selection(data["shipped"], data["pool"], data["train"], output / "stage2-gamma5", demo)
-        data["stage2_mix"] = output / "stage2-gamma5" / "train_mix.jsonl"
+        stage2_selection(data["shipped"], data["pool"], data["train"], work / "stage2-gamma5", demo)
+        data["stage2_mix"] = work / "stage2-gamma5" / "train_mix.jsonl"
     for claim in args.claims:
         start = time.perf_counter()
         if claim == "distillation_vs_nll":
-            results["claims"][claim] = distillation_vs_nll(args, data, output)
+            results["claims"][claim] = distillation_vs_nll(args, data, work)
         elif claim == "active_vs_uniform":
-            results["claims"][claim] = active_vs_uniform(args, data, output)
+            results["claims"][claim] = active_vs_uniform(args, data, work)
         elif claim == "gap_vs_minutes":
-            results["claims"][claim] = gap_vs_minutes(args, output)
+            results["claims"][claim] = gap_vs_minutes(args, work)
         else:
             results["claims"][claim] = latency(args)
         results["timings_seconds"][claim] = round(time.perf_counter() - start, 1)

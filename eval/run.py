@@ -24,7 +24,7 @@ from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .gap import forgetting_and_misalignment, gap_report
 from .scoring import few_shot_block, prior_prompt, score_speech_items, score_text_items, text_prompt
-from .tasks import MultipleChoiceItem, load_offline_tasks, load_task
+from .tasks import MultipleChoiceItem, load_offline_tasks, load_task, parse_task_spec, safe_name
 
 SYSTEMS = ("base_text", "salad_text", "salad_speech", "cascade", "prior")
 
@@ -51,7 +51,8 @@ class EvalArguments:
     tasks: list[str] = field(
         default_factory=lambda: ["offline"],
         metadata={
-            "help": "'offline', paper tasks (arc_challenge, openbookqa, hellaswag, piqa, storycloze, mmsu) or JSONL paths."
+            "help": "'offline', paper tasks (arc_challenge, openbookqa, hellaswag, piqa, storycloze, mmsu) or JSONL "
+            "files: a path (named by its stem) or name=path. Items with an `audio_path` are heard from that recording."
         },
     )
     limit: int | None = field(default=None, metadata={"help": "Items per task (None: all)."})
@@ -107,17 +108,28 @@ def load_salad(name: str, dtype: torch.dtype) -> tuple[SaladForConditionalGenera
 def synthesize_items(
     items: list[MultipleChoiceItem], args: EvalArguments, sampling_rate: int
 ) -> list[np.ndarray]:
-    """Spoken versions of the items (cached on disk), at the model's sampling rate."""
-    from modeling_salad import resample
+    """Spoken versions of the items at the model's sampling rate: an item's own recording (`audio_path`) when
+    it has one, else the TTS engine's speech (cached on disk)."""
+    from modeling_salad import load_audio, resample
     from trainers.tts import get_backend, synthesize_many
 
-    backend = get_backend(args.tts_backend)
-    voices = [args.tts_voice] if args.tts_voice else None
-    results = synthesize_many(
-        [item.spoken_text for item in items], backend, voices=voices, num_workers=0,
-        cache_dir=tts_cache_dir(args), seed=args.seed,
-    )  # fmt: skip
-    return [resample(r.audio, r.sampling_rate, sampling_rate) for r in results]
+    clips: list[np.ndarray | None] = [None] * len(items)
+    for index, item in enumerate(items):
+        if item.audio_path is not None:
+            if not Path(item.audio_path).is_file():
+                raise FileNotFoundError(f"Item {item.id!r}: its recording {item.audio_path} does not exist.")
+            clips[index] = load_audio(item.audio_path, sampling_rate)
+    to_speak = [index for index, clip in enumerate(clips) if clip is None]
+    if to_speak:
+        backend = get_backend(args.tts_backend)
+        voices = [args.tts_voice] if args.tts_voice else None
+        results = synthesize_many(
+            [items[index].spoken_text for index in to_speak], backend, voices=voices, num_workers=0,
+            cache_dir=tts_cache_dir(args), seed=args.seed,
+        )  # fmt: skip
+        for index, result in zip(to_speak, results):
+            clips[index] = resample(result.audio, result.sampling_rate, sampling_rate)
+    return clips
 
 
 def tts_cache_dir(args: EvalArguments) -> Path:
@@ -275,13 +287,31 @@ def save_plots(results: dict, output_dir: Path) -> list[str]:
         ax.set_title(f"{task}: text-speech gap per domain")
         ax.tick_params(axis="x", rotation=45)
         fig.tight_layout()
-        fig.savefig(output_dir / f"gap_per_domain_{task}.png", dpi=120)
+        path = f"gap_per_domain_{safe_name(task)}.png"
+        fig.savefig(output_dir / path, dpi=120)
         plt.close(fig)
-        paths.append(f"gap_per_domain_{task}.png")
+        paths.append(path)
     return paths
 
 
+def task_sources(specs: list[str]) -> dict[str, str]:
+    """Short, unique task names (what results, plots and the card show) -> where each task comes from."""
+    sources: dict[str, str] = {}
+    for spec in specs:
+        name, source = parse_task_spec(spec)
+        if name in sources:
+            raise ValueError(
+                f"Two tasks are named {name!r} ({sources[name]} and {source}); name them with `name=path`."
+            )
+        sources[name] = source
+    return sources
+
+
 def run(args: EvalArguments) -> dict:
+    sources = task_sources(args.tasks)
+    items_per_task = {
+        name: load_task(source, args.limit) for name, source in sources.items()
+    }  # before the model
     dtype = getattr(torch, args.dtype)
     model, processor = load_salad(args.model, dtype)
     base_lm = None
@@ -294,10 +324,9 @@ def run(args: EvalArguments) -> dict:
             resolve_checkpoint(args.base_model), dtype=dtype
         ).eval()
     reference = base_lm if base_lm is not None else _LoraOffLM(model)
-    results = {"config": asdict(args), "tasks": {}}
-    for task in args.tasks:
-        items = load_task(task, args.limit)
-        results["tasks"][task] = evaluate_task(task, items, model, processor, reference, args)
+    results = {"config": asdict(args), "task_sources": sources, "tasks": {}}
+    for name, items in items_per_task.items():
+        results["tasks"][name] = evaluate_task(name, items, model, processor, reference, args)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

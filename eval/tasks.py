@@ -7,8 +7,9 @@ options are always scored as text continuations (see `eval.scoring`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 OFFLINE_TASKS = Path(__file__).parent / "data" / "offline_tasks.jsonl"
@@ -82,6 +83,8 @@ def load_jsonl_tasks(path: str | Path, split: str | None = "test") -> list[Multi
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: not valid JSON ({error.msg}).") from error
             item = validate_item(raw, where)
+            if item.audio_path is not None and not Path(item.audio_path).is_absolute():
+                item = replace(item, audio_path=str(Path(path).resolve().parent / item.audio_path))
             if item.id in seen:
                 raise ValueError(f"{where}: duplicate id {item.id!r}.")
             seen.add(item.id)
@@ -224,12 +227,39 @@ def load_paper_task(name: str, limit: int | None = None) -> list[MultipleChoiceI
     return items_from_rows(rows, name, mapper)
 
 
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """`name` with every run of characters other than letters, digits, `.`, `_` and `-` replaced by `_`, for
+    file names derived from task and domain names (no path separators, no spaces)."""
+    cleaned = _UNSAFE_NAME.sub("_", name).strip("._")
+    return cleaned or "task"
+
+
+def parse_task_spec(spec: str) -> tuple[str, str]:
+    """`(name, source)` of a `--tasks` entry: `name=path` names a task file; a bare file path is named by its
+    stem (`/data/quiz.jsonl` -> `quiz`); `offline` and the paper's tasks are their own names. The name is what
+    results, plots and the model card show; the source stays in the results' config for provenance."""
+    name, separator, source = spec.partition("=")
+    if separator:
+        if not name.strip() or not source.strip():
+            raise ValueError(f"Task {spec!r}: write `name=path/to/items.jsonl` with both parts.")
+        return name.strip(), source.strip()
+    if spec == "offline" or spec in PAPER_TASKS:
+        return spec, spec
+    if Path(spec).suffix in (".jsonl", ".json") or Path(spec).exists():
+        return Path(spec).stem, spec
+    return spec, spec
+
+
 def load_task(spec: str, limit: int | None = None) -> list[MultipleChoiceItem]:
-    """`offline`, a paper task name, or a path to a JSONL file in our schema.
+    """`offline`, a paper task name, or a path to a JSONL file in our schema (`name=path` is accepted too).
 
     `limit` keeps that many items evenly spaced over a local file (the offline set is sorted by domain, so a
     prefix would be one domain), or the first ones of a Hub task.
     """
+    spec = parse_task_spec(spec)[1]
     if spec == "offline":
         items = load_offline_tasks()
     elif spec in PAPER_TASKS:

@@ -13,7 +13,9 @@
 4. Stage II: active selection with the shipped model (M per cluster, then synthesis weighted by M^gamma).
 5. A short Stage I + II continuation from the shipped checkpoint: LoRA distillation on the selection mixed
    with text-only rows; M and F on the held-out rows before and after, and the loss curve.
-6. Save, reload from disk, and let the `salad-speech-to-text` pipeline answer a real (human) spoken question.
+6. The shipped model hears three task items in a held-out voice (its choice, the right answer marked, and
+   its free answer through the `salad-speech-to-text` pipeline); the continued model, saved and reloaded from
+   disk, answers a real (human) spoken question.
 7. Model card and upload folder (`salad-push --dry_run`), checked by `salad-verify` in a clean process.
 
 Everything lands in `--output_dir` (default `runs/demo`), whose README.md lists what is where.
@@ -295,6 +297,38 @@ def answer_spoken_question(model_dir: Path) -> dict:
     return {"clip": clip.name, "transcript": clip.transcript, "repeated": heard, "answer": answer}
 
 
+def answer_task_questions(model_dir: Path, args: DemoArguments, count: int = 3) -> list[dict]:
+    """The shipped model hears the first `count` items of the built-in task set in a held-out voice: its
+    scored choice among the options (the right one marked) and the pipeline's free answer through the chat
+    template. The items are fixed, not picked by outcome."""
+    from transformers import pipeline
+
+    from eval.run import EvalArguments, load_salad, synthesize_items
+    from eval.scoring import score_speech_items
+    from eval.tasks import load_offline_tasks
+
+    items = load_offline_tasks()[:count]
+    model, processor = load_salad(str(model_dir), getattr(torch, args.dtype))
+    clips = synthesize_items(
+        items, EvalArguments(model=str(model_dir), tts_voice="en-us"), processor.sampling_rate
+    )
+    with torch.no_grad():
+        scores = score_speech_items(model, processor, items, clips, shots="")
+    speech = pipeline("salad-speech-to-text", model=model, processor=processor)
+    answers = []
+    for item, clip, score in zip(items, clips, scores):
+        choice = score.choice()
+        free = speech({"array": clip, "sampling_rate": processor.sampling_rate}, max_new_tokens=24)
+        print(f"    heard (espeak-ng en-us): {item.spoken_text!r}")
+        for index, option in enumerate(item.options):
+            marks = ("right " if index == item.answer else "      ") + ("<- model" if index == choice else "")
+            print(f"        {marks:<14} {option}")
+        print(f"        free answer: {free['generated_text']!r}")
+        answers.append({"question": item.spoken_text, "options": item.options, "answer": item.answer,
+                        "choice": choice, "free_answer": free["generated_text"]})  # fmt: skip
+    return answers
+
+
 def publish(model_dir: Path, results: Path, output: Path) -> dict:
     from hub_scripts.push import PushArguments, push
     from hub_scripts.verify import verify
@@ -341,6 +375,11 @@ def numbers_markdown(summary: dict) -> str:
             lines.append(f"| {model} | {system} | {100 * value['accuracy']:.1f}% "
                          f"[{100 * value['ci95'][0]:.1f}, {100 * value['ci95'][1]:.1f}] |")  # fmt: skip
     lines += ["", "Shipped model: " + prior_verdict(summary["eval_shipped"]["systems"])]
+    for asked in summary["task_questions"]:
+        verdict = "right" if asked["choice"] == asked["answer"] else "wrong"
+        lines += ["", f"Task item heard in a held-out voice: {asked['question']!r}; the shipped model chose "
+                  f"{asked['options'][asked['choice']]!r} ({verdict}; the answer is {asked['options'][asked['answer']]!r}); "
+                  f"free answer: {asked['free_answer']!r}."]  # fmt: skip
     question = summary["spoken_question"]
     lines += ["", f"Recorded human question {question['transcript']!r}; asked to repeat it, the continued model "
               f"wrote {question['repeated']!r}; its answer: {question['answer']!r}."]  # fmt: skip
@@ -393,7 +432,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary["continuation"] = {"log": log, "before": before, "after": after}
         summary["eval_continued"] = evaluate(str(output / "continued" / "model"), ["salad_text", "salad_speech"],
                                              output / "eval-continued", args)  # fmt: skip
-    with step(6, "Reloading the saved model and asking it a real spoken question", timings):
+    with step(6, "Spoken questions: the shipped model on task items, the reloaded continued model", timings):
+        summary["task_questions"] = answer_task_questions(shipped, args)
         summary["spoken_question"] = answer_spoken_question(output / "continued" / "model")
     with step(7, "Model card and upload folder (salad-push --dry_run), checked by salad-verify", timings):
         summary["verify"] = publish(

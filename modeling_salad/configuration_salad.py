@@ -17,7 +17,7 @@ from transformers.configuration_utils import SubConfigSpec
 WHISPER_MODEL_TYPES = ("whisper", "whisper_encoder")
 MIMI_MODEL_TYPES = ("mimi", "mimi_encoder")
 
-ADAPTER_TYPES = ("transformer", "mlp")
+ADAPTER_TYPES = ("transformer", "mlp", "ctc")
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,9 @@ class SaladConfig(PreTrainedConfig):
             Id of the `<|audio|>` placeholder token in the LM vocabulary.
         adapter_type (`str`, *optional*, defaults to `"mlp"`):
             `"transformer"`: the paper's stack of causal Transformer decoder layers; `"mlp"`: frame stacking
-            followed by a SwiGLU MLP (cheap, Ultravox-style).
+            followed by a SwiGLU MLP (cheap, Ultravox-style); `"ctc"`: the MLP as a frame classifier over the LM
+            vocabulary plus a blank, whose blank frames are dropped and repeats merged, so the LM receives about
+            one embedding per spoken token (a probability-weighted sum of its own input embeddings).
         adapter_stack_factor (`int`, *optional*, defaults to 4):
             Number of consecutive encoder frames concatenated into one audio token (Whisper's 50 Hz with 4 gives
             12.5 Hz, Mimi's rate). Use 1 for Mimi.
@@ -119,6 +121,14 @@ class SaladConfig(PreTrainedConfig):
             Key/value heads of the Transformer adapter (grouped-query attention).
         adapter_rms_norm_eps (`float`, *optional*, defaults to 1e-5):
             Epsilon of the adapter's RMS norms.
+        adapter_ctc_temperature (`float`, *optional*, defaults to 1.0):
+            `"ctc"` adapter: a frame scores each token by minus its squared distance to the token's input
+            embedding over this temperature (the blank is the mean embedding). Train with the same value.
+        adapter_ctc_blank_threshold (`float`, *optional*, defaults to 0.5):
+            `"ctc"` adapter: frames whose blank probability reaches this are dropped.
+        adapter_ctc_top_k (`int`, *optional*, defaults to 8):
+            `"ctc"` adapter: each kept token is the weighted sum of its `top_k` most probable token embeddings
+            (0: of the whole vocabulary).
         audio_chunk_seconds (`float`, *optional*):
             Longest window the encoder sees at once; longer clips are cut into windows encoded separately.
             Defaults to the encoder's limit (30 s for Whisper) and to no limit for other encoders.
@@ -151,6 +161,9 @@ class SaladConfig(PreTrainedConfig):
     adapter_num_attention_heads: int = 15
     adapter_num_key_value_heads: int = 5
     adapter_rms_norm_eps: float = 1e-5
+    adapter_ctc_temperature: float = 1.0
+    adapter_ctc_blank_threshold: float = 0.5
+    adapter_ctc_top_k: int = 8
     audio_chunk_seconds: float | None = None
 
     def __post_init__(self, **kwargs):
@@ -159,6 +172,15 @@ class SaladConfig(PreTrainedConfig):
             raise ValueError(f"adapter_type must be one of {ADAPTER_TYPES}, got {self.adapter_type!r}.")
         if self.adapter_stack_factor < 1:
             raise ValueError(f"adapter_stack_factor must be >= 1, got {self.adapter_stack_factor}.")
+        if not 0.0 < self.adapter_ctc_blank_threshold <= 1.0:
+            raise ValueError(
+                f"adapter_ctc_blank_threshold must lie in (0, 1], got {self.adapter_ctc_blank_threshold}."
+            )
+        if self.adapter_ctc_temperature <= 0 or self.adapter_ctc_top_k < 0:
+            raise ValueError(
+                f"adapter_ctc_temperature must be > 0 and adapter_ctc_top_k >= 0, got "
+                f"{self.adapter_ctc_temperature} and {self.adapter_ctc_top_k}."
+            )
         if (
             self.adapter_type == "transformer"
             and self.adapter_num_attention_heads % self.adapter_num_key_value_heads

@@ -7,6 +7,8 @@ interleaved freely in one sequence, several clips per sample.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import (
@@ -108,7 +110,138 @@ class SaladTransformerAdapter(nn.Module):
         return self.out_proj(hidden_states)
 
 
-ADAPTER_CLASSES = {"mlp": SaladMLPAdapter, "transformer": SaladTransformerAdapter}
+def token_distance_scores(
+    frame_embeds: torch.Tensor, token_embeddings: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """`-|a - e|^2 / temperature` of every frame `a` against every embedding `e`, up to a per-frame constant.
+
+    Distance, not a dot product: SmolLM2's embeddings share a large common direction (mean cosine 0.44), and a
+    distance also pins the frame's norm to that of real token embeddings, which is what the LM expects to read.
+    `|a|^2` is dropped: it is the same for every class of a frame, so softmax and argmax do not see it.
+    """
+    return (2 * frame_embeds @ token_embeddings.T - token_embeddings.pow(2).sum(-1)) / temperature
+
+
+def blank_embedding(token_embeddings: torch.Tensor) -> torch.Tensor:
+    """The blank class of the frame classifier: the mean input embedding, `[1, hidden]`, a neutral LM input."""
+    return token_embeddings.mean(0, keepdim=True)
+
+
+class SaladCTCAdapter(SaladMLPAdapter):
+    """A frame classifier over the LM vocabulary plus a blank, with CTC-style compression.
+
+    Each stacked frame goes through the MLP adapter to a point in the LM's input embedding space and is scored
+    against every token embedding and the blank (`token_distance_scores`). Frames that are most likely blank
+    are dropped, consecutive frames with the same best token are merged (CTC's collapse), and each remaining
+    run becomes the probability-weighted sum of its `top_k` most likely token embeddings: about one embedding
+    per spoken token, each a mixture of real token embeddings (as in LegoSLM, arXiv 2505.11352; blank
+    dropping as in CJST, arXiv 2411.07607). The classifier is trained without the LM, by frame targets from
+    word timestamps (`trainers.losses.frame_embedding_loss`), and can then be tuned through the LM.
+    """
+
+    def __init__(self, config: SaladConfig):
+        super().__init__(config)
+        self.temperature = config.adapter_ctc_temperature
+        self.blank_threshold = config.adapter_ctc_blank_threshold
+        self.top_k = config.adapter_ctc_top_k
+        self.audio_token_id = config.audio_token_id
+
+    def frame_log_probs(self, frame_embeds: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """`[..., vocab + 1]` log-probabilities of every token and (last) the blank; the audio token never wins."""
+        embeddings = token_embeddings.float()
+        vocab = torch.cat([embeddings, blank_embedding(embeddings)])
+        # In fp32 even under autocast: the scores are differences of terms near |e|^2, where bf16's 8-bit mantissa
+        # would blur the ranking (and bf16 matmuls are slow on CPUs without native support).
+        with torch.autocast(device_type=frame_embeds.device.type, enabled=False):
+            scores = token_distance_scores(frame_embeds.float(), vocab, self.temperature)
+        if self.audio_token_id is not None and self.audio_token_id < embeddings.shape[0]:
+            scores[..., self.audio_token_id] = float("-inf")
+        return scores.log_softmax(-1)
+
+    def _runs(
+        self, probs: torch.Tensor, token_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """CTC's collapse on `[n, T, vocab + 1]` probabilities: `(kept, starts, labels)`, each `[n, T]`.
+
+        `kept`: valid frames not dropped as blank (a window of blanks keeps its least-blank frame); `starts`:
+        kept frames that open a run (the previous frame was dropped or has another best token); `labels`: each
+        frame's most likely token.
+        """
+        blank_prob = probs[..., -1]
+        labels = probs[..., :-1].argmax(-1)
+        kept = token_mask & (blank_prob < self.blank_threshold)
+        empty = token_mask.any(-1) & ~kept.any(-1)
+        if bool(empty.any()):
+            least_blank = blank_prob.masked_fill(~token_mask, float("inf")).argmin(-1)
+            kept[empty, least_blank[empty]] = True
+        previous_kept = nn.functional.pad(kept[:, :-1], (1, 0), value=False)
+        previous_label = nn.functional.pad(labels[:, :-1], (1, 0), value=-1)
+        starts = kept & ~(previous_kept & (labels == previous_label))
+        return kept, starts, labels
+
+    def greedy_tokens(
+        self, frame_embeds: torch.Tensor, token_mask: torch.Tensor, token_embeddings: torch.Tensor
+    ) -> list[list[int]]:
+        """The most likely token of every run, window by window: the classifier's own transcript (greedy CTC)."""
+        probs = self.frame_log_probs(frame_embeds, token_embeddings).exp()
+        _, starts, labels = self._runs(probs, token_mask)
+        return [row[start].tolist() for row, start in zip(labels, starts)]
+
+    def compress(
+        self, frame_embeds: torch.Tensor, token_mask: torch.Tensor, token_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drop blank frames, merge repeats, and embed each run: `(embeds [n, T, hidden], keep [n, T])`.
+
+        A window's `k` runs are written at the last `k` valid positions of its row (`keep` marks them), so the
+        position just before the text that follows a clip always holds the clip's last spoken token. A window
+        whose every frame is blank keeps its least-blank frame: each clip gives the LM at least one token.
+        """
+        probs = self.frame_log_probs(frame_embeds, token_embeddings).exp()
+        token_probs = probs[..., :-1]
+        kept, starts, _ = self._runs(probs, token_mask)
+        run = (starts.cumsum(-1) - 1).clamp_min(0)  # run index of every frame within its window
+        num_runs = starts.sum(-1)
+        weights = kept.to(token_probs.dtype)[..., None]
+        run_probs = torch.zeros_like(token_probs).scatter_add_(
+            1, run[..., None].expand_as(token_probs), token_probs * weights
+        )
+        run_probs = run_probs / run_probs.sum(-1, keepdim=True).clamp_min(torch.finfo(run_probs.dtype).tiny)
+        if self.top_k:
+            top_probs, top_ids = run_probs.topk(min(self.top_k, run_probs.shape[-1]), dim=-1)
+            top_probs = top_probs / top_probs.sum(-1, keepdim=True).clamp_min(
+                torch.finfo(top_probs.dtype).tiny
+            )
+            run_embeds = torch.einsum("ntk,ntkd->ntd", top_probs, token_embeddings.float()[top_ids])
+        else:
+            with torch.autocast(device_type=frame_embeds.device.type, enabled=False):
+                run_embeds = run_probs @ token_embeddings.float()
+        # Right-align the runs inside each window's valid tokens.
+        lengths = token_mask.sum(-1)
+        positions = torch.arange(token_mask.shape[1], device=token_mask.device)
+        first_kept = (lengths - num_runs)[:, None]
+        keep = (positions[None] >= first_kept) & (positions[None] < lengths[:, None])
+        source = (positions[None] - first_kept).clamp(0, token_mask.shape[1] - 1)
+        embeds = torch.gather(run_embeds, 1, source[..., None].expand_as(run_embeds))
+        embeds = embeds * keep[..., None].to(embeds.dtype)
+        return embeds.to(frame_embeds.dtype), keep
+
+
+ADAPTER_CLASSES = {"mlp": SaladMLPAdapter, "transformer": SaladTransformerAdapter, "ctc": SaladCTCAdapter}
+
+
+@dataclass
+class SaladCausalLMOutputWithPast(CausalLMOutputWithPast):
+    r"""
+    attention_mask (`torch.LongTensor`, *optional*):
+        The attention mask the LM used, `[batch, past + seq]`: the input's, with the audio positions a `"ctc"`
+        adapter dropped set to 0. `generate` carries it to the following steps.
+    position_ids (`torch.LongTensor`, *optional*):
+        `[batch, past + seq]` positions the LM used: dropped positions take no position, so the kept ones
+        follow each other as in text.
+    """
+
+    attention_mask: torch.LongTensor | None = None
+    position_ids: torch.LongTensor | None = None
 
 
 class SaladPreTrainedModel(PreTrainedModel):
@@ -224,14 +357,14 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             return tower(waveform[:, None, :]).latents.transpose(1, 2)
         return tower(input_values=waveform, attention_mask=feature_mask.long()).last_hidden_state
 
-    def get_audio_features(
+    def get_frame_embeddings(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Audio embeddings of every valid audio token, concatenated over windows: `[num_audio_tokens, hidden]`.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adapter's output for every audio token of every window, before any compression.
 
-        Args:
-            input_features: `[num_windows, mels, frames]` log-mel (Whisper) or `[num_windows, samples]` waveform.
-            input_features_mask: `[num_windows, frames or samples]`, 1 on real input, 0 on padding.
+        Returns `(frame_embeds [num_windows, tokens, hidden], token_mask [num_windows, tokens])`, the mask True
+        on each window's valid tokens. For `"mlp"` and `"transformer"` adapters these are the audio embeddings;
+        a `"ctc"` adapter scores them against the token embeddings (its warm start trains them directly).
         """
         feature_lengths = input_features_mask.sum(-1).long()
         if bool((feature_lengths == 0).any()):
@@ -251,13 +384,37 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         padded_tokens = int(spec.tokens_from_features(input_features.shape[-1]))
         token_lengths = spec.tokens_from_features(feature_lengths)
         token_mask = lengths_to_mask(token_lengths, padded_tokens)
-        audio_embeds = self.adapter(hidden, token_mask)
-        if audio_embeds.shape[1] != padded_tokens:
+        frame_embeds = self.adapter(hidden, token_mask)
+        if frame_embeds.shape[1] != padded_tokens:
             raise RuntimeError(
-                f"The encoder produced {audio_embeds.shape[1]} audio tokens where the length spec predicts "
+                f"The encoder produced {frame_embeds.shape[1]} audio tokens where the length spec predicts "
                 f"{padded_tokens}; `SaladConfig.audio_length_spec` does not describe this encoder."
             )
-        return audio_embeds[token_mask]
+        return frame_embeds, token_mask
+
+    def audio_embeddings_and_keep(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Audio embeddings of every valid audio token, concatenated over windows, `[num_audio_tokens, hidden]`,
+        and for a `"ctc"` adapter which of them it keeps (`[num_audio_tokens]` bool; None otherwise)."""
+        frame_embeds, token_mask = self.get_frame_embeddings(input_features, input_features_mask)
+        if self.config.adapter_type != "ctc":
+            return frame_embeds[token_mask], None
+        embeds, keep = self.adapter.compress(frame_embeds, token_mask, self.get_input_embeddings().weight)
+        return embeds[token_mask], keep[token_mask]
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Audio embeddings of every valid audio token, concatenated over windows: `[num_audio_tokens, hidden]`.
+
+        With a `"ctc"` adapter the tokens it drops are zero vectors; `forward` masks them out of attention.
+
+        Args:
+            input_features: `[num_windows, mels, frames]` log-mel (Whisper) or `[num_windows, samples]` waveform.
+            input_features_mask: `[num_windows, frames or samples]`, 1 on real input, 0 on padding.
+        """
+        return self.audio_embeddings_and_keep(input_features, input_features_mask)[0]
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor, audio_embeds: torch.Tensor) -> torch.Tensor:
         """Where the audio embeddings go; raises when placeholders and embeddings do not pair up one to one."""
@@ -276,8 +433,9 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         input_features: torch.Tensor | None = None,
         input_features_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """LM input embeddings with audio embeddings written at the placeholder positions."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """LM input embeddings with audio embeddings written at the placeholder positions, and the positions a
+        `"ctc"` adapter dropped (`[batch, seq]` bool, True where dropped; None when nothing was)."""
         placeholder = input_ids == self.config.audio_token_id
         # The placeholder id may lie past the LM's original vocabulary; its row is never read.
         inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
@@ -286,12 +444,36 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
                 raise ValueError(
                     f"The input has {int(placeholder.sum())} audio placeholder tokens but no `input_features`."
                 )
-            return inputs_embeds
+            return inputs_embeds, None
         if input_features_mask is None:
             raise ValueError("`input_features` needs its `input_features_mask` (the processor returns both).")
-        audio_embeds = self.get_audio_features(input_features, input_features_mask)
+        audio_embeds, keep = self.audio_embeddings_and_keep(input_features, input_features_mask)
         mask = self.get_placeholder_mask(input_ids, audio_embeds)
-        return inputs_embeds.masked_scatter(mask[..., None], audio_embeds.to(inputs_embeds.dtype))
+        inputs_embeds = inputs_embeds.masked_scatter(mask[..., None], audio_embeds.to(inputs_embeds.dtype))
+        if keep is None or bool(keep.all()):
+            return inputs_embeds, None
+        dropped = torch.zeros_like(mask).masked_scatter(mask, ~keep)
+        return inputs_embeds, dropped
+
+    @staticmethod
+    def mask_dropped_positions(
+        dropped: torch.Tensor, attention_mask: torch.Tensor | None, past_length: int
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """The attention mask with `dropped` positions (of the current `[batch, seq]` input) set to 0, and
+        positions that skip them, both `[batch, past_length + seq]`: the LM then reads the kept tokens exactly
+        as if the dropped ones had never been in the sequence."""
+        batch, length = dropped.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past_length + length, dtype=torch.long, device=dropped.device)
+        if attention_mask.dim() != 2:
+            raise ValueError(
+                "A 'ctc' adapter drops audio positions through the 2-D attention mask; pass a 2-D "
+                f"`attention_mask` (got {attention_mask.dim()}-D)."
+            )
+        attention_mask = attention_mask.long().clone()
+        attention_mask[:, -length:] = attention_mask[:, -length:] * (~dropped).long()
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+        return attention_mask, position_ids
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -308,7 +490,7 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         return_last_hidden_state: bool = False,
         **kwargs,
-    ) -> CausalLMOutputWithPast | BaseModelOutputWithPast:
+    ) -> SaladCausalLMOutputWithPast | BaseModelOutputWithPast:
         r"""
         input_features (`torch.Tensor`, *optional*):
             Audio windows from [`SaladProcessor`]: log-mel `[n, mels, frames]` or waveforms `[n, samples]`.
@@ -319,15 +501,26 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         return_last_hidden_state (`bool`, *optional*, defaults to `False`):
             Stop before the LM head and return the decoder's output (`last_hidden_state`): losses computed in
             chunks from hidden states (cross-modal distillation) never need the full `[batch, seq, vocab]` logits.
+
+        With a `"ctc"` adapter, the audio positions it drops are masked out of attention and skipped by the
+        positions; the output's `attention_mask`/`position_ids` say which were, and `generate` carries them on.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        dropped = None
         if inputs_embeds is None:
-            inputs_embeds = self.embed_inputs(input_ids, input_features, input_features_mask)
+            inputs_embeds, dropped = self.embed_inputs(input_ids, input_features, input_features_mask)
         elif input_features is not None:
             raise ValueError("`input_features` needs `input_ids` to locate the audio placeholders.")
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
+        full_position_ids = None
+        if dropped is not None:
+            past_length = cache.get_seq_length() if cache is not None else 0
+            attention_mask, full_position_ids = self.mask_dropped_positions(
+                dropped, attention_mask, past_length
+            )
+            position_ids = full_position_ids[:, -inputs_embeds.shape[1] :]
         if return_last_hidden_state:
             return self.language_model.get_decoder()(
                 inputs_embeds=inputs_embeds,
@@ -336,7 +529,7 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
                 use_cache=False,
                 **kwargs,
             )
-        return self.language_model(
+        outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -346,6 +539,18 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+        return SaladCausalLMOutputWithPast(
+            **outputs,
+            attention_mask=attention_mask if dropped is not None else None,
+            position_ids=full_position_ids,
+        )
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        """Carry the mask of dropped audio positions (`"ctc"` adapter) from the prefill into every later step."""
+        if getattr(outputs, "attention_mask", None) is not None:
+            model_kwargs["attention_mask"] = outputs.attention_mask
+            model_kwargs["position_ids"] = outputs.position_ids
+        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
 
     # ------------------------------------------------------------------ assembly
     @classmethod

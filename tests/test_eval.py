@@ -142,7 +142,9 @@ def test_misalignment_is_zero_when_speech_embeddings_equal_text_embeddings(whisp
     ids = processor.tokenizer(transcript, add_special_tokens=False)["input_ids"]
     samples = next(n for n in range(400, 40000, 160) if processor.length_spec.num_tokens(n) == len(ids))
     monkeypatch.setattr(
-        model, "get_audio_features", lambda *a, **k: model.get_input_embeddings()(torch.tensor(ids))
+        model,
+        "audio_embeddings_and_keep",
+        lambda *a, **k: (model.get_input_embeddings()(torch.tensor(ids)), None),
     )
     rows = [{"text": transcript, "audio": {"array": tone(samples / 16000), "sampling_rate": 16000}}]
     result = forgetting_and_misalignment(model, processor, rows, continuation="so {transcript}")
@@ -314,3 +316,59 @@ def test_a_limited_offline_set_spans_the_domains():
     assert len(items) == 16 and len({item.domain for item in items}) == 8
     order = [item.id for item in load_task("offline")]
     assert [order.index(item.id) for item in items] == sorted(order.index(item.id) for item in items)
+
+
+def test_own_task_file_with_recordings_runs_end_to_end_under_its_stem(whisper_salad, tmp_path, monkeypatch):
+    """`salad-eval --tasks /nested/dir/quiz.jsonl` on recorded items: named `quiz` everywhere, plots written,
+    the recordings heard (not TTS), and a valid model card from its results.json."""
+    import soundfile
+    from huggingface_hub import ModelCard
+
+    from eval import run as run_module
+    from hub_scripts.model_card import build_model_card
+
+    model, processor = whisper_salad
+    monkeypatch.setattr(run_module, "load_salad", lambda name, dtype: (model, processor))
+    folder = tmp_path / "my data" / "nested"
+    (folder / "clips").mkdir(parents=True)
+    items = []
+    for index in range(6):
+        soundfile.write(folder / "clips" / f"q{index}.wav", tone(0.4 + 0.05 * index, seed=index), 16000)
+        items.append({"id": f"q{index}", "domain": ["maths", "geo/graphy"][index % 2],
+                      "question": f"question number {index}?", "options": ["yes", "no", "maybe"],
+                      "answer": index % 3, "audio_path": f"clips/q{index}.wav"})  # fmt: skip
+    task_file = folder / "quiz.jsonl"
+    task_file.write_text("".join(json.dumps(item) + "\n" for item in items))
+    heard = []
+    import modeling_salad
+
+    original = modeling_salad.load_audio
+    monkeypatch.setattr(
+        modeling_salad, "load_audio", lambda path, *a, **k: heard.append(path) or original(path, *a, **k)
+    )
+    out = tmp_path / "results"
+    run_module.main(["--model", "tiny", "--tasks", str(task_file), "--systems", "base_text", "salad_speech", "prior",
+                     "--output_dir", str(out), "--bootstrap_samples", "50", "--distribution_metrics", "false"])  # fmt: skip
+    assert sorted(Path(path).name for path in heard) == [f"q{i}.wav" for i in range(6)]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["tasks"]) == ["quiz"] and results["task_sources"] == {"quiz": str(task_file)}
+    assert results["config"]["tasks"] == [str(task_file)]
+    assert (out / "accuracy_per_task.png").exists() and (out / "gap_per_domain_quiz.png").exists()
+    assert "| quiz |" in (out / "results.md").read_text()
+    card = build_model_card("me/salad-quiz", model.config, results=results)
+    card.save(tmp_path / "README.md")
+    assert {r.dataset_name for r in ModelCard.load(tmp_path / "README.md").data.eval_results} == {"quiz"}
+
+
+def test_task_names_are_short_safe_and_unique(tmp_path):
+    from eval.run import task_sources
+    from eval.tasks import parse_task_spec, safe_name
+
+    assert parse_task_spec("/a/b/quiz.jsonl") == ("quiz", "/a/b/quiz.jsonl")
+    assert parse_task_spec("mine=/a/b/items.jsonl") == ("mine", "/a/b/items.jsonl")
+    assert parse_task_spec("offline") == ("offline", "offline")
+    assert safe_name("../geo/graphy here") == "geo_graphy_here"
+    with pytest.raises(ValueError, match="name them with `name=path`"):
+        task_sources(["/a/quiz.jsonl", "/b/quiz.jsonl"])
+    with pytest.raises(ValueError, match="both parts"):
+        parse_task_spec("=/a/quiz.jsonl")

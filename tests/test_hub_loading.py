@@ -23,9 +23,9 @@ from modeling_salad import (
 )
 
 
-@pytest.fixture(scope="module")
-def saved_checkpoint(tmp_path_factory):
-    model, processor = build_tiny("whisper", "transformer")
+@pytest.fixture(scope="module", params=["transformer", "ctc"])
+def saved_checkpoint(tmp_path_factory, request):
+    model, processor = build_tiny("whisper", request.param)
     path = tmp_path_factory.mktemp("salad-tiny")
     model.save_pretrained(path)
     processor.save_pretrained(path)

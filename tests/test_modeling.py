@@ -29,7 +29,7 @@ def audio_token_count(inputs, processor) -> int:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("adapter_type", ["mlp", "transformer"])
+@pytest.mark.parametrize("adapter_type", ["mlp", "transformer", "ctc"])
 def test_save_load_round_trip_gives_equal_outputs(tmp_path, family, adapter_type):
     model, processor = build_tiny(family, adapter_type)
     sr = processor.sampling_rate
@@ -52,7 +52,7 @@ BATCH_TOLERANCE = {"whisper": 1e-5, "wav2vec2": 1e-5, "mimi": 1e-5}
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-@pytest.mark.parametrize("adapter_type", ["mlp", "transformer"])
+@pytest.mark.parametrize("adapter_type", ["mlp", "transformer", "ctc"])
 def test_batched_equals_one_by_one(family, padding_side, adapter_type):
     model, processor = build_tiny(family, adapter_type)
     sr = processor.sampling_rate

@@ -158,11 +158,35 @@ def test_frame_embedding_objective_trains_the_adapter_alone(tmp_path):
     assert logged and all(entry["aligned_frames"] > 0 and entry["loss"] > 0 for entry in logged)
 
 
+def test_ctc_adapter_warm_start_trains_its_classifier_at_its_own_temperature(tmp_path):
+    model, processor = build_tiny("whisper", "ctc", adapter_ctc_temperature=2.0)
+    rows = [row for row in speech_rows() if row["audio"] is not None]
+    args = config(
+        tmp_path,
+        objective="frame_embedding",
+        text_only_ratio=0.0,
+        frame_num_negatives=20,
+        frame_temperature=2.0,
+    )
+    trainer = SaladDistillationTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(rows)
+    )
+    adapter = parameters(model.adapter)
+    trainer.train()
+    assert changed(adapter, model.adapter)
+    mismatched = SaladDistillationTrainer(
+        model=model, args=config(tmp_path, objective="frame_embedding", text_only_ratio=0.0),
+        processing_class=processor, train_dataset=Dataset.from_list(rows),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="adapter_ctc_temperature"):
+        mismatched.train()
+
+
 def test_frame_embedding_objective_refuses_a_text_only_batch_and_llm_training(tmp_path):
     with pytest.raises(ValueError, match="train_llm='frozen'"):
         config(tmp_path, objective="frame_embedding", train_llm="lora")
     with pytest.raises(ValueError, match="objective must be one of"):
-        config(tmp_path, objective="ctc")
+        config(tmp_path, objective="conformer")
     with pytest.raises(ValueError, match="interleave_probability"):
         config(tmp_path, interleave_probability=1.5)
     model, processor = build_tiny("whisper", "mlp")
@@ -191,3 +215,52 @@ def test_data_files_with_different_columns_load_as_one_dataset(tmp_path):
         rows = list(load_rows(None, files, "train", streaming))
         assert [row["text"] for row in rows] == ["a b", "hello"]
         assert rows[0]["name"] is None and rows[1]["words"] is None and rows[0]["words"] == ["a", "b"]
+
+
+def test_ctc_loss_is_low_for_the_spoken_order_and_high_for_another():
+    from trainers.losses import ctc_token_loss
+
+    embeddings = torch.eye(8) * 3.0
+    blank = embeddings.mean(0)
+    frames = torch.stack([embeddings[2], embeddings[2], blank, embeddings[5], blank])[None]
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    lengths = torch.tensor([2])
+    right = ctc_token_loss(frames, mask, embeddings, torch.tensor([2, 5]), lengths, temperature=0.05)
+    wrong = ctc_token_loss(frames, mask, embeddings, torch.tensor([5, 2]), lengths, temperature=0.05)
+    assert right.loss < 1e-3 < 10 < wrong.loss and right.num_tokens == 2
+    every = ctc_token_loss(frames, mask, embeddings, torch.tensor([2, 5]), lengths, 0.05, num_negatives=100)
+    torch.testing.assert_close(every.loss, right.loss)  # sampling every other token is the full vocabulary
+    with pytest.raises(ValueError, match="transcripts"):
+        ctc_token_loss(frames, mask, embeddings, torch.tensor([2, 5, 1]), lengths)
+
+
+def test_collator_gives_each_clip_its_transcript_ids(whisper_salad):
+    model, processor = whisper_salad
+    collator = SaladDistillationCollator(
+        processor, text_span=(2, 3), speech_span=(2, 3), interleave_probability=1.0
+    )
+    batch = collator([row for row in speech_rows() if row["audio"] is not None][:3])
+    num_clips = batch["input_features"].shape[0]
+    assert batch["clip_target_lengths"].shape[0] == num_clips == int(batch["clip_windows"].sum())
+    assert int(batch["clip_target_lengths"].sum()) == batch["clip_targets"].shape[0] > 0
+
+
+def test_ctc_objective_trains_a_ctc_adapter_alone_and_refuses_other_adapters(tmp_path):
+    rows = [row for row in speech_rows() if row["audio"] is not None]
+    model, processor = build_tiny("whisper", "ctc")
+    args = config(
+        tmp_path, objective="ctc", text_only_ratio=0.0, frame_num_negatives=20, interleave_probability=0.0
+    )
+    trainer = SaladDistillationTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(rows)
+    )
+    adapter, llm = parameters(model.adapter), parameters(model.language_model)
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss)) and result.training_loss > 0
+    assert changed(adapter, model.adapter) and not changed(llm, model.language_model)
+    mlp, processor = build_tiny("whisper", "mlp")
+    trainer = SaladDistillationTrainer(
+        model=mlp, args=args, processing_class=processor, train_dataset=Dataset.from_list(rows)
+    )
+    with pytest.raises(ValueError, match="trains a 'ctc' adapter"):
+        trainer.train()

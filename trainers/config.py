@@ -10,7 +10,7 @@ from .losses import DIVERGENCES
 
 TEACHER_MODES = ("shared", "separate")
 LLM_TRAINING = ("frozen", "lora", "full")
-OBJECTIVES = ("distillation", "frame_embedding")
+OBJECTIVES = ("distillation", "frame_embedding", "ctc")
 
 
 @dataclass
@@ -96,16 +96,18 @@ class SaladDistillationConfig(TrainingArguments):
         metadata={
             "help": "'distillation' (the SALAD loss) or 'frame_embedding': a cheap warm start of the adapter alone "
             "on word-aligned speech (each audio token lands on the embedding of the token spoken then; no LLM "
-            "forward; see trainers/losses.py)."
+            "forward; see trainers/losses.py), or 'ctc': CTC of each clip's transcript under a 'ctc' adapter's "
+            "frame classifier (adapter alone, no LLM forward; start it from a 'frame_embedding' run)."
         },
     )
     frame_temperature: float = field(
-        default=1.0, metadata={"help": "Scale of the squared distances of objective='frame_embedding'."}
+        default=1.0,
+        metadata={"help": "Scale of the squared distances of objective='frame_embedding' or 'ctc'."},
     )
     frame_num_negatives: int | None = field(
         default=4096,
         metadata={
-            "help": "objective='frame_embedding' scores the batch's target tokens and this many random others "
+            "help": "objective='frame_embedding'/'ctc' scores the batch's target tokens and this many random others "
             "(sampled softmax); None scores the whole vocabulary."
         },
     )
@@ -121,6 +123,16 @@ class SaladDistillationConfig(TrainingArguments):
         default=0.01,
         metadata={"help": "Stop when more than this share of rows cannot be decoded or aligned."},
     )
+    probe_data_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out rows (jsonl: `text`, `audio`) for the alignment probes (trainers/probes.py): "
+            "transcript NLL/accuracy against a shuffled-audio control and greedy repeat WER, logged every "
+            "probe_steps. None: no probes."
+        },
+    )
+    probe_steps: int = field(default=250, metadata={"help": "Optimizer steps between two alignment probes."})
+    probe_num_rows: int = field(default=32, metadata={"help": "Rows of probe_data_file that the probes use."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep every column: the collator builds the examples from raw rows."}
     )
@@ -161,11 +173,17 @@ class SaladDistillationConfig(TrainingArguments):
                 raise ValueError(f"{name} must be [min, max] with 1 <= min <= max, got {span}.")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
-        if self.objective == "frame_embedding" and self.train_llm != "frozen":
-            raise ValueError("objective='frame_embedding' trains the adapter alone; set train_llm='frozen'.")
+        if self.objective in ("frame_embedding", "ctc") and self.train_llm != "frozen":
+            raise ValueError(
+                f"objective={self.objective!r} trains the adapter alone; set train_llm='frozen'."
+            )
         if not 0.0 <= self.interleave_probability <= 1.0:
             raise ValueError(f"interleave_probability must lie in [0, 1], got {self.interleave_probability}.")
         if not 0.0 <= self.text_only_ratio < 1.0:
             raise ValueError(f"text_only_ratio must lie in [0, 1), got {self.text_only_ratio}.")
+        if self.probe_steps < 1 or self.probe_num_rows < 2:
+            raise ValueError(
+                f"probe_steps must be >= 1 and probe_num_rows >= 2, got {self.probe_steps} and {self.probe_num_rows}."
+            )
         if self.loss_chunk_size < 1:
             raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}.")

@@ -54,6 +54,7 @@ class EncodedExample:
     frame_targets: list[
         int
     ]  # per audio token: the text token spoken then, BLANK between words, IGNORE unknown
+    clip_token_ids: list[list[int]] = field(default_factory=list)  # per clip: its transcript's token ids
 
 
 class BadRowError(ValueError):
@@ -174,7 +175,7 @@ def encode_segments(segments: list[Segment], processor: SaladProcessor) -> Encod
     spec = processor.length_spec
     prefix = tokenizer("", add_special_tokens=True)["input_ids"]  # BOS where the tokenizer uses one
     student, teacher, clips, frames = list(prefix), list(prefix), [], []
-    student_positions, teacher_positions, targets = [], [], []
+    student_positions, teacher_positions, targets, clip_token_ids = [], [], [], []
     for index, segment in enumerate(segments):
         text = segment.text if index == 0 else " " + segment.text
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -182,6 +183,7 @@ def encode_segments(segments: list[Segment], processor: SaladProcessor) -> Encod
             if segment.audio is None or segment.audio.size == 0:
                 raise BadRowError(f"speech segment {index} ({segment.text!r}) has no audio.")
             clips.append(segment.audio)
+            clip_token_ids.append(ids)
             num_tokens = spec.num_tokens(segment.audio.size)
             frames += frame_targets(segment, num_tokens, tokenizer, processor.sampling_rate, index > 0)
             student += [processor.audio_token_id] * num_tokens
@@ -194,7 +196,9 @@ def encode_segments(segments: list[Segment], processor: SaladProcessor) -> Encod
                 targets.append(token)
             student.append(token)
             teacher.append(token)
-    return EncodedExample(student, teacher, clips, student_positions, teacher_positions, targets, frames)
+    return EncodedExample(
+        student, teacher, clips, student_positions, teacher_positions, targets, frames, clip_token_ids
+    )
 
 
 def decode_row_audio(audio: Any, sampling_rate: int) -> np.ndarray:
@@ -231,8 +235,9 @@ class SaladDistillationCollator:
     Output keys: `input_ids`, `attention_mask`, `input_features`, `input_features_mask` (student);
     `teacher_input_ids`, `teacher_attention_mask`; `student_index` and `teacher_index` (flat indices into
     `[batch * seq]` of each side) and `target_ids`, one entry per supervised token; with audio,
-    `frame_targets`: per audio token in order, the text token spoken then (see `frame_targets`), and
-    `speech_seconds`, the batch's seconds of speech (logged, for curves against minutes of speech seen).
+    `frame_targets`: per audio token in order, the text token spoken then (see `frame_targets`);
+    `clip_targets` / `clip_target_lengths`: each clip's transcript token ids, concatenated, and their counts
+    (the `"ctc"` objective), `clip_windows`: the encoder windows of each clip; and `speech_seconds`, the batch's seconds of speech (logged, for curves against minutes of speech seen).
 
     Rows with word timestamps are interleaved with probability `interleave_probability`, else spoken whole.
     """
@@ -343,4 +348,10 @@ def collate_examples(
         batch["speech_seconds"] = torch.tensor(sum(clip.size for clip in clips) / processor.sampling_rate)
         frames = [target for example in examples for target in example.frame_targets]
         batch["frame_targets"] = torch.tensor(frames, dtype=torch.long)
+        transcripts = [ids for example in examples for ids in example.clip_token_ids]
+        batch["clip_targets"] = torch.tensor([t for ids in transcripts for t in ids], dtype=torch.long)
+        batch["clip_target_lengths"] = torch.tensor([len(ids) for ids in transcripts], dtype=torch.long)
+        batch["clip_windows"] = torch.tensor(
+            [len(processor.length_spec.chunk_lengths(clip.size)) for clip in clips], dtype=torch.long
+        )
     return batch

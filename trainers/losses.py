@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from modeling_salad.modeling_salad import blank_embedding, token_distance_scores
+
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
 
@@ -400,7 +402,8 @@ def frame_embedding_loss(
     Audio tokens are scored against the LLM's token embeddings by negative squared distance over
     `temperature`, and a cross-entropy asks for the token spoken at the audio token's time (from word
     timestamps; `trainers.data.frame_targets`), or for the blank between words: the mean token embedding, a
-    neutral input to the LLM. It needs no LLM forward pass, so it is cheap enough to run for many steps: a
+    neutral input to the LLM. With a `"ctc"` adapter this is its frame classifier's cross-entropy (the same
+    scores, `modeling_salad.token_distance_scores`), sampled when `num_negatives` is set. It needs no LLM forward pass, so it is cheap enough to run for many steps: a
     warm start that puts the words into the adapter's output before distillation shapes how the LLM reads them
     (at small scale, distillation alone finds a content-free prompt first, DESIGN.md §7). Distance, not cosine:
     SmolLM2's embeddings share a large common direction (mean cosine 0.44), and a distance also fixes the norm.
@@ -420,7 +423,7 @@ def frame_embedding_loss(
     targets = frame_targets[scored]
     audio = audio_embeds[scored].float()
     embeddings = token_embeddings.detach().float()
-    blank = embeddings.mean(0, keepdim=True)
+    blank = blank_embedding(embeddings)
     tokens = targets[targets >= 0]
     if num_negatives is not None:
         candidates, renumbered = sample_candidates(tokens, embeddings.shape[0], num_negatives, generator)
@@ -429,14 +432,73 @@ def frame_embedding_loss(
         targets[targets >= 0] = renumbered
     vocab = torch.cat([embeddings, blank])
     targets = torch.where(targets >= 0, targets, vocab.shape[0] - 1)
-    # -|a - e|^2 = 2 a.e - |e|^2 - |a|^2, and |a|^2 is the same for every class of a frame
-    scores = (2 * audio @ vocab.T - vocab.pow(2).sum(-1)) / temperature
+    scores = token_distance_scores(audio, vocab, temperature)
     loss = F.cross_entropy(scores, targets, reduction="mean") if targets.numel() else audio_embeds.sum() * 0.0
     hits = (scores.argmax(-1) == targets).float().detach()
     in_word = targets != vocab.shape[0] - 1
     accuracy = hits.mean() if hits.numel() else hits.sum()
     word_accuracy = hits[in_word].mean() if in_word.any() else hits.sum()
     return FrameEmbeddingLossOutput(loss, accuracy, word_accuracy, int(targets.numel()))
+
+
+@dataclass
+class CTCLossOutput:
+    """The CTC loss per transcript token (a scalar with a grad_fn) and the tokens and windows it covered."""
+
+    loss: torch.Tensor
+    num_tokens: int
+    num_windows: int
+
+
+def ctc_token_loss(
+    frame_embeds: torch.Tensor,
+    token_mask: torch.Tensor,
+    token_embeddings: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    temperature: float = 1.0,
+    num_negatives: int | None = None,
+    generator: torch.Generator | None = None,
+) -> CTCLossOutput:
+    """CTC of each window's transcript tokens under the `"ctc"` adapter's frame classifier.
+
+    Frame-level targets (`frame_embedding_loss`) share a word's frames among its tokens, so neighbouring frames
+    learn near-synonyms and CTC's collapse at inference keeps them all ("tasting taste tasted"). CTC instead
+    sums over every alignment and is lowest when each token is emitted once, between blanks: what dropping blanks
+    and merging repeats expects. Warm-started from frame targets it avoids CTC's long initial plateau (the
+    alignment log, experiment 02). The classes are the frame classifier's (`token_distance_scores` over the
+    token embeddings, blank last); `num_negatives` scores only the batch's target tokens and that many others.
+
+    Args:
+        frame_embeds: `[windows, frames, hidden]` adapter output (`get_frame_embeddings`).
+        token_mask: `[windows, frames]`, True on valid frames.
+        token_embeddings: `[vocab, hidden]`, the LLM's input embeddings (not trained here).
+        targets: every window's transcript token ids, concatenated; `target_lengths`: `[windows]` counts.
+    """
+    if target_lengths.shape[0] != frame_embeds.shape[0] or int(target_lengths.sum()) != targets.shape[0]:
+        raise ValueError(
+            f"{target_lengths.shape[0]} transcripts ({int(target_lengths.sum())} tokens) for "
+            f"{frame_embeds.shape[0]} windows and {targets.shape[0]} target tokens."
+        )
+    embeddings = token_embeddings.detach().float()
+    blank = blank_embedding(embeddings)
+    if num_negatives is not None:
+        candidates, targets = sample_candidates(targets, embeddings.shape[0], num_negatives, generator)
+        embeddings = embeddings[candidates]
+    vocab = torch.cat([embeddings, blank])
+    with torch.autocast(device_type=frame_embeds.device.type, enabled=False):
+        log_probs = token_distance_scores(frame_embeds.float(), vocab, temperature).log_softmax(-1)
+    loss = F.ctc_loss(
+        log_probs.transpose(0, 1),
+        targets,
+        token_mask.sum(-1),
+        target_lengths,
+        blank=vocab.shape[0] - 1,
+        reduction="sum",
+        zero_infinity=True,  # a window too short for its transcript adds nothing instead of inf
+    )
+    num_tokens = int(target_lengths.sum())
+    return CTCLossOutput(loss / max(num_tokens, 1), num_tokens, frame_embeds.shape[0])
 
 
 def sample_candidates(

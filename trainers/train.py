@@ -20,6 +20,7 @@ from trl import TrlParser
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .config import SaladDistillationConfig
+from .probes import AlignmentProbeCallback, load_probe_rows
 from .trainer import SaladDistillationTrainer
 
 
@@ -44,7 +45,10 @@ class SaladModelArguments:
         },
     )
     adapter_type: str = field(
-        default="mlp", metadata={"help": "New model's adapter: 'mlp' or 'transformer'."}
+        default="mlp",
+        metadata={
+            "help": "New model's adapter: 'mlp', 'transformer' or 'ctc' (frame classifier + compression)."
+        },
     )
     adapter_stack_factor: int = field(
         default=4, metadata={"help": "New model: encoder frames per audio token."}
@@ -54,6 +58,15 @@ class SaladModelArguments:
     adapter_num_layers: int = field(default=12, metadata={"help": "New model: Transformer adapter layers."})
     adapter_num_attention_heads: int = field(default=15, metadata={"help": "New model: adapter heads."})
     adapter_num_key_value_heads: int = field(default=5, metadata={"help": "New model: adapter KV heads."})
+    adapter_ctc_temperature: float = field(
+        default=1.0, metadata={"help": "New 'ctc' adapter: temperature of its frame classifier."}
+    )
+    adapter_ctc_blank_threshold: float = field(
+        default=0.5, metadata={"help": "New 'ctc' adapter: frames at least this likely blank are dropped."}
+    )
+    adapter_ctc_top_k: int = field(
+        default=8, metadata={"help": "New 'ctc' adapter: token embeddings mixed per kept token (0: all)."}
+    )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
 
     def __post_init__(self):
@@ -209,6 +222,13 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=eval_dataset,
         teacher_model=teacher_model,
     )
+    if training_args.probe_data_file is not None:
+        rows = load_probe_rows(
+            training_args.probe_data_file, training_args.probe_num_rows, processor.sampling_rate
+        )
+        trainer.add_callback(
+            AlignmentProbeCallback(processor, rows, training_args.probe_steps, training_args.output_dir)
+        )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if training_args.train_llm == "lora":
         model.merge_lora()  # publishable checkpoints hold a plain LLM

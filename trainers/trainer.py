@@ -14,7 +14,7 @@ from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .config import SaladDistillationConfig
 from .data import SaladDistillationCollator
-from .losses import chunked_distillation_loss, frame_embedding_loss
+from .losses import chunked_distillation_loss, ctc_token_loss, frame_embedding_loss
 
 
 class SaladDistillationTrainer(Trainer):
@@ -136,6 +136,8 @@ class SaladDistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.objective == "frame_embedding":
             return self.compute_frame_embedding_loss(model, inputs, return_outputs)
+        if self.args.objective == "ctc":
+            return self.compute_ctc_loss(model, inputs, return_outputs)
         teacher_hidden, teacher_head = self.teacher_hidden_states(model, inputs)
         student_hidden = model(
             input_ids=inputs["input_ids"],
@@ -178,11 +180,14 @@ class SaladDistillationTrainer(Trainer):
                 "objective='frame_embedding' needs speech in every batch; set text_only_ratio=0."
             )
         unwrapped = self.accelerator.unwrap_model(model)
+        frame_embeds, token_mask = unwrapped.get_frame_embeddings(
+            inputs["input_features"], inputs["input_features_mask"]
+        )
         output = frame_embedding_loss(
-            unwrapped.get_audio_features(inputs["input_features"], inputs["input_features_mask"]),
+            frame_embeds[token_mask],
             inputs["frame_targets"],
             unwrapped.get_input_embeddings().weight,
-            temperature=self.args.frame_temperature,
+            temperature=self.frame_temperature(unwrapped),
             num_negatives=self.args.frame_num_negatives,
         )
         mode = "train" if model.training else "eval"
@@ -190,6 +195,48 @@ class SaladDistillationTrainer(Trainer):
         self._metrics[f"{mode}_word_frame_accuracy"].append(float(output.word_accuracy))
         self._metrics[f"{mode}_aligned_frames"].append(float(output.num_frames))
         return (output.loss, output) if return_outputs else output.loss
+
+    def compute_ctc_loss(self, model, inputs, return_outputs=False):
+        """CTC of each clip's transcript under the `"ctc"` adapter's frame classifier (no LLM forward)."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        if unwrapped.config.adapter_type != "ctc":
+            raise ValueError(
+                f"objective='ctc' trains a 'ctc' adapter; this model's is {unwrapped.config.adapter_type!r}."
+            )
+        if inputs.get("input_features") is None:
+            raise ValueError("objective='ctc' needs speech in every batch; set text_only_ratio=0.")
+        if bool((inputs["clip_windows"] > 1).any()):
+            raise ValueError(
+                "objective='ctc' pairs each clip with its transcript, so a clip must fit in one encoder window "
+                f"({unwrapped.config.audio_length_spec.chunk_samples} samples); drop or cut longer rows."
+            )
+        frame_embeds, token_mask = unwrapped.get_frame_embeddings(
+            inputs["input_features"], inputs["input_features_mask"]
+        )
+        output = ctc_token_loss(
+            frame_embeds,
+            token_mask,
+            unwrapped.get_input_embeddings().weight,
+            inputs["clip_targets"],
+            inputs["clip_target_lengths"],
+            temperature=self.frame_temperature(unwrapped),
+            num_negatives=self.args.frame_num_negatives,
+        )
+        mode = "train" if model.training else "eval"
+        self._metrics[f"{mode}_ctc_tokens"].append(float(output.num_tokens))
+        return (output.loss, output) if return_outputs else output.loss
+
+    def frame_temperature(self, model: SaladForConditionalGeneration) -> float:
+        """A `"ctc"` adapter classifies frames at its own temperature, so the warm start must train at it."""
+        if model.config.adapter_type != "ctc":
+            return self.args.frame_temperature
+        if self.args.frame_temperature != model.config.adapter_ctc_temperature:
+            raise ValueError(
+                f"frame_temperature ({self.args.frame_temperature}) differs from the 'ctc' adapter's "
+                f"adapter_ctc_temperature ({model.config.adapter_ctc_temperature}), which it uses at inference: "
+                "set them equal."
+            )
+        return self.args.frame_temperature
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

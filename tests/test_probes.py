@@ -1,0 +1,84 @@
+"""Alignment probes: WER normalization, the shuffled-audio control, the ctc transcript, the training callback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny, tone
+from datasets import Dataset
+from test_ctc_adapter import ctc_tiny
+from test_trainer import config, speech_rows
+
+from trainers.probes import (
+    AlignmentProbeCallback,
+    ProbeRow,
+    load_probe_rows,
+    run_probes,
+    word_error_rate,
+)
+from trainers.trainer import SaladDistillationTrainer
+
+
+def probe_rows() -> list[ProbeRow]:
+    texts = ["one two three", "the lazy dog", "four five six", "quick brown fox"]
+    return [ProbeRow(text, tone(0.8, freq=200 + 150 * i, seed=i)) for i, text in enumerate(texts)]
+
+
+def test_word_error_rate_compares_words_not_case_or_punctuation():
+    assert word_error_rate(["Hello, World!"], ["hello world"]) == 0.0
+    assert word_error_rate(["the lazy dog"], ["the crazy dog"]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("adapter_type", ["mlp", "ctc"])
+def test_probes_report_the_content_gain_against_another_clip(adapter_type):
+    model, processor = build_tiny("whisper", "mlp") if adapter_type == "mlp" else ctc_tiny()
+    results = run_probes(model, processor, probe_rows())
+    numbers = {key: value for key, value in results.items() if isinstance(value, float)}
+    expected = {"transcript_nll", "control_nll", "content_gain_nll", "repeat_wer"}
+    assert set(numbers) == expected | ({"ctc_wer"} if adapter_type == "ctc" else set()) | {
+        "transcript_accuracy",
+        "control_accuracy",
+    }
+    assert all(np.isfinite(value) for value in numbers.values())
+    assert results["content_gain_nll"] == pytest.approx(results["control_nll"] - results["transcript_nll"])
+    assert results["transcript_nll"] != results["control_nll"]  # a random adapter still hears differences
+
+
+def test_content_gain_is_zero_when_the_adapter_ignores_the_audio():
+    model, processor = build_tiny("whisper", "mlp")
+    with torch.no_grad():
+        model.adapter.down_proj.weight.zero_()  # every clip becomes the same zero embeddings
+    results = run_probes(model, processor, probe_rows(), with_generation=False)
+    assert results["content_gain_nll"] == pytest.approx(0.0, abs=1e-6)
+    assert "repeat_wer" not in results and "ctc_wer" not in results
+
+
+def test_probe_rows_are_spread_over_the_file(tmp_path):
+    path = tmp_path / "eval.jsonl"
+    with open(path, "w") as handle:
+        for i in range(10):
+            clip = {"array": tone(0.2, seed=i).tolist(), "sampling_rate": 16000}
+            handle.write(json.dumps({"text": f"row {i}", "audio": clip}) + "\n")
+    assert [row.text for row in load_probe_rows(str(path), 3, 16000)] == ["row 0", "row 4", "row 9"]
+    with pytest.raises(ValueError, match="at least 2"):
+        load_probe_rows(str(path), 1, 16000)
+
+
+def test_callback_probes_at_the_start_and_every_n_steps(tmp_path):
+    model, processor = build_tiny("whisper", "ctc")
+    rows = [row for row in speech_rows() if row["audio"] is not None]
+    args = config(
+        tmp_path, objective="frame_embedding", text_only_ratio=0.0, frame_num_negatives=20, max_steps=4
+    )
+    trainer = SaladDistillationTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(rows)
+    )
+    trainer.add_callback(AlignmentProbeCallback(processor, probe_rows()[:2], 2, args.output_dir))
+    trainer.train()
+    probed = [entry["step"] for entry in trainer.state.log_history if "probe_ctc_wer" in entry]
+    assert probed == [0, 2, 4]
+    written = [json.loads(line) for line in (tmp_path / "out" / "probes.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in written] == [0, 2, 4] and "ctc_examples" in written[0]

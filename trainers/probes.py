@@ -1,0 +1,261 @@
+"""Alignment probes: does the model hear the words? Leading indicators that move long before accuracy does.
+
+On held-out rows (speech in voices training never used, with transcripts), each probe asks the model to repeat
+what was said, `<|audio|> Repeat what was said: <transcript>`, and measures:
+
+- `transcript_nll` / `transcript_accuracy`: teacher-forced NLL (nats/token) and top-1 accuracy of the
+  transcript tokens, next to a control where each row hears another row's clip (`control_*`). The difference,
+  `content_gain_nll`, is what the audio itself tells the LLM about the words: 0 for an adapter that only
+  learned a prompt, however low its loss.
+- `repeat_wer`: word error rate of the greedy continuation (first line) against the transcript.
+- `ctc_wer` (`"ctc"` adapter only): word error rate of the frame classifier's own greedy transcript.
+
+`AlignmentProbeCallback` runs them every `probe_steps` optimizer steps and logs them with the losses;
+`python -m trainers.probes --model ... --rows data/tts/eval.jsonl` runs them once and writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+from transformers import HfArgumentParser, TrainerCallback
+
+from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+
+from .data import decode_row_audio
+
+REPEAT_CUE = " Repeat what was said:"
+
+
+@dataclass
+class ProbeRow:
+    text: str
+    audio: np.ndarray
+
+
+def load_probe_rows(path: str, num_rows: int, sampling_rate: int) -> list[ProbeRow]:
+    """`num_rows` rows spread evenly over a jsonl file in the `trainers.data` schema (`text`, `audio`), so that
+    a file written voice by voice gives every voice its share."""
+    with open(path) as handle:
+        lines = [line for line in handle if line.strip()]
+    picked = sorted(set(np.linspace(0, len(lines) - 1, min(num_rows, len(lines))).round().astype(int)))
+    rows = []
+    for index in picked:
+        row = json.loads(lines[index])
+        rows.append(ProbeRow(row["text"], decode_row_audio(row["audio"], sampling_rate)))
+    if len(rows) < 2:
+        raise ValueError(f"{path} gave {len(rows)} probe rows; the shuffled-audio control needs at least 2.")
+    return rows
+
+
+def normalize_words(text: str) -> str:
+    """Lower case, punctuation removed, spaces collapsed: WER on words, not on spelling conventions."""
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    references = [normalize_words(text) for text in references]
+    hypotheses = [normalize_words(text) for text in hypotheses]
+    return float(jiwer.wer(references, hypotheses))
+
+
+def _batches(rows: list, size: int):
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    parameter = next(model.adapter.parameters())
+    return parameter.device, parameter.dtype
+
+
+def _audio_inputs(processor: SaladProcessor, clips: list[np.ndarray], model) -> dict[str, torch.Tensor]:
+    device, dtype = _model_device_dtype(model)
+    audio, _ = processor.prepare_audio(clips)
+    return {
+        "input_features": torch.from_numpy(audio["input_features"]).to(device, dtype),
+        "input_features_mask": torch.from_numpy(audio["input_features_mask"]).to(device),
+    }
+
+
+@torch.no_grad()
+def transcript_scores(
+    model: SaladForConditionalGeneration, processor: SaladProcessor, rows: list[ProbeRow], batch_size: int = 8
+) -> tuple[float, float]:
+    """Teacher-forced NLL (nats/token) and top-1 accuracy of each row's transcript after its clip."""
+    tokenizer = processor.tokenizer
+    cue = tokenizer(REPEAT_CUE, add_special_tokens=False)["input_ids"]
+    nll_sum, hits, count = 0.0, 0, 0
+    device, _ = _model_device_dtype(model)
+    for batch in _batches(rows, batch_size):
+        sequences, spans = [], []
+        for row in batch:
+            prompt = [processor.audio_token_id] * processor.length_spec.num_tokens(row.audio.size) + cue
+            transcript = tokenizer(" " + row.text, add_special_tokens=False)["input_ids"]
+            sequences.append(prompt + transcript)
+            spans.append((len(prompt), len(transcript)))
+        longest = max(len(sequence) for sequence in sequences)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for index, sequence in enumerate(sequences):
+            input_ids[index, : len(sequence)] = torch.tensor(sequence)
+            attention_mask[index, : len(sequence)] = 1
+        hidden = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            **_audio_inputs(processor, [row.audio for row in batch], model),
+            return_last_hidden_state=True,
+        ).last_hidden_state
+        head = model.get_output_embeddings()
+        for index, (begin, length) in enumerate(spans):
+            logits = head(hidden[index, begin - 1 : begin - 1 + length]).float()
+            targets = input_ids[index, begin : begin + length].to(logits.device)
+            nll_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            hits += int((logits.argmax(-1) == targets).sum())
+            count += length
+    return nll_sum / count, hits / count
+
+
+@torch.no_grad()
+def greedy_repeats(
+    model: SaladForConditionalGeneration, processor: SaladProcessor, rows: list[ProbeRow], batch_size: int = 8
+) -> list[str]:
+    """Each clip followed by the repeat cue, continued greedily; the first line of each continuation."""
+    outputs = []
+    for batch in _batches(rows, batch_size):
+        inputs = processor(
+            text=[processor.audio_token + REPEAT_CUE] * len(batch),
+            audio=[row.audio for row in batch],
+            padding_side="left",
+            return_tensors="pt",
+        )
+        device, dtype = _model_device_dtype(model)
+        inputs = {
+            k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()
+        }
+        longest = max(len(processor.tokenizer(" " + row.text)["input_ids"]) for row in batch)
+        generated = model.generate(
+            **inputs, max_new_tokens=longest + 8, do_sample=False, suppress_tokens=[processor.audio_token_id]
+        )
+        texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        outputs += [text.strip().split("\n")[0] for text in texts]
+    return outputs
+
+
+@torch.no_grad()
+def ctc_transcripts(
+    model: SaladForConditionalGeneration, processor: SaladProcessor, rows: list[ProbeRow], batch_size: int = 8
+) -> list[str]:
+    """The `"ctc"` adapter's own greedy transcript of each clip (its windows' tokens, concatenated)."""
+    transcripts = []
+    for batch in _batches(rows, batch_size):
+        audio = _audio_inputs(processor, [row.audio for row in batch], model)
+        frames, mask = model.get_frame_embeddings(audio["input_features"], audio["input_features_mask"])
+        tokens = model.adapter.greedy_tokens(frames, mask, model.get_input_embeddings().weight)
+        windows = [len(processor.length_spec.chunk_lengths(row.audio.size)) for row in batch]
+        offsets = np.cumsum([0, *windows])
+        for first, last in zip(offsets[:-1], offsets[1:]):
+            ids = [token for window in tokens[first:last] for token in window]
+            transcripts.append(processor.tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return transcripts
+
+
+def run_probes(
+    model: SaladForConditionalGeneration,
+    processor: SaladProcessor,
+    rows: list[ProbeRow],
+    with_generation: bool = True,
+) -> dict[str, float | list[str]]:
+    """Every probe on `rows`; the control hears each row's clip shifted by one row."""
+    was_training = model.training
+    model.eval()
+    try:
+        nll, accuracy = transcript_scores(model, processor, rows)
+        shifted = [ProbeRow(row.text, rows[(i + 1) % len(rows)].audio) for i, row in enumerate(rows)]
+        control_nll, control_accuracy = transcript_scores(model, processor, shifted)
+        results: dict[str, float | list[str]] = {
+            "transcript_nll": nll,
+            "control_nll": control_nll,
+            "content_gain_nll": control_nll - nll,
+            "transcript_accuracy": accuracy,
+            "control_accuracy": control_accuracy,
+        }
+        references = [row.text for row in rows]
+        if with_generation:
+            repeats = greedy_repeats(model, processor, rows)
+            results["repeat_wer"] = word_error_rate(references, repeats)
+            results["repeat_examples"] = repeats[:4]
+        if model.config.adapter_type == "ctc":
+            transcripts = ctc_transcripts(model, processor, rows)
+            results["ctc_wer"] = word_error_rate(references, transcripts)
+            results["ctc_examples"] = transcripts[:4]
+    finally:
+        model.train(was_training)
+    return results
+
+
+class AlignmentProbeCallback(TrainerCallback):
+    """Run the probes every `every_steps` optimizer steps (and at step 0) and log the numbers with the losses.
+
+    Examples (strings) go to `probes.jsonl` in the output folder, next to every number, so a run's curve can be
+    plotted and its repeats read after the fact.
+    """
+
+    def __init__(self, processor: SaladProcessor, rows: list[ProbeRow], every_steps: int, output_dir: str):
+        self.processor = processor
+        self.rows = rows
+        self.every_steps = every_steps
+        self.path = Path(output_dir) / "probes.jsonl"
+
+    def _probe(self, args, state, model) -> None:
+        results = run_probes(model, self.processor, self.rows)
+        if state.is_world_process_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps({"step": state.global_step, **results}) + "\n")
+        numbers = {f"probe_{k}": v for k, v in results.items() if isinstance(v, float)}
+        state.log_history.append({"step": state.global_step, **numbers})
+        print({"step": state.global_step, **{k: round(v, 4) for k, v in numbers.items()}})
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self._probe(args, state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every_steps == 0:
+            self._probe(args, state, model)
+
+
+@dataclass
+class ProbeArguments:
+    model: str = field(metadata={"help": "A SALAD checkpoint (path or Hub id)."})
+    rows: str = field(
+        default="data/tts/eval.jsonl", metadata={"help": "Held-out rows (jsonl with `text` and `audio`)."}
+    )
+    num_rows: int = field(default=32, metadata={"help": "Rows to probe (spread evenly over the file)."})
+    output: str | None = field(default=None, metadata={"help": "Write the results here as JSON."})
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = HfArgumentParser(ProbeArguments).parse_args_into_dataclasses(args=argv)
+    model = SaladForConditionalGeneration.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
+    processor = SaladProcessor.from_pretrained(args.model)
+    rows = load_probe_rows(args.rows, args.num_rows, processor.sampling_rate)
+    results = run_probes(model, processor, rows)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -167,6 +167,11 @@ def ctc_transcripts(
     return transcripts
 
 
+def shuffled_audio(rows: list[ProbeRow]) -> list[ProbeRow]:
+    """The control: each row's transcript with the next row's clip, so the audio says nothing about the words."""
+    return [ProbeRow(row.text, rows[(i + 1) % len(rows)].audio) for i, row in enumerate(rows)]
+
+
 def run_probes(
     model: SaladForConditionalGeneration,
     processor: SaladProcessor,
@@ -178,8 +183,7 @@ def run_probes(
     model.eval()
     try:
         nll, accuracy = transcript_scores(model, processor, rows)
-        shifted = [ProbeRow(row.text, rows[(i + 1) % len(rows)].audio) for i, row in enumerate(rows)]
-        control_nll, control_accuracy = transcript_scores(model, processor, shifted)
+        control_nll, control_accuracy = transcript_scores(model, processor, shuffled_audio(rows))
         results: dict[str, float | list[str]] = {
             "transcript_nll": nll,
             "control_nll": control_nll,

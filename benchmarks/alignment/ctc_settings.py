@@ -19,7 +19,14 @@ import torch
 
 from eval.run import load_salad
 from trainers.data import decode_row_audio
-from trainers.probes import ProbeRow, ctc_transcripts, load_probe_rows, transcript_scores, word_error_rate
+from trainers.probes import (
+    ProbeRow,
+    ctc_transcripts,
+    load_probe_rows,
+    shuffled_audio,
+    transcript_scores,
+    word_error_rate,
+)
 
 
 def selection_rows(path: str, count: int, sampling_rate: int) -> list[ProbeRow]:
@@ -38,9 +45,8 @@ def selection_rows(path: str, count: int, sampling_rate: int) -> list[ProbeRow]:
 
 
 def measure(model, processor, rows: list[ProbeRow]) -> dict:
-    shifted = [ProbeRow(row.text, rows[(i + 1) % len(rows)].audio) for i, row in enumerate(rows)]
     nll, accuracy = transcript_scores(model, processor, rows)
-    control_nll, _ = transcript_scores(model, processor, shifted)
+    control_nll, _ = transcript_scores(model, processor, shuffled_audio(rows))
     wer = word_error_rate([row.text for row in rows], ctc_transcripts(model, processor, rows))
     return {
         "ctc_wer": wer,

@@ -220,6 +220,21 @@ def test_alpha_zero_is_cross_entropy():
     torch.testing.assert_close(out.loss, F.cross_entropy(logits, inputs["target_ids"], reduction="sum") / N)
 
 
+@pytest.mark.parametrize("loss_fn", [chunked_distillation_loss, materialized_distillation_loss])
+def test_alpha_zero_needs_no_teacher(loss_fn):
+    """An ASR stage (alpha = 0) leaves the teacher out: same loss and gradients as with one, no divergence."""
+    inputs = make_inputs()
+    with_teacher = loss_fn(**inputs, alpha=0.0)
+    (expected,) = torch.autograd.grad(with_teacher.loss, inputs["student_hidden"])
+    alone = loss_fn(**{**inputs, "teacher_hidden": None, "teacher_head_weight": None}, alpha=0.0)
+    (gradient,) = torch.autograd.grad(alone.loss, inputs["student_hidden"])
+    torch.testing.assert_close(alone.loss, with_teacher.loss)
+    torch.testing.assert_close(gradient, expected)
+    assert float(alone.divergence_sum) == 0.0
+    with pytest.raises(ValueError, match="needs teacher_hidden"):
+        loss_fn(**{**inputs, "teacher_hidden": None, "teacher_head_weight": None}, alpha=0.5)
+
+
 def test_alpha_mixes_divergence_and_nll():
     inputs = make_inputs()
     out = chunked_distillation_loss(**inputs, alpha=0.25, chunk_size=5)

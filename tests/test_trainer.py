@@ -86,6 +86,25 @@ def test_two_training_steps_per_teacher_mode(tmp_path, train_llm, teacher_mode, 
         assert not any(p.requires_grad for p in trainer.teacher.parameters())
 
 
+def test_alpha_zero_trains_without_the_teacher(tmp_path, monkeypatch):
+    """The ASR stage (alpha = 0, NLL of the transcript) never runs the teacher's forward pass."""
+    model, processor = build_tiny("whisper", "mlp")
+    trainer = SaladDistillationTrainer(
+        model=model, args=config(tmp_path, alpha=0.0), processing_class=processor,
+        train_dataset=Dataset.from_list(speech_rows()),
+    )  # fmt: skip
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher ran at alpha = 0")
+
+    monkeypatch.setattr(trainer, "teacher_hidden_states", no_teacher)
+    adapter = parameters(model.adapter)
+    trainer.train()
+    assert trainer.state.global_step == 2 and changed(adapter, model.adapter)
+    logged = [entry for entry in trainer.state.log_history if "nll" in entry]
+    assert logged and all(entry["nll"] > 0 and "divergence" not in entry for entry in logged)
+
+
 def test_streaming_dataset_trains(tmp_path):
     """An `IterableDataset` (what `streaming=True` gives) goes through the same collator and loss."""
     model, processor = build_tiny("whisper", "mlp")
@@ -231,5 +250,5 @@ def test_shipped_configs_parse(path):
     model_args, data_args, training_args = parser.parse_args_and_config(
         args=["--config", str(path), "--bf16", "false", "--use_cpu", "true"]
     )
-    assert training_args.alpha == 1.0
+    assert training_args.alpha == 1.0 or training_args.objective == "distillation" and "asr" in path.name
     assert model_args.model_name_or_path or model_args.language_model

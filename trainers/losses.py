@@ -152,9 +152,9 @@ def divergence_per_position(
 
 def _loss_sums(
     student_hidden: torch.Tensor,
-    teacher_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
     student_head_weight: torch.Tensor,
-    teacher_head_weight: torch.Tensor,
+    teacher_head_weight: torch.Tensor | None,
     student_head_bias: torch.Tensor | None,
     teacher_head_bias: torch.Tensor | None,
     target_ids: torch.Tensor | None,
@@ -162,13 +162,20 @@ def _loss_sums(
     beta: float,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of divergences, sum of NLLs) over a block of positions, from hidden states and LM heads."""
+    """(sum of divergences, sum of NLLs) over a block of positions, from hidden states and LM heads.
+
+    Without a teacher (`teacher_hidden=None`, allowed only at alpha = 0) the divergence sum is zero."""
     student_logits = F.linear(student_hidden, student_head_weight, student_head_bias)
     student_log_probs = _log_probs(student_logits, temperature)
-    teacher_log_probs = _log_probs(
-        F.linear(teacher_hidden, teacher_head_weight, teacher_head_bias), temperature
-    )
-    divergence_sum = _divergence_from_log_probs(student_log_probs, teacher_log_probs, divergence, beta).sum()
+    if teacher_hidden is None:  # alpha = 0: the NLL alone, no teacher logits to build
+        divergence_sum = student_log_probs.new_zeros(())
+    else:
+        teacher_log_probs = _log_probs(
+            F.linear(teacher_hidden, teacher_head_weight, teacher_head_bias), temperature
+        )
+        divergence_sum = _divergence_from_log_probs(
+            student_log_probs, teacher_log_probs, divergence, beta
+        ).sum()
     if target_ids is None:
         return divergence_sum, divergence_sum.new_zeros(())
     # The NLL is the usual language-modelling loss, so it is taken at temperature 1 whatever the divergence uses.
@@ -180,29 +187,39 @@ def _loss_sums(
 
 def _prepare(
     student_hidden: torch.Tensor,
-    teacher_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
     student_head_weight: torch.Tensor,
-    teacher_head_weight: torch.Tensor,
+    teacher_head_weight: torch.Tensor | None,
     target_ids: torch.Tensor | None,
     teacher_head_bias: torch.Tensor | None,
     alpha: float,
     divergence: str,
     beta: float,
     temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Validate the inputs; return the teacher's tensors detached.
 
     The teacher is a fixed target. Detaching matters when the teacher shares the student's LM head (an LLM that
     is frozen or LoRA-tuned serves as its own teacher with adapters disabled, and a trained, shared head would
-    otherwise also receive gradients through the teacher's logits).
+    otherwise also receive gradients through the teacher's logits). At alpha = 0 the loss is the NLL alone and
+    the teacher may be left out (`teacher_hidden=None`), which spares its forward pass.
     """
     _check_options(divergence, beta, temperature)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}.")
     if alpha < 1.0 and target_ids is None:
         raise ValueError(f"alpha={alpha} < 1 mixes in the NLL term, which needs target_ids.")
-    if student_hidden.dim() != 2 or teacher_hidden.dim() != 2:
+    has_teacher = teacher_hidden is not None and teacher_head_weight is not None
+    if not has_teacher and alpha > 0.0:
+        raise ValueError(f"alpha={alpha} > 0 weighs the divergence, which needs teacher_hidden and its head.")
+    if student_hidden.dim() != 2 or (has_teacher and teacher_hidden.dim() != 2):
         raise ValueError("student_hidden and teacher_hidden must be [N, H] (gathered supervised positions).")
+    if target_ids is not None and target_ids.shape != student_hidden.shape[:1]:
+        raise ValueError(
+            f"target_ids must be [N] = [{student_hidden.shape[0]}], got {tuple(target_ids.shape)}."
+        )
+    if not has_teacher:
+        return None, None, None
     if student_hidden.shape[0] != teacher_hidden.shape[0]:
         raise ValueError(
             f"student_hidden has {student_hidden.shape[0]} positions but teacher_hidden "
@@ -212,10 +229,6 @@ def _prepare(
         raise ValueError(
             f"Student and teacher heads have different vocabularies ({student_head_weight.shape[0]} vs "
             f"{teacher_head_weight.shape[0]})."
-        )
-    if target_ids is not None and target_ids.shape != student_hidden.shape[:1]:
-        raise ValueError(
-            f"target_ids must be [N] = [{student_hidden.shape[0]}], got {tuple(target_ids.shape)}."
         )
     return (
         teacher_hidden.detach(),
@@ -250,9 +263,9 @@ def _finish(
 
 def chunked_distillation_loss(
     student_hidden: torch.Tensor,
-    teacher_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
     student_head_weight: torch.Tensor,
-    teacher_head_weight: torch.Tensor,
+    teacher_head_weight: torch.Tensor | None,
     target_ids: torch.Tensor | None = None,
     *,
     alpha: float = 1.0,
@@ -276,6 +289,7 @@ def chunked_distillation_loss(
         student_hidden: `[N, H_s]` final hidden states of the student at the supervised positions (after the
             final norm, i.e. what the LM head reads); gradients flow into them.
         teacher_hidden: `[N, H_t]` the teacher's hidden states at the paired positions; treated as constants.
+            None (with `teacher_head_weight=None`) only at alpha = 0: the NLL alone, no teacher needed.
         student_head_weight: `[V, H_s]` the student's LM head (its `lm_head.weight`); trained or frozen.
         teacher_head_weight: `[V, H_t]` the teacher's LM head; may be the same tensor as the student's.
         target_ids: `[N]` the next-token ids, for the NLL term `-log P_S(target)` (temperature 1). Required
@@ -315,7 +329,7 @@ def chunked_distillation_loss(
         chunk_divergence, chunk_nll = checkpoint(
             _loss_sums,
             student_hidden[start:end],
-            teacher_hidden[start:end],
+            None if teacher_hidden is None else teacher_hidden[start:end],
             student_head_weight,
             teacher_head_weight,
             student_head_bias,
@@ -334,9 +348,9 @@ def chunked_distillation_loss(
 
 def materialized_distillation_loss(
     student_hidden: torch.Tensor,
-    teacher_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
     student_head_weight: torch.Tensor,
-    teacher_head_weight: torch.Tensor,
+    teacher_head_weight: torch.Tensor | None,
     target_ids: torch.Tensor | None = None,
     *,
     alpha: float = 1.0,

@@ -138,7 +138,10 @@ class SaladDistillationTrainer(Trainer):
             return self.compute_frame_embedding_loss(model, inputs, return_outputs)
         if self.args.objective == "ctc":
             return self.compute_ctc_loss(model, inputs, return_outputs)
-        teacher_hidden, teacher_head = self.teacher_hidden_states(model, inputs)
+        # At alpha = 0 the loss is the transcript's NLL alone (an ASR stage): no teacher forward pass.
+        teacher_hidden, teacher_head = (
+            self.teacher_hidden_states(model, inputs) if self.args.alpha > 0 else (None, None)
+        )
         student_hidden = model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
@@ -149,9 +152,9 @@ class SaladDistillationTrainer(Trainer):
         student_head = self.accelerator.unwrap_model(model).get_output_embeddings()
         output = chunked_distillation_loss(
             student_hidden.flatten(0, 1)[inputs["student_index"]],
-            teacher_hidden.flatten(0, 1)[inputs["teacher_index"]],
+            None if teacher_hidden is None else teacher_hidden.flatten(0, 1)[inputs["teacher_index"]],
             student_head.weight,
-            teacher_head.weight,
+            None if teacher_head is None else teacher_head.weight,
             inputs["target_ids"],
             alpha=self.args.alpha,
             divergence=self.args.divergence,
@@ -247,7 +250,8 @@ class SaladDistillationTrainer(Trainer):
     # ------------------------------------------------------------------ logging
     def _record_metrics(self, output, mode: str) -> None:
         tokens = max(int(output.num_tokens), 1)
-        self._metrics[f"{mode}_divergence"].append(float(output.divergence_sum) / tokens)
+        if self.args.alpha > 0:  # at alpha = 0 no divergence is computed
+            self._metrics[f"{mode}_divergence"].append(float(output.divergence_sum) / tokens)
         self._metrics[f"{mode}_nll"].append(float(output.nll_sum) / tokens)
         self._metrics[f"{mode}_supervised_tokens"].append(float(output.num_tokens))
 

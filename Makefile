@@ -59,7 +59,7 @@ embedded-default: $(STAMP) system-packages
 	$(BIN)/python -m trainers.prepare_data --output_dir data/asterisk
 	$(BIN)/python -m trainers.train --config configs/embedded-default-warmstart.yaml
 	$(BIN)/python -m trainers.train --config configs/embedded-default.yaml
-	$(BIN)/python -m hub_scripts.embedded_assets --export runs/embedded-default
+	$(BIN)/python -m hub_scripts.export_embedded_default --checkpoint runs/embedded-default
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

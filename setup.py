@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 
@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_salad", "trainers", "hub_scripts", "eval"],
+    packages=find_packages(include=["modeling_salad", "trainers", "trainers.*", "eval", "hub_scripts"]),
     # the embedded default's training recipe (for its model card) and the built-in spoken task set
     package_data={"hub_scripts": ["embedded_default/*"], "eval": ["data/*.jsonl", "metrics/*/*.py"]},
     install_requires=[
@@ -29,8 +29,9 @@ setup(
         "accelerate>=1.10,<2",
         "soundfile>=0.12",
         "numpy>=1.26",
-        "scipy>=1.11",
+        "scipy>=1.15",  # scipy.stats.bootstrap(rng=...)
         "pyyaml>=6",
+        "rapidfuzz>=3",  # word alignment in trainers.tts (also a dependency of jiwer)
     ],
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.12"],

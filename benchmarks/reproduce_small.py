@@ -2,7 +2,7 @@
 
     python benchmarks/reproduce_small.py --output_dir benchmarks/results/reproduce_small
 
-Claims (METHOD.md), each measured from the shipped embedded default on sentences it never saw, with accuracy
+Claims (of the paper, arXiv 2510.13632), each measured from the shipped embedded default on sentences it never saw, with accuracy
 on the built-in spoken task set (held-out voice espeak-ng en-us) and M/F on rows spoken by held-out voices:
 
 - `distillation_vs_nll`: cross-modal distillation (alpha 1) against plain next-token NLL (alpha 0), same
@@ -28,13 +28,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from transformers import HfArgumentParser
 
-import numpy as np  # noqa: E402
-from transformers import HfArgumentParser  # noqa: E402
-
-from hub_scripts.demo import (  # noqa: E402
-    DemoArguments,
+from hub_scripts.recipe import (
+    RecipeArguments,
     continue_training,
     evaluate,
     fresh_data,
@@ -75,15 +73,15 @@ class ReproduceArguments:
             raise ValueError(f"Unknown claims {sorted(unknown)}; choose from {CLAIMS}.")
 
 
-def demo_arguments(args: ReproduceArguments, seed: int, alpha: float = 1.0) -> DemoArguments:
-    return DemoArguments(
+def demo_arguments(args: ReproduceArguments, seed: int, alpha: float = 1.0) -> RecipeArguments:
+    return RecipeArguments(
         output_dir=args.output_dir, model=args.model, eval_items=args.eval_items, pool_sentences=args.pool_sentences,
         train_steps=args.train_steps, seed=seed, alpha=alpha,
     )  # fmt: skip
 
 
 def continuation_result(
-    run_dir: Path, before: dict, after: dict, log: list[dict], demo: DemoArguments
+    run_dir: Path, before: dict, after: dict, log: list[dict], demo: RecipeArguments
 ) -> dict:
     accuracy = evaluate(
         str(run_dir / "model"), ["salad_text", "salad_speech", "prior"], run_dir / "eval", demo
@@ -159,7 +157,7 @@ import torch
 from eval.run import EvalArguments, synthesize_items
 from eval.scoring import text_prompt
 from eval.tasks import load_task
-from trainers.train import resolve_checkpoint
+from trainers.assets import resolve_checkpoint
 system, count, model_name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 torch.set_grad_enabled(False)
 items = load_task("offline", count)
@@ -170,7 +168,7 @@ if system == "cascade":  # Whisper tiny.en transcribes, then the text LLM reads 
     llm_path = resolve_checkpoint("embedded:smollm2-135m-instruct")
     llm, tokenizer = AutoModelForCausalLM.from_pretrained(llm_path).eval(), AutoTokenizer.from_pretrained(llm_path)
 else:  # the SALAD model hears the question in the same frame
-    from eval.run import load_salad
+    from trainers.assets import load_salad
     model, processor = load_salad(model_name, torch.float32)
 times = []
 for clip in clips:
@@ -324,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["arguments"][claim] = asdict(args)
     data = {}
     if {"distillation_vs_nll", "active_vs_uniform"} & set(args.claims):
-        from trainers.train import resolve_checkpoint
+        from trainers.assets import resolve_checkpoint
 
         demo = demo_arguments(args, seed=0)
         data["shipped"] = Path(resolve_checkpoint(args.model))

@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 from trl import TrlParser
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from trainers.select import SelectArguments, select_synthetic_speech
 
-from trainers.select import SelectArguments, select_synthetic_speech  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

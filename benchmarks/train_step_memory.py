@@ -36,15 +36,17 @@ def run_mode(mode: str, device: str, dtype: str, batch_size: int, steps: int) ->
     import torch
     from datasets import Dataset
 
-    from hub_scripts.embedded_assets import asterisk_prompts, smollm2_135m_instruct_path, whisper_tiny_en_path
     from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+    from trainers.assets.asterisk import asterisk_prompts
+    from trainers.assets.models import smollm2_135m_instruct_path, whisper_tiny_en_path
+    from trainers.assets.registry import EMBEDDED_ADAPTER
     from trainers.config import SaladDistillationConfig
     from trainers.trainer import SaladDistillationTrainer
 
     encoder, llm = str(whisper_tiny_en_path()), str(smollm2_135m_instruct_path())
     torch.manual_seed(0)
     model = SaladForConditionalGeneration.from_pretrained_components(
-        encoder, llm, adapter_type="mlp", adapter_intermediate_size=1024, dtype=getattr(torch, dtype)
+        encoder, llm, dtype=getattr(torch, dtype), **EMBEDDED_ADAPTER
     )
     processor = SaladProcessor.from_pretrained_components(encoder, llm, model.config)
     clips = asterisk_prompts(limit=batch_size * steps)

@@ -18,11 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, pipeline
 from trl import TrlParser
 
-from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+from modeling_salad import SaladForConditionalGeneration, load_audio, resample
+from trainers.assets import UNTRAINED, load_salad, resolve_checkpoint
+from trainers.assets.models import cache_dir
+from trainers.misalignment import forgetting_and_misalignment
+from trainers.tts import get_backend, synthesize_many
 
-from .gap import forgetting_and_misalignment, gap_report
+from .gap import gap_report
 from .scoring import few_shot_block, prior_prompt, score_speech_items, score_text_items, text_prompt
 from .tasks import MultipleChoiceItem, load_offline_tasks, load_task, parse_task_spec, safe_name
 
@@ -32,7 +37,7 @@ SYSTEMS = ("base_text", "salad_text", "salad_speech", "cascade", "prior")
 @dataclass
 class EvalArguments:
     model: str = field(
-        default="embedded:untrained",
+        default=UNTRAINED,
         metadata={
             "help": "SALAD checkpoint (path or Hub id). `embedded:untrained` assembles Whisper tiny.en + a fresh "
             "adapter + SmolLM2-135M-Instruct from the offline packages (the untrained baseline)."
@@ -88,31 +93,11 @@ class EvalArguments:
             raise ValueError(f"Unknown systems {sorted(unknown)}; choose from {SYSTEMS}.")
 
 
-def load_salad(name: str, dtype: torch.dtype) -> tuple[SaladForConditionalGeneration, SaladProcessor]:
-    from trainers.train import resolve_checkpoint
-
-    if name == "embedded:untrained":
-        encoder = resolve_checkpoint("embedded:whisper-tiny.en")
-        llm = resolve_checkpoint("embedded:smollm2-135m-instruct")
-        torch.manual_seed(0)
-        model = SaladForConditionalGeneration.from_pretrained_components(
-            encoder, llm, adapter_type="mlp", adapter_intermediate_size=1024, dtype=dtype
-        )
-        return model.eval(), SaladProcessor.from_pretrained_components(encoder, llm, model.config)
-    path = resolve_checkpoint(name)
-    return SaladForConditionalGeneration.from_pretrained(
-        path, dtype=dtype
-    ).eval(), SaladProcessor.from_pretrained(path)
-
-
 def synthesize_items(
     items: list[MultipleChoiceItem], args: EvalArguments, sampling_rate: int
 ) -> list[np.ndarray]:
     """Spoken versions of the items at the model's sampling rate: an item's own recording (`audio_path`) when
     it has one, else the TTS engine's speech (cached on disk)."""
-    from modeling_salad import load_audio, resample
-    from trainers.tts import get_backend, synthesize_many
-
     clips: list[np.ndarray | None] = [None] * len(items)
     for index, item in enumerate(items):
         if item.audio_path is not None:
@@ -135,18 +120,12 @@ def synthesize_items(
 def tts_cache_dir(args: EvalArguments) -> Path:
     if args.tts_cache_dir is not None:
         return Path(args.tts_cache_dir).expanduser()
-    from hub_scripts.embedded_assets import cache_dir
-
     return cache_dir() / "tts"
 
 
 def transcribe(asr_model: str, clips: list[np.ndarray], sampling_rate: int) -> list[str]:
     """The cascade's first half: Whisper transcripts of the clips, one clip at a time (batched Whisper
     generation pads every clip to 30 s and was over ten times slower on a 2-core CPU)."""
-    from transformers import pipeline
-
-    from trainers.train import resolve_checkpoint
-
     asr = pipeline("automatic-speech-recognition", model=resolve_checkpoint(asr_model))
     return [
         asr({"raw": clip, "sampling_rate": sampling_rate})["text"].strip()
@@ -316,10 +295,6 @@ def run(args: EvalArguments) -> dict:
     model, processor = load_salad(args.model, dtype)
     base_lm = None
     if args.base_model is not None:
-        from transformers import AutoModelForCausalLM
-
-        from trainers.train import resolve_checkpoint
-
         base_lm = AutoModelForCausalLM.from_pretrained(
             resolve_checkpoint(args.base_model), dtype=dtype
         ).eval()
@@ -343,9 +318,7 @@ class _LoraOffLM(torch.nn.Module):
         self.model = model
 
     def hidden_states_and_head(self, **inputs) -> tuple[torch.Tensor, torch.nn.Module]:
-        from trainers.trainer import lora_disabled
-
-        with lora_disabled(self.model):
+        with self.model.lora_disabled():
             hidden = self.model.language_model.get_decoder()(**inputs).last_hidden_state
         return hidden, self.model.get_output_embeddings()
 

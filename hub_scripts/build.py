@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 from trainers.train import SaladModelArguments, load_model_and_processor
@@ -39,7 +39,7 @@ def build_salad_checkpoint(args: BuildArguments) -> tuple[SaladForConditionalGen
 
 
 def main(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(BuildArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = TrlParser((BuildArguments,)).parse_args_and_config(args=argv)
     model, _ = build_salad_checkpoint(args)
     adapter_params = sum(p.numel() for p in model.adapter.parameters())
     print(

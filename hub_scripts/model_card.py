@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from eval.tasks import PAPER_TASKS
+from trainers.paper import CITATION, PAPER_ARXIV_ID
 
 PIPELINE_TAG = "audio-text-to-text"
 SPEECH_PIPELINE_TASK = "salad-speech-to-text"
@@ -45,18 +46,6 @@ DISTRIBUTION_METRICS = {
     "forgetting": ("forgetting", "Forgetting F (KL base LLM || SALAD, text, per token)"),
     "misalignment": ("misalignment", "Misalignment M (KL SALAD text || SALAD speech, per token)"),
 }
-
-CITATION = """\
-@inproceedings{cuervo2026closing,
-  title         = {Closing the Gap Between Text and Speech Understanding in {LLMs}},
-  author        = {Cuervo, Santiago and Seto, Skyler and de Seyssel, Maureen and Bai, Richard He and
-                   Gu, Zijin and Likhomanenko, Tatiana and Jaitly, Navdeep and Aldeneh, Zakaria},
-  booktitle     = {The Fourteenth International Conference on Learning Representations (ICLR)},
-  year          = {2026},
-  eprint        = {2510.13632},
-  archivePrefix = {arXiv},
-  primaryClass  = {cs.CL}
-}"""
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -405,7 +394,7 @@ def build_model_card(
             "",
             "A speech-understanding LLM: a speech encoder feeds an adapter whose outputs the LLM reads in place of "
             "`<|audio|>` tokens, so spoken questions and instructions get text answers. It was made with salad, "
-            "an implementation of the SALAD recipe ([Cuervo et al., ICLR 2026](https://arxiv.org/abs/2510.13632): "
+            f"an implementation of the SALAD recipe ([Cuervo et al., ICLR 2026](https://arxiv.org/abs/{PAPER_ARXIV_ID}): "
             "cross-modal distillation plus active selection of synthetic speech), which also measures how much of "
             "the LLM's text understanding survives when the same content is spoken.",
             "",
@@ -428,4 +417,4 @@ def build_model_card(
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
 
 
-__all__ = ["CITATION", "PIPELINE_TAG", "build_model_card", "eval_results_from_gap_report", "task_metrics"]
+__all__ = ["PIPELINE_TAG", "build_model_card", "eval_results_from_gap_report", "task_metrics"]

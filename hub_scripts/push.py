@@ -35,24 +35,21 @@ import transformers
 import yaml
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub.utils import HFValidationError, filter_repo_objects, validate_repo_id
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors import safe_open
 from safetensors.torch import save_file
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from trl import TrlParser
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+from trainers.assets.registry import hub_id_of_converted
 
 from .model_card import build_model_card
-from .verify import LORA_SUBFOLDER, PICKLE_SUFFIXES, SAFE_WEIGHTS_INDEX
+from .verify import LORA_SUBFOLDER, PICKLE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
 RESULTS_PATH_IN_REPO = "eval/results.json"
-# Directory names of the converted offline assets (`hub_scripts.embedded_assets`) and the Hub models they are.
-EMBEDDED_BASE_MODELS = {
-    "whisper-tiny.en-": "openai/whisper-tiny.en",
-    "whisper-base-": "openai/whisper-base",
-    "smollm2-135m-instruct-": "HuggingFaceTB/SmolLM2-135M-Instruct",
-}
 
 
 @dataclass
@@ -151,15 +148,15 @@ class PushArguments:
 # ------------------------------------------------------------------------------------------------- loading
 def weight_files(checkpoint: Path) -> list[Path]:
     """The checkpoint's safetensors files; pickle weights are refused rather than loaded."""
-    index = checkpoint / SAFE_WEIGHTS_INDEX
+    index = checkpoint / SAFE_WEIGHTS_INDEX_NAME
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return [checkpoint / shard for shard in shards]
-    single = checkpoint / "model.safetensors"
+    single = checkpoint / SAFE_WEIGHTS_NAME
     if single.is_file():
         return [single]
     raise ValueError(
-        f"No safetensors weights in {checkpoint} (model.safetensors or {SAFE_WEIGHTS_INDEX}). salad-push only "
+        f"No safetensors weights in {checkpoint} ({SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}). salad-push only "
         "publishes safetensors; re-save pickle checkpoints with save_pretrained from code you trust."
     )
 
@@ -219,7 +216,7 @@ def load_checkpoint(
     again, and the LoRA layers' weights are loaded under their own names.
     """
     checkpoint = Path(checkpoint)
-    if not (checkpoint / "config.json").is_file():
+    if not (checkpoint / CONFIG_NAME).is_file():
         raise ValueError(f"{checkpoint} is not a checkpoint folder (no config.json).")
     processor = SaladProcessor.from_pretrained(checkpoint)
     tensors = lora_layer_tensors(checkpoint)
@@ -254,11 +251,9 @@ def infer_base_models(config) -> list[str]:
     found = []
     for sub_config in (config.audio_config, config.text_config):
         name = getattr(sub_config, "_name_or_path", "") or ""
-        embedded = [
-            hub_id for prefix, hub_id in EMBEDDED_BASE_MODELS.items() if Path(name).name.startswith(prefix)
-        ]
-        if embedded:
-            found.append(embedded[0])
+        embedded = hub_id_of_converted(name) if name else None
+        if embedded is not None:
+            found.append(embedded)
         elif _looks_like_hub_id(name):
             found.append(name)
     if len(found) < 2:
@@ -299,7 +294,7 @@ def split_lora(model: SaladForConditionalGeneration):
 def save_lora_adapter(lora_config, state_dict: Mapping[str, torch.Tensor], directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     lora_config.save_pretrained(directory)
-    save_file(dict(state_dict), directory / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_file(dict(state_dict), directory / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
 
 
 def read_structured_file(path: str | None) -> dict | None:

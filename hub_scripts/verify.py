@@ -16,6 +16,7 @@ vouch for files nobody pushed.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -29,13 +30,12 @@ from pathlib import Path
 import numpy as np
 import soundfile
 from huggingface_hub import ModelCard, snapshot_download
-from transformers import HfArgumentParser
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+from trl import TrlParser
 
-SALAD_PACKAGES = ("modeling_salad", "trainers", "hub_scripts", "eval")
 COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
 # Pickle-based weight formats: never published (loading them can run arbitrary code).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
 LORA_SUBFOLDER = "lora"
 PROBE_PROMPT = "What was said?"
 PROBE_SAMPLING_RATE = 16_000
@@ -195,10 +195,10 @@ def check_weights(directory: Path) -> list[Check]:
             f"pickle files: {pickled}" if pickled else f"weights: {weights}",
         )
     ]
-    index = directory / SAFE_WEIGHTS_INDEX
+    index = directory / SAFE_WEIGHTS_INDEX_NAME
     if index.is_file():
         listed = set(json.loads(index.read_text())["weight_map"].values())
-        present = {name for name in weights if name != "model.safetensors"}
+        present = {name for name in weights if name != SAFE_WEIGHTS_NAME}
         checks.append(
             Check(
                 "shard_index",
@@ -221,7 +221,7 @@ def _code_files(auto_map: dict) -> set[str]:
 
 def check_remote_code(directory: Path) -> Check:
     """Every module the config's `auto_map` and `custom_pipelines` (and the processor's) name is there."""
-    config = json.loads((directory / "config.json").read_text())
+    config = json.loads((directory / CONFIG_NAME).read_text())
     if "salad-speech-to-text" not in config.get("custom_pipelines", {}):
         return Check("remote_code", False, "config.json declares no salad-speech-to-text custom pipeline")
     needed = _code_files(config.get("auto_map", {}))
@@ -272,13 +272,21 @@ def fresh_process_env(work_dir: Path) -> dict[str, str]:
     return env
 
 
+def salad_packages() -> tuple[str, ...]:
+    """salad's own top-level packages, as the installed distribution lists them (setup.py's `packages`): a
+    published checkpoint must load without any of them."""
+    distribution = importlib.metadata.packages_distributions()[__name__.split(".")[0]][0]
+    top_level = importlib.metadata.distribution(distribution).read_text("top_level.txt") or ""
+    return tuple(sorted(set(top_level.split())))
+
+
 def check_in_fresh_process(directory: Path, work_dir: Path, max_new_tokens: int, timeout: int) -> list[Check]:
     """Load and query the checkpoint in a new interpreter where salad's packages cannot be imported."""
     probe = work_dir / "probe.wav"
     soundfile.write(probe, probe_clip(), PROBE_SAMPLING_RATE, subtype="FLOAT")
     command = [
         sys.executable, "-c", FRESH_PROCESS_SCRIPT, str(directory), str(probe), PROBE_PROMPT, str(max_new_tokens),
-        LORA_SUBFOLDER, ",".join(SALAD_PACKAGES),
+        LORA_SUBFOLDER, ",".join(salad_packages()),
     ]  # fmt: skip
     try:
         result = subprocess.run(
@@ -316,7 +324,7 @@ def verify(
         raise ValueError(f"work_dir {work_dir} is not empty: the check needs a clean directory.")
     directory = fetch(source, revision, work_dir / "checkpoint")
     report = VerificationReport(source=source, revision=revision, directory=str(directory))
-    if not (directory / "config.json").is_file():
+    if not (directory / CONFIG_NAME).is_file():
         report.checks.append(Check("config", False, "no config.json"))
         return report
     report.checks += check_weights(directory)
@@ -327,7 +335,7 @@ def verify(
 
 
 def main(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(VerifyArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = TrlParser((VerifyArguments,)).parse_args_and_config(args=argv)
     report = verify(args.source, args.revision, args.work_dir, args.max_new_tokens, args.timeout)
     text = json.dumps(report.to_dict(), indent=2)
     print(text)

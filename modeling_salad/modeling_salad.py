@@ -7,6 +7,8 @@ interleaved freely in one sequence, several clips per sample.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -630,6 +632,19 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         """Switch the LLM's LoRA layers on or off (off: the original text LLM)."""
         for layer in self._lora_layers():
             layer.enable_adapters(enabled)
+
+    @contextlib.contextmanager
+    def lora_disabled(self) -> Iterator[None]:
+        """The original text LLM for the duration of the block (a no-op without LoRA): the shared teacher of
+        cross-modal distillation and the reference of forgetting, with no second copy of the LLM in memory."""
+        has_lora = self.has_lora()
+        if has_lora:
+            self.set_lora_enabled(False)
+        try:
+            yield
+        finally:
+            if has_lora:
+                self.set_lora_enabled(True)
 
     def merge_lora(self) -> None:
         """Fold LoRA into the LLM's weights and remove the LoRA layers, leaving a plain LLM."""

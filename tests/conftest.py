@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from modeling_salad import SaladConfig, SaladForConditionalGeneration, SaladProcessor, add_audio_token
-from trainers.tts import TTSBackend, _EngineOutput
+from trainers.tts.backend import TTSBackend, _EngineOutput
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"

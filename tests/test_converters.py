@@ -25,15 +25,17 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
-from hub_scripts.convert_ctranslate2_whisper import (
+from hub_scripts.convert import main
+from trainers.assets import models
+from trainers.assets.asterisk import asterisk_prompts
+from trainers.assets.ctranslate2_whisper import (
     WhisperSpecialTokens,
     convert_ctranslate2_whisper,
     dequantize_ctranslate2_variables,
-    main,
     read_ctranslate2_model,
     whisper_generation_config,
 )
-from hub_scripts.convert_gguf_causal_lm import convert_gguf_causal_lm, load_gguf_causal_lm
+from trainers.assets.gguf_causal_lm import convert_gguf_causal_lm, load_gguf_causal_lm
 
 CONTROL_TOKENS = [
     "<|endoftext|>",
@@ -349,7 +351,16 @@ def test_old_binary_version_without_aliases_reads(tmp_path):
 
 def test_cli_converts(tmp_path, capsys):
     write_faster_whisper_dir(tmp_path / "ct2")
-    main([str(tmp_path / "ct2"), str(tmp_path / "hf")])
+    main(
+        [
+            "--format",
+            "ctranslate2-whisper",
+            "--source",
+            str(tmp_path / "ct2"),
+            "--output_dir",
+            str(tmp_path / "hf"),
+        ]
+    )
     assert capsys.readouterr().out.strip() == str(tmp_path / "hf")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
@@ -604,8 +615,6 @@ def asset(locate):
 
 def real_speech_features(model_dir: Path) -> np.ndarray:
     """Log-mel features of one real Asterisk prompt, or of a chirp when the Debian prompts are missing."""
-    from hub_scripts.embedded_assets import asterisk_prompts
-
     try:
         audio = asterisk_prompts(limit=1)[0].audio
     except (FileNotFoundError, ModuleNotFoundError):
@@ -622,16 +631,14 @@ def real_speech_features(model_dir: Path) -> np.ndarray:
 )
 def test_real_whisper_encoder_matches_ctranslate2(tmp_path, name):
     """The converted encoder reproduces ctranslate2's float32 encoder up to float32 rounding."""
-    from hub_scripts import embedded_assets
-
     ctranslate2 = pytest.importorskip(
         "ctranslate2", reason="pip install ctranslate2 for the reference encoder"
     )
-    converted_dir = asset(getattr(embedded_assets, f"{name}_path"))
+    converted_dir = asset(getattr(models, f"{name}_path"))
     if name == "whisper_base":
-        source_dir = embedded_assets.join_whisper_base(tmp_path / "source")
+        source_dir = models.join_whisper_base(tmp_path / "source")
     else:
-        source_dir = embedded_assets.whisper_tiny_en_source()
+        source_dir = models.whisper_tiny_en_source()
     features = real_speech_features(converted_dir)
     runtime = ctranslate2.models.Whisper(str(source_dir), device="cpu", compute_type="float32")
     reference = np.array(runtime.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
@@ -643,9 +650,7 @@ def test_real_whisper_encoder_matches_ctranslate2(tmp_path, name):
 
 @pytest.mark.assets
 def test_real_smollm2_logits_equal_gguf():
-    from hub_scripts.embedded_assets import smollm2_135m_instruct_gguf, smollm2_135m_instruct_path
-
-    converted_dir = asset(smollm2_135m_instruct_path)
+    converted_dir = asset(models.smollm2_135m_instruct_path)
     converted = AutoModelForCausalLM.from_pretrained(converted_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(converted_dir)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
@@ -653,5 +658,5 @@ def test_real_smollm2_logits_equal_gguf():
     input_ids = input_ids if isinstance(input_ids, torch.Tensor) else input_ids["input_ids"]
     with torch.no_grad():
         ours = converted(input_ids).logits
-        reference = load_gguf_causal_lm(smollm2_135m_instruct_gguf()).eval()(input_ids).logits
+        reference = load_gguf_causal_lm(models.smollm2_135m_instruct_gguf()).eval()(input_ids).logits
     assert torch.equal(ours, reference)

@@ -10,6 +10,8 @@ import soundfile
 import torch
 from conftest import tone
 
+from trainers.assets.asterisk import asterisk_prompts
+from trainers.assets.models import whisper_tiny_en_path
 from trainers.data import (
     BadRowError,
     SaladDistillationCollator,
@@ -169,10 +171,9 @@ def test_word_timestamps_from_whisper_asr_cut_real_speech(whisper_salad):
     """Whisper tiny.en word timestamps on a recorded prompt feed the interleaving builder directly."""
     import jiwer
 
-    embedded_assets = pytest.importorskip("hub_scripts.embedded_assets")
     try:
-        clip = next(c for c in embedded_assets.asterisk_prompts() if c.name == "agent-alreadyon")
-        whisper = embedded_assets.whisper_tiny_en_path()
+        clip = next(c for c in asterisk_prompts() if c.name == "agent-alreadyon")
+        whisper = whisper_tiny_en_path()
     except (FileNotFoundError, ModuleNotFoundError) as error:
         pytest.skip(str(error))
     from transformers import pipeline

@@ -10,19 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from hub_scripts import embedded_assets
-from hub_scripts.embedded_assets import (
-    SpeechClip,
-    asterisk_prompts,
+from modeling_salad import SaladForConditionalGeneration
+from trainers.assets import asterisk, embedded_default, load_salad, models
+from trainers.assets.asterisk import SpeechClip, asterisk_prompts, decode_g722, read_asterisk_transcripts
+from trainers.assets.models import (
     cache_dir,
     cached_conversion,
-    decode_g722,
     minilm_path,
-    read_asterisk_transcripts,
     smollm2_135m_instruct_path,
     whisper_base_path,
     whisper_tiny_en_path,
 )
+from trainers.misalignment import forgetting_and_misalignment
 
 TRANSCRIPTS = """; Core Asterisk Sounds in English
 
@@ -110,15 +109,15 @@ def test_concurrent_conversion_keeps_the_first(monkeypatch, tmp_path):
     ],
 )
 def test_missing_package_names_install_command(monkeypatch, locate, command):
-    monkeypatch.setattr(embedded_assets.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=re.escape(command)):
         locate()
 
 
 def test_missing_asterisk_packages_name_apt_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(embedded_assets, "ASTERISK_SOUND_DIR", tmp_path / "sounds")
-    monkeypatch.setattr(embedded_assets, "ASTERISK_TRANSCRIPTS", tmp_path / "core-sounds-en.txt.gz")
-    monkeypatch.setattr(embedded_assets, "_dpkg_listing", lambda package: [])
+    monkeypatch.setattr(asterisk, "ASTERISK_SOUND_DIR", tmp_path / "sounds")
+    monkeypatch.setattr(asterisk, "ASTERISK_TRANSCRIPTS", tmp_path / "core-sounds-en.txt.gz")
+    monkeypatch.setattr(asterisk, "_dpkg_listing", lambda package: [])
     with pytest.raises(FileNotFoundError, match="apt-get install asterisk-core-sounds-en-g722"):
         asterisk_prompts()
     (tmp_path / "sounds").mkdir()
@@ -164,8 +163,8 @@ def test_asterisk_prompts_pair_clips_with_transcripts(monkeypatch, tmp_path):
         (sounds / f"{name}.g722").write_bytes(sine_g722(0.25))
     with gzip.open(tmp_path / "core-sounds-en.txt.gz", "wt", encoding="utf-8") as handle:
         handle.write(TRANSCRIPTS)
-    monkeypatch.setattr(embedded_assets, "ASTERISK_SOUND_DIR", sounds)
-    monkeypatch.setattr(embedded_assets, "ASTERISK_TRANSCRIPTS", tmp_path / "core-sounds-en.txt.gz")
+    monkeypatch.setattr(asterisk, "ASTERISK_SOUND_DIR", sounds)
+    monkeypatch.setattr(asterisk, "ASTERISK_TRANSCRIPTS", tmp_path / "core-sounds-en.txt.gz")
 
     clips = asterisk_prompts()
     assert [(clip.name, clip.transcript) for clip in clips] == [
@@ -263,23 +262,21 @@ def assembled(tmp_path, monkeypatch):
         converted = Path(asset(locate))
         (cache / converted.name).symlink_to(converted, target_is_directory=True)
     monkeypatch.setenv("SALAD_CACHE", str(cache))
-    return embedded_assets._assemble_embedded({"adapter_type": "mlp", "adapter_intermediate_size": 64})
+    return embedded_default._assemble_embedded({"adapter_type": "mlp", "adapter_intermediate_size": 64})
 
 
 @pytest.mark.assets
 def test_export_and_assembly_round_trip_the_trained_adapter(tmp_path, assembled):
     """A checkpoint on the embedded components ships as its adapter alone and comes back with equal weights."""
-    from modeling_salad import SaladForConditionalGeneration
-
     model = assembled
     with torch.no_grad():
         for parameter in model.adapter.parameters():
             parameter.add_(torch.randn_like(parameter))  # "training"
     model.save_pretrained(tmp_path / "trained")
-    shipped = embedded_assets.export_embedded_default(tmp_path / "trained", tmp_path / "shipped")
+    shipped = embedded_default.export_embedded_default(tmp_path / "trained", tmp_path / "shipped")
     assert (shipped / "adapter.safetensors").stat().st_size < 5e6
     reloaded = SaladForConditionalGeneration.from_pretrained(
-        embedded_assets.salad_embedded_default_path(shipped)
+        embedded_default.salad_embedded_default_path(shipped)
     )
     for name, value in model.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], value, rtol=0, atol=0, msg=name)
@@ -292,17 +289,14 @@ def test_export_refuses_a_checkpoint_whose_llm_was_trained(tmp_path, assembled):
         model.language_model.lm_head.weight[5] += 1.0
     model.save_pretrained(tmp_path / "full")
     with pytest.raises(ValueError, match="only the adapter can be shipped"):
-        embedded_assets.export_embedded_default(tmp_path / "full", tmp_path / "shipped")
+        embedded_default.export_embedded_default(tmp_path / "full", tmp_path / "shipped")
 
 
 @pytest.mark.assets
 def test_the_shipped_default_loads_in_one_line_and_is_closer_to_the_text_llm_on_human_speech():
     """The trained adapter (`make embedded-default`, in the cache) on the offline components loads with one
     `from_pretrained`, and on recorded human prompts its misalignment M is below the untrained adapter's."""
-    from eval.gap import forgetting_and_misalignment
-    from eval.run import load_salad
-
-    if not (embedded_assets.embedded_default_dir() / embedded_assets.ADAPTER_WEIGHTS).exists():
+    if not (embedded_default.embedded_default_dir() / embedded_default.ADAPTER_WEIGHTS).exists():
         pytest.skip(
             "no trained adapter in the salad cache: `make embedded-default` trains it (about 40 min on 2 cores)"
         )

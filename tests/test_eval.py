@@ -12,9 +12,12 @@ import torch
 from conftest import build_tiny, tone
 from torch import nn
 
-from eval.gap import bootstrap_interval, forgetting_and_misalignment, gap_report, paired_difference
+from eval.gap import bootstrap_interval, gap_report, paired_difference
 from eval.scoring import score_speech_items, score_text_items, text_prompt
 from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks, load_task
+from trainers.assets.asterisk import asterisk_prompts
+from trainers.assets.models import whisper_tiny_en_path
+from trainers.misalignment import forgetting_and_misalignment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -103,7 +106,10 @@ def test_batched_speech_scoring_equals_the_processor_path(whisper_salad):
 def test_bootstrap_and_paired_difference():
     values = [1, 0] * 50
     low, high = bootstrap_interval(values, seed=1)
-    assert low < 0.5 < high and high - low < 0.3
+    # the normal approximation: 0.5 -+ 1.96 * sqrt(0.25 / 100) = [0.402, 0.598]
+    assert low == pytest.approx(0.402, abs=0.02) and high == pytest.approx(0.598, abs=0.02)
+    assert bootstrap_interval(values, seed=1) == (low, high)  # seeded
+    assert bootstrap_interval([1, 1, 1]) == (1.0, 1.0) and bootstrap_interval([0.25]) == (0.25, 0.25)
     same = paired_difference([1, 0, 1, 1], [1, 0, 1, 1])
     assert same["value"] == 0 and same["ci95"] == [0.0, 0.0]
 
@@ -291,10 +297,9 @@ def test_cascade_transcribes_real_speech_with_whisper_tiny():
 
     from eval.run import transcribe
 
-    embedded_assets = pytest.importorskip("hub_scripts.embedded_assets")
     try:
-        clips = embedded_assets.asterisk_prompts(limit=3)
-        embedded_assets.whisper_tiny_en_path()
+        clips = asterisk_prompts(limit=3)
+        whisper_tiny_en_path()
     except (FileNotFoundError, ModuleNotFoundError) as error:
         pytest.skip(str(error))
     texts = transcribe("embedded:whisper-tiny.en", [clip.audio for clip in clips], 16000)
@@ -340,11 +345,9 @@ def test_own_task_file_with_recordings_runs_end_to_end_under_its_stem(whisper_sa
     task_file = folder / "quiz.jsonl"
     task_file.write_text("".join(json.dumps(item) + "\n" for item in items))
     heard = []
-    import modeling_salad
-
-    original = modeling_salad.load_audio
+    original = run_module.load_audio
     monkeypatch.setattr(
-        modeling_salad, "load_audio", lambda path, *a, **k: heard.append(path) or original(path, *a, **k)
+        run_module, "load_audio", lambda path, *a, **k: heard.append(path) or original(path, *a, **k)
     )
     out = tmp_path / "results"
     run_module.main(["--model", "tiny", "--tasks", str(task_file), "--systems", "base_text", "salad_speech", "prior",

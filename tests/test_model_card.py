@@ -10,7 +10,8 @@ from conftest import build_tiny
 from huggingface_hub import ModelCard
 
 from eval.gap import gap_report
-from hub_scripts.model_card import CITATION, build_model_card
+from hub_scripts.model_card import build_model_card
+from trainers.paper import CITATION
 
 REPO = "someone/salad-tiny"
 RECIPE = {

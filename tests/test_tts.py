@@ -26,16 +26,16 @@ from trainers.tts import (
     FliteBackend,
     KokoroBackend,
     Synthesis,
-    _align,
-    _consistent_times,
-    _kokoro_model,
-    _kokoro_pipeline,
+    TTSBackend,
     cache_key,
     choose_job,
     get_backend,
     synthesize_many,
-    to_16k,
 )
+from trainers.tts.backend import _EngineOutput
+from trainers.tts.espeak_ng import _align
+from trainers.tts.neural import _kokoro_model, _kokoro_pipeline
+from trainers.tts.word_times import _consistent_times
 
 
 def needs(engine: str):
@@ -143,10 +143,34 @@ def test_missing_kokoro_names_pip_package(monkeypatch):
 # --- the shared machinery ---------------------------------------------------------------------------------
 
 
-def test_to_16k():
-    assert to_16k(np.full(8000, 16384, np.int16), 8000).size == 16000
-    resampled = to_16k(np.sin(np.linspace(0, 200, 22050)) * 1.5, 22050)
-    assert resampled.dtype == np.float32 and resampled.size == 16000 and np.abs(resampled).max() <= 1.0
+class RecordedBackend(TTSBackend):
+    """Returns the engine output it was built with, to test what `synthesize` does with it."""
+
+    name = "recorded"
+    default_voice = "default"
+    version = "1"
+
+    def __init__(self, audio: np.ndarray, sampling_rate: int):
+        self.output = _EngineOutput(audio, sampling_rate)
+
+    def voices(self) -> list[str]:
+        return [self.default_voice]
+
+    def _synthesize(self, text, voice, rate, pitch) -> _EngineOutput:
+        return self.output
+
+
+def test_synthesis_is_float32_at_16k_within_one():
+    scaled = RecordedBackend(np.full(8000, 16384, np.int16), 8000).synthesize("int16 PCM").audio
+    assert (
+        scaled.dtype == np.float32
+        and scaled.size == 16000
+        and np.allclose(scaled[4000:-4000], 0.5, atol=0.01)
+    )
+    for sampling_rate in (22050, 16000):  # resampled, and left at its rate: clipped and float32 either way
+        loud = np.sin(np.linspace(0, 200, sampling_rate)) * 1.5
+        audio = RecordedBackend(loud, sampling_rate).synthesize("too loud").audio
+        assert audio.dtype == np.float32 and audio.size == 16000 and np.abs(audio).max() <= 1.0
 
 
 def test_align_and_consistent_times():
@@ -154,6 +178,8 @@ def test_align_and_consistent_times():
     assert _align(list("abcd"), list("axcd")) == [0, 1, 2, 3]  # substitution
     assert _align(list("abcd"), list("acd")) == [0, 2, 3]  # a sound dropped in context
     assert _align(list("ab"), list("aXb")) == [0, None, 1]  # a sound added in context
+    assert _align([], ["a"]) == [None] and _align(["a"], []) == []
+    assert _align(["ə", "ðə"], ["ðə"]) == [1]  # symbols are whole strings, not characters
     starts, ends = _consistent_times([0.0, None, 0.5, 0.4], [0.3, None, 0.7, 2.0], duration=1.0)
     assert starts == [0.0, 0.3, 0.5, 0.5] and ends == [0.3, 0.3, 0.7, 1.0]
 

@@ -7,7 +7,7 @@ The pipeline (`salad-select`, in `trainers/select.py`, chains these steps; each 
    cluster at `cluster_capacity(n, K, slack)` texts), cached.
 3. `draw_probe_sets`: a few texts per cluster, synthesized with one voice (`trainers.tts.synthesize_many`).
 4. `cluster_misalignment`: M(c), the per-token misalignment of the current model inside each cluster
-   (`eval.gap.forgetting_and_misalignment` on the probes), appended to a cache file cluster by cluster.
+   (`trainers.misalignment.forgetting_and_misalignment` on the probes), appended to a cache file cluster by cluster.
 5. `target_weights`: P_target(c) proportional to P_web(c) * M(c)^gamma; gamma = 0 is the pool's own
    distribution, i.e. uniform selection of texts (the paper's baseline).
 6. `sampling_order` + `fill_budget`: clusters drawn from P_target, texts uniformly without replacement inside a
@@ -24,10 +24,8 @@ what is missing. Sampling is a pure function of the seed, so a rerun draws the s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import random
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,22 +36,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from trainers.assets import resolve_checkpoint
+from trainers.files import content_hash, write_atomic
+from trainers.misalignment import forgetting_and_misalignment
 from trainers.tts import Synthesis
 
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
-
-
-def fingerprint(*parts: object) -> str:
-    """A short, stable hash of `parts` (JSON-serializable), naming cache entries after what determines them."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _save_atomic(path: Path, save: Callable[[Path], None]) -> None:
-    """Write through a temporary name and rename, so that a killed run never leaves a half-written entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    save(temporary)
-    os.replace(temporary, path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -75,11 +63,9 @@ def sentence_encoder(
         from sentence_transformers import SentenceTransformer
     except ImportError as error:
         raise ImportError("Embedding the text pool needs `pip install sentence-transformers`.") from error
-    if name == EMBEDDED_MINILM:
-        from hub_scripts.embedded_assets import minilm_path
-
-        name = str(minilm_path())
-    model = SentenceTransformer(name, device=device, model_kwargs={"dtype": getattr(torch, dtype)})
+    model = SentenceTransformer(
+        resolve_checkpoint(name), device=device, model_kwargs={"dtype": getattr(torch, dtype)}
+    )
 
     def encode(texts: list[str]) -> np.ndarray:
         embeddings = model.encode(
@@ -113,7 +99,7 @@ def embed_texts(
     folder = (
         None
         if cache_dir is None
-        else Path(cache_dir) / "embeddings" / fingerprint(cache_key, chunk_size, list(texts))
+        else Path(cache_dir) / "embeddings" / content_hash(cache_key, chunk_size, list(texts))
     )
     chunks = []
     for start in tqdm(range(0, len(texts), chunk_size), desc="Embedding the pool", unit="chunk"):
@@ -123,7 +109,7 @@ def embed_texts(
             continue
         chunk = np.asarray(encode(list(texts[start : start + chunk_size])), dtype=np.float32)
         if path is not None:
-            _save_atomic(path, lambda temporary, chunk=chunk: np.save(temporary, chunk))
+            write_atomic(path, lambda temporary, chunk=chunk: np.save(temporary, chunk))
         chunks.append(chunk)
     return np.concatenate(chunks)
 
@@ -240,12 +226,12 @@ def load_or_cluster(
     """`compute()` once per `cache_key` (name the embeddings and the clustering options in it)."""
     if cache_dir is None:
         return compute()
-    path = Path(cache_dir) / "clusters" / f"{fingerprint(cache_key)}.npz"
+    path = Path(cache_dir) / "clusters" / f"{content_hash(cache_key)}.npz"
     if path.exists():
         with np.load(path) as stored:
             return Clustering(stored["labels"], stored["centroids"])
     clustering = compute()
-    _save_atomic(
+    write_atomic(
         path, lambda temporary: np.savez(temporary, labels=clustering.labels, centroids=clustering.centroids)
     )
     return clustering
@@ -307,8 +293,6 @@ def salad_misalignment(
 
     `continuation` follows rows without word timestamps (see `trainers.data`); None keeps the scorer's default.
     """
-    from eval.gap import forgetting_and_misalignment
-
     options = {"batch_size": batch_size, "with_forgetting": False}
     options |= {} if continuation is None else {"continuation": continuation}
 
@@ -486,7 +470,7 @@ def write_rows(rows: Sequence[dict], path: str | Path) -> Path:
         with open(temporary, "w") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)
 
-    _save_atomic(path, save)
+    write_atomic(path, save)
     return path
 
 
@@ -494,7 +478,7 @@ def copy_audio(source: str | Path, audio_dir: str | Path) -> str:
     """Copy a cached WAV into the dataset's `audio_dir` (kept when already there); returns its absolute path."""
     target = Path(audio_dir) / Path(source).name
     if not target.exists():
-        _save_atomic(target, lambda temporary: shutil.copyfile(source, temporary))
+        write_atomic(target, lambda temporary: shutil.copyfile(source, temporary))
     return str(target.resolve())
 
 

@@ -419,7 +419,7 @@ def frame_embedding_loss(
     neutral input to the LLM. With a `"ctc"` adapter this is its frame classifier's cross-entropy (the same
     scores, `modeling_salad.token_distance_scores`), sampled when `num_negatives` is set. It needs no LLM forward pass, so it is cheap enough to run for many steps: a
     warm start that puts the words into the adapter's output before distillation shapes how the LLM reads them
-    (at small scale, distillation alone finds a content-free prompt first, DESIGN.md §7). Distance, not cosine:
+    (at small scale, distillation alone finds a content-free prompt first, benchmarks/alignment/README.md, experiments 01 and 04). Distance, not cosine:
     SmolLM2's embeddings share a large common direction (mean cosine 0.44), and a distance also fixes the norm.
 
     Args:

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile
-from transformers import HfArgumentParser
+from trl import TrlParser
 
-from hub_scripts.embedded_assets import asterisk_prompts
+from trainers.assets.asterisk import asterisk_prompts
 
 from .active_selection import speech_row, write_rows
 from .tts import get_backend, synthesize_many
@@ -169,7 +169,7 @@ def write_text_pool_rows(args: PrepareArguments) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = TrlParser((PrepareArguments,)).parse_args_and_config(args=argv)
     writers = {"asterisk": write_asterisk_rows, "text_pool": write_text_pool_rows}
     counts = writers[args.source](args)
     print(f"Wrote {counts['train']} train and {counts['eval']} eval rows to {args.output_dir}")

@@ -24,7 +24,8 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import torch
-from transformers import HfArgumentParser, TrainerCallback
+from transformers import TrainerCallback
+from trl import TrlParser
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
@@ -249,7 +250,7 @@ class ProbeArguments:
 
 
 def main(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(ProbeArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = TrlParser((ProbeArguments,)).parse_args_and_config(args=argv)
     model = SaladForConditionalGeneration.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
     processor = SaladProcessor.from_pretrained(args.model)
     rows = load_probe_rows(args.rows, args.num_rows, processor.sampling_rate)

@@ -41,7 +41,6 @@ from trainers.active_selection import (
     draw_probe_sets,
     embed_texts,
     fill_budget,
-    fingerprint,
     load_or_cluster,
     mix_rows,
     probe_rows,
@@ -52,6 +51,9 @@ from trainers.active_selection import (
     target_weights,
     write_rows,
 )
+from trainers.assets import load_salad
+from trainers.files import content_hash
+from trainers.train import load_rows
 from trainers.tts import get_backend, synthesize_many
 
 
@@ -207,8 +209,6 @@ def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
 
 def load_text_pool(args: SelectArguments) -> list[str]:
     """Distinct, whitespace-normalized texts of the pool, cut into pieces of at most `max_words` words."""
-    from trainers.train import load_rows
-
     rows = load_rows(
         args.pool_dataset_name,
         args.pool_data_files,
@@ -231,8 +231,6 @@ def load_text_pool(args: SelectArguments) -> list[str]:
 
 def select_synthetic_speech(args: SelectArguments) -> dict:
     """Run Stage II selection end to end; returns the report (also written to `output_dir/report.json`)."""
-    from eval.run import load_salad
-
     output = Path(args.output_dir)
     cache = Path(args.cache_dir) if args.cache_dir else output / "cache"
     timings: dict[str, float] = {}
@@ -255,7 +253,7 @@ def select_synthetic_speech(args: SelectArguments) -> dict:
     with timed(timings, "probe_scoring"):
         measure = salad_misalignment(model, processor, args.probe_batch_size, args.probe_continuation)
         identity = [_model_identity(args.model), args.model_dtype, args.probe_continuation, backend.version]
-        scores_file = cache / "misalignment" / f"{fingerprint(identity, probe_texts)}.jsonl"
+        scores_file = cache / "misalignment" / f"{content_hash(identity, probe_texts)}.jsonl"
         misalignment = cluster_misalignment(probes, measure, scores_file)
     del model
     weights = target_weights(clustering.sizes(), misalignment, args.gamma)
@@ -278,7 +276,7 @@ def select_synthetic_speech(args: SelectArguments) -> dict:
 
 
 def _cluster(args: SelectArguments, texts: list[str], embeddings: np.ndarray, cache: Path) -> Clustering:
-    key = fingerprint(
+    key = content_hash(
         args.embedder,
         args.embedder_dtype,
         texts,
@@ -338,8 +336,6 @@ def _synthesize_within_budget(args, texts, clustering, weights, backend, cache, 
 
 
 def _write_mix(args: SelectArguments, synthetic_rows: list[dict], path: Path) -> None:
-    from trainers.train import load_rows
-
     natural = list(load_rows(None, args.natural_data_files, "train", False))
     proportions = [1 - args.synthetic_proportion, args.synthetic_proportion]
     write_rows(mix_rows([natural, synthetic_rows], proportions, seed=args.seed), path)

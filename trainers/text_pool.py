@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -263,7 +263,7 @@ def _package_versions(packages: list[str]) -> dict[str, str | None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(TextPoolArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = TrlParser((TextPoolArguments,)).parse_args_and_config(args=argv)
     provenance = build_text_pool(args)
     print(f"Wrote {provenance['num_sentences']} sentences to {args.output_dir}/pool.jsonl")
     for name, info in provenance["sources"].items():

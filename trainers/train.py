@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 from datasets import concatenate_datasets, interleave_datasets, load_dataset
+from transformers import AutoModelForCausalLM
 from trl import TrlParser
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
+from .assets import resolve_checkpoint
 from .config import SaladDistillationConfig
 from .probes import AlignmentProbeCallback, load_probe_rows
 from .trainer import SaladDistillationTrainer
@@ -44,28 +46,40 @@ class SaladModelArguments:
             "loaded model's LLM."
         },
     )
-    adapter_type: str = field(
-        default="mlp",
+    # Adapter settings of a new model: None keeps SaladConfig's default (its docstring gives them), so the
+    # defaults live in one place.
+    adapter_type: str | None = field(
+        default=None,
         metadata={
             "help": "New model's adapter: 'mlp', 'transformer' or 'ctc' (frame classifier + compression)."
         },
     )
-    adapter_stack_factor: int = field(
-        default=4, metadata={"help": "New model: encoder frames per audio token."}
+    adapter_stack_factor: int | None = field(
+        default=None, metadata={"help": "New model: encoder frames per audio token."}
     )
-    adapter_hidden_size: int = field(default=960, metadata={"help": "New model: Transformer adapter width."})
-    adapter_intermediate_size: int = field(default=2560, metadata={"help": "New model: adapter MLP width."})
-    adapter_num_layers: int = field(default=12, metadata={"help": "New model: Transformer adapter layers."})
-    adapter_num_attention_heads: int = field(default=15, metadata={"help": "New model: adapter heads."})
-    adapter_num_key_value_heads: int = field(default=5, metadata={"help": "New model: adapter KV heads."})
-    adapter_ctc_temperature: float = field(
-        default=1.0, metadata={"help": "New 'ctc' adapter: temperature of its frame classifier."}
+    adapter_hidden_size: int | None = field(
+        default=None, metadata={"help": "New model: Transformer adapter width."}
     )
-    adapter_ctc_blank_threshold: float = field(
-        default=0.5, metadata={"help": "New 'ctc' adapter: frames at least this likely blank are dropped."}
+    adapter_intermediate_size: int | None = field(
+        default=None, metadata={"help": "New model: adapter MLP width."}
     )
-    adapter_ctc_top_k: int = field(
-        default=8, metadata={"help": "New 'ctc' adapter: token embeddings mixed per kept token (0: all)."}
+    adapter_num_layers: int | None = field(
+        default=None, metadata={"help": "New model: Transformer adapter layers."}
+    )
+    adapter_num_attention_heads: int | None = field(
+        default=None, metadata={"help": "New model: adapter heads."}
+    )
+    adapter_num_key_value_heads: int | None = field(
+        default=None, metadata={"help": "New model: adapter KV heads."}
+    )
+    adapter_ctc_temperature: float | None = field(
+        default=None, metadata={"help": "New 'ctc' adapter: temperature of its frame classifier."}
+    )
+    adapter_ctc_blank_threshold: float | None = field(
+        default=None, metadata={"help": "New 'ctc' adapter: frames at least this likely blank are dropped."}
+    )
+    adapter_ctc_top_k: int | None = field(
+        default=None, metadata={"help": "New 'ctc' adapter: token embeddings mixed per kept token (0: all)."}
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
 
@@ -154,27 +168,6 @@ def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDisti
     )
 
 
-EMBEDDED_PREFIX = "embedded:"
-
-
-def resolve_checkpoint(name: str) -> str:
-    """`embedded:<asset>` names a small offline model converted from a registry package (see README)."""
-    if not name.startswith(EMBEDDED_PREFIX):
-        return name
-    from hub_scripts import embedded_assets
-
-    resolvers = {
-        "whisper-tiny.en": embedded_assets.whisper_tiny_en_path,
-        "whisper-base": embedded_assets.whisper_base_path,
-        "smollm2-135m-instruct": embedded_assets.smollm2_135m_instruct_path,
-        "salad": embedded_assets.salad_embedded_default_path,  # the shipped, trained embedded default
-    }
-    asset = name[len(EMBEDDED_PREFIX) :]
-    if asset not in resolvers:
-        raise ValueError(f"Unknown embedded asset {asset!r}; choose one of {sorted(resolvers)}.")
-    return str(resolvers[asset]())
-
-
 def load_model_and_processor(
     model_args: SaladModelArguments,
 ) -> tuple[SaladForConditionalGeneration, SaladProcessor]:
@@ -185,7 +178,11 @@ def load_model_and_processor(
         return model, SaladProcessor.from_pretrained(path)
     audio_encoder = resolve_checkpoint(model_args.audio_encoder)
     language_model = resolve_checkpoint(model_args.language_model)
-    adapter_kwargs = {name: value for name, value in vars(model_args).items() if name.startswith("adapter_")}
+    adapter_kwargs = {
+        name: value
+        for name, value in vars(model_args).items()
+        if name.startswith("adapter_") and value is not None
+    }
     model = SaladForConditionalGeneration.from_pretrained_components(
         audio_encoder, language_model, dtype=dtype, **adapter_kwargs
     )
@@ -209,8 +206,6 @@ def main(argv: list[str] | None = None) -> None:
         )
     teacher_model = None
     if model_args.teacher_model_name_or_path is not None:
-        from transformers import AutoModelForCausalLM
-
         teacher_model = AutoModelForCausalLM.from_pretrained(
             resolve_checkpoint(model_args.teacher_model_name_or_path), dtype=getattr(torch, model_args.dtype)
         )

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections import defaultdict
 
 import torch
 from transformers import Trainer
 
-from hub_scripts.model_card import CITATION
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .config import SaladDistillationConfig
 from .data import SaladDistillationCollator
 from .losses import chunked_distillation_loss, ctc_token_loss, frame_embedding_loss
+from .paper import CITATION, PAPER_ARXIV_ID, PAPER_TITLE
 
 
 class SaladDistillationTrainer(Trainer):
@@ -37,8 +36,8 @@ class SaladDistillationTrainer(Trainer):
     _tag_names = ["salad", "speech", "cross-modal-distillation"]
     _name = "SALAD"
     _paper = {
-        "title": "Closing the Gap Between Text and Speech Understanding in LLMs",
-        "id": "2510.13632",
+        "title": PAPER_TITLE,
+        "id": PAPER_ARXIV_ID,
         "citation": CITATION,
     }
     # compute_loss divides by the supervised-token count of the whole accumulated batch itself
@@ -125,7 +124,7 @@ class SaladDistillationTrainer(Trainer):
                 )
                 return outputs.last_hidden_state, self.teacher.get_output_embeddings()
             unwrapped = self.accelerator.unwrap_model(model)
-            with lora_disabled(unwrapped):
+            with unwrapped.lora_disabled():
                 outputs = model(
                     input_ids=inputs["teacher_input_ids"],
                     attention_mask=inputs["teacher_attention_mask"],
@@ -272,19 +271,6 @@ class SaladDistillationTrainer(Trainer):
             logs["bad_rows"] = collator.stats["bad_rows"]
             logs["rows_seen"] = collator.stats["rows"]
         super().log(logs, *args, **kwargs)
-
-
-@contextlib.contextmanager
-def lora_disabled(model: SaladForConditionalGeneration):
-    """The original text LLM for the duration of the block (a no-op without LoRA)."""
-    has_lora = model.has_lora()
-    if has_lora:
-        model.set_lora_enabled(False)
-    try:
-        yield
-    finally:
-        if has_lora:
-            model.set_lora_enabled(True)
 
 
 def set_trainable_parts(model: SaladForConditionalGeneration, args: SaladDistillationConfig) -> None:

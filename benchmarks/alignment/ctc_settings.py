@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from eval.run import load_salad
+from trainers.assets import load_salad
 from trainers.data import decode_row_audio
 from trainers.probes import (
     ProbeRow,

@@ -2,7 +2,7 @@
 
 faster-whisper models are directories holding `model.bin` (CTranslate2's own binary format), a `config.json`
 (suppressed tokens, alignment heads), a `vocabulary.txt` or `vocabulary.json`, and usually the original
-`tokenizer.json`. Some small Whisper models are only published this way on package registries, so this script
+`tokenizer.json`. Some small Whisper models are only published this way on package registries, so this module
 reads the binary itself: it needs neither ctranslate2 nor a network connection.
 
 The output directory holds float32 safetensors weights, a `WhisperConfig` inferred from tensor shapes, a
@@ -10,12 +10,11 @@ generation config, a `WhisperFeatureExtractor` with the model's number of mel bi
 `tokenizer.json` agrees with the model's vocabulary, the tokenizer (saved together as a `WhisperProcessor`).
 
 Usage:
-    python -m hub_scripts.convert_ctranslate2_whisper SRC_DIR DST_DIR
+    python -m hub_scripts.convert ctranslate2-whisper SRC_DIR DST_DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -507,17 +506,3 @@ def convert_ctranslate2_whisper(model_dir: str | Path, output_dir: str | Path) -
     else:
         WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(output_dir)
     return output_dir
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command line entry point: `python -m hub_scripts.convert_ctranslate2_whisper SRC DST`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", type=Path, help="faster-whisper directory containing model.bin")
-    parser.add_argument("output_dir", type=Path, help="where to write the transformers checkpoint")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    print(convert_ctranslate2_whisper(args.model_dir, args.output_dir))
-
-
-if __name__ == "__main__":
-    main()

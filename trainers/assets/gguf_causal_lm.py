@@ -1,18 +1,17 @@
 """Convert a GGUF causal language model into a dequantized transformers checkpoint (safetensors).
 
 transformers can load a GGUF file (`from_pretrained(dir, gguf_file=...)`, which dequantizes every tensor), but
-the loaded model keeps a `quantization_config` and cannot be saved as it is. This script loads the GGUF file in
+the loaded model keeps a `quantization_config` and cannot be saved as it is. This module loads the GGUF file in
 float32, rebuilds the same architecture from its config without the quantization settings, copies the
 dequantized state dict into it and saves a plain checkpoint together with the tokenizer and generation config
 read from the GGUF metadata. Loading the result skips the slow GGUF dequantization on every start.
 
 Usage:
-    python -m hub_scripts.convert_gguf_causal_lm MODEL.gguf DST_DIR
+    python -m hub_scripts.convert gguf MODEL.gguf DST_DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -55,17 +54,3 @@ def convert_gguf_causal_lm(gguf_path: str | Path, output_dir: str | Path) -> Pat
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     tokenizer.save_pretrained(output_dir)
     return output_dir
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command line entry point: `python -m hub_scripts.convert_gguf_causal_lm MODEL.gguf DST`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("gguf_path", type=Path, help="the .gguf file of a causal language model")
-    parser.add_argument("output_dir", type=Path, help="where to write the transformers checkpoint")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    print(convert_gguf_causal_lm(args.gguf_path, args.output_dir))
-
-
-if __name__ == "__main__":
-    main()

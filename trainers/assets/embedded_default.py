@@ -1,0 +1,109 @@
+"""The shipped embedded default: the trained adapter (and its settings) on the offline components.
+
+`make embedded-default` trains the adapter on the CPU and `python -m hub_scripts.export_embedded_default`
+keeps what training changed (the adapter and the audio token's embedding row); `embedded:salad` assembles it
+with Whisper tiny.en and SmolLM2-135M-Instruct into a full checkpoint in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+
+from .models import (
+    CONVERSION_VERSION,
+    cache_dir,
+    cached_conversion,
+    smollm2_135m_instruct_path,
+    whisper_tiny_en_path,
+)
+
+# The trained adapter is a training output (15 MB), so it lives in the cache, not in git: `make embedded-default`
+# trains and exports it there (about 40 minutes on 2 cores; see benchmarks/alignment/README.md).
+EMBEDDED_DEFAULT_TRAIN = "make embedded-default"
+
+
+def embedded_default_dir() -> Path:
+    """Where `--export` writes the trained adapter and `salad_embedded_default_path` reads it."""
+    return cache_dir() / "embedded-default"
+
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+# The LLM's input (and tied output) embedding of `<|audio|>`, the row added when the vocabulary grew. Inputs never
+# read it (audio embeddings replace it); it is shipped so that the output logits equal the trained model's.
+AUDIO_TOKEN_ROW = "language_model.audio_token_embedding"
+
+
+def export_embedded_default(checkpoint: str | Path, destination: Path | None = None) -> Path:
+    """Keep what training changed in a SALAD checkpoint built on the embedded components: the adapter's
+    weights (as float32 safetensors) and its `adapter_*` settings. Refuses a checkpoint whose LLM or encoder was
+    trained (their weights would be lost: ship a full checkpoint instead)."""
+    destination = embedded_default_dir() if destination is None else Path(destination)
+    model = SaladForConditionalGeneration.from_pretrained(checkpoint)
+    if model.has_lora():
+        raise ValueError(f"{checkpoint} has LoRA on the LLM; merge it and ship a full checkpoint instead.")
+    reference = _assemble_embedded(_adapter_settings(model.config))
+    audio_row = model.get_input_embeddings().weight[model.config.audio_token_id].detach().clone()
+    with torch.no_grad():  # the audio token's row was drawn at random when the LLM's vocabulary grew
+        reference.get_input_embeddings().weight[model.config.audio_token_id] = audio_row
+    for name in ("audio_tower", "language_model"):
+        ours, theirs = getattr(model, name).state_dict(), getattr(reference, name).state_dict()
+        trained = [key for key in ours if not ours[key].equal(theirs[key])]
+        if trained:
+            raise ValueError(
+                f"{checkpoint} changed the {name} ({trained[:3]}...): only the adapter can be shipped."
+            )
+    destination.mkdir(parents=True, exist_ok=True)
+    weights = {
+        f"adapter.{key}": value.float().contiguous() for key, value in model.adapter.state_dict().items()
+    }
+    weights[AUDIO_TOKEN_ROW] = audio_row.float().contiguous()
+    save_file(weights, destination / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    (destination / ADAPTER_CONFIG).write_text(json.dumps(_adapter_settings(model.config), indent=2) + "\n")
+    return destination
+
+
+def _adapter_settings(config) -> dict:
+    return {key: getattr(config, key) for key in vars(config) if key.startswith("adapter_")}
+
+
+def _assemble_embedded(adapter_settings: dict):
+    torch.manual_seed(0)  # the audio token's new embedding row is then reproducible
+    return SaladForConditionalGeneration.from_pretrained_components(
+        str(whisper_tiny_en_path()), str(smollm2_135m_instruct_path()), **adapter_settings
+    )
+
+
+def salad_embedded_default_path(source: Path | None = None) -> Path:
+    """The shipped SALAD embedded default as a full checkpoint directory (model + processor + remote code):
+    Whisper tiny.en + the trained adapter (`embedded_default_dir()`) + SmolLM2-135M-Instruct, assembled
+    once into the cache (the entry's name carries the adapter's hash, so a new adapter makes a new entry)."""
+    source = embedded_default_dir() if source is None else Path(source)
+    weights = source / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"No trained embedded-default adapter at {weights}: train and export it with "
+            f"`{EMBEDDED_DEFAULT_TRAIN}` (about 40 minutes on 2 cores)."
+        )
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+
+    def build(staging: Path) -> None:
+        model = _assemble_embedded(json.loads((source / ADAPTER_CONFIG).read_text()))
+        state = load_file(weights)
+        with torch.no_grad():
+            model.get_input_embeddings().weight[model.config.audio_token_id] = state.pop(AUDIO_TOKEN_ROW)
+        model.adapter.load_state_dict({key.removeprefix("adapter."): value for key, value in state.items()})
+        model.save_pretrained(staging)
+        processor = SaladProcessor.from_pretrained_components(
+            str(whisper_tiny_en_path()), str(smollm2_135m_instruct_path()), model.config
+        )
+        processor.save_pretrained(staging)
+
+    return cached_conversion(f"salad-embedded-default-{digest}-v{CONVERSION_VERSION}", build)

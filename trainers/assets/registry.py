@@ -1,0 +1,84 @@
+"""The `embedded:` names: one table of the checkpoints salad can build offline, and how any name is loaded.
+
+`embedded:<asset>` works wherever a checkpoint name does (`salad-train`, `salad-eval`, `salad-select`, the demo,
+`salad-build`): it resolves to a directory converted once from a registry package (`trainers.assets.models`) or,
+for `embedded:salad`, the shipped embedded default (`trainers.assets.embedded_default`). Hub ids and local paths
+pass through unchanged. `embedded:untrained` is not a directory but a model: the embedded default's architecture
+with a freshly initialized adapter, the untrained baseline of every comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+
+from .embedded_default import salad_embedded_default_path
+from .models import minilm_path, smollm2_135m_instruct_path, whisper_base_path, whisper_tiny_en_path
+
+EMBEDDED_PREFIX = "embedded:"
+UNTRAINED = "embedded:untrained"
+# The embedded default's adapter: what `embedded:untrained` builds fresh (its other settings are SaladConfig's).
+EMBEDDED_ADAPTER = {"adapter_type": "mlp", "adapter_intermediate_size": 1024}
+
+
+@dataclass(frozen=True)
+class EmbeddedAsset:
+    """An offline checkpoint: how to get its directory, and the Hub model it reproduces (for model cards)."""
+
+    path: Callable[[], Path]
+    hub_id: str | None = None
+
+
+EMBEDDED_ASSETS = {
+    "whisper-tiny.en": EmbeddedAsset(whisper_tiny_en_path, "openai/whisper-tiny.en"),
+    "whisper-base": EmbeddedAsset(whisper_base_path, "openai/whisper-base"),
+    "smollm2-135m-instruct": EmbeddedAsset(smollm2_135m_instruct_path, "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "all-minilm-l6-v2": EmbeddedAsset(minilm_path, "sentence-transformers/all-MiniLM-L6-v2"),
+    "salad": EmbeddedAsset(salad_embedded_default_path),  # the shipped, trained embedded default
+}
+
+
+def resolve_checkpoint(name: str) -> str:
+    """The directory of an `embedded:<asset>` name (converted on first use); any other name unchanged."""
+    if not name.startswith(EMBEDDED_PREFIX):
+        return name
+    asset = name[len(EMBEDDED_PREFIX) :]
+    if asset not in EMBEDDED_ASSETS:
+        hint = (
+            f" ({UNTRAINED} is a model, not a directory: load it with load_salad)"
+            if name == UNTRAINED
+            else ""
+        )
+        raise ValueError(f"Unknown embedded asset {asset!r}{hint}; choose one of {sorted(EMBEDDED_ASSETS)}.")
+    return str(EMBEDDED_ASSETS[asset].path())
+
+
+def hub_id_of_converted(path: str | Path) -> str | None:
+    """The Hub model that a converted asset's cache directory reproduces (its name starts with the asset's)."""
+    name = Path(path).name
+    for asset, entry in EMBEDDED_ASSETS.items():
+        if entry.hub_id is not None and name.startswith(f"{asset}-"):
+            return entry.hub_id
+    return None
+
+
+def load_salad(
+    name: str, dtype: torch.dtype = torch.float32
+) -> tuple[SaladForConditionalGeneration, SaladProcessor]:
+    """A SALAD model in eval mode and its processor, from a path, a Hub id, `embedded:salad` or `embedded:untrained`."""
+    if name == UNTRAINED:
+        encoder = resolve_checkpoint("embedded:whisper-tiny.en")
+        llm = resolve_checkpoint("embedded:smollm2-135m-instruct")
+        torch.manual_seed(0)  # the untrained baseline is the same adapter in every run
+        model = SaladForConditionalGeneration.from_pretrained_components(
+            encoder, llm, dtype=dtype, **EMBEDDED_ADAPTER
+        )
+        return model.eval(), SaladProcessor.from_pretrained_components(encoder, llm, model.config)
+    path = resolve_checkpoint(name)
+    model = SaladForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    return model.eval(), SaladProcessor.from_pretrained(path)

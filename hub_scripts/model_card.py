@@ -5,8 +5,9 @@
 
 The metadata holds what the Hub indexes: `library_name`, `pipeline_tag`, `base_model`, `datasets`, `license`,
 tags and a `model-index` whose values are the gap harness's numbers (`eval/run.py`'s `results.json`) copied
-unrounded, so the card and the JSON never disagree. The body explains the model, how to load it, the gap, the
-training recipe, its limitations and the paper to cite.
+unrounded, so the card and the JSON never disagree. The body (`model_card_template.md`, rendered by
+`ModelCard.from_template`) explains the model, how to load it, the gap, the training recipe, its limitations and
+the paper to cite.
 
 `pipeline_tag` is `audio-text-to-text`: the model takes speech (plus an optional text prompt) and answers in
 text, the Hub task of speech LLMs such as Qwen2-Audio or Ultravox, so that is where users look for it. In
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -27,6 +29,8 @@ from trainers.paper import CITATION, PAPER_ARXIV_ID
 PIPELINE_TAG = "audio-text-to-text"
 SPEECH_PIPELINE_TASK = "salad-speech-to-text"
 DEFAULT_TAGS = ("salad", "speech-llm", "speech", "cross-modal-distillation", "custom_code")
+# The card body: a Jinja template that `ModelCard.from_template` renders (package data).
+CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
 EVAL_TASK_NAME = "Spoken multiple-choice QA (text-speech understanding gap)"
 
 # What each system of the gap harness is, in the words a reader of the card needs.
@@ -156,21 +160,21 @@ def _format_interval(summary: Mapping | None, signed: bool = False) -> str:
     return f"{number.format(value)} [{number.format(low)}, {number.format(high)}]"
 
 
-def results_section(results: Mapping | None) -> str:
-    """The gap harness's numbers as tables (3 decimals; the metadata holds the exact values)."""
-    if results is None:
-        return (
-            "## Evaluation\n\nNo evaluation results were given when this card was written. Measure the "
-            "text-speech gap with `salad-eval --model <this repo>` and push again with `--results results.json`.\n"
-        )
+def accuracy_table(results: Mapping) -> list[str]:
+    """Accuracy of every system per task, with intervals (3 decimals; the metadata holds the exact values)."""
     systems = list(dict.fromkeys(s for report in results["tasks"].values() for s in report["systems"]))
     header = "| task | " + " | ".join(SYSTEM_LABELS.get(s, s) for s in systems) + " | n | chance |"
-    lines = [header, "|" + "---|" * (len(systems) + 3)]
+    rows = [header, "|" + "---|" * (len(systems) + 3)]
     for task, report in results["tasks"].items():
         cells = [_format_interval(report["systems"].get(s)) for s in systems]
         n = max(summary.get("n", 0) for summary in report["systems"].values())
-        lines.append(f"| {task} | {' | '.join(cells)} | {n} | {_number(report.get('chance'), '.2f')} |")
-    gap_lines = [
+        rows.append(f"| {task} | {' | '.join(cells)} | {n} | {_number(report.get('chance'), '.2f')} |")
+    return rows
+
+
+def gap_table(results: Mapping) -> list[str]:
+    """The gaps, prior agreement, cascade WER and F / M per task."""
+    rows = [
         "| task | text-speech gap | retention gap | speech/prior agreement | cascade ASR WER | forgetting F "
         "| misalignment M |",
         "|---|---|---|---|---|---|---|",
@@ -185,28 +189,8 @@ def results_section(results: Mapping | None) -> str:
             _number(distribution.get("forgetting"), ".4f"),
             _number(distribution.get("misalignment"), ".4f"),
         ]
-        gap_lines.append(f"| {task} | {' | '.join(cells)} |")
-    return "\n".join(
-        [
-            "## Evaluation: the text-speech understanding gap",
-            "",
-            "The same multiple-choice items are answered by every system: the original text LLM reading the "
-            "question (the reference), this model reading it, this model hearing it, a cascade that transcribes "
-            "the speech with an ASR model and gives the transcript to the original LLM, and an option-prior "
-            "control that scores the options with the question left out. Options are always scored as text, by "
-            "their length-normalized log-probability. Accuracies carry 95% percentile-bootstrap intervals over "
-            "items; the gaps are paired differences of accuracy over the same items (0.050 is 5 points).",
-            "",
-            *lines,
-            "",
-            *gap_lines,
-            "",
-            "A speech accuracy close to the option-prior control, or a high share of items where both pick the "
-            "same option (agreement), means the model answers from the options, not from what it heard. F and M are per-token KL divergences (nats), the two causes of the gap the "
-            "paper identifies: forgetting of text abilities, and misalignment between speech and text.",
-            "",
-        ]
-    )
+        rows.append(f"| {task} | {' | '.join(cells)} |")
+    return rows
 
 
 def _format_value(value) -> str:
@@ -229,117 +213,32 @@ def validate_training_recipe(recipe: Mapping) -> None:
             raise ValueError(f"Training recipe stage {index} must be a dict with a 'name'.")
 
 
-def training_section(recipe: Mapping | None) -> str:
-    """The recipe as given: one subsection per stage, then the recipe's other keys."""
-    if recipe is None:
-        return (
-            "## Training\n\nNo training recipe was given when this card was written. A checkpoint straight out "
-            "of `hub_scripts.build` has a freshly initialized (untrained) adapter: its answers do not follow "
-            "the audio.\n"
-        )
-    validate_training_recipe(recipe)
-    lines = [
-        "## Training",
-        "",
-        "Trained with the SALAD recipe: cross-modal distillation (the model hears a span that the original "
-        "text LLM reads, and learns the LLM's next-token distribution there: "
-        "`alpha * KL(teacher || student) + (1 - alpha) * NLL`), optionally followed by active selection of "
-        "synthetic speech where the model is most misaligned.",
-        "",
+def recipe_stages(recipe: Mapping) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The recipe as given, for the card: each stage's name and details, then the recipe's other keys."""
+    stages = [
+        {"name": stage["name"], "details": [(k, _format_value(v)) for k, v in stage.items() if k != "name"]}
+        for stage in recipe["stages"]
     ]
-    for stage in recipe["stages"]:
-        lines += [f"### {stage['name']}", ""]
-        lines += [f"- **{key}**: {_format_value(value)}" for key, value in stage.items() if key != "name"]
-        lines.append("")
-    others = {key: value for key, value in recipe.items() if key != "stages"}
-    if others:
-        lines += ["### Across stages", ""]
-        lines += [f"- **{key}**: {_format_value(value)}" for key, value in others.items()]
-    return "\n".join(lines).rstrip() + "\n"
+    across = [(key, _format_value(value)) for key, value in recipe.items() if key != "stages"]
+    return stages, across
 
 
-def model_section(config, base_model: Sequence[str]) -> str:
+def model_facts(config) -> dict:
     """What the checkpoint is made of, read from its `SaladConfig`."""
-    tokens_per_second = config.audio_length_spec.num_tokens(config.audio_sampling_rate)
     adapter = (
         f"`transformer`: {config.adapter_num_layers} causal decoder layers of width {config.adapter_hidden_size}"
         if config.adapter_type == "transformer"
         else f"`mlp`: frame stacking and a SwiGLU MLP of width {config.adapter_intermediate_size}"
     )
-    lines = [
-        "## Model",
-        "",
-        f"- **Speech encoder**: `{config.audio_config.model_type}` ({config.audio_sampling_rate} Hz mono input)",
-        f"- **Adapter**: {adapter}, {config.adapter_stack_factor} encoder frame(s) per audio token "
-        f"({tokens_per_second} audio tokens for one second of speech)",
-        f"- **Language model**: `{config.text_config.model_type}`, hidden size {config.text_config.hidden_size}",
-        "- **Audio in the prompt**: each clip becomes audio embeddings written at `<|audio|>` placeholder "
-        "positions of the LLM input.",
-    ]
-    if base_model:
-        lines.append(
-            "- **Built from**: "
-            + ", ".join(f"[{name}](https://huggingface.co/{name})" for name in base_model)
-        )
-    return "\n".join(lines) + "\n"
-
-
-def usage_section(repo_id: str, lora_subfolder: str | None) -> str:
-    lines = [
-        "## Usage",
-        "",
-        "The repository carries its own code, so transformers loads it with `trust_remote_code=True` (read the "
-        "code first: it runs on your machine). The pipeline takes file paths, raw file bytes or arrays with "
-        "their sampling rate, at any rate and channel count (it resamples and down-mixes).",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        "",
-        f'speech = pipeline("{SPEECH_PIPELINE_TASK}", model="{repo_id}", trust_remote_code=True)',
-        'speech("question.wav", prompt="Answer briefly.", max_new_tokens=64)',
-        "# {'generated_text': '...'}",
-        "```",
-        "",
-        "With the model and processor directly (several clips per prompt, batches, chat messages):",
-        "",
-        "```python",
-        "import soundfile as sf",
-        "from transformers import AutoModel, AutoProcessor",
-        "",
-        f'model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True, dtype="auto")',
-        f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)',
-        'audio, rate = sf.read("question.wav", dtype="float32")  # mono, at the encoder\'s rate',
-        'inputs = processor(text="<|audio|> Answer briefly.", audio=audio, sampling_rate=rate)',
-        "output = model.generate(**inputs, max_new_tokens=64)",
-        'print(processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
-        "```",
-    ]
-    if lora_subfolder:
-        lines += [
-            "",
-            f"The LLM's LoRA weights are kept apart in `{lora_subfolder}/` (a PEFT adapter of the language "
-            "model). The weights at the top level are the original LLM with the trained speech adapter; load "
-            "the LoRA on top before use, since the speech adapter was trained with it:",
-            "",
-            "```python",
-            f'model.language_model.load_adapter("{repo_id}", adapter_kwargs={{"subfolder": "{lora_subfolder}"}})',
-            "```",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-LIMITATIONS = """\
-## Limitations
-
-- The model understands speech only as well as its training made it: an untrained or briefly trained adapter
-  yields answers that ignore the audio. Check the speech accuracy against the option-prior control above.
-- The gap above is measured on multiple-choice items, mostly read by a speech synthesizer. Human, accented,
-  noisy or conversational speech, and speakers, languages or conditions absent from the training data (see
-  the recipe), can do worse.
-- It answers in text and does not transcribe faithfully: for transcripts use an ASR model.
-- It inherits the knowledge, errors and biases of its base LLM and speech encoder, and their licenses.
-- Long audio is cut into the encoder's windows (30 s for Whisper) and every window costs LLM context.
-"""
+    return {
+        "encoder_type": config.audio_config.model_type,
+        "sampling_rate": config.audio_sampling_rate,
+        "adapter": adapter,
+        "stack_factor": config.adapter_stack_factor,
+        "tokens_per_second": config.audio_length_spec.num_tokens(config.audio_sampling_rate),
+        "llm_type": config.text_config.model_type,
+        "llm_hidden_size": config.text_config.hidden_size,
+    }
 
 
 def build_model_card(
@@ -388,33 +287,22 @@ def build_model_card(
         pipeline_tag=PIPELINE_TAG,
         tags=[*DEFAULT_TAGS, *tags],
     )
-    body = "\n".join(
-        [
-            f"# {repo_id.split('/')[-1]}",
-            "",
-            "A speech-understanding LLM: a speech encoder feeds an adapter whose outputs the LLM reads in place of "
-            "`<|audio|>` tokens, so spoken questions and instructions get text answers. It was made with salad, "
-            f"an implementation of the SALAD recipe ([Cuervo et al., ICLR 2026](https://arxiv.org/abs/{PAPER_ARXIV_ID}): "
-            "cross-modal distillation plus active selection of synthetic speech), which also measures how much of "
-            "the LLM's text understanding survives when the same content is spoken.",
-            "",
-            model_section(config, base_model),
-            usage_section(repo_id, lora_subfolder),
-            results_section(results),
-            training_section(training_recipe),
-            LIMITATIONS,
-            "## Citation",
-            "",
-            "The SALAD method is by the paper's authors; this checkpoint and its code are an independent "
-            "implementation.",
-            "",
-            "```bibtex",
-            CITATION,
-            "```",
-            "",
-        ]
+    stages, across = recipe_stages(training_recipe) if training_recipe is not None else (None, [])
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        title=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        arxiv_id=PAPER_ARXIV_ID,
+        citation=CITATION,
+        pipeline_task=SPEECH_PIPELINE_TASK,
+        lora_subfolder=lora_subfolder,
+        accuracy_table=accuracy_table(results) if results is not None else None,
+        gap_table=gap_table(results) if results is not None else None,
+        stages=stages,
+        across_stages=across,
+        **model_facts(config),
     )
-    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
 
 
 __all__ = ["PIPELINE_TAG", "build_model_card", "eval_results_from_gap_report", "task_metrics"]

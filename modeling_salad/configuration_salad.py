@@ -129,6 +129,10 @@ class SaladConfig(PreTrainedConfig):
         adapter_ctc_top_k (`int`, *optional*, defaults to 8):
             `"ctc"` adapter: each kept token is the weighted sum of its `top_k` most probable token embeddings
             (0: of the whole vocabulary).
+        lora (`dict`, *optional*):
+            LoRA settings of the LLM (`r`, `lora_alpha`, `lora_dropout`, `target_modules`, ... of a
+            `peft.LoraConfig`) while it holds LoRA layers; set by `add_lora_to_language_model` and cleared by
+            `merge_lora`/`unload_lora`, so a saved checkpoint re-creates its LoRA layers when it is loaded.
         audio_chunk_seconds (`float`, *optional*):
             Longest window the encoder sees at once; longer clips are cut into windows encoded separately.
             Defaults to the encoder's limit (30 s for Whisper) and to no limit for other encoders.
@@ -164,6 +168,7 @@ class SaladConfig(PreTrainedConfig):
     adapter_ctc_temperature: float = 1.0
     adapter_ctc_blank_threshold: float = 0.5
     adapter_ctc_top_k: int = 8
+    lora: dict | None = None
     audio_chunk_seconds: float | None = None
 
     def __post_init__(self, **kwargs):
@@ -180,6 +185,10 @@ class SaladConfig(PreTrainedConfig):
             raise ValueError(
                 f"adapter_ctc_temperature must be > 0 and adapter_ctc_top_k >= 0, got "
                 f"{self.adapter_ctc_temperature} and {self.adapter_ctc_top_k}."
+            )
+        if self.lora is not None and not {"r", "lora_alpha"} <= set(self.lora):
+            raise ValueError(
+                f"lora must hold at least `r` and `lora_alpha` (a peft.LoraConfig's), got {self.lora}."
             )
         if (
             self.adapter_type == "transformer"

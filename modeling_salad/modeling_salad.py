@@ -294,6 +294,10 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         self.audio_tower = build_audio_tower(config)
         self.adapter = ADAPTER_CLASSES[config.adapter_type](config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        if (
+            config.lora is not None
+        ):  # a checkpoint saved with LoRA layers: re-create them before its weights load
+            inject_lora(self.language_model, lora_config_from_settings(config.lora))
         self._no_split_modules = [
             *(getattr(self.audio_tower, "_no_split_modules", None) or []),
             *(getattr(self.language_model, "_no_split_modules", None) or []),
@@ -608,17 +612,19 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         return model
 
     def add_lora_to_language_model(self, lora_config) -> None:
-        """Inject LoRA layers (a `peft.LoraConfig`) into the LLM only, and freeze the LLM's base weights.
+        """Add LoRA layers (a `peft.LoraConfig`) to the LLM only, and freeze the LLM's base weights.
 
-        `set_lora_enabled(False)` then gives back the original LLM, the teacher of cross-modal distillation,
-        without a second copy in memory; `merge_lora()` folds the LoRA weights in before publishing.
+        The settings are recorded in `config.lora`, so a checkpoint saved now loads back with its LoRA layers.
+        `lora_disabled()` then gives back the original LLM, the teacher of cross-modal distillation, without a
+        second copy in memory; `merge_lora()` folds the LoRA weights in before publishing.
         """
-        from peft import inject_adapter_in_model
-
         if lora_config.target_modules is None:
             lora_config.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
+        if self.has_lora():
+            raise ValueError("The LLM already holds LoRA layers; merge_lora() or unload_lora() them first.")
         self.language_model.requires_grad_(False)
-        inject_adapter_in_model(lora_config, self.language_model)
+        inject_lora(self.language_model, lora_config)
+        self.config.lora = lora_settings(lora_config)
 
     def _lora_layers(self) -> list[nn.Module]:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -660,6 +666,38 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
                     module.merge()
                 parent_name, _, child = name.rpartition(".")
                 setattr(self.language_model.get_submodule(parent_name), child, module.get_base_layer())
+        if getattr(
+            self.language_model, "_hf_peft_config_loaded", False
+        ):  # transformers' record of the adapter
+            del self.language_model.peft_config
+            self.language_model._hf_peft_config_loaded = False
+        self.config.lora = None
+
+
+LORA_SETTINGS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora")
+
+
+def lora_settings(lora_config) -> dict:
+    """What a checkpoint must record to re-create its LoRA layers: the `LoraConfig` fields that shape them."""
+    settings = {name: getattr(lora_config, name) for name in LORA_SETTINGS}
+    targets = settings["target_modules"]
+    settings["target_modules"] = targets if isinstance(targets, str) else sorted(targets)
+    return settings
+
+
+def inject_lora(language_model: nn.Module, lora_config) -> None:
+    """LoRA layers into the LLM with `peft.inject_adapter_in_model`. (transformers' own PEFT integration,
+    `add_adapter`, needs peft >= 0.22, which no registry serves yet; this works with the peft we pin.)"""
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(lora_config, language_model)
+
+
+def lora_config_from_settings(settings: dict):
+    """The `peft.LoraConfig` of recorded `lora_settings` (peft is needed only by models that hold LoRA)."""
+    from peft import LoraConfig
+
+    return LoraConfig(**settings)
 
 
 def build_audio_tower(config: SaladConfig) -> PreTrainedModel:

@@ -301,3 +301,38 @@ def test_lora_can_be_disabled_for_the_teacher_and_merged(component_checkpoints):
         model.merge_lora()
         assert not model.has_lora()
         torch.testing.assert_close(model(**inputs).logits, tuned, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_settings_are_saved_and_loading_recreates_the_layers(component_checkpoints, tmp_path):
+    """A checkpoint with LoRA records its settings in `config.lora`: `from_pretrained` rebuilds the layers
+    (the same outputs, with or without LoRA); after `merge_lora` the record is gone and a plain model saves."""
+    from peft import LoraConfig
+
+    root = component_checkpoints
+    lora = LoraConfig(
+        r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["v_proj", "q_proj"], init_lora_weights=False
+    )
+    model = SaladForConditionalGeneration.from_pretrained_components(
+        str(root / "whisper"), str(root / "llm"), lora_config=lora
+    ).eval()
+    assert model.config.lora["r"] == 4 and model.config.lora["target_modules"] == ["q_proj", "v_proj"]
+    processor = SaladProcessor.from_pretrained_components(
+        str(root / "whisper"), str(root / "llm"), model.config
+    )
+    inputs = processor(text="a plain text prompt")
+    model.save_pretrained(tmp_path / "lora")
+    reloaded = SaladForConditionalGeneration.from_pretrained(tmp_path / "lora").eval()
+    assert reloaded.has_lora() and reloaded.config.lora == model.config.lora
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+        with model.lora_disabled(), reloaded.lora_disabled():
+            torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="already holds LoRA"):
+        reloaded.add_lora_to_language_model(LoraConfig(r=2, lora_alpha=4))
+    reloaded.merge_lora()
+    assert reloaded.config.lora is None
+    reloaded.save_pretrained(tmp_path / "merged")
+    plain = SaladForConditionalGeneration.from_pretrained(tmp_path / "merged")
+    assert not plain.has_lora()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**inputs).logits, model(**inputs).logits, rtol=1e-4, atol=1e-5)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 
 import httpx2
 import pytest
@@ -22,6 +23,7 @@ from conftest import build_tiny, tone
 from huggingface_hub import constants
 from huggingface_hub.utils import _http
 
+from hub_scripts import publish_folder
 from hub_scripts import push as push_module
 from hub_scripts import verify as verify_module
 from modeling_salad import SaladForConditionalGeneration
@@ -336,11 +338,25 @@ def lora_checkpoint(tmp_path_factory):
     return path, inputs, logits, base_logits
 
 
-def test_lora_checkpoint_needs_its_alpha(lora_checkpoint, tmp_path):
+def test_lora_checkpoint_describes_itself(lora_checkpoint):
+    """The checkpoint records its LoRA settings, so loading re-creates the layers: no flags needed."""
+    path, inputs, logits, _ = lora_checkpoint
+    model, _ = publish_folder.load_checkpoint(path)
+    assert model.has_lora() and model.config.lora["r"] == 4 and model.config.lora["lora_alpha"] == 8
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, logits, rtol=0, atol=0)
+
+
+def test_lora_weights_without_their_settings_are_refused(lora_checkpoint, tmp_path):
     path, *_ = lora_checkpoint
-    with pytest.raises(ValueError, match="--lora_alpha"):
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["lora"]
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="records no LoRA settings"):
         push_module.main(
-            ["--model_name_or_path", str(path), "--repo_id", REPO, "--dry_run", str(tmp_path / "d")]
+            ["--model_name_or_path", str(old), "--repo_id", REPO, "--dry_run", str(tmp_path / "d")]
         )
 
 
@@ -354,8 +370,6 @@ def test_lora_is_merged_by_default(lora_checkpoint, tmp_path):
             REPO,
             "--dry_run",
             str(tmp_path / "d"),
-            "--lora_alpha",
-            "8",
         ]
     )
     assert not (tmp_path / "d" / "lora").exists()
@@ -369,7 +383,7 @@ def test_lora_kept_as_an_adapter_loads_back_exactly(lora_checkpoint, tmp_path):
     path, inputs, logits, base_logits = lora_checkpoint
     folder = tmp_path / "d"
     push_module.main(
-        ["--model_name_or_path", str(path), "--repo_id", REPO, "--dry_run", str(folder), "--lora_alpha", "8",
+        ["--model_name_or_path", str(path), "--repo_id", REPO, "--dry_run", str(folder),
          "--no_merge_lora"]
     )  # fmt: skip
     assert {"adapter_config.json", "adapter_model.safetensors"} == {
@@ -380,6 +394,16 @@ def test_lora_kept_as_an_adapter_loads_back_exactly(lora_checkpoint, tmp_path):
         torch.testing.assert_close(model(**inputs).logits, base_logits, rtol=0, atol=0)
         model.language_model.load_adapter(str(folder), adapter_kwargs={"subfolder": "lora"})
         torch.testing.assert_close(model(**inputs).logits, logits, rtol=0, atol=0)
+    # `lora/` is a standard PEFT adapter folder of the published LLM: peft itself loads it
+    from peft import PeftModel
+
+    text = {"input_ids": inputs["input_ids"][:, :3]}
+    tuned = SaladForConditionalGeneration.from_pretrained(path).language_model
+    peft_llm = PeftModel.from_pretrained(
+        SaladForConditionalGeneration.from_pretrained(folder).language_model, folder / "lora"
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(peft_llm(**text).logits, tuned(**text).logits, rtol=0, atol=0)
     assert 'subfolder": "lora"' in (folder / "README.md").read_text()
 
 

@@ -72,7 +72,7 @@ def test_lora_adapter_and_shards_pass_verify(tmp_path):
     folder = tmp_path / "to-upload"
     push.main(
         ["--model_name_or_path", str(tmp_path / "checkpoint"), "--repo_id", REPO, "--dry_run", str(folder),
-         "--lora_alpha", "4", "--no_merge_lora", "--max_shard_size", "100KB"]
+         "--no_merge_lora", "--max_shard_size", "100KB"]
     )  # fmt: skip
     report = verify.verify(str(folder), work_dir=tmp_path / "work")
     assert report.ok, json.dumps(report.to_dict(), indent=2)

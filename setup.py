@@ -16,7 +16,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_salad", "trainers", "trainers.*", "eval", "hub_scripts"]),
     # the embedded default's training recipe (for its model card) and the built-in spoken task set
-    package_data={"hub_scripts": ["embedded_default/*", "model_card_template.md"], "eval": ["data/*.jsonl", "metrics/*/*.py"]},
+    package_data={
+        "hub_scripts": ["embedded_default/*", "model_card_template.md"],
+        "eval": ["data/*.jsonl", "metrics/*/*.py"],
+    },
     install_requires=[
         # torch: install the build for your machine first (`make` installs torch==2.13.0, see README)
         "torch>=2.6,<2.15",

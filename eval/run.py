@@ -165,7 +165,7 @@ def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -
     )
     report["chance"] = float(np.mean([1 / len(item.options) for item in items]))
     if transcripts:
-        import jiwer
+        import jiwer  # lazily: the optional `eval` extra
 
         report["cascade_wer"] = float(
             jiwer.wer([i.spoken_text.lower() for i in items], [t.lower() for t in transcripts])
@@ -217,10 +217,10 @@ def markdown_table(results: dict) -> str:
 
 def save_plots(results: dict, output_dir: Path) -> list[str]:
     """Accuracy per task and system (with intervals); gap per domain for each task."""
-    import matplotlib
+    import matplotlib  # lazily: the optional `eval` extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), which must come first
 
     paths = []
     tasks = list(results["tasks"])

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from datasets import load_dataset
+
 OFFLINE_TASKS = Path(__file__).parent / "data" / "offline_tasks.jsonl"
 
 
@@ -218,8 +220,6 @@ def load_paper_task(name: str, limit: int | None = None) -> list[MultipleChoiceI
     """One of the paper's six tasks from the Hub (needs network; StoryCloze needs its manual download)."""
     if name not in PAPER_TASKS:
         raise ValueError(f"Unknown task {name!r}; the paper's tasks are {sorted(PAPER_TASKS)}.")
-    from datasets import load_dataset
-
     dataset_id, config, split, mapper = PAPER_TASKS[name]
     rows = load_dataset(dataset_id, config, split=split)
     if limit is not None:

@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from transformers import pipeline
 from trl import TrlParser
 
 from eval.run import EvalArguments, synthesize_items
@@ -116,10 +117,10 @@ def prior_verdict(systems: dict) -> str:
 
 
 def plot_training(log_history: list[dict], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazily: the optional `eval` extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), which must come first
 
     points = [
         (entry["step"], entry["divergence"], entry["nll"]) for entry in log_history if "divergence" in entry
@@ -138,8 +139,6 @@ def plot_training(log_history: list[dict], path: Path) -> None:
 
 def answer_spoken_question(model_dir: Path) -> dict:
     """The saved model, loaded back from disk with its own code, answers a recorded human question."""
-    from transformers import pipeline
-
     clip = next(c for c in asterisk_prompts() if c.name == ASTERISK_QUESTION)
     speech = pipeline("salad-speech-to-text", model=str(model_dir), trust_remote_code=True)
     audio = {"array": clip.audio, "sampling_rate": clip.sampling_rate}
@@ -155,8 +154,6 @@ def answer_task_questions(model_dir: Path, args: RecipeArguments, count: int = 3
     """The shipped model hears the first `count` items of the built-in task set in a held-out voice: its
     scored choice among the options (the right one marked) and the pipeline's free answer through the chat
     template. The items are fixed, not picked by outcome."""
-    from transformers import pipeline
-
     items = load_offline_tasks()[:count]
     model, processor = load_salad(str(model_dir), getattr(torch, args.dtype))
     clips = synthesize_items(

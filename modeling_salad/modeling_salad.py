@@ -627,7 +627,7 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         self.config.lora = lora_settings(lora_config)
 
     def _lora_layers(self) -> list[nn.Module]:
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.tuners.tuners_utils import BaseTunerLayer  # lazily: remote code loads without peft
 
         return [module for module in self.language_model.modules() if isinstance(module, BaseTunerLayer)]
 
@@ -688,14 +688,14 @@ def lora_settings(lora_config) -> dict:
 def inject_lora(language_model: nn.Module, lora_config) -> None:
     """LoRA layers into the LLM with `peft.inject_adapter_in_model`. (transformers' own PEFT integration,
     `add_adapter`, needs peft >= 0.22, which no registry serves yet; this works with the peft we pin.)"""
-    from peft import inject_adapter_in_model
+    from peft import inject_adapter_in_model  # lazily: only models with LoRA need peft
 
     inject_adapter_in_model(lora_config, language_model)
 
 
 def lora_config_from_settings(settings: dict):
     """The `peft.LoraConfig` of recorded `lora_settings` (peft is needed only by models that hold LoRA)."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # lazily: only models with LoRA need peft
 
     return LoraConfig(**settings)
 

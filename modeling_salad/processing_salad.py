@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from math import gcd
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,7 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Band-limited polyphase resampling (scipy), exact for rational rate ratios."""
     if orig_sr == target_sr:
         return audio
-    from math import gcd
-
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # lazily: remote code needs scipy only to resample
 
     factor = gcd(orig_sr, target_sr)
     return resample_poly(audio, target_sr // factor, orig_sr // factor, axis=-1).astype(np.float32)
@@ -49,7 +48,7 @@ def load_audio(source, target_sr: int, sampling_rate: int | None = None) -> np.n
     Multi-channel audio is down-mixed by averaging the channels.
     """
     if isinstance(source, (str, Path, bytes, bytearray)):
-        import soundfile
+        import soundfile  # lazily: remote code needs soundfile only to decode files
 
         data = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
         try:

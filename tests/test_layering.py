@@ -74,6 +74,28 @@ def test_imports_follow_the_layer_order(folder):
     assert violations(folder) == []
 
 
+def uncommented_local_imports(folder: str) -> list[str]:
+    """Function-local imports (of optional dependencies: first-party ones are refused above) without a comment
+    on their line or the line before saying why they are lazy."""
+    problems = []
+    for path in python_files(folder):
+        lines = path.read_text().split("\n")
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    here, before = lines[node.lineno - 1], lines[node.lineno - 2] if node.lineno > 1 else ""
+                    if "#" not in here and not before.strip().startswith("try:  #"):
+                        problems.append(f"{path.relative_to(ROOT)}:{node.lineno}: {here.strip()}")
+    return problems
+
+
+@pytest.mark.parametrize("folder", PACKAGES)
+def test_lazy_imports_say_why(folder):
+    assert uncommented_local_imports(folder) == []
+
+
 def test_the_checker_sees_local_and_upward_imports(tmp_path, monkeypatch):
     """The rules catch what they should: a function-local import, and an upward one at module level."""
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)

@@ -34,6 +34,7 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from trainers.assets import resolve_checkpoint
@@ -57,9 +58,7 @@ def sentence_encoder(
     sentence-transformers Hub id or path (the paper: `BAAI/bge-large-en-v1.5`). bfloat16 is about 2.5x faster
     on CPUs with AMX, with cosine similarity above 0.99 to the float32 embeddings.
     """
-    import torch
-
-    try:
+    try:  # lazily: the optional `select` extra
         from sentence_transformers import SentenceTransformer
     except ImportError as error:
         raise ImportError("Embedding the text pool needs `pip install sentence-transformers`.") from error
@@ -196,7 +195,7 @@ def cluster_embeddings(
     """k-means (scikit-learn, k-means++ init) into `num_clusters`; with `balanced`, refined by alternating
     `capacitated_assignment` and centroid updates, so that no cluster exceeds
     `cluster_capacity(n, K, balance_slack)` texts (a cluster left empty keeps its previous centroid)."""
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # lazily: the optional `eval` extra
 
     num_texts = embeddings.shape[0]
     if not 1 <= num_clusters <= num_texts:

@@ -382,10 +382,10 @@ def _report(
 
 def plot_misalignment(report: dict, path: Path) -> None:
     """Bars of M(c) per cluster (sorted), with the web and target weights below: where the budget goes."""
-    import matplotlib
+    import matplotlib  # lazily: the optional `eval` extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), which must come first
 
     clusters = sorted(report["clusters"], key=lambda entry: entry["misalignment"] or 0.0, reverse=True)
     positions = np.arange(len(clusters))

@@ -6,6 +6,7 @@ import copy
 from collections import defaultdict
 
 import torch
+from peft import LoraConfig
 from transformers import Trainer
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
@@ -278,8 +279,6 @@ def set_trainable_parts(model: SaladForConditionalGeneration, args: SaladDistill
     model.audio_tower.requires_grad_(args.train_audio_encoder)
     model.adapter.requires_grad_(True)
     if args.train_llm == "lora" and not model.has_lora():
-        from peft import LoraConfig
-
         model.add_lora_to_language_model(
             LoraConfig(
                 r=args.lora_r,

@@ -93,7 +93,7 @@ def read_asterisk_transcripts(path: Path) -> dict[str, str]:
 def decode_g722(path: Path) -> np.ndarray:
     """Decode a 64 kbit/s G.722 file into 16 kHz mono float32 samples in [-1, 1)."""
     try:
-        from G722 import G722
+        from G722 import G722  # lazily: the optional `assets` extra
     except ImportError as error:
         raise ModuleNotFoundError(f"decoding G.722 needs the G722 package: `{G722_INSTALL}`") from error
     samples = G722(ASTERISK_SAMPLING_RATE, _G722_BIT_RATE).decode(path.read_bytes())

@@ -9,9 +9,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
+import torch
+import transformers
+from transformers import pipeline
 
 from .backend import EngineNotFoundError, TTSBackend, _EngineOutput, _stable_seed
 from .word_times import _times_per_word
@@ -19,8 +23,6 @@ from .word_times import _times_per_word
 
 @functools.cache
 def _text_to_audio_pipeline(model: str, device: str):
-    from transformers import pipeline
-
     try:
         return pipeline("text-to-audio", model=model, device=device)
     except OSError as error:
@@ -50,8 +52,6 @@ class TransformersTTSBackend(TTSBackend):
 
     @property
     def version(self) -> str:
-        import transformers
-
         commit = getattr(self._pipeline.model.config, "_commit_hash", None) or "local"
         return f"transformers {transformers.__version__} {self.model}@{commit}"
 
@@ -68,8 +68,6 @@ class TransformersTTSBackend(TTSBackend):
         return False
 
     def _synthesize(self, text: str, voice: str, rate: float | None, pitch: float | None) -> _EngineOutput:
-        import torch
-
         if voice not in self.voices():
             raise ValueError(f"Unknown voice {voice!r} for {self.model}; known: {self.voices()}.")
         params: dict[str, Any] = {}
@@ -94,7 +92,7 @@ _KOKORO_HINT = "install it with `pip install kokoro` (it downloads hexgrad/Kokor
 
 @functools.cache
 def _kokoro_model(repo_id: str, device: str):
-    from kokoro import KModel
+    from kokoro import KModel  # lazily: the optional `kokoro` extra
 
     return KModel(repo_id=repo_id).to(device).eval()
 
@@ -102,7 +100,7 @@ def _kokoro_model(repo_id: str, device: str):
 @functools.cache
 def _kokoro_pipeline(lang_code: str, repo_id: str, device: str):
     """One KPipeline per accent ("a" American, "b" British), sharing one model."""
-    from kokoro import KPipeline
+    from kokoro import KPipeline  # lazily: the optional `kokoro` extra
 
     return KPipeline(lang_code=lang_code, repo_id=repo_id, model=_kokoro_model(repo_id, device))
 
@@ -124,8 +122,6 @@ class KokoroBackend(TTSBackend):
 
     @property
     def version(self) -> str:
-        from importlib.metadata import version
-
         return f"kokoro {version('kokoro')} {self.repo_id}"
 
     def voices(self) -> list[str]:

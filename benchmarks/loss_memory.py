@@ -1,6 +1,6 @@
-"""Peak memory and time of one forward + backward of the distillation loss, chunked vs materialized logits.
+"""Peak memory and time of one forward + backward of the distillation loss: fused, chunked, materialized.
 
-Three implementations see the same inputs (batch 1, N positions, a frozen LM head shared by student and
+The implementations see the same inputs (batch 1, N positions, a frozen LM head shared by student and
 teacher, as when the LLM is frozen or LoRA-tuned and serves as its own teacher):
 
 - `trl_materialized`: student and teacher logits `[1, N, V]` built in full and fed to TRL's
@@ -8,7 +8,10 @@ teacher, as when the LLM is frozen or LoRA-tuned and serves as its own teacher):
   `--divergence forward_kl` passes TRL `beta=0`, which TRL evaluates as KL(teacher || student);
   `--divergence jsd` passes `beta=0.5` to both sides. TRL gets the logits in the model's dtype (no upcast).
 - `salad_materialized`: `trainers.losses.materialized_distillation_loss`, same maths as the chunked one.
-- `salad_chunked_<C>`: `trainers.losses.chunked_distillation_loss` with `chunk_size=C`, from hidden states.
+- `salad_chunked_<C>`: `trainers.losses.chunked_distillation_loss` with `chunk_size=C`, from hidden states
+  (`loss_implementation: recompute`: each chunk's logits are recomputed in backward).
+- `salad_fused_<C>`: `trainers.losses.fused_distillation_loss` with `chunk_size=C` (`loss_implementation:
+  fused`, the default): each chunk's gradients are taken during forward, its logits built once.
 
 Each measurement runs in its own subprocess, so one configuration's allocations cannot hide another's. On CPU
 the peak is the process's peak resident set size (`getrusage` `ru_maxrss`) minus its resident size after setup
@@ -16,6 +19,7 @@ the peak is the process's peak resident set size (`getrusage` `ru_maxrss`) minus
 does not see. On CUDA it is `torch.cuda.max_memory_allocated()` minus the memory allocated after setup.
 
     python benchmarks/loss_memory.py --chunk-sizes 1024 256   # CPU fp32 -> results/loss_memory_cpu.json
+    python benchmarks/loss_memory.py --models qwen2.5 smollm2 --seq-lens 512 2048 --chunk-sizes 256 --repeats 5
     python benchmarks/loss_memory.py --device cuda --chunk-sizes 1024 256   # bf16 -> results/loss_memory_cuda.json
 """
 
@@ -26,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -66,17 +71,18 @@ def make_loss_fn(impl: str, divergence: str):
 
         return trl_loss
 
-    from trainers.losses import chunked_distillation_loss, materialized_distillation_loss
+    from trainers.losses import LOSS_IMPLEMENTATIONS
 
     if impl == "salad_materialized":
         return lambda student_hidden, teacher_hidden, head_weight: (
-            materialized_distillation_loss(
+            LOSS_IMPLEMENTATIONS["materialized"](
                 student_hidden, teacher_hidden, head_weight, head_weight, divergence=divergence
             ).loss
         )
-    chunk_size = int(impl.rsplit("_", 1)[1])
+    kind, chunk_size = impl.split("_")[1], int(impl.rsplit("_", 1)[1])
+    loss_function = LOSS_IMPLEMENTATIONS["recompute" if kind == "chunked" else "fused"]
     return lambda student_hidden, teacher_hidden, head_weight: (
-        chunked_distillation_loss(
+        loss_function(
             student_hidden,
             teacher_hidden,
             head_weight,
@@ -191,21 +197,25 @@ def run_one(spec: dict, timeout: float) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """One row per configuration: median wall and CPU seconds over the repeats, and both relative to TRL's."""
     lines = [
-        "| model | V | H | seq | implementation | peak MB | wall s | CPU s | loss | loss - TRL | grad norm rel. diff |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | V | H | seq | implementation | peak MB | peak / TRL | median wall s | wall / TRL | median CPU s "
+        "| loss - TRL | grad norm rel. diff |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         head = f"| {row['model']} | {row['vocab']:,} | {row['hidden']} | {row['seq_len']} | {row['impl']} |"
         if row["status"] != "ok":
-            lines.append(f"{head} {row['status']} | | | | | |")
+            lines.append(f"{head} {row['status']} | | | | | | |")
             continue
         peak = f"{row['peak_mb']:,.0f}" + (" (lower bound)" if row.get("peak_is_lower_bound") else "")
-        diff = row.get("loss_diff_vs_trl")
-        grad = row.get("grad_norm_rel_diff_vs_trl")
+        diff, grad = row.get("loss_diff_vs_trl"), row.get("grad_norm_rel_diff_vs_trl")
+        peak_ratio, wall_ratio = row.get("peak_vs_trl"), row.get("wall_vs_trl")
         lines.append(
-            f"{head} {peak} | {min(row['seconds']):.2f} | {min(row['cpu_seconds']):.2f} | {row['loss']:.6f} | "
-            f"{'' if diff is None else f'{diff:+.1e}'} | {'' if grad is None else f'{grad:.1e}'} |"
+            f"{head} {peak} | {'' if peak_ratio is None else f'{peak_ratio:.3f}'} | "
+            f"{statistics.median(row['seconds']):.2f} | {'' if wall_ratio is None else f'{wall_ratio:.2f}'} | "
+            f"{statistics.median(row['cpu_seconds']):.2f} | {'' if diff is None else f'{diff:+.1e}'} | "
+            f"{'' if grad is None else f'{grad:.1e}'} |"
         )
     return "\n".join(lines)
 
@@ -237,7 +247,8 @@ def main() -> None:
 
     dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     repeats = args.repeats or (1 if args.device == "cpu" else 5)
-    impls = ["trl_materialized", "salad_materialized"] + [f"salad_chunked_{c}" for c in args.chunk_sizes]
+    impls = ["trl_materialized", "salad_materialized"]
+    impls += [f"salad_{kind}_{c}" for c in args.chunk_sizes for kind in ("chunked", "fused")]
     rows = []
     for model in args.models:
         vocab, hidden = MODELS[model]
@@ -263,6 +274,10 @@ def main() -> None:
                 elif row["status"] == "ok" and reference is not None:
                     row["loss_diff_vs_trl"] = row["loss"] - reference["loss"]
                     row["grad_norm_rel_diff_vs_trl"] = abs(row["grad_norm"] / reference["grad_norm"] - 1)
+                    row["peak_vs_trl"] = row["peak_mb"] / reference["peak_mb"]
+                    row["wall_vs_trl"] = statistics.median(row["seconds"]) / statistics.median(
+                        reference["seconds"]
+                    )
                 rows.append(row)
                 print(markdown_table([row]).splitlines()[-1], flush=True)
 

@@ -16,10 +16,20 @@ from trainers.losses import (
     DIVERGENCES,
     chunked_distillation_loss,
     divergence_per_position,
+    fused_distillation_loss,
     materialized_distillation_loss,
 )
 
 N, H, V = 13, 8, 17
+# The two chunked implementations (`loss_implementation` recompute / fused), checked against the materialized one.
+CHUNKED = pytest.mark.parametrize(
+    "loss_fn", [chunked_distillation_loss, fused_distillation_loss], ids=["recompute", "fused"]
+)
+EVERY = pytest.mark.parametrize(
+    "loss_fn",
+    [chunked_distillation_loss, fused_distillation_loss, materialized_distillation_loss],
+    ids=["recompute", "fused", "materialized"],
+)
 
 
 def make_inputs(n=N, hidden=H, vocab=V, seed=0, dtype=torch.float64, scale=1.0):
@@ -220,7 +230,7 @@ def test_alpha_zero_is_cross_entropy():
     torch.testing.assert_close(out.loss, F.cross_entropy(logits, inputs["target_ids"], reduction="sum") / N)
 
 
-@pytest.mark.parametrize("loss_fn", [chunked_distillation_loss, materialized_distillation_loss])
+@EVERY
 def test_alpha_zero_needs_no_teacher(loss_fn):
     """An ASR stage (alpha = 0) leaves the teacher out: same loss and gradients as with one, no divergence."""
     inputs = make_inputs()
@@ -253,23 +263,67 @@ def test_temperature_changes_divergence_but_not_nll():
     )
 
 
+@CHUNKED
 @pytest.mark.parametrize("divergence", DIVERGENCES)
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, N, N + 5])
-def test_chunked_equals_materialized(divergence, chunk_size):
-    inputs = make_inputs()
-    inputs["student_head_bias"] = torch.randn(V, dtype=torch.float64, requires_grad=True)
-    inputs["teacher_head_bias"] = torch.randn(V, dtype=torch.float64)
+@pytest.mark.parametrize("trainable_head", [True, False], ids=["trainable-head", "frozen-head"])
+def test_chunked_equals_materialized(loss_fn, divergence, chunk_size, trainable_head):
+    """fp32 values and gradients within rtol 1e-5 / atol 1e-6 of the materialized loss (summation order only)."""
+    inputs = make_inputs(dtype=torch.float32)
+    inputs["student_head_bias"] = torch.randn(V, requires_grad=True)
+    inputs["teacher_head_bias"] = torch.randn(V)
+    names = ("student_hidden", "student_head_weight", "student_head_bias")
+    if not trainable_head:
+        for name in names[1:]:
+            inputs[name].requires_grad_(False)
+        names = names[:1]
     options = {"alpha": 0.7, "divergence": divergence, "beta": 0.4, "temperature": 1.5}
     reference = materialized_distillation_loss(**inputs, **options)
-    chunked = chunked_distillation_loss(**inputs, **options, chunk_size=chunk_size)
+    chunked = loss_fn(**inputs, **options, chunk_size=chunk_size)
+    tolerance = {"rtol": 1e-5, "atol": 1e-6}
     for field in ("loss", "divergence_sum", "nll_sum"):
-        torch.testing.assert_close(getattr(chunked, field), getattr(reference, field))
-    names = ("student_hidden", "student_head_weight", "student_head_bias")
-    for got, expected in zip(grads(inputs, chunked, names), grads(inputs, reference, names)):
-        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(getattr(chunked, field), getattr(reference, field), **tolerance)
+    for got, expected in zip(grads(inputs, chunked, names), grads(inputs, reference, names), strict=True):
+        torch.testing.assert_close(got, expected, **tolerance)
 
 
-@pytest.mark.parametrize("loss_fn", [chunked_distillation_loss, materialized_distillation_loss])
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_fused_gradients_pass_gradcheck(divergence):
+    """Numerical and analytical gradients agree in fp64, hidden states, head weight and bias, across chunks."""
+    inputs = make_inputs(n=5, hidden=3, vocab=7)
+    bias = torch.randn(7, dtype=torch.float64, requires_grad=True)
+
+    def loss(hidden, weight, head_bias):
+        return fused_distillation_loss(
+            hidden, inputs["teacher_hidden"], weight, inputs["teacher_head_weight"], inputs["target_ids"],
+            alpha=0.7, divergence=divergence, beta=0.3, temperature=1.5, chunk_size=2, student_head_bias=head_bias,
+        ).loss  # fmt: skip
+
+    assert torch.autograd.gradcheck(loss, (inputs["student_hidden"], inputs["student_head_weight"], bias))
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_fused_builds_each_chunks_logits_once(monkeypatch, divergence):
+    """The point of the fused loss: recompute builds every chunk's student and teacher logits twice (forward,
+    then again in backward), fused once."""
+    import trainers.losses as losses
+
+    calls = []
+    linear = F.linear
+
+    def counting_linear(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return linear(*args, **kwargs)
+
+    monkeypatch.setattr(losses.F, "linear", counting_linear)
+    for loss_fn, builds in ((chunked_distillation_loss, 2), (fused_distillation_loss, 1)):
+        inputs = make_inputs()
+        calls.clear()
+        loss_fn(**inputs, divergence=divergence, alpha=0.5, chunk_size=4).loss.backward()
+        assert sorted(calls) == sorted([4, 4, 4, 1] * 2 * builds), loss_fn.__name__  # 13 = 4 + 4 + 4 + 1
+
+
+@EVERY
 def test_gradient_accumulation_equals_one_big_batch(loss_fn):
     inputs = make_inputs(n=16)
     whole = loss_fn(**inputs, alpha=0.6)
@@ -297,7 +351,7 @@ def test_gradient_accumulation_equals_one_big_batch(loss_fn):
     assert not torch.allclose(per_batch_mean, whole.loss.detach())
 
 
-@pytest.mark.parametrize("loss_fn", [chunked_distillation_loss, materialized_distillation_loss])
+@EVERY
 def test_empty_batch_gives_a_connected_zero(loss_fn):
     inputs = make_inputs(n=0)
     out = loss_fn(**inputs)
@@ -310,25 +364,27 @@ def test_empty_batch_gives_a_connected_zero(loss_fn):
     assert with_count.loss.item() == 0.0
 
 
-def test_teacher_is_detached_even_with_a_shared_head():
+@CHUNKED
+def test_teacher_is_detached_even_with_a_shared_head(loss_fn):
     inputs = make_inputs()
     shared = {**inputs, "teacher_head_weight": inputs["student_head_weight"]}
     separate = {**inputs, "teacher_head_weight": inputs["student_head_weight"].detach().clone()}
     for got, expected in zip(
-        grads(inputs, chunked_distillation_loss(**shared, chunk_size=4)),
-        grads(inputs, chunked_distillation_loss(**separate, chunk_size=4)),
+        grads(inputs, loss_fn(**shared, chunk_size=4)),
+        grads(inputs, loss_fn(**separate, chunk_size=4)),
         strict=True,
     ):
         torch.testing.assert_close(got, expected)
 
 
+@CHUNKED
 @pytest.mark.parametrize("divergence", DIVERGENCES)
-def test_bf16_hidden_states(divergence):
+def test_bf16_hidden_states(loss_fn, divergence):
     inputs = make_inputs(n=64, hidden=32, vocab=500, dtype=torch.bfloat16, scale=0.5)
     # A student that nearly matches the teacher, where bf16 rounding is largest relative to the divergence.
     inputs["teacher_hidden"] = (inputs["student_hidden"].detach().float() + 1e-3).bfloat16()
     inputs["teacher_head_weight"] = inputs["student_head_weight"].detach()
-    out = chunked_distillation_loss(**inputs, divergence=divergence, alpha=0.9, chunk_size=16)
+    out = loss_fn(**inputs, divergence=divergence, alpha=0.9, chunk_size=16)
     assert out.loss.dtype == torch.float32
     assert out.divergence_sum >= 0 and torch.isfinite(out.loss)
     reference = materialized_distillation_loss(**inputs, divergence=divergence, alpha=0.9)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .losses import DIVERGENCES
+from .losses import DIVERGENCES, LOSS_IMPLEMENTATIONS
 
 TEACHER_MODES = ("shared", "separate")
 LLM_TRAINING = ("frozen", "lora", "full")
@@ -119,6 +119,14 @@ class SaladDistillationConfig(TrainingArguments):
         default=1024,
         metadata={"help": "Positions per chunk of the loss: the [N, vocab] logits never exist at once."},
     )
+    loss_implementation: str = field(
+        default="fused",
+        metadata={
+            "help": "How the distillation loss is computed: 'fused' (each chunk's gradients taken in forward, "
+            "its logits built once), 'recompute' (chunks recomputed in backward: no stored head gradient) or "
+            "'materialized' (all [N, vocab] logits at once: the reference). Same values and gradients."
+        },
+    )
     max_bad_row_fraction: float = field(
         default=0.01,
         metadata={"help": "Stop when more than this share of rows cannot be decoded or aligned."},
@@ -184,6 +192,10 @@ class SaladDistillationConfig(TrainingArguments):
         if self.probe_steps < 1 or self.probe_num_rows < 2:
             raise ValueError(
                 f"probe_steps must be >= 1 and probe_num_rows >= 2, got {self.probe_steps} and {self.probe_num_rows}."
+            )
+        if self.loss_implementation not in LOSS_IMPLEMENTATIONS:
+            raise ValueError(
+                f"loss_implementation must be one of {sorted(LOSS_IMPLEMENTATIONS)}, got {self.loss_implementation!r}."
             )
         if self.loss_chunk_size < 1:
             raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}.")

@@ -237,14 +237,10 @@ def _prepare(
     )
 
 
-def _finish(
-    divergence_sum: torch.Tensor,
-    nll_sum: torch.Tensor,
-    num_tokens: int,
-    alpha: float,
-    num_items_in_batch: int | torch.Tensor | None,
-) -> DistillationLossOutput:
-    """Combine the sums and normalize.
+def _denominator(
+    num_tokens: int, num_items_in_batch: int | torch.Tensor | None, device: torch.device
+) -> float | torch.Tensor:
+    """What the sums are divided by.
 
     Dividing each micro-batch's sum by the number of supervised tokens of the whole optimizer step (what the
     Trainer passes as `num_items_in_batch`) makes gradient accumulation equal one big batch; dividing each by
@@ -252,9 +248,19 @@ def _finish(
     """
     denominator = num_tokens if num_items_in_batch is None else num_items_in_batch
     if isinstance(denominator, torch.Tensor):
-        denominator = denominator.to(divergence_sum.device).clamp_min(1)
-    else:
-        denominator = max(denominator, 1)
+        return denominator.to(device).clamp_min(1)
+    return max(denominator, 1)
+
+
+def _finish(
+    divergence_sum: torch.Tensor,
+    nll_sum: torch.Tensor,
+    num_tokens: int,
+    alpha: float,
+    num_items_in_batch: int | torch.Tensor | None,
+) -> DistillationLossOutput:
+    """Combine the sums and normalize (see `_denominator`)."""
+    denominator = _denominator(num_tokens, num_items_in_batch, divergence_sum.device)
     loss = (alpha * divergence_sum + (1.0 - alpha) * nll_sum) / denominator
     return DistillationLossOutput(
         loss=loss, divergence_sum=divergence_sum.detach(), nll_sum=nll_sum.detach(), num_tokens=num_tokens
@@ -344,6 +350,130 @@ def chunked_distillation_loss(
         divergence_sum = chunk_divergence if divergence_sum is None else divergence_sum + chunk_divergence
         nll_sum = chunk_nll if nll_sum is None else nll_sum + chunk_nll
     return _finish(divergence_sum, nll_sum, num_tokens, alpha, num_items_in_batch)
+
+
+class _FusedDistillationLoss(torch.autograd.Function):
+    """The loss and its gradients in one pass over the chunks: backward only scales what forward stored.
+
+    Each chunk's logits are built once, its contribution to the loss differentiated at once (by autograd, on the
+    chunk alone, so every divergence, temperature, the NLL mix and the clamps behave exactly as in the
+    reference), and only the gradients are kept: `[N, H]` for the hidden states and `[V, H]` (+ `[V]`) for a
+    trainable head, accumulated over the chunks in fp32. No `[chunk, V]` tensor outlives its chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, student_hidden, student_head_weight, student_head_bias, teacher_hidden, teacher_head_weight,
+                teacher_head_bias, target_ids, options):  # fmt: skip
+        alpha, divergence, beta, temperature, chunk_size, denominator = options
+        wants = ctx.needs_input_grad[:3]
+        accumulate = torch.promote_types(
+            student_head_weight.dtype, torch.float32
+        )  # fp32, or fp64 in gradcheck
+        grad_hidden = torch.zeros_like(student_hidden) if wants[0] else None
+        grad_weight = torch.zeros_like(student_head_weight, dtype=accumulate) if wants[1] else None
+        grad_bias = None
+        if wants[2] and student_head_bias is not None:
+            grad_bias = torch.zeros_like(student_head_bias, dtype=accumulate)
+        divergence_sum = student_hidden.new_zeros(
+            (), dtype=torch.promote_types(student_hidden.dtype, torch.float32)
+        )
+        nll_sum = divergence_sum.clone()
+        for start in range(0, student_hidden.shape[0], chunk_size):
+            end = start + chunk_size
+            with torch.enable_grad():
+                hidden = student_hidden[start:end].detach().requires_grad_(wants[0])
+                weight = student_head_weight.detach().requires_grad_(wants[1])
+                bias = (
+                    None if student_head_bias is None else student_head_bias.detach().requires_grad_(wants[2])
+                )
+                chunk_divergence, chunk_nll = _loss_sums(
+                    hidden,
+                    None if teacher_hidden is None else teacher_hidden[start:end],
+                    weight,
+                    teacher_head_weight,
+                    bias,
+                    teacher_head_bias,
+                    None if target_ids is None else target_ids[start:end],
+                    divergence,
+                    beta,
+                    temperature,
+                )
+                chunk_loss = (alpha * chunk_divergence + (1.0 - alpha) * chunk_nll) / denominator
+                wanted = [(tensor, grad) for tensor, grad in ((hidden, grad_hidden), (weight, grad_weight),
+                          (bias, grad_bias)) if grad is not None]  # fmt: skip
+                if wanted and chunk_loss.requires_grad:
+                    chunk_grads = torch.autograd.grad(chunk_loss, [tensor for tensor, _ in wanted])
+                    for (tensor, grad), chunk_grad in zip(wanted, chunk_grads, strict=True):
+                        if tensor is hidden:
+                            grad[start:end] = chunk_grad
+                        else:
+                            grad += chunk_grad
+            divergence_sum += chunk_divergence.detach()
+            nll_sum += chunk_nll.detach()
+        ctx.grads = (
+            grad_hidden,
+            None if grad_weight is None else grad_weight.to(student_head_weight.dtype),
+            None if grad_bias is None else grad_bias.to(student_head_bias.dtype),
+        )
+        loss = (alpha * divergence_sum + (1.0 - alpha) * nll_sum) / denominator
+        ctx.mark_non_differentiable(divergence_sum, nll_sum)
+        return loss, divergence_sum, nll_sum
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _grad_divergence, _grad_nll):
+        scaled = [None if grad is None else grad * grad_loss.to(grad.dtype) for grad in ctx.grads]
+        return (*scaled, None, None, None, None, None)
+
+
+def fused_distillation_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    student_head_weight: torch.Tensor,
+    teacher_head_weight: torch.Tensor | None,
+    target_ids: torch.Tensor | None = None,
+    *,
+    alpha: float = 1.0,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    student_head_bias: torch.Tensor | None = None,
+    teacher_head_bias: torch.Tensor | None = None,
+) -> DistillationLossOutput:
+    """The distillation loss of `chunked_distillation_loss`, with each chunk's gradients taken during forward.
+
+    Same arguments, value and gradients (up to float summation order), the same `chunk_size x V` transient
+    memory, but each chunk's logits are computed once instead of twice: what Liger's fused linear losses and
+    cut-cross-entropy do, here for every divergence of this module. The price is that the gradients of the
+    hidden states (`[N, H]`) and of a trainable head (`[V, H]`, fp32) are held from forward to backward, and
+    that backward cannot be differentiated again. The default of `salad-train` (`loss_implementation`).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    teacher_hidden, teacher_head_weight, teacher_head_bias = _prepare(
+        student_hidden,
+        teacher_hidden,
+        student_head_weight,
+        teacher_head_weight,
+        target_ids,
+        teacher_head_bias,
+        alpha,
+        divergence,
+        beta,
+        temperature,
+    )
+    num_tokens = student_hidden.shape[0]
+    denominator = _denominator(num_tokens, num_items_in_batch, student_hidden.device)
+    options = (alpha, divergence, beta, temperature, chunk_size, denominator)
+    loss, divergence_sum, nll_sum = _FusedDistillationLoss.apply(
+        student_hidden, student_head_weight, student_head_bias, teacher_hidden, teacher_head_weight,
+        teacher_head_bias, target_ids, options,
+    )  # fmt: skip
+    return DistillationLossOutput(
+        loss=loss, divergence_sum=divergence_sum, nll_sum=nll_sum, num_tokens=num_tokens
+    )
 
 
 def materialized_distillation_loss(
@@ -528,3 +658,11 @@ def sample_candidates(
     index = torch.zeros(vocab_size, dtype=torch.long)
     index[positives] = torch.arange(positives.numel())
     return torch.cat([positives, drawn]), index[targets]
+
+
+# `salad-train --loss_implementation`: the same loss three ways (the recompute and fused ones take `chunk_size`).
+LOSS_IMPLEMENTATIONS = {
+    "fused": fused_distillation_loss,
+    "recompute": chunked_distillation_loss,
+    "materialized": materialized_distillation_loss,
+}

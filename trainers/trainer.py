@@ -13,7 +13,7 @@ from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .config import SaladDistillationConfig
 from .data import SaladDistillationCollator
-from .losses import chunked_distillation_loss, ctc_token_loss, frame_embedding_loss
+from .losses import LOSS_IMPLEMENTATIONS, ctc_token_loss, frame_embedding_loss
 from .paper import CITATION, PAPER_ARXIV_ID, PAPER_TITLE
 
 
@@ -150,7 +150,13 @@ class SaladDistillationTrainer(Trainer):
             return_last_hidden_state=True,
         ).last_hidden_state
         student_head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        output = chunked_distillation_loss(
+        loss_function = LOSS_IMPLEMENTATIONS[self.args.loss_implementation]
+        chunking = (
+            {}
+            if self.args.loss_implementation == "materialized"
+            else {"chunk_size": self.args.loss_chunk_size}
+        )
+        output = loss_function(
             student_hidden.flatten(0, 1)[inputs["student_index"]],
             None if teacher_hidden is None else teacher_hidden.flatten(0, 1)[inputs["teacher_index"]],
             student_head.weight,
@@ -160,10 +166,10 @@ class SaladDistillationTrainer(Trainer):
             divergence=self.args.divergence,
             beta=self.args.beta,
             temperature=self.args.temperature,
-            chunk_size=self.args.loss_chunk_size,
             num_items_in_batch=num_items_in_batch,
             student_head_bias=getattr(student_head, "bias", None),
             teacher_head_bias=getattr(teacher_head, "bias", None),
+            **chunking,
         )
         loss = output.loss
         if inputs.get("input_features") is None:

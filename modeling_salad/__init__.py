@@ -11,7 +11,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .configuration_salad import AudioLengthSpec, SaladConfig
 from .modeling_salad import SaladForConditionalGeneration, SaladPreTrainedModel
 from .pipeline_salad import PIPELINE_TASK, SaladSpeechToTextPipeline
-from .processing_salad import SaladProcessor, add_audio_token, load_audio, resample
+from .processing_salad import InvalidAudioError, SaladProcessor, add_audio_token, load_audio, resample
 
 AutoConfig.register("salad", SaladConfig, exist_ok=True)
 AutoModel.register(SaladConfig, SaladForConditionalGeneration, exist_ok=True)
@@ -26,6 +26,7 @@ SaladProcessor.register_for_auto_class()
 
 __all__ = [
     "PIPELINE_TASK",
+    "InvalidAudioError",
     "AudioLengthSpec",
     "SaladConfig",
     "SaladForConditionalGeneration",

@@ -23,13 +23,67 @@ from .configuration_salad import AudioLengthSpec
 DEFAULT_AUDIO_TOKEN = "<|audio|>"
 
 
+# Input rules for audio (README, "Input conventions and errors"): rates outside this range are refused before any
+# resampling (a broken WAV header can claim 1,000,000,007 Hz); float audio is expected in [-1, 1] and refused past
+# this peak (integer PCM stored as float, or a corrupt file), so it cannot turn features and losses non-finite.
+MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 1_000, 384_000
+FLOAT_PEAK_LIMIT = 4.0
+# Signed integer PCM is scaled by the narrowest of these full scales that holds its values, whatever the array's
+# dtype: an int64 array of int16 samples is int16 audio, not silence.
+SIGNED_PCM_BITS = (16, 24, 32)
+
+
+class InvalidAudioError(ValueError):
+    """Samples or a sampling rate that cannot be speech: non-finite, far too loud, ambiguous or out of range."""
+
+
 def pcm_to_float(audio: np.ndarray) -> np.ndarray:
-    """Integer PCM to float32 in [-1, 1]; float input is cast to float32 unchanged."""
-    if np.issubdtype(audio.dtype, np.integer):
-        return audio.astype(np.float32) / float(2 ** (8 * audio.dtype.itemsize - 1))
+    """PCM samples to float32 in [-1, 1], integers interpreted by their values; refuses what is not audio.
+
+    - int8 is 8-bit PCM; other signed integers are 16-, 24- or 32-bit PCM, the narrowest whose range holds the
+      samples; uint8 and uint16 are offset binary (silence at 128 / 32768); wider unsigned types are refused.
+    - floats must be finite with a peak of at most `FLOAT_PEAK_LIMIT`.
+    """
+    if np.issubdtype(audio.dtype, np.unsignedinteger):
+        if audio.dtype.itemsize > 2:
+            raise InvalidAudioError(
+                f"Unsigned {audio.dtype} audio is ambiguous: convert it to float in [-1, 1] first."
+            )
+        middle = float(2 ** (8 * audio.dtype.itemsize - 1))
+        return ((audio.astype(np.float64) - middle) / middle).astype(np.float32)
+    if np.issubdtype(audio.dtype, np.signedinteger):
+        peak = int(np.abs(audio.astype(np.int64)).max()) if audio.size else 0
+        bits = (
+            8 if audio.dtype.itemsize == 1 else next((b for b in SIGNED_PCM_BITS if peak <= 2 ** (b - 1)), 64)
+        )
+        return (audio.astype(np.float64) / float(2 ** (bits - 1))).astype(np.float32)
     if not np.issubdtype(audio.dtype, np.floating):
         raise ValueError(f"Audio must be float or integer PCM, got dtype {audio.dtype}.")
-    return audio.astype(np.float32, copy=False)
+    audio = audio.astype(np.float32, copy=False)
+    bad = int((~np.isfinite(audio)).sum())
+    if bad:
+        raise InvalidAudioError(f"the audio has {bad} NaN/inf samples out of {audio.size}; clean or drop it.")
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak > FLOAT_PEAK_LIMIT:
+        raise InvalidAudioError(
+            f"float audio peaks at {peak:.3g}, but float PCM lies in [-1, 1]. If it is integer PCM stored as float, "
+            "divide it by 32768 (16-bit) first; otherwise the clip is corrupt."
+        )
+    return audio
+
+
+def check_sampling_rate(sampling_rate) -> int:
+    """The rate as an int, refused outside [MIN_SAMPLING_RATE, MAX_SAMPLING_RATE] Hz before any resampling."""
+    try:
+        rate = int(sampling_rate)
+    except (TypeError, ValueError) as error:
+        raise InvalidAudioError(f"sampling_rate must be a number of Hz, got {sampling_rate!r}.") from error
+    if rate != sampling_rate or not MIN_SAMPLING_RATE <= rate <= MAX_SAMPLING_RATE:
+        raise InvalidAudioError(
+            f"sampling_rate {sampling_rate!r} is not a whole number of Hz in [{MIN_SAMPLING_RATE}, "
+            f"{MAX_SAMPLING_RATE}]: pass the clip's real rate (a broken file header can give a wrong one)."
+        )
+    return rate
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -56,7 +110,7 @@ def load_audio(source, target_sr: int, sampling_rate: int | None = None) -> np.n
         except Exception as error:  # soundfile raises its own LibsndfileError
             name = "the given bytes" if isinstance(source, (bytes, bytearray)) else repr(str(source))
             raise ValueError(f"Could not decode audio from {name}: {error}") from error
-        audio = audio.T  # [channels, samples]
+        audio = pcm_to_float(audio.T)  # [channels, samples]; checks the decoded samples like any array
     else:
         audio = pcm_to_float(np.asarray(source))
         if sampling_rate is None:
@@ -65,9 +119,10 @@ def load_audio(source, target_sr: int, sampling_rate: int | None = None) -> np.n
             )
         if audio.ndim == 2 and audio.shape[0] > audio.shape[1]:
             audio = audio.T  # [samples, channels] -> [channels, samples]
+    sampling_rate = check_sampling_rate(sampling_rate)
     if audio.ndim == 2:
         audio = audio.mean(axis=0)
-    return resample(audio, int(sampling_rate), target_sr)
+    return resample(audio, sampling_rate, target_sr)
 
 
 class SaladProcessor(ProcessorMixin):
@@ -161,13 +216,10 @@ class SaladProcessor(ProcessorMixin):
             )
         if clip.size == 0:
             raise ValueError(f"Audio clip {index} is empty; every `<|audio|>` needs at least one sample.")
-        clip = pcm_to_float(clip)
-        bad = ~np.isfinite(clip)
-        if bad.any():
-            raise ValueError(
-                f"Audio clip {index} has {int(bad.sum())} NaN/inf samples out of {clip.size}; clean or drop it."
-            )
-        return clip
+        try:
+            return pcm_to_float(clip)
+        except ValueError as error:
+            raise ValueError(f"Audio clip {index}: {error}") from error
 
     def _features(self, window: np.ndarray) -> np.ndarray:
         """Features of one encoder window: log-mel `[mels, frames]` or the waveform `[samples]`."""
@@ -368,4 +420,4 @@ def _is_single_clip(audio) -> bool:
     return hasattr(audio, "shape")
 
 
-__all__ = ["SaladProcessor", "add_audio_token", "load_audio", "resample"]
+__all__ = ["InvalidAudioError", "SaladProcessor", "add_audio_token", "load_audio", "resample"]

@@ -13,12 +13,14 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import (
     EncodecFeatureExtractor,
     LlamaConfig,
+    LlamaForCausalLM,
     MimiEncoderConfig,
     PreTrainedTokenizerFast,
     Wav2Vec2Config,
     Wav2Vec2FeatureExtractor,
     WhisperConfig,
     WhisperFeatureExtractor,
+    WhisperModel,
 )
 
 from modeling_salad import SaladConfig, SaladForConditionalGeneration, SaladProcessor, add_audio_token
@@ -180,3 +182,18 @@ class ToneBackend(TTSBackend):
 @pytest.fixture(scope="module")
 def whisper_salad():
     return build_tiny("whisper")
+
+
+@pytest.fixture(scope="module")
+def component_checkpoints(tmp_path_factory):
+    """A tiny Whisper and a tiny Llama with tokenizer, saved like Hub checkpoints."""
+    root = tmp_path_factory.mktemp("components")
+    torch.manual_seed(0)
+    whisper_config = WhisperConfig(**tiny_audio_config("whisper"))
+    WhisperModel(whisper_config).save_pretrained(root / "whisper")
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(root / "whisper")
+    tokenizer = make_tokenizer()
+    llm = LlamaForCausalLM(LlamaConfig(**tiny_text_config(len(tokenizer) - 1)))
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    return root

@@ -7,14 +7,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny, tiny_audio_config, tiny_text_config, tone
+from conftest import build_tiny, tone
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
     TextIteratorStreamer,
-    WhisperConfig,
     WhisperFeatureExtractor,
     WhisperModel,
 )
@@ -228,23 +225,6 @@ def test_config_json_round_trip(tmp_path):
     assert loaded.to_dict()["text_config"] == model.config.to_dict()["text_config"]
     with pytest.raises(ValueError, match="adapter_type"):
         SaladConfig(adapter_type="conformer")
-
-
-@pytest.fixture(scope="module")
-def component_checkpoints(tmp_path_factory):
-    """A tiny Whisper and a tiny Llama with tokenizer, saved like Hub checkpoints."""
-    from conftest import make_tokenizer
-
-    root = tmp_path_factory.mktemp("components")
-    torch.manual_seed(0)
-    whisper_config = WhisperConfig(**tiny_audio_config("whisper"))
-    WhisperModel(whisper_config).save_pretrained(root / "whisper")
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(root / "whisper")
-    tokenizer = make_tokenizer()
-    llm = LlamaForCausalLM(LlamaConfig(**tiny_text_config(len(tokenizer) - 1)))
-    llm.save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
-    return root
 
 
 def test_from_pretrained_components_keeps_pretrained_weights(component_checkpoints):

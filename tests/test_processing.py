@@ -55,12 +55,42 @@ def test_integer_pcm_is_converted_to_float(whisper_salad):
         ([tone(0.5), tone(0.5)], {"text": "only one <|audio|>"}, "2 audio clips"),
         ([tone(0.5)], {"text": "no placeholder"}, "0 <|audio|> placeholders"),
         (np.array(["a", "b"]), {}, "float or integer PCM"),
+        (tone(0.5) * 32768, {}, "peaks at .*divide it by 32768"),  # int16 values stored as float
+        (np.full(1000, 1e30, np.float32), {}, "peaks at"),  # finite, but would make the features non-finite
+        (np.zeros(1000, np.uint32), {}, "ambiguous"),
     ],
 )
 def test_bad_audio_raises_actionable_value_error(whisper_salad, audio, kwargs, message):
     _, processor = whisper_salad
     with pytest.raises(ValueError, match=message):
         processor(audio=audio, **kwargs)
+
+
+def test_integer_pcm_is_read_by_its_values():
+    """Whatever the dtype: int16 samples in an int64 or int32 array are 16-bit PCM, 24-bit samples in int32 are
+    24-bit PCM, uint8 / uint16 are offset binary, int8 is 8-bit."""
+    from modeling_salad.processing_salad import pcm_to_float
+
+    samples = (tone(0.1) * 30000).astype(np.int16)
+    expected = samples.astype(np.float32) / 32768
+    for dtype in (np.int16, np.int32, np.int64):
+        np.testing.assert_allclose(pcm_to_float(samples.astype(dtype)), expected, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(
+        pcm_to_float(samples.astype(np.int32) * 256), expected, rtol=0, atol=1e-7
+    )  # 24-bit
+    np.testing.assert_allclose(
+        pcm_to_float((samples.astype(np.int32) + 32768).astype(np.uint16)), expected, atol=1e-7
+    )
+    np.testing.assert_allclose(pcm_to_float(np.array([0, 128, 255], np.uint8)), [-1.0, 0.0, 127 / 128])
+    np.testing.assert_allclose(pcm_to_float(np.array([-128, 0, 64], np.int8)), [-1.0, 0.0, 0.5])
+
+
+@pytest.mark.parametrize("rate", [0, -16000, 1_000_000_007, 16000.5, "fast"])
+def test_sampling_rates_outside_the_documented_range_are_refused_before_resampling(rate):
+    from modeling_salad import load_audio
+
+    with pytest.raises(ValueError, match=r"sampling_rate .* \[1000, 384000\]|sampling_rate must be a number"):
+        load_audio(tone(0.1), 16000, rate)
 
 
 def test_tokenizer_without_audio_token_is_refused():

@@ -11,6 +11,7 @@ from .losses import DIVERGENCES, LOSS_IMPLEMENTATIONS
 TEACHER_MODES = ("shared", "separate")
 LLM_TRAINING = ("frozen", "lora", "full")
 OBJECTIVES = ("distillation", "frame_embedding", "ctc")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 @dataclass
@@ -131,6 +132,13 @@ class SaladDistillationConfig(TrainingArguments):
         default=0.01,
         metadata={"help": "Stop when more than this share of rows cannot be decoded or aligned."},
     )
+    nonfinite_policy: str = field(
+        default="stop",
+        metadata={
+            "help": "What a NaN/inf loss or gradient does: 'stop' raises at once with the step and the batch's text; "
+            "'skip' drops the batch (no optimizer update from it) and counts it in the logs (`skipped_batches`)."
+        },
+    )
     probe_data_file: str | None = field(
         default=None,
         metadata={
@@ -192,6 +200,10 @@ class SaladDistillationConfig(TrainingArguments):
         if self.probe_steps < 1 or self.probe_num_rows < 2:
             raise ValueError(
                 f"probe_steps must be >= 1 and probe_num_rows >= 2, got {self.probe_steps} and {self.probe_num_rows}."
+            )
+        if self.nonfinite_policy not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"nonfinite_policy must be one of {NONFINITE_POLICIES}, got {self.nonfinite_policy!r}."
             )
         if self.loss_implementation not in LOSS_IMPLEMENTATIONS:
             raise ValueError(

@@ -17,11 +17,13 @@ so corpora that do not fit on disk stream through. Row schema (columns):
   without them the whole utterance is speech, followed by a text continuation.
 
 A row whose audio cannot be decoded, or whose alignment is inconsistent, is skipped, counted and reported
-in `collator.stats`; past `max_bad_row_fraction` of the rows seen the run stops with an error.
+in `collator.stats` and in each batch (`rows_in_batch`, `bad_row_reasons`, which the trainer adds up and logs
+in every dataloader setting); past `max_bad_row_fraction` of the rows seen the run stops with an error.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modeling_salad import SaladProcessor, load_audio
+from modeling_salad import InvalidAudioError, SaladProcessor, load_audio
 
 
 @dataclass
@@ -82,6 +84,30 @@ def plan_interleaving(
     return plan
 
 
+def checked_word_times(row: dict, duration: float) -> tuple[list[str], list[float], list[float]]:
+    """A row's `words`, `word_starts` and `word_ends`, or `BadRowError` saying what is wrong with them.
+
+    Timestamps must be finite numbers of seconds, one start and one end per word, starts non-decreasing, each
+    end at or after its start, and none past the end of the audio (with 10 ms of rounding slack).
+    """
+    words, starts, ends = row.get("words"), row.get("word_starts"), row.get("word_ends")
+    if not isinstance(words, list) or not isinstance(starts, list) or not isinstance(ends, list):
+        raise BadRowError("word timestamps: words, word_starts and word_ends must all be lists.")
+    if not words or not len(words) == len(starts) == len(ends):
+        raise BadRowError(
+            f"word timestamps: words/word_starts/word_ends must be non-empty and of equal length, got "
+            f"{len(words)}/{len(starts)}/{len(ends)}."
+        )
+    times = [*starts, *ends]
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times):
+        raise BadRowError("word timestamps: every start and end must be a finite number of seconds.")
+    if any(b < a for a, b in zip(starts, starts[1:])) or any(end < start for start, end in zip(starts, ends)):
+        raise BadRowError("word timestamps: starts must not decrease and no word may end before it starts.")
+    if min(starts) < 0 or max(ends) > duration + 0.01:
+        raise BadRowError(f"word timestamps: they run outside the audio's 0-{duration:.2f} s.")
+    return words, [float(t) for t in starts], [float(t) for t in ends]
+
+
 def interleaved_segments(
     words: list[str],
     word_starts: list[float],
@@ -97,16 +123,9 @@ def interleaved_segments(
     A speech span's audio runs from its first word's start to the next word's start (or the end of the
     audio), so no sound between words is lost.
     """
-    if not (len(words) == len(word_starts) == len(word_ends)) or not words:
-        raise BadRowError(
-            f"words/word_starts/word_ends must be non-empty and of equal length, got "
-            f"{len(words)}/{len(word_starts)}/{len(word_ends)}."
-        )
-    if (
-        any(b < a for a, b in zip(word_starts, word_starts[1:]))
-        or word_ends[-1] * sampling_rate > audio.size + 1
-    ):
-        raise BadRowError("word timestamps are not increasing or run past the end of the audio.")
+    words, word_starts, word_ends = checked_word_times(
+        {"words": words, "word_starts": word_starts, "word_ends": word_ends}, audio.size / sampling_rate
+    )
     segments = []
     for kind, first, end in plan_interleaving(len(words), rng, text_span, speech_span):
         text = " ".join(words[first:end])
@@ -202,7 +221,8 @@ def encode_segments(segments: list[Segment], processor: SaladProcessor) -> Encod
 
 
 def decode_row_audio(audio: Any, sampling_rate: int) -> np.ndarray:
-    """A row's audio as mono float32 at `sampling_rate`; `BadRowError` when it cannot be decoded."""
+    """A row's audio as mono float32 at `sampling_rate`; `BadRowError` when it cannot be decoded or is not
+    usable as speech (non-finite or absurdly loud samples, a sampling rate out of range: `load_audio`'s rules)."""
     try:
         if isinstance(audio, dict) and "array" in audio:
             clip = load_audio(np.asarray(audio["array"]), sampling_rate, audio["sampling_rate"])
@@ -210,10 +230,12 @@ def decode_row_audio(audio: Any, sampling_rate: int) -> np.ndarray:
             clip = load_audio(
                 audio.get("bytes") or audio["path"] if isinstance(audio, dict) else audio, sampling_rate
             )
+    except InvalidAudioError as error:
+        raise BadRowError(f"audio is not usable: {error}") from error
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
         raise BadRowError(f"audio could not be decoded: {error}") from error
-    if clip.size == 0 or not np.isfinite(clip).all():
-        raise BadRowError("audio is empty or has NaN/inf samples.")
+    if clip.size == 0:
+        raise BadRowError("audio is empty.")
     return clip
 
 
@@ -261,17 +283,26 @@ class SaladDistillationCollator:
         audio = decode_row_audio(row["audio"], self.processor.sampling_rate)
         # The format and spans of a row depend on the row and the seed only: a resumed run sees the same examples.
         rng = random.Random(f"{self.seed}:{text}")
-        if row.get("words") and rng.random() < self.interleave_probability:
+        if not row.get("words"):
+            return whole_utterance_segments(text.strip(), audio, self.continuation)
+        words, starts, ends = checked_word_times(row, audio.size / self.processor.sampling_rate)
+        if rng.random() < self.interleave_probability:
             return interleaved_segments(
-                row["words"], row["word_starts"], row["word_ends"], audio, self.processor.sampling_rate,
-                rng, self.text_span, self.speech_span,
-            )  # fmt: skip
-        times = list(zip(row["word_starts"], row["word_ends"])) if row.get("words") else None
-        return whole_utterance_segments(text.strip(), audio, self.continuation, times)
+                words,
+                starts,
+                ends,
+                audio,
+                self.processor.sampling_rate,
+                rng,
+                self.text_span,
+                self.speech_span,
+            )
+        return whole_utterance_segments(text.strip(), audio, self.continuation, list(zip(starts, ends)))
 
-    def encode_rows(self, rows: list[dict]) -> list[EncodedExample]:
-        """Encode the rows, skipping and counting bad ones; raise once they pass the allowed share."""
-        examples = []
+    def encode_rows(self, rows: list[dict]) -> tuple[list[EncodedExample], dict[str, int]]:
+        """Encode the rows, skipping and counting bad ones (returned per reason); raise once they pass the
+        allowed share."""
+        examples, reasons = [], {}
         for row in rows:
             self.stats["rows"] += 1
             try:
@@ -279,6 +310,7 @@ class SaladDistillationCollator:
             except BadRowError as error:
                 self.stats["bad_rows"] += 1
                 reason = str(error).split(":")[0]
+                reasons[reason] = reasons.get(reason, 0) + 1
                 self.stats["bad_row_reasons"][reason] = self.stats["bad_row_reasons"].get(reason, 0) + 1
                 if self.stats["bad_rows"] > self.max_bad_row_fraction * max(self.stats["rows"], 100):
                     raise ValueError(
@@ -288,10 +320,16 @@ class SaladDistillationCollator:
                     ) from error
         if not examples:
             raise ValueError(f"No usable row in this batch of {len(rows)}; see collator.stats: {self.stats}")
-        return examples
+        return examples, reasons
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_examples(self.encode_rows(rows), self.processor, self.padding_side)
+        """The batch, with `rows_in_batch` and `bad_row_reasons` (this batch's skipped rows per reason): the
+        counts travel with the batch, so the trainer sees them even when a dataloader worker process collates."""
+        examples, reasons = self.encode_rows(rows)
+        batch = collate_examples(examples, self.processor, self.padding_side)
+        batch["rows_in_batch"] = len(rows)
+        batch["bad_row_reasons"] = reasons
+        return batch
 
 
 def pad_sequences(

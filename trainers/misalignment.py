@@ -42,7 +42,7 @@ def forgetting_and_misalignment(
     head = model.get_output_embeddings()
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        batch = {k: v.to(model.device) for k, v in collator(chunk).items()}
+        batch = {k: v.to(model.device) for k, v in collator(chunk).items() if isinstance(v, torch.Tensor)}
         text_hidden = model(
             input_ids=batch["teacher_input_ids"],
             attention_mask=batch["teacher_attention_mask"],

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from datasets import concatenate_datasets, interleave_datasets, load_dataset
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, set_seed
 from trl import TrlParser
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
@@ -193,6 +193,7 @@ def load_model_and_processor(
 def main(argv: list[str] | None = None) -> None:
     parser = TrlParser((SaladModelArguments, SaladDataArguments, SaladDistillationConfig))
     model_args, data_args, training_args = parser.parse_args_and_config(args=argv)
+    set_seed(training_args.seed)  # a freshly built adapter is drawn here: the same --seed, the same weights
     model, processor = load_model_and_processor(model_args)
     train_dataset = build_train_dataset(data_args, training_args)
     eval_dataset = None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
+import logging
+from collections import Counter, defaultdict
 
 import torch
 from peft import LoraConfig
-from transformers import Trainer
+from transformers import Trainer, set_seed
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
@@ -15,6 +16,8 @@ from .config import SaladDistillationConfig
 from .data import SaladDistillationCollator
 from .losses import LOSS_IMPLEMENTATIONS, ctc_token_loss, frame_embedding_loss
 from .paper import CITATION, PAPER_ARXIV_ID, PAPER_TITLE
+
+logger = logging.getLogger(__name__)
 
 
 class SaladDistillationTrainer(Trainer):
@@ -55,6 +58,7 @@ class SaladDistillationTrainer(Trainer):
         data_collator=None,
         **kwargs,
     ):
+        set_seed(args.seed)  # before LoRA is drawn: the same command gives the same initial weights
         set_trainable_parts(model, args)
         if data_collator is None:
             data_collator = SaladDistillationCollator(
@@ -81,6 +85,9 @@ class SaladDistillationTrainer(Trainer):
             self.teacher = teacher.requires_grad_(False).eval().to(self.args.device)
         self._metrics = defaultdict(list)
         self._speech_seconds_seen = 0.0  # on this process, since this run (re)started
+        # Rows the collator skipped, per reason, and batches dropped for non-finite numbers: counted from the
+        # batches themselves, so dataloader worker processes cannot hide them (this process, this run).
+        self._rows_seen, self._bad_row_reasons, self._skipped_batches = 0, Counter(), 0
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model=None):
@@ -134,6 +141,19 @@ class SaladDistillationTrainer(Trainer):
             return outputs.last_hidden_state, unwrapped.get_output_embeddings()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The objective's loss, guarded: a non-finite loss stops the run or drops the batch (`nonfinite_policy`)."""
+        result = self.objective_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if torch.isfinite(loss.detach()).all():
+            return result
+        self.handle_nonfinite(f"loss {loss.item()}", inputs)
+        unwrapped = self.accelerator.unwrap_model(model)
+        zero = (
+            sum(p.sum() for p in unwrapped.parameters() if p.requires_grad) * 0.0
+        )  # no update, no NaN grads
+        return (zero, result[1]) if return_outputs else zero
+
+    def objective_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.objective == "frame_embedding":
             return self.compute_frame_embedding_loss(model, inputs, return_outputs)
         if self.args.objective == "ctc":
@@ -263,7 +283,48 @@ class SaladDistillationTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._speech_seconds_seen += float(inputs.get("speech_seconds", 0.0))
-        return super().training_step(model, inputs, num_items_in_batch)
+        self._rows_seen += int(inputs.pop("rows_in_batch", 0))
+        self._bad_row_reasons.update(inputs.pop("bad_row_reasons", {}))
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        gradients = [p.grad for p in model.parameters() if p.grad is not None]
+        if gradients and not torch.stack([g.isfinite().all() for g in gradients]).all():
+            self.handle_nonfinite("gradient", inputs)
+            model.zero_grad(set_to_none=True)  # parameters without a gradient are left alone by the optimizer
+        return loss
+
+    def handle_nonfinite(self, what: str, inputs: dict) -> None:
+        """Stop with the step and the batch's text (`nonfinite_policy: stop`), or count the dropped batch."""
+        texts = self.processing_class.tokenizer.batch_decode(
+            inputs["teacher_input_ids"], skip_special_tokens=True
+        )
+        if self.args.nonfinite_policy == "stop":
+            raise FloatingPointError(
+                f"Non-finite {what} at step {self.state.global_step} on the batch {texts}. Check these rows' audio "
+                "(loud or corrupt clips) and the learning rate, or set nonfinite_policy='skip' to drop such batches."
+            )
+        self._skipped_batches += 1
+        logger.warning(
+            "Skipped a batch with a non-finite %s at step %d: %s", what, self.state.global_step, texts
+        )
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Refuse to write non-finite weights (a checkpoint of NaNs would look like any other)."""
+        broken = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if broken:
+            raise FloatingPointError(
+                f"Refusing to save non-finite weights ({broken[:3]}...) to {output_dir}."
+            )
+        super()._save(output_dir, state_dict)
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        if self._bad_row_reasons or self._skipped_batches:
+            logger.warning(
+                "Of %d rows, %d were skipped (%s); %d batches were dropped for non-finite numbers.",
+                self._rows_seen, sum(self._bad_row_reasons.values()), dict(self._bad_row_reasons),
+                self._skipped_batches,
+            )  # fmt: skip
+        return output
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
@@ -273,10 +334,11 @@ class SaladDistillationTrainer(Trainer):
             logs[f"eval_{name}" if mode == "eval" else name] = sum(values) / len(values)
         if mode == "train":
             logs["speech_minutes_seen"] = round(self._speech_seconds_seen / 60, 3)
-        collator = self.data_collator
-        if isinstance(collator, SaladDistillationCollator) and collator.stats["rows"]:
-            logs["bad_rows"] = collator.stats["bad_rows"]
-            logs["rows_seen"] = collator.stats["rows"]
+        if mode == "train" and self._rows_seen:
+            logs["bad_rows"] = sum(self._bad_row_reasons.values())
+            logs["rows_seen"] = self._rows_seen
+        if mode == "train" and self._skipped_batches:
+            logs["skipped_batches"] = self._skipped_batches
         super().log(logs, *args, **kwargs)
 
 

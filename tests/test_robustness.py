@@ -15,6 +15,7 @@ from datasets import Dataset
 from test_trainer import config, speech_rows
 
 from trainers.data import SaladDistillationCollator
+from trainers.train import complete_checkpoints, resolve_resume
 from trainers.train import main as train_main
 from trainers.trainer import SaladDistillationTrainer
 
@@ -145,3 +146,37 @@ def test_the_same_command_and_seed_give_the_same_weights(tmp_path, component_che
     first = run("a", seed=3)
     assert run("b", seed=3) == first
     assert run("c", seed=4) != first
+
+
+def test_a_run_killed_during_a_save_resumes_from_its_latest_complete_checkpoint(tmp_path):
+    """Checkpoints appear only once complete: a run killed while writing checkpoint-4 leaves checkpoint-2 and a
+    hidden partial folder; `latest` resumes from checkpoint-2 and ends with the weights of a straight run."""
+    rows = speech_rows()
+
+    def run(folder, resume=None, crash_at=None):
+        trainer = trainer_for(folder, rows, max_steps=4, save_strategy="steps", save_steps=2)
+        if crash_at is not None:
+            save_rng_state = trainer._save_rng_state  # written after the weights and the optimizer
+
+            def killed(output_dir):
+                if trainer.state.global_step == crash_at:
+                    raise KeyboardInterrupt("killed during a save")
+                save_rng_state(output_dir)
+
+            trainer._save_rng_state = killed
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.model
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", crash_at=4)
+    output = tmp_path / "b" / "out"
+    assert [path.name for path in complete_checkpoints(output)] == ["checkpoint-2"]
+    assert not (output / "checkpoint-4").exists() and (output / ".checkpoint-4.partial").exists()
+    resumed = run(tmp_path / "b", resume=resolve_resume("latest", str(output)))
+    for (name, p), q in zip(straight.adapter.named_parameters(), resumed.adapter.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    assert [path.name for path in complete_checkpoints(output)] == ["checkpoint-2", "checkpoint-4"]
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        resolve_resume("latest", str(tmp_path / "empty"))
+    assert resolve_resume("runs/x/checkpoint-7", str(output)) == "runs/x/checkpoint-7"

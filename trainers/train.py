@@ -12,10 +12,14 @@ or Hub datasets, map-style or `streaming`), mixed with text-only rows at `text_o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from datasets import concatenate_datasets, interleave_datasets, load_dataset
 from transformers import AutoModelForCausalLM, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from trl import TrlParser
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
@@ -24,6 +28,11 @@ from .assets import resolve_checkpoint
 from .config import SaladDistillationConfig
 from .probes import AlignmentProbeCallback, load_probe_rows
 from .trainer import SaladDistillationTrainer
+
+RESUME_LATEST = (
+    "latest",
+    "true",
+)  # --resume_from_checkpoint values that mean "the newest complete checkpoint"
 
 
 @dataclass
@@ -190,6 +199,32 @@ def load_model_and_processor(
     return model, processor
 
 
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """`checkpoint-N` folders of a run that hold their trainer state and weights, oldest first. (The trainer
+    renames a checkpoint into place only once it is written; this also skips incomplete ones of older runs.)"""
+    folder = Path(output_dir)
+    found = []
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else []:
+        step = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        weights = any((path / name).is_file() for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME))
+        if step.isdigit() and (path / TRAINER_STATE_NAME).is_file() and weights:
+            found.append((int(step), path))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_resume(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
+    """`latest` (or `true`): the newest complete checkpoint in `output_dir`; a path is kept as it is."""
+    if resume_from_checkpoint is None or resume_from_checkpoint.lower() not in RESUME_LATEST:
+        return resume_from_checkpoint
+    checkpoints = complete_checkpoints(output_dir)
+    if not checkpoints:
+        raise ValueError(
+            f"--resume_from_checkpoint {resume_from_checkpoint}: no complete checkpoint in {output_dir} (a "
+            "checkpoint-N folder with trainer_state.json and weights). Start without the flag, or give a path."
+        )
+    return str(checkpoints[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = TrlParser((SaladModelArguments, SaladDataArguments, SaladDistillationConfig))
     model_args, data_args, training_args = parser.parse_args_and_config(args=argv)
@@ -225,7 +260,9 @@ def main(argv: list[str] | None = None) -> None:
         trainer.add_callback(
             AlignmentProbeCallback(processor, rows, training_args.probe_steps, training_args.output_dir)
         )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(
+        resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    )
     if training_args.train_llm == "lora":
         model.merge_lora()  # publishable checkpoints hold a plain LLM
     trainer.save_model(training_args.output_dir)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import shutil
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import torch
 from peft import LoraConfig
 from transformers import Trainer, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
@@ -88,6 +92,7 @@ class SaladDistillationTrainer(Trainer):
         # Rows the collator skipped, per reason, and batches dropped for non-finite numbers: counted from the
         # batches themselves, so dataloader worker processes cannot hide them (this process, this run).
         self._rows_seen, self._bad_row_reasons, self._skipped_batches = 0, Counter(), 0
+        self._checkpoint_staging = None  # set while `_save_checkpoint` writes a checkpoint
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model=None):
@@ -315,6 +320,38 @@ class SaladDistillationTrainer(Trainer):
                 f"Refusing to save non-finite weights ({broken[:3]}...) to {output_dir}."
             )
         super()._save(output_dir, state_dict)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _get_output_dir(self, trial) -> str:
+        return self._checkpoint_staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write `checkpoint-N` under a hidden temporary folder and rename it into place once complete, so a run
+        killed during a save leaves only complete checkpoints (`resume_from_checkpoint: latest` finds them)."""
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / f".{name}.partial"
+        self._checkpoint_staging = str(staging)
+        try:
+            super()._save_checkpoint(
+                model, trial
+            )  # into staging/checkpoint-N (its rotation sees only that one)
+        finally:
+            self._checkpoint_staging = None
+        self.accelerator.wait_for_everyone()
+        if not self.args.should_save:
+            return
+        final = run_dir / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging / name, final)
+        shutil.rmtree(staging)
+        if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(str(staging)):
+            self.state.best_model_checkpoint = str(final)
+        rotate_checkpoints(
+            output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True,
+        )  # fmt: skip
 
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)

@@ -91,6 +91,12 @@ class EvalArguments:
         unknown = set(self.systems) - set(SYSTEMS)
         if unknown:
             raise ValueError(f"Unknown systems {sorted(unknown)}; choose from {SYSTEMS}.")
+        if not self.systems or not self.tasks:
+            raise ValueError("Give at least one --systems entry and one --tasks entry.")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(
+                f"--limit must be a positive number of items per task (or unset for all), got {self.limit}."
+            )
 
 
 def synthesize_items(

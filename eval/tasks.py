@@ -270,6 +270,8 @@ def load_task(spec: str, limit: int | None = None) -> list[MultipleChoiceItem]:
         raise ValueError(
             f"Unknown task {spec!r}: use 'offline', one of {sorted(PAPER_TASKS)} or a JSONL path."
         )
+    if not items:
+        raise ValueError(f"Task {spec!r} has no items: a task file needs at least one JSON line.")
     return evenly_spaced(items, limit) if limit is not None else items
 
 

@@ -328,6 +328,12 @@ def verify(
         report.checks.append(Check("config", False, "no config.json"))
         return report
     report.checks += check_weights(directory)
+    if not report.check("safetensors_only").passed:
+        # Loading pickle files can run arbitrary code: the checkpoint's code is not run at all then.
+        report.checks.append(
+            Check("code_not_run", False, "pickle files or no weights: nothing was loaded or run")
+        )
+        return report
     report.checks.append(check_remote_code(directory))
     report.checks.append(check_card(directory))
     report.checks += check_in_fresh_process(directory, work_dir, max_new_tokens, timeout)

@@ -45,6 +45,11 @@ class SaladSpeechToTextPipeline(Pipeline):
             forward_params["max_new_tokens"] = max_new_tokens
         return preprocess_params, forward_params, {}
 
+    def __call__(self, inputs, **kwargs):
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            raise ValueError("The pipeline got an empty list: give one audio input or a list of them.")
+        return super().__call__(inputs, **kwargs)
+
     def decode_input(self, inputs, sampling_rate: int | None) -> np.ndarray:
         if isinstance(inputs, dict):
             array = inputs.get("array", inputs.get("raw"))
@@ -64,6 +69,18 @@ class SaladSpeechToTextPipeline(Pipeline):
 
     def preprocess(self, inputs, prompt=None, sampling_rate=None):
         audio = self.decode_input(inputs, sampling_rate)
+        model_inputs = self.prompt_inputs(audio, prompt)
+        context = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        length = model_inputs["input_ids"].shape[1]
+        if context is not None and length > context:
+            raise ValueError(
+                f"The input is {length:,} tokens ({audio.size / self.processor.sampling_rate:.0f} s of audio), past "
+                f"the LLM's {context:,}-token context: split the audio into shorter clips."
+            )
+        return model_inputs
+
+    def prompt_inputs(self, audio: np.ndarray, prompt: str | None):
+        """The model inputs of one clip and its prompt: through the chat template when the LLM has one."""
         if self.processor.tokenizer.chat_template is None:
             return self.processor(
                 text=self.processor.audio_token + (prompt or ""), audio=audio, return_tensors="pt"

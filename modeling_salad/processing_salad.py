@@ -305,6 +305,8 @@ class SaladProcessor(ProcessorMixin):
         if text is None:
             text = self.audio_token * len(clips)
         texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("`text` is an empty list: give at least one prompt (a string per sample).")
         data = {}
         tokens_per_clip: list[int] = []
         if clips:
@@ -312,6 +314,11 @@ class SaladProcessor(ProcessorMixin):
             data.update(audio_inputs)
         texts = self.expand_placeholders(texts, tokens_per_clip)
         text_inputs = self.tokenizer(texts, padding=padding, return_tensors="np", **kwargs)
+        empty = [index for index, row in enumerate(text_inputs["attention_mask"]) if not np.any(row)]
+        if empty:
+            raise ValueError(
+                f"Sample(s) {empty} have no tokens (empty text and no audio): give each sample a prompt or a clip."
+            )
         data.update({"input_ids": text_inputs["input_ids"], "attention_mask": text_inputs["attention_mask"]})
         return BatchFeature(data=data, tensor_type=return_tensors)
 

@@ -13,6 +13,7 @@ from conftest import build_tiny, tone
 from torch import nn
 
 from eval.gap import bootstrap_interval, gap_report, paired_difference
+from eval.run import EvalArguments
 from eval.scoring import score_speech_items, score_text_items, text_prompt
 from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks, load_task
 from trainers.assets.asterisk import asterisk_prompts
@@ -375,3 +376,36 @@ def test_task_names_are_short_safe_and_unique(tmp_path):
         task_sources(["/a/quiz.jsonl", "/b/quiz.jsonl"])
     with pytest.raises(ValueError, match="both parts"):
         parse_task_spec("=/a/quiz.jsonl")
+
+
+@pytest.mark.parametrize("limit", [0, -2])
+def test_a_limit_below_one_is_refused(limit):
+    with pytest.raises(ValueError, match="--limit must be a positive"):
+        EvalArguments(limit=limit)
+
+
+def test_bad_tasks_fail_before_the_model_loads(tmp_path, monkeypatch):
+    """An empty task file, or an unknown task after a valid one, is an error before any compute is spent."""
+    from eval import run as run_module
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the tasks were checked")
+
+    monkeypatch.setattr(run_module, "load_salad", must_not_load)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="has no items"):
+        run_module.run(EvalArguments(tasks=[str(tmp_path / "empty.jsonl")], output_dir=str(tmp_path / "out")))
+    with pytest.raises(ValueError, match="Unknown task 'nope'"):
+        run_module.run(EvalArguments(tasks=["offline", "nope"], output_dir=str(tmp_path / "out")))
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_model_names_that_are_no_salad_checkpoint_get_clear_errors(tmp_path, component_checkpoints):
+    from trainers.assets import load_salad
+
+    with pytest.raises(FileNotFoundError, match="No checkpoint at ./no/such/folder"):
+        load_salad("./no/such/folder")
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE=1"):  # tests run offline
+        load_salad("runs/missing-run")
+    with pytest.raises(ValueError, match="is not a SALAD checkpoint \\(a 'llama' checkpoint\\).*salad-build"):
+        load_salad(str(component_checkpoints / "llm"))

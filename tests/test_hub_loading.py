@@ -171,3 +171,23 @@ def test_any_to_any_pipeline_answers_chat_with_audio(saved_checkpoint):
     ]
     reply = pipe(text=chat, max_new_tokens=4, return_full_text=False)
     assert isinstance(reply[0]["generated_text"], str)
+
+
+def test_empty_inputs_are_refused_with_a_clear_error(speech_pipeline, saved_checkpoint):
+    """An empty list to either pipeline, or an empty prompt with no audio, is refused before generation."""
+    path, _, processor = saved_checkpoint
+    with pytest.raises(ValueError, match="empty list"):
+        speech_pipeline([])
+    with pytest.raises(ValueError, match="empty list"):
+        processor(text=[])
+    with pytest.raises(ValueError, match=r"Sample\(s\) \[0\] have no tokens"):
+        processor(text="")
+    any_to_any = pipeline("any-to-any", model=str(path))
+    with pytest.raises(ValueError, match="no tokens|empty"):
+        any_to_any(text="", max_new_tokens=2)
+
+
+def test_input_past_the_llm_context_is_refused_before_generation(speech_pipeline, monkeypatch):
+    monkeypatch.setattr(speech_pipeline.model.config.text_config, "max_position_embeddings", 16)
+    with pytest.raises(ValueError, match=r"tokens \(2 s of audio\), past the LLM's 16-token context"):
+        speech_pipeline(tone(2.0), sampling_rate=16000, max_new_tokens=2)

@@ -4,10 +4,10 @@ imported; and verify's own checks catch what they are there to catch."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
-from conftest import build_tiny, make_tokenizer, tiny_audio_config, tiny_text_config
-from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperModel
+from conftest import build_tiny
 
 from hub_scripts import build, push, verify
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor, SaladSpeechToTextPipeline
@@ -16,22 +16,10 @@ REPO = "someone/salad-tiny"
 
 
 @pytest.fixture(scope="module")
-def components(tmp_path_factory):
-    """A tiny Whisper and a tiny Llama with its tokenizer, saved as the checkpoints `build` assembles from."""
-    root = tmp_path_factory.mktemp("components")
-    WhisperModel(WhisperConfig(**tiny_audio_config("whisper"))).save_pretrained(root / "whisper")
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(root / "whisper")
-    tokenizer = make_tokenizer()
-    LlamaForCausalLM(LlamaConfig(**tiny_text_config(len(tokenizer)))).save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
-    return root
-
-
-@pytest.fixture(scope="module")
-def built(components, tmp_path_factory):
+def built(component_checkpoints, tmp_path_factory):
     output = tmp_path_factory.mktemp("built")
     build.main(
-        ["--audio_encoder", str(components / "whisper"), "--language_model", str(components / "llm"),
+        ["--audio_encoder", str(component_checkpoints / "whisper"), "--language_model", str(component_checkpoints / "llm"),
          "--adapter_type", "transformer", "--adapter_stack_factor", "2", "--adapter_hidden_size", "32",
          "--adapter_intermediate_size", "48", "--adapter_num_layers", "2", "--adapter_num_attention_heads", "4",
          "--adapter_num_key_value_heads", "2", "--output_dir", str(output)]
@@ -95,6 +83,21 @@ def test_file_checks_catch_pickles_broken_indexes_missing_code_and_bad_cards(bui
     assert not checks["shard_index"].passed
     assert not checks["remote_code"].passed and "modeling_salad.py" in checks["remote_code"].detail
     assert not checks["model_card"].passed
+
+
+def test_a_checkpoint_with_pickle_files_is_never_run(built, tmp_path, monkeypatch):
+    """Once the file check finds pickle files, verify stops: neither the remote code nor the weights are loaded."""
+    folder = tmp_path / "pickled"
+    shutil.copytree(built, folder)
+    (folder / "pytorch_model.bin").write_bytes(b"pickle")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the checkpoint's code was run")
+
+    monkeypatch.setattr(verify, "check_in_fresh_process", must_not_run)
+    monkeypatch.setattr(verify, "check_remote_code", must_not_run)
+    report = verify.verify(str(folder), work_dir=tmp_path / "work")
+    assert not report.ok and not report.check("code_not_run").passed
 
 
 def test_main_exits_non_zero_on_failure(tmp_path):

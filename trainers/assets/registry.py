@@ -9,13 +9,17 @@ with a freshly initialized adapter, the untrained baseline of every comparison.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers.utils import CONFIG_NAME
 
-from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+from modeling_salad import SaladConfig, SaladForConditionalGeneration, SaladProcessor
 
 from .embedded_default import salad_embedded_default_path
 from .models import minilm_path, smollm2_135m_instruct_path, whisper_base_path, whisper_tiny_en_path
@@ -80,5 +84,35 @@ def load_salad(
         )
         return model.eval(), SaladProcessor.from_pretrained_components(encoder, llm, model.config)
     path = resolve_checkpoint(name)
+    check_salad_checkpoint(path)
     model = SaladForConditionalGeneration.from_pretrained(path, dtype=dtype)
     return model.eval(), SaladProcessor.from_pretrained(path)
+
+
+def check_salad_checkpoint(name: str) -> None:
+    """Before any weights load: a local folder must be a SALAD checkpoint; a name that is neither a folder nor
+    a Hub id (`namespace/name`) is an error that says so, instead of the Hub client's "Repo id must be..."."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        config = path / CONFIG_NAME
+        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        if model_type != SaladConfig.model_type:
+            found = f"a {model_type!r} checkpoint" if model_type else f"no {CONFIG_NAME}"
+            raise ValueError(
+                f"{name} is not a SALAD checkpoint ({found}). A plain LLM or speech encoder becomes one with "
+                "`salad-build --audio_encoder ... --language_model ...` (or `from_pretrained_components`)."
+            )
+        return
+    missing = FileNotFoundError(
+        f"No checkpoint at {name}: no such folder, and not a Hub id (namespace/name)."
+    )
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise missing from None
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise missing
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(
+            f"No folder {name} here, and HF_HUB_OFFLINE=1, so the Hub id {name} cannot be fetched."
+        )

@@ -89,6 +89,11 @@ class AudioLengthSpec:
         )
 
 
+DEFAULT_CHUNK_SECONDS = (
+    30.0  # encoder window of Mimi / wav2vec2-like encoders unless audio_chunk_seconds says
+)
+
+
 class SaladConfig(PreTrainedConfig):
     r"""
     Configuration of a [`SaladForConditionalGeneration`]: a speech encoder, an adapter and a causal LM.
@@ -135,7 +140,8 @@ class SaladConfig(PreTrainedConfig):
             `merge_lora`/`unload_lora`, so a saved checkpoint re-creates its LoRA layers when it is loaded.
         audio_chunk_seconds (`float`, *optional*):
             Longest window the encoder sees at once; longer clips are cut into windows encoded separately.
-            Defaults to the encoder's limit (30 s for Whisper) and to no limit for other encoders.
+            Defaults to the encoder's limit (30 s for Whisper) and to 30 s for other encoders too, whose attention
+            over a whole clip would grow memory with the square of its length.
 
     Example:
 
@@ -248,7 +254,8 @@ class SaladConfig(PreTrainedConfig):
                 conv_layers=((3, 1, 1), (3, 2, 1)),
                 stack_factor=self.adapter_stack_factor,
             )
-        chunk_samples = int(chunk_seconds * self.audio_sampling_rate) if chunk_seconds else None
+        # Other encoders attend over the whole clip, so memory grows with its square: 30 s windows by default too.
+        chunk_samples = int((chunk_seconds or DEFAULT_CHUNK_SECONDS) * self.audio_sampling_rate)
         if family == "mimi":
             hop = round(self.audio_config.sampling_rate / self.audio_config.frame_rate)
             return AudioLengthSpec(

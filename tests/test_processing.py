@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_tokenizer, tone
+from conftest import build_tiny, make_tokenizer, tone
 from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
 
 from modeling_salad import SaladProcessor
@@ -34,6 +34,26 @@ def test_long_audio_is_chunked_not_truncated(whisper_salad):
     assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == processor.length_spec.num_tokens(
         clip.size
     )
+
+
+@pytest.mark.parametrize("family", ["mimi", "wav2vec2"])
+def test_other_encoders_see_long_audio_in_30_second_windows(family):
+    """Encoders other than Whisper attend over the whole window, so a long clip is cut into 30 s windows too
+    (memory stays flat), and the model encodes it without truncating anything."""
+    model, processor = build_tiny(family)
+    rate = processor.sampling_rate
+    clip = tone(61.0, sampling_rate=rate)
+    inputs = processor(audio=clip, return_tensors="pt")
+    assert inputs["input_features"].shape[0] == 3  # 30 s + 30 s + 1 s
+    assert inputs["input_features"].shape[-1] == 30 * rate
+    tokens = int((inputs["input_ids"] == processor.audio_token_id).sum())
+    assert tokens == processor.length_spec.num_tokens(clip.size)
+    if (
+        family == "mimi"
+    ):  # the tiny wav2vec2 barely downsamples: its 30 s windows would need 27 GB of attention
+        with torch.no_grad():
+            features = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+        assert features.shape[0] == tokens
 
 
 def test_integer_pcm_is_converted_to_float(whisper_salad):

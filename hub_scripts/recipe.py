@@ -25,6 +25,19 @@ from trainers.train import SaladDataArguments, build_train_dataset
 from trainers.trainer import SaladDistillationTrainer
 from trainers.tts import get_backend
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def fastest_dtype() -> str:
+    """bfloat16 where it is computed natively (a GPU, or a CPU with AVX512-BF16 / AMX), else float32."""
+    if torch.cuda.is_available():
+        return "bfloat16"
+    try:
+        flags = CPUINFO.read_text().split()
+    except OSError:
+        return "float32"
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+
 
 @dataclass
 class RecipeArguments:
@@ -43,8 +56,12 @@ class RecipeArguments:
     train_steps: int | None = field(
         default=None, metadata={"help": "Steps of the live continuation (default 40; --fast 8)."}
     )
-    dtype: str = field(
-        default="bfloat16", metadata={"help": "Evaluation dtype: bfloat16 (fast on CPUs) or float32."}
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation dtype: bfloat16 or float32. Default: bfloat16 where the CPU computes it natively "
+            "(AVX512-BF16 or AMX) or on a GPU, else float32 (emulated bf16 matmuls are many times slower)."
+        },
     )
     alpha: float = field(
         default=1.0, metadata={"help": "Distillation weight of the continuation (0: plain NLL)."}
@@ -56,6 +73,7 @@ class RecipeArguments:
         self.eval_items = self.eval_items or (24 if fast else 96)
         self.pool_sentences = self.pool_sentences or (300 if fast else 1500)
         self.train_steps = self.train_steps or (8 if fast else 40)
+        self.dtype = self.dtype or fastest_dtype()
 
 
 def evaluate(model: str, systems: list[str], output_dir: Path, args: RecipeArguments) -> dict:

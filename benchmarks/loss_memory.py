@@ -231,6 +231,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--seq-lens", nargs="+", type=int, default=[512, 1024, 2048])
     parser.add_argument("--chunk-sizes", nargs="+", type=int, default=[1024])
+    parser.add_argument(
+        "--implementations",
+        nargs="+",
+        choices=["trl_materialized", "salad_materialized", "salad_chunked", "salad_fused"],
+        default=["trl_materialized", "salad_materialized", "salad_chunked", "salad_fused"],
+        help="what to measure (chunked and fused once per --chunk-sizes); ratios need trl_materialized",
+    )
     parser.add_argument("--divergence", choices=["forward_kl", "jsd"], default="forward_kl")
     parser.add_argument("--train-head", action="store_true", help="the LM head also gets gradients")
     parser.add_argument(
@@ -247,8 +254,13 @@ def main() -> None:
 
     dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     repeats = args.repeats or (1 if args.device == "cpu" else 5)
-    impls = ["trl_materialized", "salad_materialized"]
-    impls += [f"salad_{kind}_{c}" for c in args.chunk_sizes for kind in ("chunked", "fused")]
+    impls = [impl for impl in ("trl_materialized", "salad_materialized") if impl in args.implementations]
+    impls += [
+        f"{kind}_{c}"
+        for c in args.chunk_sizes
+        for kind in ("salad_chunked", "salad_fused")
+        if kind in args.implementations
+    ]
     rows = []
     for model in args.models:
         vocab, hidden = MODELS[model]

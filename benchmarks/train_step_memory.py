@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -31,36 +30,11 @@ MODES = {
 
 def run_mode(mode: str, device: str, dtype: str, batch_size: int, steps: int) -> dict:
     """Runs inside the child process: build, train `steps` steps, report peak memory and step time."""
-    import tempfile
-
     import torch
-    from datasets import Dataset
+    from embedded_training import embedded_default_trainer
 
-    from modeling_salad import SaladForConditionalGeneration, SaladProcessor
-    from trainers.assets.asterisk import asterisk_prompts
-    from trainers.assets.models import smollm2_135m_instruct_path, whisper_tiny_en_path
-    from trainers.assets.registry import EMBEDDED_ADAPTER
-    from trainers.config import SaladDistillationConfig
-    from trainers.trainer import SaladDistillationTrainer
-
-    encoder, llm = str(whisper_tiny_en_path()), str(smollm2_135m_instruct_path())
-    torch.manual_seed(0)
-    model = SaladForConditionalGeneration.from_pretrained_components(
-        encoder, llm, dtype=getattr(torch, dtype), **EMBEDDED_ADAPTER
-    )
-    processor = SaladProcessor.from_pretrained_components(encoder, llm, model.config)
-    clips = asterisk_prompts(limit=batch_size * steps)
-    rows = [
-        {"text": c.transcript, "audio": {"array": c.audio, "sampling_rate": c.sampling_rate}} for c in clips
-    ]
-    args = SaladDistillationConfig(
-        output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=batch_size, report_to=[],
-        save_strategy="no", use_cpu=device == "cpu", bf16=dtype == "bfloat16" and device == "cuda",
-        continuation="Repeat what was said: {transcript}", disable_tqdm=True, **MODES[mode],
-    )  # fmt: skip
-    trainer = SaladDistillationTrainer(
-        model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(rows)
-    )
+    trainer = embedded_default_trainer(steps, batch_size, device, dtype, **MODES[mode])
+    model = trainer.model
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -99,17 +73,10 @@ def main() -> None:
         output = subprocess.run(command, capture_output=True, text=True, check=True)
         results.append(json.loads(output.stdout.strip().splitlines()[-1]))
         print(results[-1], flush=True)
-    import torch
+    from embedded_training import report_header
 
     report = {
-        "command": " ".join(["python", "benchmarks/train_step_memory.py", *sys.argv[1:]]),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "device": args.device,
-        "dtype": args.dtype,
-        "torch": torch.__version__,
-        "batch_size": args.batch_size,
-        "steps": args.steps,
-        "model": "Whisper tiny.en (frozen) + MLP adapter + SmolLM2-135M-Instruct",
+        **report_header("train_step_memory.py", args.device, args.dtype, args.batch_size, args.steps),
         "results": results,
     }
     out = Path(__file__).parent / "results" / f"train_step_memory_{args.device}.json"

@@ -339,7 +339,8 @@ class SaladProcessor(ProcessorMixin):
 
         An audio part is `{"type": "audio", ...}` with the clip under `"audio"` (an array at the feature
         extractor's rate, or `{"array": ..., "sampling_rate": ...}`), or a local file under `"path"` or `"url"`
-        (decoded with soundfile, down-mixed and resampled). It is rendered as one `<|audio|>`.
+        (decoded with soundfile, down-mixed and resampled). It is rendered as one `<|audio|>`, and a newline
+        separates it from a text part that follows.
         """
         conversations = [conversation] if isinstance(conversation[0], dict) else list(conversation)
         rendered, clips = [], []
@@ -379,7 +380,11 @@ class SaladProcessor(ProcessorMixin):
         for part in content:
             kind = part.get("type")
             if kind == "text":
-                pieces.append(part["text"])
+                # A newline ends a clip that text follows, so a text LLM's teacher reading the transcript in
+                # its place sees "<transcript>\n<text>", not the two run together.
+                pieces += (
+                    ["\n", part["text"]] if pieces and pieces[-1] == self.audio_token else [part["text"]]
+                )
             elif kind == "audio":
                 pieces.append(self.audio_token)
                 clips.append(self._audio_from_part(part))

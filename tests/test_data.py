@@ -12,6 +12,7 @@ from conftest import tone
 
 from trainers.assets.asterisk import asterisk_prompts
 from trainers.assets.models import whisper_tiny_en_path
+from trainers.config import SaladDistillationConfig
 from trainers.data import (
     BadRowError,
     SaladDistillationCollator,
@@ -190,3 +191,47 @@ def test_word_timestamps_from_whisper_asr_cut_real_speech(whisper_salad):
     segments = interleaved_segments(**alignment, audio=clip.audio, sampling_rate=16000, rng=random.Random(0),
                                      text_span=(2, 4), speech_span=(2, 3))  # fmt: skip
     assert any(s.kind == "speech" for s in segments) and any(s.kind == "text" for s in segments)
+
+
+def test_chat_format_renders_the_inference_prompt_and_supervises_only_the_answer(whisper_salad):
+    """A chat_format row is what the pipeline feeds the model (the processor's own chat rendering of the clip and
+    the instruction), then the answer and its end of turn; the teacher reads the transcript in place of the clip."""
+    _, processor = whisper_salad
+    transcript, clip = "the quick brown fox", tone(0.8)
+    collator = SaladDistillationCollator(
+        processor, continuation="{transcript}", interleave_probability=0.0, chat_format=True,
+        chat_instruction="repeat what was said",
+    )  # fmt: skip
+    row = {"text": transcript, "audio": {"array": clip, "sampling_rate": 16000}}
+    example = encode_segments(collator.row_to_segments(row), processor, add_special_tokens=False)
+    user = [{"type": "audio", "audio": clip}, {"type": "text", "text": "repeat what was said"}]
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=True, return_tensors="pt"
+    )[0].tolist()
+    answer = processor.tokenizer(transcript + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    assert example.student_ids == prompt + answer
+    assert collator([row])["input_ids"][0].tolist() == prompt + answer  # and so is the batch
+    teacher_chat = [{"role": "user", "content": transcript + "\nrepeat what was said"}]
+    teacher_prompt = processor.tokenizer.apply_chat_template(
+        teacher_chat, add_generation_prompt=True, tokenize=False
+    )
+    assert (
+        example.teacher_ids
+        == processor.tokenizer(teacher_prompt, add_special_tokens=False)["input_ids"] + answer
+    )
+    # Supervised: the answer's tokens and the end of turn, each predicted by the position before it.
+    assert example.target_ids == answer
+    assert [example.student_ids[p + 1] for p in example.student_positions] == answer
+    assert [example.teacher_ids[p + 1] for p in example.teacher_positions] == answer
+
+
+def test_chat_format_speaks_word_aligned_rows_whole_and_needs_no_interleaving(whisper_salad, tmp_path):
+    _, processor = whisper_salad
+    words = "the quick brown fox".split()
+    row = {"text": " ".join(words), "audio": {"array": tone(0.8), "sampling_rate": 16000}, "words": words,
+           "word_starts": [0.0, 0.2, 0.4, 0.6], "word_ends": [0.15, 0.35, 0.55, 0.75]}  # fmt: skip
+    collator = SaladDistillationCollator(processor, chat_format=True, interleave_probability=0.0)
+    kinds = [segment.kind for segment in collator.row_to_segments(row)]
+    assert kinds == ["text", "speech", "text", "text"]
+    with pytest.raises(ValueError, match="interleave_probability=0"):
+        SaladDistillationConfig(output_dir=str(tmp_path), chat_format=True, interleave_probability=0.5)

@@ -15,6 +15,7 @@ from test_trainer import config, speech_rows
 from trainers.probes import (
     AlignmentProbeCallback,
     ProbeRow,
+    RepeatPrompt,
     load_probe_rows,
     run_probes,
     word_error_rate,
@@ -54,6 +55,20 @@ def test_content_gain_is_zero_when_the_adapter_ignores_the_audio():
     results = run_probes(model, processor, probe_rows(), with_generation=False)
     assert results["content_gain_nll"] == pytest.approx(0.0, abs=1e-6)
     assert "repeat_wer" not in results and "ctc_wer" not in results
+
+
+def test_chat_probes_ask_in_the_chat_template_as_chat_format_training_does():
+    model, processor = build_tiny("whisper", "mlp")
+    prompt = RepeatPrompt(chat=True)
+    expected = "<|im_start|>user\n<|audio|>\nRepeat what was said.<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt.text(processor) == expected
+    assert (
+        prompt.transcript_ids(processor, "the lazy dog") == processor.tokenizer("the lazy dog")["input_ids"]
+    )
+    chat = run_probes(model, processor, probe_rows(), prompt=prompt)
+    raw = run_probes(model, processor, probe_rows(), with_generation=False)
+    assert np.isfinite(chat["transcript_nll"]) and isinstance(chat["repeat_wer"], float)
+    assert chat["transcript_nll"] != raw["transcript_nll"]
 
 
 def test_probe_rows_are_spread_over_the_file(tmp_path):

@@ -157,7 +157,7 @@ def test_chat_template_with_audio_parts(whisper_salad, tmp_path):
         }
     ]
     rendered = processor.apply_chat_template(messages, add_generation_prompt=True)
-    assert rendered == "<|im_start|>user\n<|audio|>and<|audio|><|im_end|>\n<|im_start|>assistant\n"
+    assert rendered == "<|im_start|>user\n<|audio|>\nand<|audio|><|im_end|>\n<|im_start|>assistant\n"
     inputs = processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )

@@ -182,6 +182,37 @@ def test_ctc_adapter_warm_start_trains_its_classifier_at_its_own_temperature(tmp
         mismatched.train()
 
 
+def test_frame_loss_weight_adds_the_weighted_frame_loss_to_the_distillation_loss(tmp_path):
+    model, processor = build_tiny("whisper", "mlp")
+    rows = [row for row in speech_rows() if row["audio"] is not None][:3]
+    batch = SaladDistillationCollator(
+        processor, continuation="Repeat: {transcript}", interleave_probability=0.5
+    )(rows)
+    batch = {k: v for k, v in batch.items() if k not in ("rows_in_batch", "bad_row_reasons")}
+
+    def trainer(weight):
+        args = config(tmp_path, alpha=0.5, frame_loss_weight=weight, frame_num_negatives=None)
+        return SaladDistillationTrainer(model=model, args=args, processing_class=processor,
+                                        train_dataset=Dataset.from_list(rows))  # fmt: skip
+
+    plain, weighted = trainer(0.0), trainer(0.5)
+    frame = plain.frame_embedding_output(model, batch).loss
+    tokens = len(batch["target_ids"])
+    torch.testing.assert_close(
+        weighted.compute_loss(model, batch), plain.compute_loss(model, batch) + 0.5 * frame
+    )
+    # Under gradient accumulation the term is weighted by the micro-batch's share of the supervised tokens.
+    torch.testing.assert_close(
+        weighted.compute_loss(model, batch, num_items_in_batch=2 * tokens),
+        plain.compute_loss(model, batch, num_items_in_batch=2 * tokens) + 0.25 * frame,
+    )
+    mode = "train" if model.training else "eval"
+    assert weighted._metrics[f"{mode}_frame_loss"] and not plain._metrics[f"{mode}_frame_loss"]
+    for bad in ({"frame_loss_weight": -1.0}, {"frame_loss_weight": 1.0, "objective": "frame_embedding"}):
+        with pytest.raises(ValueError, match="frame_loss_weight"):
+            config(tmp_path, **bad)
+
+
 def test_frame_embedding_objective_refuses_a_text_only_batch_and_llm_training(tmp_path):
     with pytest.raises(ValueError, match="train_llm='frozen'"):
         config(tmp_path, objective="frame_embedding", train_llm="lora")

@@ -82,7 +82,8 @@ class SaladDistillationConfig(TrainingArguments):
         default="{transcript}",
         metadata={
             "help": "Text after a whole-utterance speech segment (rows without word timestamps); `{transcript}` "
-            "is replaced by the transcript ('Repeat what was said: {transcript}' gives the dense repeat format)."
+            "is replaced by the transcript ('Repeat what was said: {transcript}' gives the dense repeat format), "
+            "`{answer}` by the row's `answer` (the text LLM's own reply: python -m trainers.chat_answers)."
         },
     )
     interleave_probability: float = field(
@@ -91,6 +92,19 @@ class SaladDistillationConfig(TrainingArguments):
             "help": "Share of word-aligned rows cut into interleaved text/speech spans; the others are spoken "
             "whole and followed by `continuation`."
         },
+    )
+    chat_format: bool = field(
+        default=False,
+        metadata={
+            "help": "Speak every row whole inside the LLM's chat template: the user turn holds the audio (then "
+            "`chat_instruction`), the assistant turn the `continuation`, which alone is supervised, with the end "
+            "of turn. This is how the speech-to-text pipeline and chat messages prompt the model. Needs "
+            "interleave_probability=0."
+        },
+    )
+    chat_instruction: str | None = field(
+        default=None,
+        metadata={"help": "chat_format: text after the audio in the user turn, e.g. 'Repeat what was said.'"},
     )
     objective: str = field(
         default="distillation",
@@ -110,6 +124,14 @@ class SaladDistillationConfig(TrainingArguments):
         metadata={
             "help": "objective='frame_embedding'/'ctc' scores the batch's target tokens and this many random others "
             "(sampled softmax); None scores the whole vocabulary."
+        },
+    )
+    frame_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "objective='distillation': adds this weight times the frame-embedding loss of the adapter's "
+            "output on word-aligned speech (the 'frame_embedding' warm start's objective, kept as an auxiliary "
+            "term, so the adapter keeps writing the spoken tokens while the LLM's loss shapes it). 0 disables."
         },
     )
     text_only_ratio: float = field(
@@ -192,6 +214,15 @@ class SaladDistillationConfig(TrainingArguments):
         if self.objective in ("frame_embedding", "ctc") and self.train_llm != "frozen":
             raise ValueError(
                 f"objective={self.objective!r} trains the adapter alone; set train_llm='frozen'."
+            )
+        if self.frame_loss_weight < 0 or (self.frame_loss_weight > 0 and self.objective != "distillation"):
+            raise ValueError(
+                f"frame_loss_weight must be >= 0 and is an auxiliary term of objective='distillation', got "
+                f"{self.frame_loss_weight} with objective={self.objective!r}."
+            )
+        if self.chat_format and self.interleave_probability > 0:
+            raise ValueError(
+                f"chat_format speaks every row whole; set interleave_probability=0 (got {self.interleave_probability})."
             )
         if not 0.0 <= self.interleave_probability <= 1.0:
             raise ValueError(f"interleave_probability must lie in [0, 1], got {self.interleave_probability}.")

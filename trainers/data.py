@@ -43,6 +43,8 @@ class Segment:
     audio: np.ndarray | None = None
     # (start, end) seconds of each word of `text` within `audio`, when the row was word-aligned
     word_times: list[tuple[float, float]] | None = None
+    separator: str = " "  # written before the segment when it is not the first (chat templates: "")
+    supervised: bool = True  # a text segment whose tokens the loss predicts (a chat template's markup: False)
 
 
 @dataclass
@@ -140,16 +142,60 @@ def interleaved_segments(
     return segments
 
 
+def chat_segments(
+    transcript: str,
+    audio: np.ndarray,
+    answer: str,
+    instruction: str | None,
+    processor: SaladProcessor,
+    word_times: list[tuple[float, float]] | None = None,
+) -> list[Segment]:
+    """The whole utterance as one chat exchange in the LLM's own template: the user turn holds the clip (then
+    `instruction`, as the speech-to-text pipeline writes a prompt after the audio), the assistant turn `answer`
+    (the filled-in continuation), ended by the template's end-of-turn markup.
+
+    Only the assistant's words and its end of turn are supervised, so the model learns to answer what it heard
+    and then to stop. The teacher reads the same chat with the transcript in place of the audio.
+    """
+    user = [{"type": "audio", "audio": audio}]
+    if instruction:
+        user.append({"type": "text", "text": instruction})
+    messages = [{"role": "user", "content": user}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    full = processor.apply_chat_template([*messages, {"role": "assistant", "content": answer}])
+    if not full.startswith(prompt) or prompt.count(processor.audio_token) != 1:
+        raise ValueError(
+            "chat_format needs a chat template that renders the generation prompt as the start of the finished "
+            "exchange, with the audio once; this LLM's does not. Train with chat_format=False."
+        )
+    before, after = prompt.split(processor.audio_token)
+    return [
+        Segment("text", before, separator="", supervised=False),
+        Segment("speech", transcript, audio, word_times, separator=""),
+        Segment("text", after, separator="", supervised=False),
+        Segment("text", full[len(prompt) :], separator=""),
+    ]
+
+
 def whole_utterance_segments(
     transcript: str, audio: np.ndarray, continuation: str, word_times: list[tuple[float, float]] | None = None
 ) -> list[Segment]:
-    """Speech for the whole utterance, then a text continuation that the loss supervises.
-
-    `continuation` may contain `{transcript}`: "Repeat what was said: {transcript}" gives the dense
-    "repeat" format, where the teacher is nearly certain of every transcript token.
-    """
+    """Speech for the whole utterance, then the (filled-in) text continuation that the loss supervises."""
     speech = Segment("speech", transcript, audio, word_times)
-    return [speech, Segment("text", continuation.format(transcript=transcript))]
+    return [speech, Segment("text", continuation)]
+
+
+def fill_continuation(template: str, row: dict, transcript: str) -> str:
+    """The continuation template filled in for a row: `{transcript}` is the row's transcript ("Repeat what was
+    said: {transcript}" gives the dense "repeat" format, where the teacher is nearly certain of every token),
+    `{answer}` its `answer` column (the text LLM's own reply, `python -m trainers.chat_answers`)."""
+    answer = row.get("answer")
+    if "{answer}" in template and (not isinstance(answer, str) or not answer.strip()):
+        raise BadRowError(
+            "continuation: the template uses {answer} and the row has none; write the answers with "
+            "python -m trainers.chat_answers."
+        )
+    return template.format(transcript=transcript, answer=answer)
 
 
 BLANK, IGNORE = -1, -100
@@ -181,35 +227,40 @@ def frame_targets(
     return targets.tolist()
 
 
-def encode_segments(segments: list[Segment], processor: SaladProcessor) -> EncodedExample:
+def encode_segments(
+    segments: list[Segment], processor: SaladProcessor, add_special_tokens: bool = True
+) -> EncodedExample:
     """Token ids of the student and the teacher, and the positions that predict the same text tokens.
 
-    Segments are tokenized one by one (joined by a space), so a text segment has the same ids in both
-    sequences; a speech segment is `num_tokens(clip)` placeholders for the student and its transcript for the
-    teacher. Every text token (but the very first of the sequence) is predicted by the position before it in
-    each sequence: those two positions form a pair. Positions predicting audio or transcript tokens are not
-    paired: the student has no text to predict there.
+    Segments are tokenized one by one (each after its `separator`, a space unless a chat template says
+    otherwise), so a text segment has the same ids in both sequences; a speech segment is `num_tokens(clip)`
+    placeholders for the student and its transcript for the teacher. Every supervised text token (but the very
+    first of the sequence) is predicted by the position before it in each sequence: those two positions form a
+    pair. Positions predicting audio, transcript or template-markup tokens are not paired: the student has no
+    text of its own to predict there. `add_special_tokens=False` for segments rendered by a chat template, which
+    writes any BOS itself.
     """
     tokenizer = processor.tokenizer
     spec = processor.length_spec
-    prefix = tokenizer("", add_special_tokens=True)["input_ids"]  # BOS where the tokenizer uses one
+    prefix = tokenizer("", add_special_tokens=True)["input_ids"] if add_special_tokens else []  # BOS, if used
     student, teacher, clips, frames = list(prefix), list(prefix), [], []
     student_positions, teacher_positions, targets, clip_token_ids = [], [], [], []
     for index, segment in enumerate(segments):
-        text = segment.text if index == 0 else " " + segment.text
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        separator = segment.separator if index else ""
+        ids = tokenizer(separator + segment.text, add_special_tokens=False)["input_ids"]
         if segment.kind == "speech":
             if segment.audio is None or segment.audio.size == 0:
                 raise BadRowError(f"speech segment {index} ({segment.text!r}) has no audio.")
             clips.append(segment.audio)
             clip_token_ids.append(ids)
             num_tokens = spec.num_tokens(segment.audio.size)
-            frames += frame_targets(segment, num_tokens, tokenizer, processor.sampling_rate, index > 0)
+            spaced = separator.endswith(" ")
+            frames += frame_targets(segment, num_tokens, tokenizer, processor.sampling_rate, spaced)
             student += [processor.audio_token_id] * num_tokens
             teacher += ids
             continue
         for token in ids:
-            if student:
+            if student and segment.supervised:
                 student_positions.append(len(student) - 1)
                 teacher_positions.append(len(teacher) - 1)
                 targets.append(token)
@@ -262,6 +313,7 @@ class SaladDistillationCollator:
     (the `"ctc"` objective), `clip_windows`: the encoder windows of each clip; and `speech_seconds`, the batch's seconds of speech (logged, for curves against minutes of speech seen).
 
     Rows with word timestamps are interleaved with probability `interleave_probability`, else spoken whole.
+    With `chat_format` every row is spoken whole inside the LLM's chat template (`chat_segments`).
     """
 
     processor: SaladProcessor
@@ -269,6 +321,8 @@ class SaladDistillationCollator:
     speech_span: tuple[int, int] = (5, 15)
     continuation: str = "{transcript}"
     interleave_probability: float = 1.0
+    chat_format: bool = False
+    chat_instruction: str | None = None
     max_bad_row_fraction: float = 0.01
     padding_side: str = "right"
     seed: int = 0
@@ -284,9 +338,9 @@ class SaladDistillationCollator:
         # The format and spans of a row depend on the row and the seed only: a resumed run sees the same examples.
         rng = random.Random(f"{self.seed}:{text}")
         if not row.get("words"):
-            return whole_utterance_segments(text.strip(), audio, self.continuation)
+            return self.whole_utterance(row, audio)
         words, starts, ends = checked_word_times(row, audio.size / self.processor.sampling_rate)
-        if rng.random() < self.interleave_probability:
+        if not self.chat_format and rng.random() < self.interleave_probability:
             return interleaved_segments(
                 words,
                 starts,
@@ -297,7 +351,19 @@ class SaladDistillationCollator:
                 self.text_span,
                 self.speech_span,
             )
-        return whole_utterance_segments(text.strip(), audio, self.continuation, list(zip(starts, ends)))
+        return self.whole_utterance(row, audio, list(zip(starts, ends)))
+
+    def whole_utterance(
+        self, row: dict, audio: np.ndarray, word_times: list[tuple[float, float]] | None = None
+    ) -> list[Segment]:
+        """The utterance spoken whole, then the continuation: raw, or as a chat exchange (`chat_format`)."""
+        transcript = row["text"].strip()
+        continuation = fill_continuation(self.continuation, row, transcript)
+        if self.chat_format:
+            return chat_segments(
+                transcript, audio, continuation, self.chat_instruction, self.processor, word_times
+            )
+        return whole_utterance_segments(transcript, audio, continuation, word_times)
 
     def encode_rows(self, rows: list[dict]) -> tuple[list[EncodedExample], dict[str, int]]:
         """Encode the rows, skipping and counting bad ones (returned per reason); raise once they pass the
@@ -306,7 +372,8 @@ class SaladDistillationCollator:
         for row in rows:
             self.stats["rows"] += 1
             try:
-                examples.append(encode_segments(self.row_to_segments(row), self.processor))
+                segments = self.row_to_segments(row)
+                examples.append(encode_segments(segments, self.processor, not self.chat_format))
             except BadRowError as error:
                 self.stats["bad_rows"] += 1
                 reason = str(error).split(":")[0]

@@ -34,6 +34,33 @@ from .data import decode_row_audio
 REPEAT_CUE = " Repeat what was said:"
 
 
+@dataclass(frozen=True)
+class RepeatPrompt:
+    """How a probe asks the model to repeat a clip: in the raw format of the repeat training rows
+    (`<|audio|> Repeat what was said: <transcript>`), or, for a model trained with `chat_format`, inside the
+    LLM's chat template (user turn: the clip, then `instruction`; the transcript is the assistant's answer)."""
+
+    chat: bool = False
+    instruction: str = "Repeat what was said."
+
+    def text(self, processor: SaladProcessor) -> str:
+        """The prompt, with the clip as one audio token (the processor expands it)."""
+        if not self.chat:
+            return processor.audio_token + REPEAT_CUE
+        # Rendered by the processor itself, as the pipeline and chat_format training render it; the clip is
+        # a placeholder, the rendered text does not depend on it.
+        placeholder = np.zeros(processor.sampling_rate // 10, dtype=np.float32)
+        content = [{"type": "audio", "audio": placeholder}, {"type": "text", "text": self.instruction}]
+        return processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True
+        )
+
+    def transcript_ids(self, processor: SaladProcessor, transcript: str) -> list[int]:
+        """The transcript's tokens as they follow the prompt: after a space in the raw format."""
+        text = transcript if self.chat else " " + transcript
+        return processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 @dataclass
 class ProbeRow:
     text: str
@@ -87,20 +114,28 @@ def _audio_inputs(processor: SaladProcessor, clips: list[np.ndarray], model) -> 
 
 @torch.no_grad()
 def transcript_scores(
-    model: SaladForConditionalGeneration, processor: SaladProcessor, rows: list[ProbeRow], batch_size: int = 8
+    model: SaladForConditionalGeneration,
+    processor: SaladProcessor,
+    rows: list[ProbeRow],
+    batch_size: int = 8,
+    prompt: RepeatPrompt = RepeatPrompt(),
 ) -> tuple[float, float]:
     """Teacher-forced NLL (nats/token) and top-1 accuracy of each row's transcript after its clip."""
     tokenizer = processor.tokenizer
-    cue = tokenizer(REPEAT_CUE, add_special_tokens=False)["input_ids"]
+    before, after = (
+        tokenizer(part, add_special_tokens=False)["input_ids"]
+        for part in prompt.text(processor).split(processor.audio_token)
+    )
     nll_sum, hits, count = 0.0, 0, 0
     device, _ = _model_device_dtype(model)
     for batch in _batches(rows, batch_size):
         sequences, spans = [], []
         for row in batch:
-            prompt = [processor.audio_token_id] * processor.length_spec.num_tokens(row.audio.size) + cue
-            transcript = tokenizer(" " + row.text, add_special_tokens=False)["input_ids"]
-            sequences.append(prompt + transcript)
-            spans.append((len(prompt), len(transcript)))
+            audio = [processor.audio_token_id] * processor.length_spec.num_tokens(row.audio.size)
+            prompt_ids = before + audio + after
+            transcript = prompt.transcript_ids(processor, row.text)
+            sequences.append(prompt_ids + transcript)
+            spans.append((len(prompt_ids), len(transcript)))
         longest = max(len(sequence) for sequence in sequences)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
@@ -126,16 +161,21 @@ def transcript_scores(
 
 @torch.no_grad()
 def greedy_repeats(
-    model: SaladForConditionalGeneration, processor: SaladProcessor, rows: list[ProbeRow], batch_size: int = 8
+    model: SaladForConditionalGeneration,
+    processor: SaladProcessor,
+    rows: list[ProbeRow],
+    batch_size: int = 8,
+    prompt: RepeatPrompt = RepeatPrompt(),
 ) -> list[str]:
-    """Each clip followed by the repeat cue, continued greedily; the first line of each continuation."""
+    """Each clip in the repeat prompt, continued greedily; the first line of each continuation."""
     outputs = []
     for batch in _batches(rows, batch_size):
         inputs = processor(
-            text=[processor.audio_token + REPEAT_CUE] * len(batch),
+            text=[prompt.text(processor)] * len(batch),
             audio=[row.audio for row in batch],
             padding_side="left",
             return_tensors="pt",
+            add_special_tokens=not prompt.chat,  # a chat template writes any BOS itself
         )
         device, dtype = _model_device_dtype(model)
         inputs = {
@@ -178,13 +218,16 @@ def run_probes(
     processor: SaladProcessor,
     rows: list[ProbeRow],
     with_generation: bool = True,
+    prompt: RepeatPrompt = RepeatPrompt(),
 ) -> dict[str, float | list[str]]:
     """Every probe on `rows`; the control hears each row's clip shifted by one row."""
     was_training = model.training
     model.eval()
     try:
-        nll, accuracy = transcript_scores(model, processor, rows)
-        control_nll, control_accuracy = transcript_scores(model, processor, shuffled_audio(rows))
+        nll, accuracy = transcript_scores(model, processor, rows, prompt=prompt)
+        control_nll, control_accuracy = transcript_scores(
+            model, processor, shuffled_audio(rows), prompt=prompt
+        )
         results: dict[str, float | list[str]] = {
             "transcript_nll": nll,
             "control_nll": control_nll,
@@ -194,7 +237,7 @@ def run_probes(
         }
         references = [row.text for row in rows]
         if with_generation:
-            repeats = greedy_repeats(model, processor, rows)
+            repeats = greedy_repeats(model, processor, rows, prompt=prompt)
             results["repeat_wer"] = word_error_rate(references, repeats)
             results["repeat_examples"] = repeats[:4]
         if model.config.adapter_type == "ctc":
@@ -213,14 +256,22 @@ class AlignmentProbeCallback(TrainerCallback):
     plotted and its repeats read after the fact.
     """
 
-    def __init__(self, processor: SaladProcessor, rows: list[ProbeRow], every_steps: int, output_dir: str):
+    def __init__(
+        self,
+        processor: SaladProcessor,
+        rows: list[ProbeRow],
+        every_steps: int,
+        output_dir: str,
+        prompt: RepeatPrompt = RepeatPrompt(),
+    ):
         self.processor = processor
         self.rows = rows
+        self.prompt = prompt
         self.every_steps = every_steps
         self.path = Path(output_dir) / "probes.jsonl"
 
     def _probe(self, args, state, model) -> None:
-        results = run_probes(model, self.processor, self.rows)
+        results = run_probes(model, self.processor, self.rows, prompt=self.prompt)
         if state.is_world_process_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as handle:
@@ -247,6 +298,12 @@ class ProbeArguments:
     num_rows: int = field(default=32, metadata={"help": "Rows to probe (spread evenly over the file)."})
     output: str | None = field(default=None, metadata={"help": "Write the results here as JSON."})
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
+    chat: bool = field(
+        default=False,
+        metadata={
+            "help": "Ask in the LLM's chat template (a model trained with chat_format), not the raw cue."
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     model = SaladForConditionalGeneration.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
     processor = SaladProcessor.from_pretrained(args.model)
     rows = load_probe_rows(args.rows, args.num_rows, processor.sampling_rate)
-    results = run_probes(model, processor, rows)
+    results = run_probes(model, processor, rows, prompt=RepeatPrompt(chat=args.chat))
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:

@@ -26,7 +26,7 @@ from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .assets import resolve_checkpoint
 from .config import SaladDistillationConfig
-from .probes import AlignmentProbeCallback, load_probe_rows
+from .probes import AlignmentProbeCallback, RepeatPrompt, load_probe_rows
 from .trainer import SaladDistillationTrainer
 
 RESUME_LATEST = (
@@ -258,7 +258,13 @@ def main(argv: list[str] | None = None) -> None:
             training_args.probe_data_file, training_args.probe_num_rows, processor.sampling_rate
         )
         trainer.add_callback(
-            AlignmentProbeCallback(processor, rows, training_args.probe_steps, training_args.output_dir)
+            AlignmentProbeCallback(
+                processor,
+                rows,
+                training_args.probe_steps,
+                training_args.output_dir,
+                RepeatPrompt(chat=training_args.chat_format),
+            )
         )
     trainer.train(
         resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)

@@ -71,6 +71,8 @@ class SaladDistillationTrainer(Trainer):
                 speech_span=tuple(args.speech_span),
                 continuation=args.continuation,
                 interleave_probability=args.interleave_probability,
+                chat_format=args.chat_format,
+                chat_instruction=args.chat_instruction,
                 max_bad_row_fraction=args.max_bad_row_fraction,
                 seed=args.seed,
             )
@@ -197,6 +199,10 @@ class SaladDistillationTrainer(Trainer):
             **chunking,
         )
         loss = output.loss
+        if self.args.frame_loss_weight > 0 and inputs.get("input_features") is not None:
+            loss = loss + self.args.frame_loss_weight * self.auxiliary_frame_loss(
+                model, inputs, num_items_in_batch
+            )
         if inputs.get("input_features") is None:
             # A text-only batch leaves the adapter out of the graph: tie it in with a zero term, so DDP sees
             # every trainable parameter used and a frozen-LLM run still has something to backpropagate.
@@ -213,6 +219,21 @@ class SaladDistillationTrainer(Trainer):
             raise ValueError(
                 "objective='frame_embedding' needs speech in every batch; set text_only_ratio=0."
             )
+        output = self.frame_embedding_output(model, inputs)
+        return (output.loss, output) if return_outputs else output.loss
+
+    def auxiliary_frame_loss(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """The frame-embedding loss as a term of the distillation loss (`frame_loss_weight`). It is a mean over
+        this micro-batch's frames, so under gradient accumulation it is weighted by the micro-batch's share of
+        the supervised tokens, like the distillation term it is added to."""
+        loss = self.frame_embedding_output(model, inputs).loss
+        self._metrics[f"{'train' if model.training else 'eval'}_frame_loss"].append(float(loss.detach()))
+        if num_items_in_batch is None:
+            return loss
+        return loss * len(inputs["target_ids"]) / num_items_in_batch
+
+    def frame_embedding_output(self, model, inputs):
+        """`frame_embedding_loss` of the adapter's output on this batch's frame targets; logs its accuracies."""
         unwrapped = self.accelerator.unwrap_model(model)
         frame_embeds, token_mask = unwrapped.get_frame_embeddings(
             inputs["input_features"], inputs["input_features_mask"]
@@ -228,7 +249,7 @@ class SaladDistillationTrainer(Trainer):
         self._metrics[f"{mode}_frame_accuracy"].append(float(output.accuracy))
         self._metrics[f"{mode}_word_frame_accuracy"].append(float(output.word_accuracy))
         self._metrics[f"{mode}_aligned_frames"].append(float(output.num_frames))
-        return (output.loss, output) if return_outputs else output.loss
+        return output
 
     def compute_ctc_loss(self, model, inputs, return_outputs=False):
         """CTC of each clip's transcript under the `"ctc"` adapter's frame classifier (no LLM forward)."""

@@ -168,10 +168,10 @@ def greedy_repeats(
     prompt: RepeatPrompt = RepeatPrompt(),
 ) -> list[str]:
     """Each clip in the repeat prompt, continued greedily; the first line of each continuation."""
-    outputs = []
+    outputs, text = [], prompt.text(processor)
     for batch in _batches(rows, batch_size):
         inputs = processor(
-            text=[prompt.text(processor)] * len(batch),
+            text=[text] * len(batch),
             audio=[row.audio for row in batch],
             padding_side="left",
             return_tensors="pt",

@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> None:
                 rows,
                 training_args.probe_steps,
                 training_args.output_dir,
-                RepeatPrompt(chat=training_args.chat_format),
+                RepeatPrompt(
+                    training_args.chat_format, training_args.chat_instruction or RepeatPrompt.instruction
+                ),
             )
         )
     trainer.train(

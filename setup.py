@@ -15,9 +15,11 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_salad", "trainers", "trainers.*", "eval", "hub_scripts"]),
-    # the embedded default's training recipe (for its model card) and the built-in spoken task set
+    # the shipped embedded default (its trained adapter and training recipe), the model card template and the
+    # built-in spoken task set
     package_data={
-        "hub_scripts": ["embedded_default/*", "model_card_template.md"],
+        "trainers.assets": ["embedded-default/*"],
+        "hub_scripts": ["model_card_template.md"],
         "eval": ["data/*.jsonl", "metrics/*/*.py"],
     },
     install_requires=[

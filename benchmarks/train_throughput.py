@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py                       # every lever, 8 timed steps each
     python benchmarks/train_throughput.py --levers fp32 grouped stack_8 nll_only   # a CPU without bf16 units
+    python benchmarks/train_throughput.py --levers nll_only bf16_units --output benchmarks/results/train_throughput_amx.json
 
 The levers are cumulative: each one keeps the ones before it and changes one more thing. Each runs in its own
 subprocess on the TTS training rows (`python -m trainers.prepare_data --source text_pool --output_dir data/tts`)
@@ -17,7 +18,9 @@ down 10x and more).
 - `stack_8`: 6.25 audio tokens a second instead of 12.5 (the frozen LLM's forward and backward are most of
   a step, and its cost grows with the positions);
 - `nll_only`: `alpha=0` with whole utterances, the ASR stage (`configs/embedded-default-asr.yaml`): the
-  teacher's forward pass is skipped.
+  teacher's forward pass is skipped;
+- `bf16_units`: bf16 autocast again, on the ASR step: pays only on a CPU with bf16 matrix units (Intel AMX,
+  `amx_bf16` in /proc/cpuinfo), where fp32 leaves them idle.
 
 The first 2 steps of each run are not timed (allocation, dataloader start). Speedups are in seconds of audio
 per second, against the first lever measured (a batch of interleaved rows holds less audio than one of whole utterances, so
@@ -29,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ CHANGES = {
     "grouped": {"train_sampling_strategy": "group_by_length"},
     "stack_8": {"adapter_stack_factor": 8},
     "nll_only": {"alpha": 0.0, "interleave_probability": 0.0},
+    "bf16_units": {"bf16": True},
 }
 BATCH_SIZE = 8
 WARMUP_STEPS = 2
@@ -123,6 +125,9 @@ def main() -> None:
     parser.add_argument("--levers", nargs="+", default=list(CHANGES), choices=list(CHANGES))
     parser.add_argument("--steps", type=int, default=8, help="Timed steps per lever.")
     parser.add_argument("--data_file", default="data/tts/train.jsonl")
+    parser.add_argument(
+        "--output", default=str(Path(__file__).resolve().parent / "results" / "train_throughput_cpu.json")
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -152,19 +157,16 @@ def main() -> None:
         result["speedup_vs_first"] = round(
             result["audio_seconds_per_second"] / reference["audio_seconds_per_second"], 2
         )
-    import torch
+    from loss_memory import machine_info
 
     report = {
         "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "machine": machine_info("cpu"),
+        "bf16_matrix_units": "amx_bf16" in Path("/proc/cpuinfo").read_text(),
         "batch_size": BATCH_SIZE,
         "results": results,
     }
-    out = Path(__file__).resolve().parent / "results" / "train_throughput_cpu.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"| lever | s/step | samples/s | audio s/s | speedup vs {reference['lever']} |\n|---|---:|---:|---:|---:|"
     )

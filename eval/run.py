@@ -28,7 +28,14 @@ from trainers.misalignment import forgetting_and_misalignment
 from trainers.tts import get_backend, synthesize_many
 
 from .gap import gap_report
-from .scoring import few_shot_block, prior_prompt, score_speech_items, score_text_items, text_prompt
+from .scoring import (
+    chat_prompt,
+    few_shot_block,
+    prior_prompt,
+    score_speech_items,
+    score_text_items,
+    text_prompt,
+)
 from .tasks import MultipleChoiceItem, load_offline_tasks, load_task, parse_task_spec, safe_name
 
 SYSTEMS = ("base_text", "salad_text", "salad_speech", "cascade", "prior")
@@ -80,6 +87,13 @@ class EvalArguments:
     batch_size: int = field(default=16, metadata={"help": "Prompt + option sequences per forward pass."})
     normalized: bool = field(
         default=True, metadata={"help": "Pick options by length-normalized log-probability."}
+    )
+    chat: bool = field(
+        default=False,
+        metadata={
+            "help": "Ask every system in the LLM's chat template (question in the user turn, `Answer:` opening "
+            "the assistant's), as a model trained with `chat_format` was; default: the raw prompt."
+        },
     )
     output_dir: str = field(
         default="runs/eval", metadata={"help": "Where results.json, results.md and plots go."}
@@ -149,16 +163,23 @@ def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -
     transcripts = (
         transcribe(args.asr_model, clips, processor.sampling_rate) if "cascade" in args.systems else []
     )
-    texts = [text_prompt(item.spoken_text, shots) for item in items]
+
+    def framed(prompt: str) -> str:
+        return chat_prompt(prompt, tokenizer) if args.chat else prompt
+
+    texts = [framed(text_prompt(item.spoken_text, shots)) for item in items]
+    speech_prompt = framed(text_prompt(processor.audio_token, shots))
     scorers = {
         "base_text": lambda: score_text_items(base_lm, tokenizer, items, texts, args.batch_size),
         "salad_text": lambda: score_text_items(model, tokenizer, items, texts, args.batch_size),
-        "salad_speech": lambda: score_speech_items(model, processor, items, clips, shots, args.batch_size),
+        "salad_speech": lambda: score_speech_items(
+            model, processor, items, clips, speech_prompt, args.batch_size
+        ),
         "cascade": lambda: score_text_items(
-            base_lm, tokenizer, items, [text_prompt(t, shots) for t in transcripts], args.batch_size
+            base_lm, tokenizer, items, [framed(text_prompt(t, shots)) for t in transcripts], args.batch_size
         ),
         "prior": lambda: score_text_items(
-            model, tokenizer, items, [prior_prompt(shots)] * len(items), args.batch_size
+            model, tokenizer, items, [framed(prior_prompt(shots))] * len(items), args.batch_size
         ),
     }
     choices, correct = {}, {}

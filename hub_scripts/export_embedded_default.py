@@ -1,6 +1,6 @@
 """Ship a trained adapter as the embedded default (what `embedded:salad` and `make demo` load).
 
-    python -m hub_scripts.export_embedded_default --checkpoint runs/embedded-default   # -> the salad cache
+    python -m hub_scripts.export_embedded_default --checkpoint runs/embedded-default-asr-chat   # -> the folder in git
 
 Only the adapter (and the audio token's embedding row) is kept; a checkpoint whose encoder or LLM changed is
 refused, because those weights would be lost (`trainers.assets.embedded_default.export_embedded_default`).
@@ -19,7 +19,8 @@ from trainers.assets.embedded_default import export_embedded_default
 class ExportArguments:
     checkpoint: str = field(metadata={"help": "SALAD checkpoint trained on the embedded components."})
     destination: str | None = field(
-        default=None, metadata={"help": "Default: embedded-default/ in the salad cache."}
+        default=None,
+        metadata={"help": "Default: trainers/assets/embedded-default/, the shipped adapter's folder in git."},
     )
 
 

@@ -87,6 +87,11 @@ def evaluate(model: str, systems: list[str], output_dir: Path, args: RecipeArgum
     return run(eval_args)["tasks"]["offline"]
 
 
+# How many sentences of the seeded text-pool draw the shipped embedded default was trained on (`make
+# embedded-default`: `prepare_data --num_sentences 30000`); the demo's fresh data starts after them.
+SHIPPED_TRAINING_SENTENCES = 30_000
+
+
 def fresh_data(output: Path, args: RecipeArguments) -> tuple[Path, Path, Path]:
     """Spoken rows and a text pool from sentences past the shipped model's training draw."""
 
@@ -100,13 +105,15 @@ def fresh_data(output: Path, args: RecipeArguments) -> tuple[Path, Path, Path]:
             output_dir=str(data_dir),
             source="text_pool",
             num_sentences=spoken,
-            offset=12000,
+            offset=SHIPPED_TRAINING_SENTENCES,
             eval_fraction=0.5,
             num_workers=0,
         )  # fmt: skip
     )
     # Stage II's pool and the text-only rows: the next sentences of the same draw, never spoken above.
-    sentences = draw_sentences(str(pool_file), args.pool_sentences, 40, seed=0, offset=12000 + spoken)
+    sentences = draw_sentences(
+        str(pool_file), args.pool_sentences, 40, seed=0, offset=SHIPPED_TRAINING_SENTENCES + spoken
+    )
     pool = data_dir / "stage2_pool.jsonl"
     pool.write_text("".join(json.dumps({"text": text}) + "\n" for text in sentences))
     print(f"    {counts['train']} rows in training voices, {counts['eval']} in held-out voices; "

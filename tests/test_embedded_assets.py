@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from modeling_salad import SaladForConditionalGeneration
 from trainers.assets import asterisk, embedded_default, load_salad, models
@@ -21,7 +23,7 @@ from trainers.assets.models import (
     whisper_base_path,
     whisper_tiny_en_path,
 )
-from trainers.misalignment import forgetting_and_misalignment
+from trainers.probes import ProbeRow, RepeatPrompt, run_probes
 
 TRANSCRIPTS = """; Core Asterisk Sounds in English
 
@@ -267,14 +269,20 @@ def assembled(tmp_path, monkeypatch):
 
 @pytest.mark.assets
 def test_export_and_assembly_round_trip_the_trained_adapter(tmp_path, assembled):
-    """A checkpoint on the embedded components ships as its adapter alone and comes back with equal weights."""
+    """A checkpoint on the embedded components ships as its adapter alone, in bf16, and comes back with equal
+    weights (the "trained" weights here are bf16-representable, so the rounding loses nothing)."""
     model = assembled
     with torch.no_grad():
-        for parameter in model.adapter.parameters():
-            parameter.add_(torch.randn_like(parameter))  # "training"
+        for parameter in model.adapter.parameters():  # "training"
+            parameter.copy_((parameter + torch.randn_like(parameter)).bfloat16().float())
+        audio_row = model.get_input_embeddings().weight[model.config.audio_token_id]
+        audio_row.copy_(audio_row.bfloat16().float())
     model.save_pretrained(tmp_path / "trained")
     shipped = embedded_default.export_embedded_default(tmp_path / "trained", tmp_path / "shipped")
     assert (shipped / "adapter.safetensors").stat().st_size < 5e6
+    stored = load_file(shipped / "adapter.safetensors")
+    assert {tensor.dtype for tensor in stored.values()} == {torch.bfloat16}
+    torch.testing.assert_close(stored[embedded_default.AUDIO_TOKEN_ROW].float(), audio_row, rtol=0, atol=0)
     reloaded = SaladForConditionalGeneration.from_pretrained(
         embedded_default.salad_embedded_default_path(shipped)
     )
@@ -292,20 +300,30 @@ def test_export_refuses_a_checkpoint_whose_llm_was_trained(tmp_path, assembled):
         embedded_default.export_embedded_default(tmp_path / "full", tmp_path / "shipped")
 
 
+def test_the_shipped_adapter_is_in_git_as_bf16_within_the_size_budget():
+    """A fresh clone hears without training: the trained adapter ships in the package, as bf16, at most 16 MB."""
+    folder = embedded_default.embedded_default_dir()
+    weights = folder / embedded_default.ADAPTER_WEIGHTS
+    assert weights.is_file(), (
+        f"the shipped adapter is missing from {folder}: `make embedded-default` rebuilds it"
+    )
+    assert weights.stat().st_size <= 16_000_000
+    assert {tensor.dtype for tensor in load_file(weights).values()} == {embedded_default.SHIPPED_DTYPE}
+    settings = json.loads((folder / embedded_default.ADAPTER_CONFIG).read_text())
+    assert settings["adapter_type"] == "mlp"
+
+
 @pytest.mark.assets
-def test_the_shipped_default_loads_in_one_line_and_is_closer_to_the_text_llm_on_human_speech():
-    """The trained adapter (`make embedded-default`, in the cache) on the offline components loads with one
-    `from_pretrained`, and on recorded human prompts its misalignment M is below the untrained adapter's."""
-    if not (embedded_default.embedded_default_dir() / embedded_default.ADAPTER_WEIGHTS).exists():
-        pytest.skip(
-            "no trained adapter in the salad cache: `make embedded-default` trains it (about 40 min on 2 cores)"
-        )
-    rows = [{"text": clip.transcript, "audio": {"array": clip.audio, "sampling_rate": clip.sampling_rate}}
-            for clip in asset(lambda: asterisk_prompts(limit=8))]  # fmt: skip
-    misalignment = {}
+def test_the_shipped_default_loads_in_one_line_and_hears_recorded_human_speech():
+    """The shipped adapter on the offline components loads with one `from_pretrained`, and on recorded human
+    prompts (a speaker training never heard) the clip itself tells the LLM the words: asked to repeat it in the
+    chat template it was trained in, the transcript's NLL with the real clip is more than 1 nat/token below the
+    NLL with another prompt's clip. The untrained adapter's gain is about 0."""
+    rows = [ProbeRow(clip.transcript, clip.audio) for clip in asset(lambda: asterisk_prompts(limit=8))]
+    gain = {}
     for name in ("embedded:salad", "embedded:untrained"):
         model, processor = load_salad(name, torch.float32)
-        with torch.no_grad():
-            measured = forgetting_and_misalignment(model, processor, rows, with_forgetting=False)
-        misalignment[name] = measured["misalignment"]
-    assert misalignment["embedded:salad"] < misalignment["embedded:untrained"]
+        measured = run_probes(model, processor, rows, with_generation=False, prompt=RepeatPrompt(chat=True))
+        gain[name] = measured["content_gain_nll"]
+    assert gain["embedded:salad"] > 1.0
+    assert gain["embedded:salad"] > gain["embedded:untrained"] + 1.0

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny, tone
+from conftest import build_tiny, make_tokenizer, tone
 from torch import nn
 
 from eval.gap import bootstrap_interval, gap_report, paired_difference
 from eval.run import EvalArguments
-from eval.scoring import score_speech_items, score_text_items, text_prompt
+from eval.scoring import chat_prompt, score_speech_items, score_text_items, text_prompt
 from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks, load_task
 from trainers.assets.asterisk import asterisk_prompts
 from trainers.assets.models import whisper_tiny_en_path
@@ -90,10 +90,10 @@ def test_batched_speech_scoring_equals_the_processor_path(whisper_salad):
     model, processor = whisper_salad
     items = [MultipleChoiceItem(str(n), "d", "q", ("yes", "no way"), 0) for n in range(3)]
     clips = [tone(0.5 + 0.4 * n, freq=300 + 200 * n, seed=n) for n in range(3)]
-    batched = score_speech_items(model, processor, items, clips, shots="", batch_size=5)
+    prompt = text_prompt(processor.audio_token, "")
+    batched = score_speech_items(model, processor, items, clips, prompt, batch_size=5)
     assert batched[0].logprob != batched[1].logprob  # the audio matters
     for item, clip, scores in zip(items, clips, batched):
-        prompt = text_prompt(processor.audio_token, "")
         prompt_length = processor(text=prompt, audio=clip)["input_ids"].shape[1]
         for k, option in enumerate(item.options):
             inputs = processor(text=prompt + " " + option, audio=clip)
@@ -234,8 +234,9 @@ def test_evaluate_metric_modules_load_from_local_paths():
 
 
 @pytest.fixture
-def tiny_eval_run(whisper_salad, tmp_path, monkeypatch):
-    """`eval.run.run` on the tiny model with stand-ins for TTS (tones) and ASR (the true text)."""
+def tiny_harness(whisper_salad, monkeypatch):
+    """`eval.run` on the tiny model with stand-ins for TTS (tones) and ASR (the true text); the ASR stand-in
+    records how many clips it was given."""
     from eval import run as run_module
 
     model, processor = whisper_salad
@@ -245,15 +246,22 @@ def tiny_eval_run(whisper_salad, tmp_path, monkeypatch):
         "synthesize_items",
         lambda items, args, sr: [tone(0.3 + 0.01 * i, sr) for i in range(len(items))],
     )
-    transcribed = []
+    run_module.transcribed = []
 
     def fake_transcribe(asr_model, clips, sampling_rate):
-        transcribed.append(len(clips))
+        run_module.transcribed.append(len(clips))
         return [item.spoken_text for item in run_module.load_task("offline", 12)]
 
     monkeypatch.setattr(run_module, "transcribe", fake_transcribe)
-    args = run_module.EvalArguments(limit=12, output_dir=str(tmp_path), bootstrap_samples=200, num_fewshot=2)
-    return run_module.run(args), tmp_path, transcribed
+    return run_module
+
+
+@pytest.fixture
+def tiny_eval_run(tiny_harness, tmp_path):
+    args = tiny_harness.EvalArguments(
+        limit=12, output_dir=str(tmp_path), bootstrap_samples=200, num_fewshot=2
+    )
+    return tiny_harness.run(args), tmp_path, tiny_harness.transcribed
 
 
 def test_harness_writes_json_markdown_and_plots(tiny_eval_run):
@@ -271,6 +279,59 @@ def test_harness_writes_json_markdown_and_plots(tiny_eval_run):
     assert (out / "accuracy_per_task.png").stat().st_size > 0 and (
         out / "gap_per_domain_offline.png"
     ).exists()
+
+
+def test_the_chat_flag_asks_every_system_in_the_chat_template(tiny_harness, tmp_path, monkeypatch):
+    """With `chat`, the text, cascade, prior and speech prompts are the raw ones inside the chat template."""
+    asked, score_text, score_speech = [], tiny_harness.score_text_items, tiny_harness.score_speech_items
+
+    def text_recorded(model, tokenizer, items, prompts, *rest):
+        asked.extend(prompts)
+        return score_text(model, tokenizer, items, prompts, *rest)
+
+    def speech_recorded(model, processor, items, clips, prompt, *rest):
+        asked.append(prompt)
+        return score_speech(model, processor, items, clips, prompt, *rest)
+
+    monkeypatch.setattr(tiny_harness, "score_text_items", text_recorded)
+    monkeypatch.setattr(tiny_harness, "score_speech_items", speech_recorded)
+    args = tiny_harness.EvalArguments(
+        limit=12, output_dir=str(tmp_path), bootstrap_samples=50, chat=True, distribution_metrics=False
+    )
+    tiny_harness.run(args)
+    assert len(asked) == 12 * 4 + 1  # base_text, salad_text, cascade and prior per item; one speech prompt
+    assert all(p.startswith("<|im_start|>user\nQuestion:") and p.endswith("<|im_start|>assistant\nAnswer:")
+               for p in asked)  # fmt: skip
+    assert "<|im_start|>user\nQuestion: <|audio|><|im_end|>\n<|im_start|>assistant\nAnswer:" in asked
+
+
+def test_chat_prompt_moves_the_answer_cue_into_the_reply():
+    tokenizer = make_tokenizer()
+    shots = "Question: one plus one\nAnswer: two\n\n"
+    assert chat_prompt(text_prompt("two plus two", shots), tokenizer) == (
+        "<|im_start|>user\nQuestion: one plus one\nAnswer: two\n\nQuestion: two plus two<|im_end|>\n"
+        "<|im_start|>assistant\nAnswer:"
+    )
+    with pytest.raises(ValueError, match="must end with 'Answer:'"):
+        chat_prompt("Question: two plus two", tokenizer)
+
+
+class BosWritingTokenizer:
+    """A tokenizer that adds a BOS when it tokenizes, and whose chat template writes one too (as Llama 3's)."""
+
+    bos_token, bos_token_id = "<s>", 1
+
+    def __call__(self, text: str) -> dict:
+        return {"input_ids": [self.bos_token_id] + [ord(c) for c in text]}
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return f"<s>[user] {messages[0]['content']} [assistant] "
+
+
+def test_chat_prompt_leaves_the_bos_to_the_tokenizer_that_adds_it():
+    assert (
+        chat_prompt("Question: q\nAnswer:", BosWritingTokenizer()) == "[user] Question: q [assistant] Answer:"
+    )
 
 
 def test_offline_task_set_is_large_and_broad():

@@ -1,7 +1,7 @@
 """Build training rows (the `trainers.data` schema) from speech and text that are installed on this machine.
 
     python -m trainers.prepare_data --output_dir data/asterisk
-    python -m trainers.prepare_data --source text_pool --output_dir data/tts --num_sentences 12000
+    python -m trainers.prepare_data --source text_pool --output_dir data/tts --num_sentences 30000
 
 `--source asterisk` writes the Asterisk English prompts (real human speech, one US-English speaker,
 CC-BY-SA-3.0, from Debian `asterisk-core-sounds-en-g722` + `asterisk-core-sounds-en`) as 16 kHz WAV files
@@ -47,8 +47,8 @@ class PrepareArguments:
     offset: int = field(
         default=0,
         metadata={
-            "help": "Skip this many sentences of the seeded draw: --offset 12000 speaks sentences that the "
-            "default --num_sentences 12000 (the embedded default's training data) never drew."
+            "help": "Skip this many sentences of the seeded draw: --offset 30000 speaks sentences that the "
+            "embedded default's training data (--num_sentences 30000) never drew."
         },
     )
     max_words: int = field(default=40, metadata={"help": "Longer pool sentences are not drawn."})

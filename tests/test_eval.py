@@ -13,7 +13,7 @@ from conftest import build_tiny, make_tokenizer, tone
 from torch import nn
 
 from eval.gap import bootstrap_interval, gap_report, paired_difference
-from eval.run import EvalArguments
+from eval.run import SYSTEMS, EvalArguments
 from eval.scoring import chat_prompt, score_speech_items, score_text_items, text_prompt
 from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks, load_task
 from trainers.assets.asterisk import asterisk_prompts
@@ -281,6 +281,41 @@ def test_harness_writes_json_markdown_and_plots(tiny_eval_run):
     ).exists()
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_the_self_cascade_reads_the_models_own_repeats_with_the_base_llm(
+    tiny_harness, tmp_path, monkeypatch, chat
+):
+    """`self_cascade` asks the SALAD model to repeat each clip, in the prompt format the run asks in, and the
+    base LLM answers those transcripts: perfect repeats score exactly as the text reference, with WER 0."""
+    asked = []
+
+    def perfect_repeats(model, processor, rows, prompt):
+        asked.append((prompt.chat, len(rows)))
+        return [row.text for row in rows]
+
+    monkeypatch.setattr(tiny_harness, "greedy_repeats", perfect_repeats)
+    args = tiny_harness.EvalArguments(
+        limit=12, output_dir=str(tmp_path), bootstrap_samples=50, chat=chat, distribution_metrics=False,
+        systems=["base_text", "self_cascade", "prior"],
+    )  # fmt: skip
+    report = tiny_harness.run(args)["tasks"]["offline"]
+    assert asked == [(chat, 12)] and tiny_harness.transcribed == []  # no Whisper for the self-cascade
+    assert report["systems"]["self_cascade"]["accuracy"] == report["systems"]["base_text"]["accuracy"]
+    assert report["self_cascade_wer"] == 0.0
+    assert report["items"][0]["self_cascade"] == report["items"][0]["base_text"]
+
+
+def test_the_self_cascade_writes_down_what_the_tiny_model_generates(tiny_harness, tmp_path):
+    """Unpatched, the self-cascade's transcripts are the model's greedy repeats: the tiny random model writes
+    nonsense, so their WER is above 0 and is reported."""
+    args = tiny_harness.EvalArguments(
+        limit=4, output_dir=str(tmp_path), bootstrap_samples=20, distribution_metrics=False,
+        systems=["base_text", "self_cascade"],
+    )  # fmt: skip
+    report = tiny_harness.run(args)["tasks"]["offline"]
+    assert report["self_cascade_wer"] > 0
+
+
 def test_the_chat_flag_asks_every_system_in_the_chat_template(tiny_harness, tmp_path, monkeypatch):
     """With `chat`, the text, cascade, prior and speech prompts are the raw ones inside the chat template."""
     asked, score_text, score_speech = [], tiny_harness.score_text_items, tiny_harness.score_speech_items
@@ -346,10 +381,8 @@ def test_offline_task_set_is_large_and_broad():
 def test_shipped_eval_configs_parse(path):
     from trl import TrlParser
 
-    from eval.run import EvalArguments
-
     (args,) = TrlParser((EvalArguments,)).parse_args_and_config(args=["--config", str(path)])
-    assert args.tasks and set(args.systems) <= {"base_text", "salad_text", "salad_speech", "cascade", "prior"}
+    assert args.tasks and set(args.systems) <= set(SYSTEMS)
 
 
 @pytest.mark.assets

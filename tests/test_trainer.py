@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 from trl import TrlParser
 
 from trainers.config import SaladDistillationConfig
-from trainers.train import SaladDataArguments, SaladModelArguments
+from trainers.train import SaladDataArguments, SaladModelArguments, build_train_dataset, speaking_seconds
 from trainers.train import main as train_main
 from trainers.trainer import SaladDistillationTrainer
 
@@ -277,3 +277,21 @@ def test_shipped_configs_parse(path):
     )
     assert training_args.alpha == 1.0 or training_args.objective == "distillation" and "asr" in path.name
     assert model_args.model_name_or_path or model_args.language_model
+
+
+def test_text_only_rows_get_a_length_when_training_groups_rows_by_length(tmp_path):
+    """Grouping by length sorts every row by `length_column_name`: a text-only row mixed in gets the seconds it
+    would take to say (it has no audio), not a null that the sampler cannot sort."""
+    speech, text = tmp_path / "speech.jsonl", tmp_path / "text.jsonl"
+    speech.write_text("".join(json.dumps({"text": f"spoken row {i}", "audio": f"{i}.wav", "duration": 1.5 + i}) + "\n"
+                              for i in range(6)))  # fmt: skip
+    text.write_text("".join(json.dumps({"text": "five words in this row"}) + "\n" for _ in range(6)))
+    data_args = SaladDataArguments(data_files=[str(speech)], text_data_files=[str(text)])
+    training_args = SaladDistillationConfig(
+        output_dir=str(tmp_path), use_cpu=True, text_only_ratio=0.5, report_to=[],
+        train_sampling_strategy="group_by_length", length_column_name="duration",
+    )  # fmt: skip
+    rows = list(build_train_dataset(data_args, training_args))
+    text_rows = [row for row in rows if row["audio"] is None]
+    assert text_rows and all(row["duration"] == speaking_seconds(row["text"]) == 2.0 for row in text_rows)
+    assert all(isinstance(row["duration"], float) for row in rows)

@@ -151,6 +151,14 @@ def with_columns(datasets: list) -> list:
     return aligned
 
 
+SPEAKING_RATE_WORDS_PER_SECOND = 2.5  # read English speech; the TTS training rows average about 2.6
+
+
+def speaking_seconds(text: str) -> float:
+    """About how long `text` takes to say: the length by which a text-only row is grouped among spoken ones."""
+    return len(text.split()) / SPEAKING_RATE_WORDS_PER_SECOND
+
+
 def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDistillationConfig):
     """Speech rows, with text-only rows interleaved at `text_only_ratio` (sampled, seeded)."""
     if data_args.dataset_name is None and not data_args.data_files:
@@ -165,9 +173,22 @@ def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDisti
     text = load_rows(
         data_args.text_dataset_name, data_args.text_data_files, data_args.text_split, data_args.streaming
     )
-    # Text rows get the speech columns as nulls, so both share one schema for interleaving.
+    # Text rows get the speech columns as nulls, so both share one schema for interleaving; grouping by length
+    # needs a length on every row, so a text row gets the seconds it would take to say.
     speech_columns = [column for column in (speech.column_names or ["text", "audio"]) if column != "text"]
-    text = text.select_columns(["text"]).map(lambda row: dict.fromkeys(speech_columns))
+    length_column = (
+        training_args.length_column_name
+        if training_args.train_sampling_strategy == "group_by_length" and training_args.length_column_name in speech_columns
+        else None
+    )  # fmt: skip
+
+    def speech_columns_of_text_row(row: dict) -> dict:
+        columns = dict.fromkeys(speech_columns)
+        if length_column is not None:
+            columns[length_column] = speaking_seconds(row["text"])
+        return columns
+
+    text = text.select_columns(["text"]).map(speech_columns_of_text_row)
     ratio = training_args.text_only_ratio
     return interleave_datasets(
         [speech, text],

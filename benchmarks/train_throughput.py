@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from loss_memory import machine_info  # a sibling script: benchmarks/ is on sys.path when one runs
+
 BASELINE = {
     "adapter_stack_factor": 4, "bf16": True, "train_sampling_strategy": "random", "alpha": 1.0,
     "interleave_probability": 0.5,
@@ -157,8 +159,6 @@ def main() -> None:
         result["speedup_vs_first"] = round(
             result["audio_seconds_per_second"] / reference["audio_seconds_per_second"], 2
         )
-    from loss_memory import machine_info
-
     report = {
         "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
         "machine": machine_info("cpu"),

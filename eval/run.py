@@ -6,8 +6,8 @@
 Five systems answer the same items by default: `base_text` (the original LLM on text: the reference),
 `salad_text` (retention), `salad_speech` (question spoken, options read), `cascade` (ASR transcript -> base LLM)
 and `prior` (options with the question left out: the option-prior control). A sixth, `self_cascade`, is a
-diagnostic to ask for: the SALAD model writes down each clip itself, and the base LLM answers that transcript. Writes `results.json` (what the model card
-reads), `results.md` and PNG plots to `output_dir`.
+diagnostic to ask for: the SALAD model writes down each clip itself, and the base LLM answers that transcript.
+Writes `results.json` (what the model card reads), `results.md` and PNG plots to `output_dir`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from .scoring import (
 from .tasks import MultipleChoiceItem, load_offline_tasks, load_task, parse_task_spec, safe_name
 
 SYSTEMS = ("base_text", "salad_text", "salad_speech", "cascade", "prior", "self_cascade")
-DEFAULT_SYSTEMS = SYSTEMS[:5]  # self_cascade generates a transcript per item: asked for, not run by default
+DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "self_cascade")  # it generates per item: asked for by name
 
 
 @dataclass
@@ -181,6 +181,10 @@ def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -
     def framed(prompt: str) -> str:
         return chat_prompt(prompt, tokenizer) if args.chat else prompt
 
+    def read_transcripts(system: str) -> list:
+        prompts = [framed(text_prompt(transcript, shots)) for transcript in transcripts[system]]
+        return score_text_items(base_lm, tokenizer, items, prompts, args.batch_size)
+
     texts = [framed(text_prompt(item.spoken_text, shots)) for item in items]
     speech_prompt = framed(text_prompt(processor.audio_token, shots))
     scorers = {
@@ -189,16 +193,8 @@ def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -
         "salad_speech": lambda: score_speech_items(
             model, processor, items, clips, speech_prompt, args.batch_size
         ),
-        **{
-            system: lambda system=system: score_text_items(
-                base_lm,
-                tokenizer,
-                items,
-                [framed(text_prompt(t, shots)) for t in transcripts[system]],
-                args.batch_size,
-            )  # fmt: skip
-            for system in transcripts
-        },
+        "cascade": lambda: read_transcripts("cascade"),
+        "self_cascade": lambda: read_transcripts("self_cascade"),
         "prior": lambda: score_text_items(
             model, tokenizer, items, [framed(prior_prompt(shots))] * len(items), args.batch_size
         ),

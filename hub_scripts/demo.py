@@ -14,8 +14,8 @@
 5. A short Stage I + II continuation from the shipped checkpoint: LoRA distillation on the selection mixed
    with text-only rows; M and F on the held-out rows before and after, and the loss curve.
 6. The shipped model hears three task items in a held-out voice (its choice, the right answer marked, what it
-   writes when asked to repeat the item, and its free answer through the `salad-speech-to-text` pipeline); the continued model, saved and reloaded from
-   disk, answers a real (human) spoken question.
+   writes when asked to repeat the item, and its free answer through the `salad-speech-to-text` pipeline); the
+   continued model, saved and reloaded from disk, answers a real (human) spoken question.
 7. Model card and upload folder (`salad-push --dry_run`), checked by `salad-verify` in a clean process.
 
 Everything lands in `--output_dir` (default `runs/demo`), whose README.md lists what is where.

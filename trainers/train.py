@@ -176,16 +176,16 @@ def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDisti
     # Text rows get the speech columns as nulls, so both share one schema for interleaving; grouping by length
     # needs a length on every row, so a text row gets the seconds it would take to say.
     speech_columns = [column for column in (speech.column_names or ["text", "audio"]) if column != "text"]
-    length_column = (
+    grouped_by = (
         training_args.length_column_name
-        if training_args.train_sampling_strategy == "group_by_length" and training_args.length_column_name in speech_columns
+        if training_args.train_sampling_strategy == "group_by_length"
         else None
-    )  # fmt: skip
+    )
 
     def speech_columns_of_text_row(row: dict) -> dict:
         columns = dict.fromkeys(speech_columns)
-        if length_column is not None:
-            columns[length_column] = speaking_seconds(row["text"])
+        if grouped_by in columns:
+            columns[grouped_by] = speaking_seconds(row["text"])
         return columns
 
     text = text.select_columns(["text"]).map(speech_columns_of_text_row)

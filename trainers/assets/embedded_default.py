@@ -46,8 +46,8 @@ AUDIO_TOKEN_ROW = "language_model.audio_token_embedding"
 
 def export_embedded_default(checkpoint: str | Path, destination: Path | None = None) -> Path:
     """Keep what training changed in a SALAD checkpoint built on the embedded components: the adapter's
-    weights (as bf16 safetensors, `SHIPPED_DTYPE`) and its `adapter_*` settings. Refuses a checkpoint whose LLM or encoder was
-    trained (their weights would be lost: ship a full checkpoint instead)."""
+    weights (as bf16 safetensors, `SHIPPED_DTYPE`) and its `adapter_*` settings. Refuses a checkpoint whose LLM or
+    encoder was trained (their weights would be lost: ship a full checkpoint instead)."""
     destination = embedded_default_dir() if destination is None else Path(destination)
     model = SaladForConditionalGeneration.from_pretrained(checkpoint)
     if model.has_lora():

@@ -235,3 +235,53 @@ def test_chat_format_speaks_word_aligned_rows_whole_and_needs_no_interleaving(wh
     assert kinds == ["text", "speech", "text", "text"]
     with pytest.raises(ValueError, match="interleave_probability=0"):
         SaladDistillationConfig(output_dir=str(tmp_path), chat_format=True, interleave_probability=0.5)
+
+
+def question_row(**columns) -> dict:
+    words = "what is a canvas".split()
+    return {
+        "text": " ".join(words), "audio": {"array": tone(0.8), "sampling_rate": 16000}, "words": words,
+        "word_starts": [0.0, 0.2, 0.4, 0.6], "word_ends": [0.15, 0.35, 0.55, 0.75],
+        "prompt": "Question: ", "continuation": "\nAnswer: A heavy cloth", **columns,
+    }  # fmt: skip
+
+
+def test_a_row_with_its_own_prompt_and_continuation_is_a_spoken_question(whisper_salad):
+    """The student reads `Question: <clip>\\nAnswer: ...` token for token as the harness writes it, the teacher
+    reads the question in the clip's place, and only the continuation is supervised, never the prompt."""
+    _, processor = whisper_salad
+    tokenizer = processor.tokenizer
+    collator = SaladDistillationCollator(
+        processor, continuation="Repeat: {transcript}", interleave_probability=1, text_span=(1, 1),
+        speech_span=(1, 1),
+    )  # fmt: skip
+    segments = collator.row_to_segments(question_row())
+    assert [(s.kind, s.supervised) for s in segments] == [("text", False), ("speech", True), ("text", True)]
+    example = encode_segments(segments, processor)
+    clip = processor.length_spec.num_tokens(tone(0.8).size)
+    harness = processor.expand_placeholders(
+        [f"Question: {processor.audio_token}\nAnswer: A heavy cloth"], [clip]
+    )
+    assert example.student_ids == tokenizer(harness[0])["input_ids"]
+    answer = tokenizer("\nAnswer: A heavy cloth", add_special_tokens=False)["input_ids"]
+    assert example.target_ids == answer
+    assert tokenizer.decode(example.teacher_ids).endswith("Question: what is a canvas\nAnswer: A heavy cloth")
+    plain = {key: value for key, value in question_row().items() if key not in ("prompt", "continuation")}
+    interleaved = collator.row_to_segments(plain)  # without its own continuation the row is interleaved
+    assert [s.text for s in interleaved] == ["what", "is", "a", "canvas"]
+
+
+@pytest.mark.parametrize(
+    ("columns", "reason"),
+    [
+        ({"continuation": "  "}, "continuation"),
+        ({"prompt": ""}, "prompt"),
+        ({"continuation": 3}, "continuation"),
+    ],
+)
+def test_an_empty_own_prompt_or_continuation_is_a_counted_bad_row(whisper_salad, columns, reason):
+    _, processor = whisper_salad
+    collator = SaladDistillationCollator(processor)
+    good = question_row()
+    batch = collator([good, question_row(**columns)])
+    assert batch["input_ids"].shape[0] == 1 and batch["bad_row_reasons"] == {reason: 1}

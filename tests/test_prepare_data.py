@@ -10,6 +10,8 @@ import soundfile
 
 from trainers.prepare_data import (
     PrepareArguments,
+    definition_question,
+    definition_question_rows,
     draw_sentences,
     is_held_out,
     split_voices,
@@ -80,3 +82,44 @@ def test_text_pool_rows_train_and_evaluate_on_disjoint_voices(tmp_path):
         audio, rate = soundfile.read(row["audio"])
         assert rate == 16000 and len(row["words"]) == len(row["word_starts"]) == len(row["text"].split())
         assert row["word_ends"][-1] <= audio.size / rate + 0.05
+
+
+def test_definitions_become_questions_both_ways_and_other_sentences_none():
+    sentence = "A nailbrush is a brush used to clean a person's fingernails."
+    assert definition_question(sentence, ask_for_term=False) == (
+        "What is a nailbrush?",
+        "A brush used to clean a person's fingernails",
+    )
+    assert definition_question(sentence, ask_for_term=True) == (
+        "What do you call a brush used to clean a person's fingernails?",
+        "A nailbrush",
+    )
+    assert definition_question("He went to bed dog-tired.", ask_for_term=False) is None
+
+
+def test_question_rows_carry_the_harness_frame_and_keep_one_row_per_question():
+    senses = ["A canvas is a heavy cloth.", "A canvas is the setting for a narrative.", "Not a definition."]
+    rows = definition_question_rows(senses * 20, seed=0)
+    assert 1 <= len(rows) <= 3  # "What is a canvas?" once, each "What do you call ...?" once
+    for question, columns in rows.items():
+        assert columns["prompt"] == "Question: "
+        assert columns["continuation"] == f"\nAnswer: {columns['answer']}"
+        assert question.endswith("?")
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+                    reason="needs `apt-get install espeak-ng flite`")  # fmt: skip
+def test_definition_question_rows_speak_only_the_question(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    glosses = [f"A thing{index} is a tool number {index}." for index in range(12)]
+    pool.write_text("".join(json.dumps({"text": t, "source": "wordnet/definition"}) + "\n" for t in glosses))
+    args = PrepareArguments(
+        output_dir=str(tmp_path / "out"), source="definition_questions", text_pool=str(pool), num_sentences=8,
+        eval_fraction=0.25, num_workers=0,
+    )  # fmt: skip
+    assert write_text_pool_rows(args) == {"train": 6, "eval": 2}
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["source"] == "definition_questions" and row["words"] == row["text"].split()
+        assert row["text"].startswith("What ") and row["answer"] not in row["text"]
+        assert row["continuation"] == "\nAnswer: " + row["answer"]

@@ -92,8 +92,47 @@ def test_callback_probes_at_the_start_and_every_n_steps(tmp_path):
         model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(rows)
     )
     trainer.add_callback(AlignmentProbeCallback(processor, probe_rows()[:2], 2, args.output_dir))
+    answers = AlignmentProbeCallback(
+        processor, question_probe_rows()[:2], 4, args.output_dir, name="answer_probe"
+    )
+    trainer.add_callback(answers)
     trainer.train()
     probed = [entry["step"] for entry in trainer.state.log_history if "probe_ctc_wer" in entry]
     assert probed == [0, 2, 4]
     written = [json.loads(line) for line in (tmp_path / "out" / "probes.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in written] == [0, 2, 4] and "ctc_examples" in written[0]
+    answered = [e["step"] for e in trainer.state.log_history if "answer_probe_content_gain_nll" in e]
+    assert answered == [0, 4] and (tmp_path / "out" / "answer_probes.jsonl").exists()
+
+
+def question_probe_rows() -> list[ProbeRow]:
+    answers = ["A heavy cloth", "A small boat", "A loud bird", "A tall tree"]
+    return [
+        ProbeRow(
+            f"what is thing {i}", tone(0.8, freq=200 + 150 * i, seed=i), "Question: ", "\nAnswer:", answer
+        )
+        for i, answer in enumerate(answers)
+    ]
+
+
+def test_answer_probes_score_the_answer_in_the_harness_frame(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    clip = {"array": tone(0.2).tolist(), "sampling_rate": 16000}
+    row = {"text": "what is a canvas", "audio": clip, "prompt": "Question: ",
+           "continuation": "\nAnswer: A heavy cloth", "answer": "A heavy cloth"}  # fmt: skip
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "text": "other"}) + "\n")
+    loaded = load_probe_rows(str(path), 2, 16000)[0]
+    assert (loaded.prompt, loaded.cue, loaded.answer) == ("Question: ", "\nAnswer:", "A heavy cloth")
+    model, processor = build_tiny("whisper", "mlp")
+    before, after, target = loaded.parts(processor, RepeatPrompt())
+    tokenizer = processor.tokenizer
+    assert tokenizer.decode(before) == "Question: " and tokenizer.decode(after) == "\nAnswer:"
+    assert target == tokenizer(" A heavy cloth", add_special_tokens=False)["input_ids"]
+    results = run_probes(model, processor, question_probe_rows())
+    assert "repeat_wer" not in results  # nothing to repeat: the target is the answer
+    assert results["content_gain_nll"] == pytest.approx(results["control_nll"] - results["transcript_nll"])
+    repeat = run_probes(model, processor, probe_rows(), with_generation=False)
+    assert results["transcript_nll"] != repeat["transcript_nll"]
+    path.write_text(json.dumps({**row, "continuation": "\nAnswer: something else"}) + "\n")
+    with pytest.raises(ValueError, match="does not end with the answer"):
+        load_probe_rows(str(path), 2, 16000)

@@ -169,6 +169,15 @@ class SaladDistillationConfig(TrainingArguments):
             "probe_steps. None: no probes."
         },
     )
+    answer_probe_data_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out spoken questions (jsonl with `prompt`, `continuation` and `answer`: "
+            "`python -m trainers.prepare_data --source definition_questions`) for answer probes: the answer's "
+            "NLL/accuracy after its question's clip against a shuffled-audio control, logged as answer_probe_* "
+            "every probe_steps. None: none."
+        },
+    )
     probe_steps: int = field(default=250, metadata={"help": "Optimizer steps between two alignment probes."})
     probe_num_rows: int = field(default=32, metadata={"help": "Rows of probe_data_file that the probes use."})
     remove_unused_columns: bool = field(

@@ -15,6 +15,11 @@ so corpora that do not fit on disk stream through. Row schema (columns):
 - `words`, `word_starts`, `word_ends` (optional): word-level alignment in seconds (forced alignment, or
   `word_timestamps_with_asr`). With them speech is interleaved with text in spans cut on word boundaries;
   without them the whole utterance is speech, followed by a text continuation.
+- `prompt`, `continuation` (optional): a row's own text before its clip (read by both models, not supervised;
+  one that ends with whitespace is followed by the clip directly) and its own filled-in continuation in place
+  of the run's template (a spoken question and its answer, for instance). A row with its own continuation is
+  always spoken whole. A continuation that starts with whitespace follows the clip as written; any other
+  follows it after a space.
 
 A row whose audio cannot be decoded, or whose alignment is inconsistent, is skipped, counted and reported
 in `collator.stats` and in each batch (`rows_in_batch`, `bad_row_reasons`, which the trainer adds up and logs
@@ -149,15 +154,18 @@ def chat_segments(
     instruction: str | None,
     processor: SaladProcessor,
     word_times: list[tuple[float, float]] | None = None,
+    prompt: str | None = None,
 ) -> list[Segment]:
-    """The whole utterance as one chat exchange in the LLM's own template: the user turn holds the clip (then
-    `instruction`, as the speech-to-text pipeline writes a prompt after the audio), the assistant turn `answer`
-    (the filled-in continuation), ended by the template's end-of-turn markup.
+    """The whole utterance as one chat exchange in the LLM's own template: the user turn holds `prompt` (written
+    right before the clip, so end it with a space or a newline), the clip (then `instruction`, as the
+    speech-to-text pipeline writes a prompt after the audio), the assistant turn `answer` (the filled-in
+    continuation), ended by the template's end-of-turn markup.
 
     Only the assistant's words and its end of turn are supervised, so the model learns to answer what it heard
     and then to stop. The teacher reads the same chat with the transcript in place of the audio.
     """
-    user = [{"type": "audio", "audio": audio}]
+    user = [{"type": "text", "text": prompt}] if prompt else []
+    user.append({"type": "audio", "audio": audio})
     if instruction:
         user.append({"type": "text", "text": instruction})
     messages = [{"role": "user", "content": user}]
@@ -178,17 +186,33 @@ def chat_segments(
 
 
 def whole_utterance_segments(
-    transcript: str, audio: np.ndarray, continuation: str, word_times: list[tuple[float, float]] | None = None
+    transcript: str,
+    audio: np.ndarray,
+    continuation: str,
+    word_times: list[tuple[float, float]] | None = None,
+    prompt: str | None = None,
 ) -> list[Segment]:
-    """Speech for the whole utterance, then the (filled-in) text continuation that the loss supervises."""
-    speech = Segment("speech", transcript, audio, word_times)
-    return [speech, Segment("text", continuation)]
+    """Speech for the whole utterance, then the (filled-in) text continuation that the loss supervises; after
+    an unsupervised `prompt` when one is given (`Question: ` before a spoken question). A prompt that ends with
+    whitespace is followed by the clip directly, as in the evaluation harness's `Question: <|audio|>`."""
+    lead = [Segment("text", prompt, supervised=False)] if prompt else []
+    speech = Segment(
+        "speech", transcript, audio, word_times, separator="" if (prompt or "")[-1:].isspace() else " "
+    )
+    separator = "" if continuation[:1].isspace() else " "
+    return [*lead, speech, Segment("text", continuation, separator=separator)]
 
 
 def fill_continuation(template: str, row: dict, transcript: str) -> str:
     """The continuation template filled in for a row: `{transcript}` is the row's transcript ("Repeat what was
     said: {transcript}" gives the dense "repeat" format, where the teacher is nearly certain of every token),
-    `{answer}` its `answer` column (the text LLM's own reply, `python -m trainers.chat_answers`)."""
+    `{answer}` its `answer` column (the text LLM's own reply, `python -m trainers.chat_answers`). A row's own
+    `continuation` column is used as it is instead."""
+    if row.get("continuation") is not None:
+        own = row["continuation"]
+        if not isinstance(own, str) or not own.strip():
+            raise BadRowError("continuation: the row's own continuation must be non-empty text.")
+        return own
     answer = row.get("answer")
     if "{answer}" in template and (not isinstance(answer, str) or not answer.strip()):
         raise BadRowError(
@@ -337,7 +361,7 @@ class SaladDistillationCollator:
         audio = decode_row_audio(row["audio"], self.processor.sampling_rate)
         # The format and spans of a row depend on the row and the seed only: a resumed run sees the same examples.
         rng = random.Random(f"{self.seed}:{text}")
-        if not row.get("words"):
+        if not row.get("words") or row.get("continuation") is not None:
             return self.whole_utterance(row, audio)
         words, starts, ends = checked_word_times(row, audio.size / self.processor.sampling_rate)
         if not self.chat_format and rng.random() < self.interleave_probability:
@@ -359,11 +383,14 @@ class SaladDistillationCollator:
         """The utterance spoken whole, then the continuation: raw, or as a chat exchange (`chat_format`)."""
         transcript = row["text"].strip()
         continuation = fill_continuation(self.continuation, row, transcript)
+        prompt = row.get("prompt")
+        if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+            raise BadRowError("prompt: the row's prompt must be non-empty text.")
         if self.chat_format:
             return chat_segments(
-                transcript, audio, continuation, self.chat_instruction, self.processor, word_times
+                transcript, audio, continuation, self.chat_instruction, self.processor, word_times, prompt
             )
-        return whole_utterance_segments(transcript, audio, continuation, word_times)
+        return whole_utterance_segments(transcript, audio, continuation, word_times, prompt)
 
     def encode_rows(self, rows: list[dict]) -> tuple[list[EncodedExample], dict[str, int]]:
         """Encode the rows, skipping and counting bad ones (returned per reason); raise once they pass the

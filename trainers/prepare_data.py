@@ -13,12 +13,21 @@ offline TTS voices, one voice per sentence, with the engines' word timestamps (s
 Voices named in `--held_out_voices` (by default espeak-ng `en-us` in every variant and flite `slt`, the
 evaluation voices) never speak a training row: `eval.jsonl` holds other sentences in those voices only, so
 that evaluation measures speech from voices the model was not trained on.
+
+`--source definition_questions` turns the pool's WordNet definitions ("A nailbrush is a brush used to clean a
+person's fingernails.") into spoken questions with their answers, half each way: "What is a nailbrush?" ->
+"A brush used to clean a person's fingernails", and "What do you call a brush used to clean a person's
+fingernails?" -> "A nailbrush". Only the question is spoken, in the same voices and split as `text_pool`; each
+row carries the frame of the evaluation harness (`eval.scoring`) as its own `prompt` ("Question: ") and
+`continuation` ("\nAnswer: <answer>"), so a run that mixes these rows in learns to answer what it hears, not
+only to repeat it.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +39,10 @@ from trainers.assets.asterisk import asterisk_prompts
 from .active_selection import speech_row, write_rows
 from .tts import get_backend, synthesize_many
 
-SOURCES = ("asterisk", "text_pool")
+SOURCES = ("asterisk", "text_pool", "definition_questions")
+
+# "A nailbrush is a brush used to ...": the sentences `trainers.text_pool` makes of WordNet's noun definitions.
+_DEFINITION = re.compile(r"^(?P<term>An? .+?) is (?P<gloss>(?:a|an|the|any|one) .+)\.$")
 
 
 @dataclass
@@ -136,10 +148,50 @@ def draw_sentences(path: str, count: int, max_words: int, seed: int, offset: int
     return random.Random(seed).sample(texts, offset + count)[offset:]
 
 
+def definition_question(sentence: str, ask_for_term: bool) -> tuple[str, str] | None:
+    """A spoken question and its answer from a pool definition; None for a sentence that is not one.
+
+    `ask_for_term` asks for the word from its gloss ("What do you call a brush used to ...?" -> "A nailbrush"),
+    otherwise for the gloss ("What is a nailbrush?" -> "A brush used to ...").
+    """
+    match = _DEFINITION.match(sentence.strip())
+    if match is None:
+        return None
+    term, gloss = match["term"], match["gloss"]
+    if ask_for_term:
+        return f"What do you call {gloss}?", term
+    return f"What is {term[0].lower()}{term[1:]}?", f"{gloss[0].upper()}{gloss[1:]}"
+
+
+def definition_question_rows(sentences: list[str], seed: int) -> dict[str, dict]:
+    """Question text -> its row columns (`prompt`, `continuation`, `answer`), one direction per definition drawn
+    at random; a question asked by two definitions (two senses of one word) is kept once, the first."""
+    rng = random.Random(seed)
+    rows = {}
+    for sentence in sentences:
+        pair = definition_question(sentence, ask_for_term=rng.random() < 0.5)
+        if pair is not None and pair[0] not in rows:
+            question, answer = pair
+            rows[question] = {"prompt": "Question: ", "continuation": f"\nAnswer: {answer}", "answer": answer}
+    return rows
+
+
 def write_text_pool_rows(args: PrepareArguments) -> dict[str, int]:
-    """Speak pool sentences: training rows in training voices, held-apart sentences in held-out voices."""
+    """Speak pool sentences (or, for `definition_questions`, questions made of the pool's definitions): training
+    rows in training voices, held-apart sentences in held-out voices."""
     output = Path(args.output_dir)
-    sentences = draw_sentences(args.text_pool, args.num_sentences, args.max_words, args.seed, args.offset)
+    columns = {}
+    if args.source == "definition_questions":
+        with open(args.text_pool) as handle:
+            pool = [json.loads(line) for line in handle]
+        definitions = [row["text"] for row in pool if row.get("source") == "wordnet/definition"]
+        columns = definition_question_rows(definitions, args.seed)
+        pool_path = output / "questions.jsonl"
+        output.mkdir(parents=True, exist_ok=True)
+        write_rows([{"text": question} for question in columns], pool_path)
+        sentences = draw_sentences(str(pool_path), args.num_sentences, args.max_words, args.seed, args.offset)
+    else:
+        sentences = draw_sentences(args.text_pool, args.num_sentences, args.max_words, args.seed, args.offset)
     num_eval = round(len(sentences) * args.eval_fraction)
     splits = {"eval": sentences[:num_eval], "train": sentences[num_eval:]}
     shares = [share / sum(args.backend_shares) for share in args.backend_shares]
@@ -159,9 +211,9 @@ def write_text_pool_rows(args: PrepareArguments) -> dict[str, int]:
                 texts[start:end], backend, voices=voices, num_workers=args.num_workers,
                 cache_dir=output / "audio", seed=args.seed,
             ):  # fmt: skip
-                rows.append(
-                    speech_row(synthesis, str(Path(synthesis.audio_path).resolve()), source="text_pool")
-                )
+                audio_path = str(Path(synthesis.audio_path).resolve())
+                extra = columns.get(synthesis.text, {})
+                rows.append(speech_row(synthesis, audio_path, source=args.source, **extra))
             start = end
         write_rows(rows, output / f"{split}.jsonl")
         counts[split] = len(rows)
@@ -170,7 +222,11 @@ def write_text_pool_rows(args: PrepareArguments) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((PrepareArguments,)).parse_args_and_config(args=argv)
-    writers = {"asterisk": write_asterisk_rows, "text_pool": write_text_pool_rows}
+    writers = {
+        "asterisk": write_asterisk_rows,
+        "text_pool": write_text_pool_rows,
+        "definition_questions": write_text_pool_rows,
+    }
     counts = writers[args.source](args)
     print(f"Wrote {counts['train']} train and {counts['eval']} eval rows to {args.output_dir}")
 

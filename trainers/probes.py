@@ -10,6 +10,12 @@ what was said, `<|audio|> Repeat what was said: <transcript>`, and measures:
 - `repeat_wer`: word error rate of the greedy continuation (first line) against the transcript.
 - `ctc_wer` (`"ctc"` adapter only): word error rate of the frame classifier's own greedy transcript.
 
+Rows that carry their own `prompt`, `continuation` and `answer` (spoken questions:
+`python -m trainers.prepare_data --source definition_questions`) are answer probes instead: the prompt, the clip
+and the continuation up to its answer (`Question: <|audio|>\nAnswer:`, the harness's frame), then the answer's
+tokens scored, against the same shuffled-audio control. The gain there is what the clip tells the LLM about the
+answer, the step from hearing the words to using them.
+
 `AlignmentProbeCallback` runs them every `probe_steps` optimizer steps and logs them with the losses;
 `python -m trainers.probes --model ... --rows data/tts/eval.jsonl` runs them once and writes JSON.
 """
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jiwer
@@ -65,6 +71,40 @@ class RepeatPrompt:
 class ProbeRow:
     text: str
     audio: np.ndarray
+    prompt: str = ""  # answer probes: the text before the clip, ...
+    cue: str | None = None  # ... the text between the clip and the answer ...
+    answer: str | None = None  # ... and the answer scored (after a space); None: a repeat probe
+
+    def parts(
+        self, processor: SaladProcessor, prompt: RepeatPrompt
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Token ids before the clip, after it, and of the scored target: the row's own question frame and
+        answer, or `prompt`'s repeat frame and the transcript."""
+        tokenizer = processor.tokenizer
+        if self.answer is None:
+            before, after = prompt.text(processor).split(processor.audio_token)
+            target = prompt.transcript_ids(processor, self.text)
+        else:
+            before, after = self.prompt, self.cue
+            target = tokenizer(" " + self.answer, add_special_tokens=False)["input_ids"]
+        before_ids, after_ids = (
+            tokenizer(part, add_special_tokens=False)["input_ids"] for part in (before, after)
+        )
+        return before_ids, after_ids, target
+
+
+def question_fields(row: dict, where: str) -> dict:
+    """An answer probe's `prompt`, `cue` and `answer` from a row's own `prompt`, `continuation` and `answer`
+    (the continuation must end with the answer); none for a plain row."""
+    if row.get("answer") is None or row.get("continuation") is None:
+        return {}
+    continuation, answer = row["continuation"], row["answer"].strip()
+    if not answer or not continuation.rstrip().endswith(answer):
+        raise ValueError(
+            f"{where}: the continuation {continuation!r} does not end with the answer {answer!r}."
+        )
+    cue = continuation.rstrip()[: -len(answer)].rstrip(" ")
+    return {"prompt": row.get("prompt") or "", "cue": cue, "answer": answer}
 
 
 def load_probe_rows(path: str, num_rows: int, sampling_rate: int) -> list[ProbeRow]:
@@ -76,7 +116,8 @@ def load_probe_rows(path: str, num_rows: int, sampling_rate: int) -> list[ProbeR
     rows = []
     for index in picked:
         row = json.loads(lines[index])
-        rows.append(ProbeRow(row["text"], decode_row_audio(row["audio"], sampling_rate)))
+        audio = decode_row_audio(row["audio"], sampling_rate)
+        rows.append(ProbeRow(row["text"], audio, **question_fields(row, f"{path}, line {index + 1}")))
     if len(rows) < 2:
         raise ValueError(f"{path} gave {len(rows)} probe rows; the shuffled-audio control needs at least 2.")
     return rows
@@ -120,22 +161,19 @@ def transcript_scores(
     batch_size: int = 8,
     prompt: RepeatPrompt = RepeatPrompt(),
 ) -> tuple[float, float]:
-    """Teacher-forced NLL (nats/token) and top-1 accuracy of each row's transcript after its clip."""
+    """Teacher-forced NLL (nats/token) and top-1 accuracy of each row's target (its transcript, or an answer
+    probe's answer) after its clip."""
     tokenizer = processor.tokenizer
-    before, after = (
-        tokenizer(part, add_special_tokens=False)["input_ids"]
-        for part in prompt.text(processor).split(processor.audio_token)
-    )
     nll_sum, hits, count = 0.0, 0, 0
     device, _ = _model_device_dtype(model)
     for batch in _batches(rows, batch_size):
         sequences, spans = [], []
         for row in batch:
+            before, after, target = row.parts(processor, prompt)
             audio = [processor.audio_token_id] * processor.length_spec.num_tokens(row.audio.size)
             prompt_ids = before + audio + after
-            transcript = prompt.transcript_ids(processor, row.text)
-            sequences.append(prompt_ids + transcript)
-            spans.append((len(prompt_ids), len(transcript)))
+            sequences.append(prompt_ids + target)
+            spans.append((len(prompt_ids), len(target)))
         longest = max(len(sequence) for sequence in sequences)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
@@ -210,7 +248,7 @@ def ctc_transcripts(
 
 def shuffled_audio(rows: list[ProbeRow]) -> list[ProbeRow]:
     """The control: each row's transcript with the next row's clip, so the audio says nothing about the words."""
-    return [ProbeRow(row.text, rows[(i + 1) % len(rows)].audio) for i, row in enumerate(rows)]
+    return [replace(row, audio=rows[(i + 1) % len(rows)].audio) for i, row in enumerate(rows)]
 
 
 def run_probes(
@@ -236,7 +274,7 @@ def run_probes(
             "control_accuracy": control_accuracy,
         }
         references = [row.text for row in rows]
-        if with_generation:
+        if with_generation and all(row.answer is None for row in rows):
             repeats = greedy_repeats(model, processor, rows, prompt=prompt)
             results["repeat_wer"] = word_error_rate(references, repeats)
             results["repeat_examples"] = repeats[:4]
@@ -252,8 +290,8 @@ def run_probes(
 class AlignmentProbeCallback(TrainerCallback):
     """Run the probes every `every_steps` optimizer steps (and at step 0) and log the numbers with the losses.
 
-    Examples (strings) go to `probes.jsonl` in the output folder, next to every number, so a run's curve can be
-    plotted and its repeats read after the fact.
+    Examples (strings) go to `<name>s.jsonl` in the output folder (`probes.jsonl`), next to every number, so a
+    run's curve can be plotted and its repeats read after the fact; the logged numbers are `<name>_<probe>`.
     """
 
     def __init__(
@@ -263,12 +301,14 @@ class AlignmentProbeCallback(TrainerCallback):
         every_steps: int,
         output_dir: str,
         prompt: RepeatPrompt = RepeatPrompt(),
+        name: str = "probe",
     ):
         self.processor = processor
         self.rows = rows
         self.prompt = prompt
         self.every_steps = every_steps
-        self.path = Path(output_dir) / "probes.jsonl"
+        self.name = name
+        self.path = Path(output_dir) / f"{name}s.jsonl"
 
     def _probe(self, args, state, model) -> None:
         results = run_probes(model, self.processor, self.rows, prompt=self.prompt)
@@ -276,7 +316,7 @@ class AlignmentProbeCallback(TrainerCallback):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as handle:
                 handle.write(json.dumps({"step": state.global_step, **results}) + "\n")
-        numbers = {f"probe_{k}": v for k, v in results.items() if isinstance(v, float)}
+        numbers = {f"{self.name}_{k}": v for k, v in results.items() if isinstance(v, float)}
         state.log_history.append({"step": state.global_step, **numbers})
         print({"step": state.global_step, **{k: round(v, 4) for k, v in numbers.items()}})
 

@@ -274,10 +274,14 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=eval_dataset,
         teacher_model=teacher_model,
     )
-    if training_args.probe_data_file is not None:
-        rows = load_probe_rows(
-            training_args.probe_data_file, training_args.probe_num_rows, processor.sampling_rate
-        )
+    probe_files = {
+        "probe": training_args.probe_data_file,
+        "answer_probe": training_args.answer_probe_data_file,
+    }
+    for name, path in probe_files.items():
+        if path is None:
+            continue
+        rows = load_probe_rows(path, training_args.probe_num_rows, processor.sampling_rate)
         trainer.add_callback(
             AlignmentProbeCallback(
                 processor,
@@ -287,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
                 RepeatPrompt(
                     training_args.chat_format, training_args.chat_instruction or RepeatPrompt.instruction
                 ),
+                name=name,
             )
         )
     trainer.train(

@@ -3,6 +3,7 @@
 
     gap(task)        = accuracy(base LLM, text) - accuracy(SALAD model, speech)
     retention gap    = accuracy(base LLM, text) - accuracy(SALAD model, text)
+    over the prior   = accuracy(SALAD model, speech) - accuracy(option prior)
 
 Intervals are percentile bootstraps over items; gaps use paired resampling (the same items for both systems),
 which is what makes small offline sets informative.
@@ -70,7 +71,8 @@ def gap_report(
     prior: str = "prior",
     **bootstrap,
 ) -> dict:
-    """Accuracy of each system, the gap and retention gap, prior agreement: overall and per domain.
+    """Accuracy of each system, the gap, retention gap, speech over the prior and prior agreement: overall and
+    per domain.
 
     `correct[system]` and `choices[system]` hold one entry per item, in the same item order for every system.
     """
@@ -82,6 +84,10 @@ def gap_report(
             out["gap"] = paired_difference(subset[reference], subset[speech], **bootstrap)
         if reference in subset and retention in subset:
             out["retention_gap"] = paired_difference(subset[reference], subset[retention], **bootstrap)
+        if speech in subset and prior in subset:
+            # Paired: a model that mostly answers as the prior does differs from it on few items, so the paired
+            # interval is far narrower than the two accuracies' intervals side by side.
+            out["speech_over_prior"] = paired_difference(subset[speech], subset[prior], **bootstrap)
         if speech in choices and prior in choices:
             out["speech_prior_agreement"] = agreement(
                 np.asarray(choices[speech])[indices], np.asarray(choices[prior])[indices]

@@ -244,14 +244,18 @@ def markdown_table(results: dict) -> str:
             )
     lines += [
         "",
-        "| task | gap (base text - SALAD speech) | retention gap | speech/prior agreement | chance |",
-        "|---|---|---|---|---|",
+        "| task | gap (base text - SALAD speech) | retention gap | speech - prior (paired) | speech/prior agreement "
+        "| chance |",
+        "|---|---|---|---|---|---|",
     ]
     for task, report in results["tasks"].items():
         agreement = report.get("speech_prior_agreement")
         agreement = "-" if agreement is None else f"{agreement:.2f}"
         gap, retention = _interval(report.get("gap")), _interval(report.get("retention_gap"))
-        lines.append(f"| {task} | {gap} | {retention} | {agreement} | {report['chance']:.2f} |")
+        over_prior = _interval(report.get("speech_over_prior"))
+        lines.append(
+            f"| {task} | {gap} | {retention} | {over_prior} | {agreement} | {report['chance']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -94,10 +94,18 @@ def print_evaluation(untrained: dict, shipped: dict) -> None:
     for system in ("salad_text", "salad_speech", "cascade", "prior"):
         print(accuracy_line(system, shipped["systems"].get(system)))
     print("    " + prior_verdict(shipped["systems"]))
-    gap = shipped.get("gap")
-    if gap:
-        print(f"    text-speech gap of the shipped model: {100 * gap['value']:+.1f} points "
-              f"[{100 * gap['ci95'][0]:+.1f}, {100 * gap['ci95'][1]:+.1f}]")  # fmt: skip
+    for key, label in (
+        ("speech_over_prior", "spoken accuracy over the option prior, paired over the same items"),
+        ("gap", "text-speech gap of the shipped model"),
+    ):
+        if shipped.get(key):
+            print("    " + difference_line(label, shipped[key]))
+
+
+def difference_line(label: str, difference: dict) -> str:
+    """A paired difference of accuracies (the harness's `gap`, `speech_over_prior`) in points, with its interval."""
+    low, high = difference["ci95"]
+    return f"{label}: {100 * difference['value']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
 def prior_verdict(systems: dict) -> str:

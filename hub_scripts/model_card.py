@@ -45,6 +45,7 @@ SYSTEM_LABELS = {
 GAP_METRICS = {
     "gap": ("text-speech-gap", "Text-speech gap (base LLM text - SALAD speech)"),
     "retention_gap": ("retention-gap", "Retention gap (base LLM text - SALAD text)"),
+    "speech_over_prior": ("speech-over-prior", "SALAD speech over the option prior (paired)"),
 }
 DISTRIBUTION_METRICS = {
     "forgetting": ("forgetting", "Forgetting F (KL base LLM || SALAD, text, per token)"),
@@ -173,17 +174,18 @@ def accuracy_table(results: Mapping) -> list[str]:
 
 
 def gap_table(results: Mapping) -> list[str]:
-    """The gaps, prior agreement, cascade WER and F / M per task."""
+    """The gaps, speech over the prior, prior agreement, cascade WER and F / M per task."""
     rows = [
-        "| task | text-speech gap | retention gap | speech/prior agreement | cascade ASR WER | forgetting F "
-        "| misalignment M |",
-        "|---|---|---|---|---|---|---|",
+        "| task | text-speech gap | retention gap | speech - prior (paired) | speech/prior agreement | cascade ASR WER "
+        "| forgetting F | misalignment M |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for task, report in results["tasks"].items():
         distribution = report.get("distribution") or {}
         cells = [
             _format_interval(report.get("gap"), signed=True),
             _format_interval(report.get("retention_gap"), signed=True),
+            _format_interval(report.get("speech_over_prior"), signed=True),
             _number(report.get("speech_prior_agreement"), ".2f"),
             _number(report.get("cascade_wer"), ".3f"),
             _number(distribution.get("forgetting"), ".4f"),

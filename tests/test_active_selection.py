@@ -382,6 +382,19 @@ def test_sentence_splitting_and_filters():
     assert text_pool.dedup_key("Hello, World!") == text_pool.dedup_key("hello world")
 
 
+def test_the_text_pool_is_built_by_default_where_the_training_configs_read_it():
+    """`python -m trainers.text_pool` with no arguments (as the READMEs say) writes the pool the configs name."""
+    (args,) = TrlParser((text_pool.TextPoolArguments,)).parse_args_and_config(args=[])
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    read = {
+        line.strip()
+        for c in configs.glob("*.yaml")
+        for line in c.read_text().splitlines()
+        if "pool.jsonl" in line
+    }
+    assert read and all(f"{args.output_dir}/pool.jsonl" in line for line in read), read
+
+
 def test_text_pool_sources_parse_their_package_formats(tmp_path):
     (tmp_path / "fortunes").mkdir()
     (tmp_path / "fortunes" / "wisdom").write_text(

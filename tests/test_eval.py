@@ -127,6 +127,8 @@ def test_gap_report_per_domain_and_prior_agreement():
     assert report["gap"]["value"] == pytest.approx(0.5)
     assert report["retention_gap"]["value"] == 0
     assert report["speech_prior_agreement"] == 0.75
+    assert report["speech_over_prior"]["value"] == pytest.approx(-0.25)  # speech 1/4 right, prior 2/4
+    assert report["domains"]["a"]["speech_over_prior"]["value"] == 0  # both right on the same one of a's two
     assert report["domains"]["a"]["gap"]["value"] == pytest.approx(0.5)
     assert report["domains"]["b"]["systems"]["base_text"]["n"] == 2
 
@@ -275,7 +277,12 @@ def test_harness_writes_json_markdown_and_plots(tiny_eval_run):
     assert report["cascade_wer"] == 0.0 and transcribed == [12]
     saved = json.loads((out / "results.json").read_text())
     assert saved["tasks"]["offline"]["gap"] == report["gap"]
-    assert "| offline | salad_speech |" in (out / "results.md").read_text()
+    markdown = (out / "results.md").read_text()
+    assert "| offline | salad_speech |" in markdown and "speech - prior (paired)" in markdown
+    difference = report["speech_over_prior"]
+    assert (
+        f"{difference['value']:+.3f} [{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}]" in markdown
+    )
     assert (out / "accuracy_per_task.png").stat().st_size > 0 and (
         out / "gap_per_domain_offline.png"
     ).exists()

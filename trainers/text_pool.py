@@ -65,7 +65,10 @@ _ABBREVIATION = re.compile(r"\b(Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|vs|etc|e\.g|i\.e|Inc|
 
 @dataclass
 class TextPoolArguments:
-    output_dir: str = field(metadata={"help": "Folder for pool.jsonl and provenance.json."})
+    output_dir: str = field(
+        default="data/text_pool",
+        metadata={"help": "Folder for pool.jsonl and provenance.json (the path the training configs read)."},
+    )
     min_words: int = field(default=5, metadata={"help": "Shortest sentence kept, in words."})
     max_words: int = field(
         default=40, metadata={"help": "Longest sentence kept, in words (~15 s of speech)."}

@@ -33,6 +33,7 @@ from trainers.assets.ctranslate2_whisper import (
     convert_ctranslate2_whisper,
     dequantize_ctranslate2_variables,
     read_ctranslate2_model,
+    restore_missing_merges,
     whisper_generation_config,
 )
 from trainers.assets.gguf_causal_lm import convert_gguf_causal_lm, load_gguf_causal_lm
@@ -373,6 +374,37 @@ def test_tokenizer_disagreeing_with_vocabulary_is_not_saved(tmp_path, caplog):
     assert not (output / "tokenizer.json").exists()
     assert (output / "preprocessor_config.json").is_file()
     assert "disagrees with the model vocabulary at id 3" in caplog.text
+
+
+def test_a_lost_space_merge_is_restored_first_and_the_word_is_one_token_again():
+    """Whisper base's shipped tokenizer.json lacks the merge `Ġ t`, so " the" encoded as `Ġ` + `the`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {char: i for i, char in enumerate(byte_level_alphabet())}
+    for token in ("Ġt", "he", "Ġthe"):
+        vocab[token] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "t"), ("h", "e"), ("Ġt", "he")]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    whole = json.loads(tokenizer.to_str())
+    broken = json.loads(tokenizer.to_str())
+    broken["model"]["merges"] = broken["model"]["merges"][1:]
+    assert Tokenizer.from_str(json.dumps(broken)).encode(" the").tokens == ["Ġ", "t", "he"]
+
+    assert restore_missing_merges(broken) == ["Ġt"]
+    assert broken["model"]["merges"] == whole["model"]["merges"]
+    assert Tokenizer.from_str(json.dumps(broken)).encode(" the").tokens == ["Ġthe"]
+    assert restore_missing_merges(whole) == []  # a complete file is left as it is
+
+
+@pytest.mark.assets
+@pytest.mark.slow
+def test_real_whisper_base_tokenizer_encodes_like_openais():
+    converted_dir = asset(models.whisper_base_path)
+    tokenizer = AutoTokenizer.from_pretrained(converted_dir)
+    assert tokenizer.convert_ids_to_tokens(tokenizer(" the cat", add_special_tokens=False).input_ids) == [
+        "Ġthe",
+        "Ġcat",
+    ]
 
 
 def test_int16_and_scalar_metadata_dequantize():

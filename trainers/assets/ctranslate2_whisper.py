@@ -441,7 +441,7 @@ def restore_missing_merges(tokenizer_data: dict) -> list[str]:
     `Ġ t` (49,999 merges; tiny.en's file has all 50,000), as if merges.txt's first line had been skipped as the
     `#version` header. Without it " the" encodes as `Ġ` + `the` instead of `Ġthe`: decoding is unaffected, but
     every encoded text (labels, prompts) is off the model's distribution. A missing merge of this shape goes
-    first, the rank such a merge has in every GPT-2-style tokenizer.
+    first, where `Ġ t` stands in GPT-2's and Whisper's merges.
     """
     model = tokenizer_data.get("model", {})
     merges, vocab = model.get("merges"), model.get("vocab", {})
@@ -449,8 +449,7 @@ def restore_missing_merges(tokenizer_data: dict) -> list[str]:
         return []
     as_strings = isinstance(merges[0], str)
     made = {(m.replace(" ", "", 1) if as_strings else "".join(m)) for m in merges}
-    missing = [token for token in vocab if len(token) == 2 and token[0] == "Ġ" and token[1].isalpha()]
-    missing = [token for token in missing if token not in made]
+    missing = [t for t in vocab if len(t) == 2 and t[0] == "Ġ" and t[1].isalpha() and t not in made]
     restored = [f"Ġ {token[1]}" if as_strings else ["Ġ", token[1]] for token in missing]
     model["merges"] = restored + merges
     return missing

@@ -150,10 +150,21 @@ def transcribe(asr_model: str, clips: list[np.ndarray], sampling_rate: int) -> l
     """The cascade's first half: Whisper transcripts of the clips, one clip at a time (batched Whisper
     generation pads every clip to 30 s and was over ten times slower on a 2-core CPU)."""
     asr = pipeline("automatic-speech-recognition", model=resolve_checkpoint(asr_model))
+    generate_kwargs = english_generate_kwargs(asr.model.generation_config)
     return [
-        asr({"raw": clip, "sampling_rate": sampling_rate})["text"].strip()
+        asr({"raw": clip, "sampling_rate": sampling_rate}, generate_kwargs=generate_kwargs)["text"].strip()
         for clip in tqdm(clips, desc="cascade ASR", leave=False)
     ]
+
+
+def english_generate_kwargs(generation_config) -> dict:
+    """Generation settings that make a Whisper transcribe English: the task set is spoken in English, and a
+    multilingual Whisper left to detect each clip's language hears some robotic TTS voices as another language
+    (Whisper base wrote one held-out clip in Turkish) and then transcribes or translates into it. English-only
+    checkpoints (tiny.en) have no language token to set."""
+    if getattr(generation_config, "is_multilingual", False):
+        return {"language": "en", "task": "transcribe"}
+    return {}
 
 
 def self_transcribe(model, processor, items, clips, chat: bool) -> list[str]:

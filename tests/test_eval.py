@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from conftest import build_tiny, make_tokenizer, tone
 from torch import nn
+from transformers import GenerationConfig
 
+from eval import run as eval_run
 from eval.gap import bootstrap_interval, gap_report, paired_difference
-from eval.run import SYSTEMS, EvalArguments
+from eval.run import SYSTEMS, EvalArguments, english_generate_kwargs
 from eval.scoring import chat_prompt, score_speech_items, score_text_items, text_prompt
 from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks, load_task
 from trainers.assets.asterisk import asterisk_prompts
-from trainers.assets.models import whisper_tiny_en_path
+from trainers.assets.models import whisper_base_path, whisper_tiny_en_path
 from trainers.misalignment import forgetting_and_misalignment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -393,20 +396,51 @@ def test_shipped_eval_configs_parse(path):
 
 
 @pytest.mark.assets
-def test_cascade_transcribes_real_speech_with_whisper_tiny():
-    """The cascade's ASR half on the real Whisper tiny.en and a recorded prompt."""
+@pytest.mark.parametrize(
+    "asr_model, path",
+    [
+        ("embedded:whisper-tiny.en", whisper_tiny_en_path),
+        # Multilingual: without the forced language it can write an English clip in another language.
+        pytest.param("embedded:whisper-base", whisper_base_path, marks=pytest.mark.slow),
+    ],
+)
+def test_cascade_transcribes_real_speech(asr_model, path):
+    """The cascade's ASR half on a real Whisper and recorded prompts."""
     import jiwer
-
-    from eval.run import transcribe
 
     try:
         clips = asterisk_prompts(limit=3)
-        whisper_tiny_en_path()
+        path()
     except (FileNotFoundError, ModuleNotFoundError) as error:
         pytest.skip(str(error))
-    texts = transcribe("embedded:whisper-tiny.en", [clip.audio for clip in clips], 16000)
+    texts = eval_run.transcribe(asr_model, [clip.audio for clip in clips], 16000)
     normalize = lambda text: text.lower().replace(".", "").replace(",", "")  # noqa: E731
     assert jiwer.wer([normalize(c.transcript) for c in clips], [normalize(t) for t in texts]) < 0.3
+
+
+def test_english_is_forced_only_on_a_multilingual_whisper():
+    assert english_generate_kwargs(GenerationConfig(is_multilingual=True)) == {
+        "language": "en",
+        "task": "transcribe",
+    }
+    assert english_generate_kwargs(GenerationConfig()) == {}  # tiny.en's config has no such flag
+
+
+def test_cascade_asks_a_multilingual_whisper_for_english(monkeypatch):
+    """The cascade passes the forced language to every call of the ASR pipeline."""
+    calls = []
+
+    class RecordingASR:
+        model = SimpleNamespace(generation_config=GenerationConfig(is_multilingual=True))
+
+        def __call__(self, inputs, generate_kwargs):
+            calls.append(generate_kwargs)
+            return {"text": " words "}
+
+    monkeypatch.setattr(eval_run, "pipeline", lambda task, model: RecordingASR())
+    monkeypatch.setattr(eval_run, "resolve_checkpoint", lambda name: name)
+    assert eval_run.transcribe("a-multilingual-whisper", [tone(0.2), tone(0.3)], 16000) == ["words", "words"]
+    assert calls == [{"language": "en", "task": "transcribe"}] * 2
 
 
 def test_misalignment_alone_skips_forgetting(whisper_salad):

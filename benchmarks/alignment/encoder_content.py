@@ -10,6 +10,13 @@ on each clip's transcript, gives the transcript's NLL and token accuracy from th
 knows; across encoders, they say which one's features hold more of the words. Teacher forcing, not greedy
 decoding: on trimmed input Whisper's decoder reads the words but often misses the end of the text (it repeats
 the last word, or stops after one), which would make a WER measure its stopping, not the content.
+
+A gap between the two can come from either side: the encoder's features of a trimmed clip may hold less, or the
+decoder, trained on 1,500 encoder frames, may read a shorter sequence worse. `--windows` separates them: the clip
+padded with silence to each window (as Whisper was trained, the encoder attending to the padding), encoded, and
+sliced back to the clip's own frames, the sequence an adapter would receive if SALAD padded. If the sliced 30 s
+encoding reads as well as the full one, trimming costs the features; if it reads as badly as the trimmed one, the
+cost is the decoder's and the adapter loses nothing.
 """
 
 from __future__ import annotations
@@ -50,6 +57,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", required=True, help="Held-out rows (jsonl, `trainers.data` schema).")
     parser.add_argument("--num_rows", type=int, default=55, help="Rows, spread evenly over the file.")
     parser.add_argument("--output", required=True, help="Write the results here as JSON.")
+    parser.add_argument(
+        "--windows",
+        type=float,
+        nargs="*",
+        default=[],
+        help="Seconds to pad each clip to before encoding, then slice to its frames (a clip longer than a "
+        "window is encoded at its own length).",
+    )
     args = parser.parse_args(argv)
 
     checkpoint = resolve_checkpoint(args.encoder)
@@ -63,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         processor.tokenizer.set_prefix_tokens(language="en", task="transcribe")
     num_prefix = len(processor.tokenizer.prefix_tokens)
     extract = processor.feature_extractor
-    totals = {"padded_30s": [0.0, 0, 0], "trimmed_salad": [0.0, 0, 0]}
+    names = ["padded_30s", "trimmed_salad"] + [f"padded_{window:g}s_sliced" for window in args.windows]
+    totals = {name: [0.0, 0, 0] for name in names}
     with torch.no_grad():
         for row in rows:
             labels = processor.tokenizer(" " + row.text, return_tensors="pt").input_ids
@@ -71,10 +87,19 @@ def main(argv: list[str] | None = None) -> None:
             short = extract(
                 row.audio, sampling_rate=extract.sampling_rate, padding="longest", return_tensors="pt"
             ).input_features
-            states = {
-                "padded_30s": whisper.model.encoder(full).last_hidden_state,
-                "trimmed_salad": salad._encode_whisper(short, torch.tensor([short.shape[-1]])),
-            }
+            trimmed = salad._encode_whisper(short, torch.tensor([short.shape[-1]]))
+            states = {"padded_30s": whisper.model.encoder(full).last_hidden_state, "trimmed_salad": trimmed}
+            for window, name in zip(args.windows, names[2:]):
+                samples = max(int(window * extract.sampling_rate), len(row.audio))
+                padded = extract(
+                    row.audio,
+                    sampling_rate=extract.sampling_rate,
+                    padding="max_length",
+                    max_length=samples,
+                    return_tensors="pt",
+                ).input_features
+                encoded = salad._encode_whisper(padded, torch.tensor([padded.shape[-1]]))
+                states[name] = encoded[:, : trimmed.shape[1]]
             for name, encoded in states.items():
                 scores = whisper_transcript_scores(whisper, labels, num_prefix, encoded)
                 totals[name] = [total + score for total, score in zip(totals[name], scores)]

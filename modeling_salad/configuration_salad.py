@@ -17,7 +17,7 @@ from transformers.configuration_utils import SubConfigSpec
 WHISPER_MODEL_TYPES = ("whisper", "whisper_encoder")
 MIMI_MODEL_TYPES = ("mimi", "mimi_encoder")
 
-ADAPTER_TYPES = ("transformer", "mlp", "ctc")
+ADAPTER_TYPES = ("transformer", "mlp", "ctc", "whisper_decoder")
 
 
 @dataclass(frozen=True)
@@ -110,14 +110,19 @@ class SaladConfig(PreTrainedConfig):
             `"transformer"`: the paper's stack of causal Transformer decoder layers; `"mlp"`: frame stacking
             followed by a SwiGLU MLP (cheap, Ultravox-style); `"ctc"`: the MLP as a frame classifier over the LM
             vocabulary plus a blank, whose blank frames are dropped and repeats merged, so the LM receives about
-            one embedding per spoken token (a probability-weighted sum of its own input embeddings).
+            one embedding per spoken token (a probability-weighted sum of its own input embeddings);
+            `"whisper_decoder"` (Whisper encoders only): Whisper's own frozen decoder transcribes each window
+            greedily, and every token it writes becomes one LM embedding, the probability-weighted sum of the
+            LM's embeddings of its most likely tokens plus a trained SwiGLU residual of the decoder's state.
         adapter_stack_factor (`int`, *optional*, defaults to 4):
             Number of consecutive encoder frames concatenated into one audio token (Whisper's 50 Hz with 4 gives
-            12.5 Hz, Mimi's rate). Use 1 for Mimi.
+            12.5 Hz, Mimi's rate). Use 1 for Mimi. A `"whisper_decoder"` adapter uses the audio tokens this gives
+            as slots: a window's transcript may hold at most that many tokens.
         adapter_hidden_size (`int`, *optional*, defaults to 960):
             Width of the Transformer adapter.
         adapter_intermediate_size (`int`, *optional*, defaults to 2560):
-            MLP width of the Transformer adapter layers, and hidden width of the MLP adapter.
+            MLP width of the Transformer adapter layers, and hidden width of the MLP adapter and of the
+            `"whisper_decoder"` adapter's residual.
         adapter_num_layers (`int`, *optional*, defaults to 12):
             Number of causal decoder layers of the Transformer adapter.
         adapter_num_attention_heads (`int`, *optional*, defaults to 15):
@@ -132,8 +137,12 @@ class SaladConfig(PreTrainedConfig):
         adapter_ctc_blank_threshold (`float`, *optional*, defaults to 0.5):
             `"ctc"` adapter: frames whose blank probability reaches this are dropped.
         adapter_ctc_top_k (`int`, *optional*, defaults to 8):
-            `"ctc"` adapter: each kept token is the weighted sum of its `top_k` most probable token embeddings
-            (0: of the whole vocabulary).
+            `"ctc"` and `"whisper_decoder"` adapters: each kept token is the weighted sum of its `top_k` most
+            probable token embeddings (0: of the whole vocabulary).
+        adapter_decoder_prompt_ids (`list[int]`, *optional*):
+            `"whisper_decoder"` adapter: the ids that open Whisper's transcript (start of transcript, and for a
+            multilingual Whisper English and "transcribe"; then "no timestamps"). Set by
+            `SaladForConditionalGeneration.from_pretrained_components` from the Whisper checkpoint.
         lora (`dict`, *optional*):
             LoRA settings of the LLM (`r`, `lora_alpha`, `lora_dropout`, `target_modules`, ... of a
             `peft.LoraConfig`) while it holds LoRA layers; set by `add_lora_to_language_model` and cleared by
@@ -174,6 +183,7 @@ class SaladConfig(PreTrainedConfig):
     adapter_ctc_temperature: float = 1.0
     adapter_ctc_blank_threshold: float = 0.5
     adapter_ctc_top_k: int = 8
+    adapter_decoder_prompt_ids: list[int] | None = None
     lora: dict | None = None
     audio_chunk_seconds: float | None = None
 
@@ -191,6 +201,16 @@ class SaladConfig(PreTrainedConfig):
             raise ValueError(
                 f"adapter_ctc_temperature must be > 0 and adapter_ctc_top_k >= 0, got "
                 f"{self.adapter_ctc_temperature} and {self.adapter_ctc_top_k}."
+            )
+        if self.adapter_type == "whisper_decoder" and self.audio_encoder_family != "whisper":
+            raise ValueError(
+                "adapter_type='whisper_decoder' reads Whisper's own decoder; the speech encoder here is "
+                f"{self.audio_config.model_type!r}. Use a Whisper checkpoint or another adapter_type."
+            )
+        if self.adapter_type == "whisper_decoder" and not self.adapter_decoder_prompt_ids:
+            raise ValueError(
+                "adapter_type='whisper_decoder' needs adapter_decoder_prompt_ids, the ids that open Whisper's "
+                "transcript; SaladForConditionalGeneration.from_pretrained_components sets them."
             )
         if self.lora is not None and not {"r", "lora_alpha"} <= set(self.lora):
             raise ValueError(

@@ -18,6 +18,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     GenerationMixin,
     LlamaConfig,
     LlamaModel,
@@ -27,16 +28,33 @@ from transformers import (
     WhisperModel,
 )
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
+from transformers.utils import logging
 
 from .configuration_salad import MIMI_MODEL_TYPES, SaladConfig
 from .pipeline_salad import PIPELINE_TASK, SaladSpeechToTextPipeline
 from .processing_salad import DEFAULT_AUDIO_TOKEN, add_audio_token
 
+logger = logging.get_logger(__name__)
+
+# Whisper's log-mel features are clamped 8 log10 units under their maximum and then divided by 4: the level
+# silence (and Whisper's own zero padding) gets, 2 under a window's highest feature.
+WHISPER_FEATURE_FLOOR = 2.0
+
 
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """Boolean `[batch, max_length]` mask, True on the first `lengths[i]` positions of row i."""
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def window_lengths(input_features_mask: torch.Tensor) -> torch.Tensor:
+    """Feature frames (or samples) of each audio window; refuses windows that are all padding."""
+    lengths = input_features_mask.sum(-1).long()
+    if bool((lengths == 0).any()):
+        raise ValueError(
+            "An audio window in `input_features_mask` is all padding; every window needs content."
+        )
+    return lengths
 
 
 def stack_frames(hidden_states: torch.Tensor, stack_factor: int) -> torch.Tensor:
@@ -217,18 +235,102 @@ class SaladCTCAdapter(SaladMLPAdapter):
         else:
             with torch.autocast(device_type=frame_embeds.device.type, enabled=False):
                 run_embeds = run_probs @ token_embeddings.float()
-        # Right-align the runs inside each window's valid tokens.
-        lengths = token_mask.sum(-1)
-        positions = torch.arange(token_mask.shape[1], device=token_mask.device)
-        first_kept = (lengths - num_runs)[:, None]
-        keep = (positions[None] >= first_kept) & (positions[None] < lengths[:, None])
-        source = (positions[None] - first_kept).clamp(0, token_mask.shape[1] - 1)
-        embeds = torch.gather(run_embeds, 1, source[..., None].expand_as(run_embeds))
-        embeds = embeds * keep[..., None].to(embeds.dtype)
+        embeds, keep = right_align(run_embeds, num_runs, token_mask)
         return embeds.to(frame_embeds.dtype), keep
 
 
-ADAPTER_CLASSES = {"mlp": SaladMLPAdapter, "transformer": SaladTransformerAdapter, "ctc": SaladCTCAdapter}
+def right_align(
+    embeds: torch.Tensor, counts: torch.Tensor, token_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the first `counts[i]` embeddings of window i to the last `counts[i]` of its valid tokens.
+
+    Returns `(embeds [n, T, hidden], keep [n, T])`, `keep` True on the filled positions (the others are zero and
+    are masked out of attention by `forward`), so the position just before the text that follows a clip always
+    holds the clip's last token. `embeds` may be shorter than `token_mask` (`[n, T' <= T, hidden]`).
+    """
+    num_slots = token_mask.shape[1]
+    if embeds.shape[1] < num_slots:
+        embeds = nn.functional.pad(embeds, (0, 0, 0, num_slots - embeds.shape[1]))
+    lengths = token_mask.sum(-1)
+    positions = torch.arange(num_slots, device=token_mask.device)
+    first_kept = (lengths - counts)[:, None]
+    keep = (positions[None] >= first_kept) & (positions[None] < lengths[:, None])
+    source = (positions[None] - first_kept).clamp(0, num_slots - 1)
+    aligned = torch.gather(embeds, 1, source[..., None].expand_as(embeds))
+    return aligned * keep[..., None].to(aligned.dtype), keep
+
+
+def whisper_token_map(whisper_tokenizer, llm_tokenizer, num_text_tokens: int) -> torch.Tensor:
+    """For each of Whisper's text tokens, the LM token that starts it: `[num_text_tokens]` LM ids.
+
+    Both tokenizers are byte-level BPEs over the same byte alphabet, so a Whisper token's string is either an LM
+    token itself or splits into several under the LM's BPE; then its first piece stands for it (the adapter's
+    residual can carry the rest). Single bytes that the LM's alphabet lacks (bytes UTF-8 text never holds, such
+    as 0xC0 or 0xF5-0xFF) map to the LM's unknown token, or its end-of-text token when it has none.
+    """
+    llm_model = llm_tokenizer.backend_tokenizer.model
+    vocab = llm_tokenizer.get_vocab()
+    fallback = (
+        llm_tokenizer.unk_token_id if llm_tokenizer.unk_token_id is not None else llm_tokenizer.eos_token_id
+    )
+    token_map = torch.full((num_text_tokens,), fallback, dtype=torch.long)
+    for whisper_id, piece in enumerate(whisper_tokenizer.convert_ids_to_tokens(list(range(num_text_tokens)))):
+        pieces = [vocab[piece]] if piece in vocab else [token.id for token in llm_model.tokenize(piece)]
+        if pieces:
+            token_map[whisper_id] = pieces[0]
+    return token_map
+
+
+class SaladWhisperDecoderAdapter(nn.Module):
+    """One LM embedding per token of Whisper's own transcript: a 1:1 adapter with a pretrained classifier.
+
+    Whisper's frozen decoder transcribes each window greedily (`SaladForConditionalGeneration.transcribe_windows`);
+    the decoder state that chose each token carries the choice and its alternatives. Each becomes the
+    probability-weighted sum of the LM's input embeddings of its `top_k` most likely tokens (through
+    `token_map`, Whisper token -> LM token), plus a SwiGLU residual of the state, zero at initialization, that
+    training (distillation through the LM) fills in. This is the `"ctc"` adapter's idea (LegoSLM, arXiv
+    2505.11352) with a classifier that was trained on 680k hours instead of ours: the LM reads about one embedding
+    per spoken token from the first step, and the trainable part is small (the residual).
+    """
+
+    def __init__(self, config: SaladConfig):
+        super().__init__()
+        self.top_k = config.adapter_ctc_top_k
+        width = config.audio_encoder_hidden_size
+        self.register_buffer(
+            "token_map", torch.zeros(config.audio_config.eos_token_id, dtype=torch.long), persistent=True
+        )
+        self.norm = nn.RMSNorm(width, eps=config.adapter_rms_norm_eps)
+        self.gate_proj = nn.Linear(width, config.adapter_intermediate_size, bias=False)
+        self.up_proj = nn.Linear(width, config.adapter_intermediate_size, bias=False)
+        self.down_proj = nn.Linear(
+            config.adapter_intermediate_size, config.text_config.hidden_size, bias=False
+        )
+
+    def forward(
+        self, decoder_states: torch.Tensor, token_logits: torch.Tensor, token_embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        """`[n, T, hidden]` LM embeddings from the decoder states `[n, T, d]` and their text-token logits."""
+        probs = token_logits.float().softmax(-1)
+        if self.top_k:
+            probs, token_ids = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1)
+            probs = probs / probs.sum(-1, keepdim=True)
+            mixture = torch.einsum(
+                "ntk,ntkd->ntd", probs, token_embeddings.float()[self.token_map[token_ids]]
+            )
+        else:
+            mixture = probs @ token_embeddings.float()[self.token_map]
+        hidden = self.norm(decoder_states.to(self.norm.weight.dtype))
+        residual = self.down_proj(nn.functional.silu(self.gate_proj(hidden)) * self.up_proj(hidden))
+        return mixture.to(residual.dtype) + residual
+
+
+ADAPTER_CLASSES = {
+    "mlp": SaladMLPAdapter,
+    "transformer": SaladTransformerAdapter,
+    "ctc": SaladCTCAdapter,
+    "whisper_decoder": SaladWhisperDecoderAdapter,
+}
 
 
 @dataclass
@@ -257,6 +359,12 @@ class SaladPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _skip_keys_device_placement = "cache"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SaladWhisperDecoderAdapter):
+            # The residual starts at zero: a fresh adapter passes on exactly the mixture of Whisper's choices.
+            nn.init.zeros_(module.down_proj.weight)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual, and make the folder self-sufficient for `trust_remote_code` users.
@@ -292,6 +400,10 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
     def __init__(self, config: SaladConfig):
         super().__init__(config)
         self.audio_tower = build_audio_tower(config)
+        # Whisper's decoder, frozen, for the "whisper_decoder" adapter (None otherwise).
+        self.audio_decoder = (
+            WhisperDecoder(config.audio_config) if config.adapter_type == "whisper_decoder" else None
+        )
         self.adapter = ADAPTER_CLASSES[config.adapter_type](config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         if (
@@ -372,11 +484,12 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         on each window's valid tokens. For `"mlp"` and `"transformer"` adapters these are the audio embeddings;
         a `"ctc"` adapter scores them against the token embeddings (its warm start trains them directly).
         """
-        feature_lengths = input_features_mask.sum(-1).long()
-        if bool((feature_lengths == 0).any()):
+        if self.config.adapter_type == "whisper_decoder":
             raise ValueError(
-                "An audio window in `input_features_mask` is all padding; every window needs content."
+                "A 'whisper_decoder' adapter has no per-frame embeddings (it embeds Whisper's transcript tokens); "
+                "frame-level objectives need an 'mlp', 'transformer' or 'ctc' adapter."
             )
+        feature_lengths = window_lengths(input_features_mask)
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.audio_tower.parameters())
         with torch.set_grad_enabled(grad):
             if self.config.audio_encoder_family == "whisper":
@@ -398,11 +511,92 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             )
         return frame_embeds, token_mask
 
+    def _encode_whisper_padded(
+        self, input_features: torch.Tensor, feature_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """Whisper's encoder on each window padded with silence to its full 30 s, exactly as Whisper transcribes:
+        its decoder learned to read such input (from trimmed input it often fails to stop)."""
+        encoder = self.audio_tower
+        num_frames = 2 * encoder.config.max_source_positions
+        valid = lengths_to_mask(feature_lengths, input_features.shape[-1])[:, None, :]
+        floor = input_features.masked_fill(~valid, float("-inf")).amax(dim=(1, 2)) - WHISPER_FEATURE_FLOOR
+        padded = floor[:, None, None].expand(-1, input_features.shape[1], num_frames).clone()
+        padded[..., : input_features.shape[-1]] = torch.where(valid, input_features, padded[..., :1])
+        return encoder(padded.to(encoder.conv1.weight.dtype)).last_hidden_state
+
+    @torch.no_grad()
+    def transcribe_windows(
+        self, encoder_states: torch.Tensor, max_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Greedy transcripts of `[n, frames, d]` encoder states by Whisper's decoder, window `i` at most
+        `max_tokens[i]` tokens long (its audio-token slots).
+
+        Returns `(states [n, T, d], logits [n, T, text_vocab], counts [n])`: the decoder state that chose each
+        token, that choice's logits over the text tokens, and each window's number of tokens (the end of text
+        excluded). A window that fills its slots without ending is cut there, and a warning says so.
+        """
+        decoder = self.audio_decoder
+        end_id = self.config.audio_config.eos_token_id
+        head = decoder.embed_tokens.weight[: end_id + 1]
+        prompt = self.config.adapter_decoder_prompt_ids
+        max_tokens = max_tokens.clamp(max=decoder.max_target_positions - len(prompt))
+        num_windows = encoder_states.shape[0]
+        input_ids = torch.tensor(prompt, device=encoder_states.device).expand(num_windows, -1)
+        counts = torch.zeros(num_windows, dtype=torch.long, device=encoder_states.device)
+        done = max_tokens <= 0
+        states, logits, cache = [], [], None
+        while not bool(done.all()):
+            output = decoder(
+                input_ids=input_ids, encoder_hidden_states=encoder_states, cache=cache, use_cache=True
+            )
+            cache = output.cache
+            state = output.last_hidden_state[:, -1]
+            step_logits = state.float() @ head.float().T
+            input_ids = step_logits.argmax(-1, keepdim=True)
+            done = done | (input_ids[:, 0] == end_id)
+            counts += (~done).long()
+            states.append(state)
+            logits.append(step_logits[:, :end_id])
+            done = done | (counts >= max_tokens)
+        cut = int((counts >= max_tokens).sum()) if states else 0
+        if cut:
+            logger.warning(
+                "%d audio window(s) filled all their audio-token slots before Whisper's transcript ended and were "
+                "cut there; a smaller adapter_stack_factor gives more slots per second.",
+                cut,
+            )
+        if not states:
+            hidden = encoder_states.new_zeros(num_windows, 0, decoder.config.d_model)
+            return hidden, encoder_states.new_zeros(num_windows, 0, end_id), counts
+        return torch.stack(states, 1), torch.stack(logits, 1), counts
+
+    def whisper_decoder_embeddings(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`"whisper_decoder"` adapter: `(embeds [n, T, hidden], keep [n, T], token_mask [n, T])`, each window's
+        transcript tokens embedded and right-aligned in its audio-token slots."""
+        feature_lengths = window_lengths(input_features_mask)
+        spec = self.config.audio_length_spec
+        token_mask = lengths_to_mask(
+            spec.tokens_from_features(feature_lengths),
+            int(spec.tokens_from_features(input_features.shape[-1])),
+        )
+        with torch.no_grad():
+            encoder_states = self._encode_whisper_padded(input_features, feature_lengths)
+        states, logits, counts = self.transcribe_windows(encoder_states, token_mask.sum(-1))
+        embeds = self.adapter(states, logits, self.get_input_embeddings().weight)
+        embeds, keep = right_align(embeds, counts, token_mask)
+        return embeds, keep, token_mask
+
     def audio_embeddings_and_keep(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Audio embeddings of every valid audio token, concatenated over windows, `[num_audio_tokens, hidden]`,
-        and for a `"ctc"` adapter which of them it keeps (`[num_audio_tokens]` bool; None otherwise)."""
+        and for a `"ctc"` or `"whisper_decoder"` adapter which of them it keeps (`[num_audio_tokens]` bool; None
+        otherwise)."""
+        if self.config.adapter_type == "whisper_decoder":
+            embeds, keep, token_mask = self.whisper_decoder_embeddings(input_features, input_features_mask)
+            return embeds[token_mask], keep[token_mask]
         frame_embeds, token_mask = self.get_frame_embeddings(input_features, input_features_mask)
         if self.config.adapter_type != "ctc":
             return frame_embeds[token_mask], None
@@ -578,7 +772,8 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         model.config)`.
 
         Args:
-            audio_encoder: a Whisper, Mimi or wav2vec2-like checkpoint; only its encoder is kept.
+            audio_encoder: a Whisper, Mimi or wav2vec2-like checkpoint; only its encoder is kept (and, for a
+                `"whisper_decoder"` adapter, Whisper's decoder, frozen, with its tokenizer mapped onto the LLM's).
             language_model: any causal LM checkpoint with a tokenizer.
             audio_token: the placeholder token added to the tokenizer.
             freeze_audio_tower: keep the encoder frozen (the paper's choice).
@@ -588,7 +783,13 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         """
         tokenizer = add_audio_token(AutoTokenizer.from_pretrained(language_model), audio_token)
         audio_config = AutoConfig.from_pretrained(audio_encoder)
-        audio_model = load_audio_encoder(audio_encoder, audio_config, dtype=dtype)
+        audio_decoder = None
+        if adapter_kwargs.get("adapter_type") == "whisper_decoder":
+            whisper = WhisperModel.from_pretrained(audio_encoder, dtype=dtype)
+            audio_model, audio_decoder = whisper.get_encoder(), whisper.get_decoder().requires_grad_(False)
+            adapter_kwargs["adapter_decoder_prompt_ids"] = whisper_prompt_ids(audio_encoder)
+        else:
+            audio_model = load_audio_encoder(audio_encoder, audio_config, dtype=dtype)
         text_model = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
         if len(tokenizer) > text_model.get_input_embeddings().num_embeddings:
             text_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -604,6 +805,13 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         model.language_model = text_model
         model.adapter = ADAPTER_CLASSES[config.adapter_type](config).to(dtype=text_model.dtype)
         model.adapter.apply(model._init_weights)
+        model.audio_decoder = audio_decoder
+        if audio_decoder is not None:
+            model.adapter.token_map.copy_(
+                whisper_token_map(
+                    AutoTokenizer.from_pretrained(audio_encoder), tokenizer, model.adapter.token_map.numel()
+                )
+            )
         model.generation_config = text_model.generation_config
         if freeze_audio_tower:
             model.audio_tower.requires_grad_(False)
@@ -710,6 +918,16 @@ def build_audio_tower(config: SaladConfig) -> PreTrainedModel:
             audio_config = MimiEncoderConfig(**audio_config.to_dict())
         return MimiEncoderModel(audio_config)
     return AutoModel.from_config(config.audio_config)
+
+
+def whisper_prompt_ids(name_or_path: str) -> list[int]:
+    """The ids that open an English transcript without timestamps, from a Whisper checkpoint's generation config:
+    start of transcript, then (multilingual models) English and "transcribe", then "no timestamps"."""
+    generation = GenerationConfig.from_pretrained(name_or_path)
+    prompt = [generation.decoder_start_token_id]
+    if getattr(generation, "is_multilingual", False):
+        prompt += [generation.lang_to_id["<|en|>"], generation.task_to_id["transcribe"]]
+    return [*prompt, generation.no_timestamps_token_id]
 
 
 def load_audio_encoder(name_or_path: str, audio_config, dtype=None) -> PreTrainedModel:

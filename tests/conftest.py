@@ -126,7 +126,7 @@ def build_tiny(family: str = "whisper", adapter_type: str = "mlp", seed: int = 0
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
     config = SaladConfig(
-        audio_config=tiny_audio_config(family),
+        audio_config=config_kwargs.pop("audio_config", None) or tiny_audio_config(family),
         text_config=tiny_text_config(len(tokenizer)),
         audio_token_id=tokenizer.convert_tokens_to_ids("<|audio|>"),
         adapter_type=adapter_type,
@@ -145,6 +145,14 @@ def build_tiny(family: str = "whisper", adapter_type: str = "mlp", seed: int = 0
         tiny_feature_extractor(family), tokenizer, audio_length_spec=config.audio_length_spec.to_dict()
     )
     return model, processor
+
+
+def backward_through_the_lm(model, processor) -> None:
+    """One backward pass of the LM's next-token loss on a short prompt around a clip, in training mode."""
+    model.train()
+    inputs = processor(text="Hear <|audio|> now", audio=tone(1.0, 16000), sampling_rate=16000)
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == processor.audio_token_id, -100)
+    model(**inputs, labels=labels).loss.backward()
 
 
 def tone(seconds: float, sampling_rate: int = 16000, freq: float = 440.0, seed: int = 0) -> np.ndarray:

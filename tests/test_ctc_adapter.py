@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny, tone
+from conftest import backward_through_the_lm, build_tiny, tone
 
 from modeling_salad import SaladConfig, SaladForConditionalGeneration
 from modeling_salad.modeling_salad import SaladCTCAdapter, blank_embedding
@@ -150,10 +150,7 @@ def test_save_load_round_trip_keeps_the_ctc_settings(tmp_path):
 
 def test_ctc_adapter_trains_through_the_lm():
     model, processor = ctc_tiny()
-    model.train()
-    inputs = processor(text="Hear <|audio|> now", audio=tone(1.0, SR), sampling_rate=SR)
-    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == processor.audio_token_id, -100)
-    model(**inputs, labels=labels).loss.backward()
+    backward_through_the_lm(model, processor)
     grads = [p.grad for p in model.adapter.parameters()]
     assert all(g is not None and g.isfinite().all() and g.abs().sum() > 0 for g in grads)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modeling_salad import SaladForConditionalGeneration
+from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 from trainers.assets import asterisk, embedded_default, load_salad, models
 from trainers.assets.asterisk import SpeechClip, asterisk_prompts, decode_g722, read_asterisk_transcripts
 from trainers.assets.models import (
@@ -308,9 +308,12 @@ def test_the_shipped_adapter_is_in_git_as_bf16_within_the_size_budget():
         f"the shipped adapter is missing from {folder}: `make embedded-default` rebuilds it"
     )
     assert weights.stat().st_size <= 16_000_000
-    assert {tensor.dtype for tensor in load_file(weights).values()} == {embedded_default.SHIPPED_DTYPE}
+    stored = load_file(weights)
+    floating = {tensor.dtype for tensor in stored.values() if tensor.is_floating_point()}
+    assert floating == {embedded_default.SHIPPED_DTYPE}
+    assert stored["adapter.token_map"].dtype == torch.long  # Whisper token -> SmolLM2 token, exact
     settings = json.loads((folder / embedded_default.ADAPTER_CONFIG).read_text())
-    assert settings["adapter_type"] == "mlp"
+    assert settings["adapter_type"] == "whisper_decoder"
 
 
 @pytest.mark.assets
@@ -327,3 +330,41 @@ def test_the_shipped_default_loads_in_one_line_and_hears_recorded_human_speech()
         gain[name] = measured["content_gain_nll"]
     assert gain["embedded:salad"] > 1.0
     assert gain["embedded:salad"] > gain["embedded:untrained"] + 1.0
+
+
+@pytest.mark.assets
+def test_the_whisper_decoder_adapter_writes_whisper_tiny_ens_own_transcript(tmp_path):
+    """Inside SALAD, Whisper's decoder reads each clip as Whisper does (padded to 30 s with silence, its own prompt,
+    greedy), so its tokens are those of `WhisperForConditionalGeneration.generate`; each maps to the SmolLM2 token
+    that starts it, and the token map survives export exactly (integers, not bf16)."""
+    from transformers import AutoTokenizer, WhisperForConditionalGeneration, WhisperProcessor
+
+    whisper_dir, llm_dir = asset(whisper_tiny_en_path), asset(smollm2_135m_instruct_path)
+    settings = {"adapter_type": "whisper_decoder", "adapter_stack_factor": 4, "adapter_intermediate_size": 64}
+    model = embedded_default._assemble_embedded(settings).eval()
+    processor = SaladProcessor.from_pretrained_components(str(whisper_dir), str(llm_dir), model.config)
+    clips = sentence_clips(4)
+    inputs = processor(audio=[clip.audio for clip in clips], sampling_rate=16_000)
+    with torch.no_grad():
+        encoded = model._encode_whisper_padded(
+            inputs["input_features"], inputs["input_features_mask"].sum(-1)
+        )
+        _, logits, counts = model.transcribe_windows(encoded, torch.full((len(clips),), 200))
+    whisper = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
+    features = WhisperProcessor.from_pretrained(whisper_dir).feature_extractor(
+        [clip.audio for clip in clips], sampling_rate=16_000, return_tensors="pt"
+    )
+    with torch.no_grad():
+        reference = whisper.generate(features.input_features)
+    end = whisper.config.eos_token_id
+    for row, tokens in enumerate(reference.tolist()):
+        expected = [token for token in tokens if token < end]
+        assert logits[row, : counts[row]].argmax(-1).tolist() == expected
+    llm_tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    the = AutoTokenizer.from_pretrained(whisper_dir).convert_tokens_to_ids("\u0120the")
+    assert int(model.adapter.token_map[the]) == llm_tokenizer.convert_tokens_to_ids("\u0120the")
+    model.save_pretrained(tmp_path / "trained")
+    shipped = embedded_default.export_embedded_default(tmp_path / "trained", tmp_path / "shipped")
+    assert torch.equal(
+        load_file(shipped / "adapter.safetensors")["adapter.token_map"], model.adapter.token_map
+    )

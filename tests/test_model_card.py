@@ -10,7 +10,7 @@ from conftest import build_tiny
 from huggingface_hub import ModelCard
 
 from eval.gap import gap_report
-from hub_scripts.model_card import build_model_card
+from hub_scripts.model_card import build_model_card, model_facts
 from trainers.paper import CITATION
 
 REPO = "someone/salad-tiny"
@@ -133,3 +133,18 @@ def test_non_finite_numbers_stay_out_of_the_model_index(config):
 def test_malformed_inputs_are_refused(config, kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model_card(REPO, config, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "adapter_type, extra, words",
+    [
+        ("mlp", {}, "frame stacking"),
+        ("transformer", {}, "causal decoder layers"),
+        ("ctc", {}, "blank frames dropped"),
+        ("whisper_decoder", {"adapter_decoder_prompt_ids": [1]}, "Whisper's own frozen decoder transcribes"),
+    ],
+)
+def test_the_card_describes_each_adapter_as_it_is(adapter_type, extra, words):
+    model, _ = build_tiny("whisper", adapter_type, **extra)
+    facts = model_facts(model.config)
+    assert facts["adapter"].startswith(f"`{adapter_type}`") and words in facts["adapter"]

@@ -60,7 +60,8 @@ class SaladModelArguments:
     adapter_type: str | None = field(
         default=None,
         metadata={
-            "help": "New model's adapter: 'mlp', 'transformer' or 'ctc' (frame classifier + compression)."
+            "help": "New model's adapter: 'mlp', 'transformer', 'ctc' (frame classifier + compression) or "
+            "'whisper_decoder' (Whisper's own decoder transcribes; one embedding per transcript token)."
         },
     )
     adapter_stack_factor: int | None = field(
@@ -88,7 +89,10 @@ class SaladModelArguments:
         default=None, metadata={"help": "New 'ctc' adapter: frames at least this likely blank are dropped."}
     )
     adapter_ctc_top_k: int | None = field(
-        default=None, metadata={"help": "New 'ctc' adapter: token embeddings mixed per kept token (0: all)."}
+        default=None,
+        metadata={
+            "help": "New 'ctc' or 'whisper_decoder' adapter: token embeddings mixed per token (0: all)."
+        },
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
 

@@ -403,6 +403,8 @@ class SaladDistillationTrainer(Trainer):
 def set_trainable_parts(model: SaladForConditionalGeneration, args: SaladDistillationConfig) -> None:
     """Freeze or unfreeze encoder, adapter and LLM as the config says; add LoRA when asked and missing."""
     model.audio_tower.requires_grad_(args.train_audio_encoder)
+    if model.audio_decoder is not None:  # the "whisper_decoder" adapter's transcriber: always frozen
+        model.audio_decoder.requires_grad_(False)
     model.adapter.requires_grad_(True)
     if args.train_llm == "lora" and not model.has_lora():
         model.add_lora_to_language_model(

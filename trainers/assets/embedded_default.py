@@ -56,7 +56,9 @@ def export_embedded_default(checkpoint: str | Path, destination: Path | None = N
     audio_row = model.get_input_embeddings().weight[model.config.audio_token_id].detach().clone()
     with torch.no_grad():  # the audio token's row was drawn at random when the LLM's vocabulary grew
         reference.get_input_embeddings().weight[model.config.audio_token_id] = audio_row
-    for name in ("audio_tower", "language_model"):
+    for name in ("audio_tower", "audio_decoder", "language_model"):
+        if getattr(model, name) is None:  # only a "whisper_decoder" adapter has an audio decoder
+            continue
         ours, theirs = getattr(model, name).state_dict(), getattr(reference, name).state_dict()
         trained = [key for key in ours if not ours[key].equal(theirs[key])]
         if trained:
@@ -64,8 +66,8 @@ def export_embedded_default(checkpoint: str | Path, destination: Path | None = N
                 f"{checkpoint} changed the {name} ({trained[:3]}...): only the adapter can be shipped."
             )
     destination.mkdir(parents=True, exist_ok=True)
-    weights = {
-        f"adapter.{key}": value.to(SHIPPED_DTYPE).contiguous()
+    weights = {  # integer buffers (a "whisper_decoder" adapter's token map) keep their exact values
+        f"adapter.{key}": (value.to(SHIPPED_DTYPE) if value.is_floating_point() else value).contiguous()
         for key, value in model.adapter.state_dict().items()
     }
     weights[AUDIO_TOKEN_ROW] = audio_row.to(SHIPPED_DTYPE).contiguous()

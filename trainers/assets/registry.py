@@ -3,8 +3,8 @@
 `embedded:<asset>` works wherever a checkpoint name does (`salad-train`, `salad-eval`, `salad-select`, the demo,
 `salad-build`): it resolves to a directory converted once from a registry package (`trainers.assets.models`) or,
 for `embedded:salad`, the shipped embedded default (`trainers.assets.embedded_default`). Hub ids and local paths
-pass through unchanged. `embedded:untrained` is not a directory but a model: the embedded default's architecture
-with a freshly initialized adapter, the untrained baseline of every comparison.
+pass through unchanged. `embedded:untrained` is not a directory but a model: the embedded components with a
+freshly initialized MLP adapter, the untrained baseline of every comparison.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from .models import minilm_path, smollm2_135m_instruct_path, whisper_base_path, 
 
 EMBEDDED_PREFIX = "embedded:"
 UNTRAINED = "embedded:untrained"
-# The embedded default's adapter: what `embedded:untrained` builds fresh (its other settings are SaladConfig's).
+# What `embedded:untrained` builds fresh: an MLP adapter, which passes on nothing it hears until trained, so it is the
+# baseline that does not hear (its other settings are SaladConfig's). The shipped default's adapter is in its folder.
 EMBEDDED_ADAPTER = {"adapter_type": "mlp", "adapter_intermediate_size": 1024}
 
 

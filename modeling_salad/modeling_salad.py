@@ -226,17 +226,24 @@ class SaladCTCAdapter(SaladMLPAdapter):
             1, run[..., None].expand_as(token_probs), token_probs * weights
         )
         run_probs = run_probs / run_probs.sum(-1, keepdim=True).clamp_min(torch.finfo(run_probs.dtype).tiny)
-        if self.top_k:
-            top_probs, top_ids = run_probs.topk(min(self.top_k, run_probs.shape[-1]), dim=-1)
-            top_probs = top_probs / top_probs.sum(-1, keepdim=True).clamp_min(
-                torch.finfo(top_probs.dtype).tiny
-            )
-            run_embeds = torch.einsum("ntk,ntkd->ntd", top_probs, token_embeddings.float()[top_ids])
-        else:
-            with torch.autocast(device_type=frame_embeds.device.type, enabled=False):
-                run_embeds = run_probs @ token_embeddings.float()
+        with torch.autocast(device_type=frame_embeds.device.type, enabled=False):
+            run_embeds = mix_token_embeddings(run_probs, token_embeddings, self.top_k)
         embeds, keep = right_align(run_embeds, num_runs, token_mask)
         return embeds.to(frame_embeds.dtype), keep
+
+
+def mix_token_embeddings(
+    probs: torch.Tensor, token_embeddings: torch.Tensor, top_k: int, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`[n, T, hidden]`: each position's probability-weighted sum of token embeddings, over its `top_k` most
+    probable tokens (renormalized) or, with `top_k=0`, over all. `probs` is `[n, T, vocab]`; token `i`'s embedding is
+    `token_embeddings[rows[i]]` (`token_embeddings[i]` without `rows`), so another vocabulary can be mixed in."""
+    embeddings = token_embeddings.float()
+    if not top_k:
+        return probs @ (embeddings if rows is None else embeddings[rows])
+    top_probs, top_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    top_probs = top_probs / top_probs.sum(-1, keepdim=True).clamp_min(torch.finfo(top_probs.dtype).tiny)
+    return torch.einsum("ntk,ntkd->ntd", top_probs, embeddings[top_ids if rows is None else rows[top_ids]])
 
 
 def right_align(
@@ -311,15 +318,9 @@ class SaladWhisperDecoderAdapter(nn.Module):
         self, decoder_states: torch.Tensor, token_logits: torch.Tensor, token_embeddings: torch.Tensor
     ) -> torch.Tensor:
         """`[n, T, hidden]` LM embeddings from the decoder states `[n, T, d]` and their text-token logits."""
-        probs = token_logits.float().softmax(-1)
-        if self.top_k:
-            probs, token_ids = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1)
-            probs = probs / probs.sum(-1, keepdim=True)
-            mixture = torch.einsum(
-                "ntk,ntkd->ntd", probs, token_embeddings.float()[self.token_map[token_ids]]
-            )
-        else:
-            mixture = probs @ token_embeddings.float()[self.token_map]
+        mixture = mix_token_embeddings(
+            token_logits.float().softmax(-1), token_embeddings, self.top_k, rows=self.token_map
+        )
         hidden = self.norm(decoder_states.to(self.norm.weight.dtype))
         residual = self.down_proj(nn.functional.silu(self.gate_proj(hidden)) * self.up_proj(hidden))
         return mixture.to(residual.dtype) + residual
@@ -475,6 +476,14 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             return tower(waveform[:, None, :]).latents.transpose(1, 2)
         return tower(input_values=waveform, attention_mask=feature_mask.long()).last_hidden_state
 
+    def audio_token_mask(self, input_features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """`[num_windows, tokens]`, True on each window's audio tokens (slots), from the shared length spec."""
+        spec = self.config.audio_length_spec
+        return lengths_to_mask(
+            spec.tokens_from_features(feature_lengths),
+            int(spec.tokens_from_features(input_features.shape[-1])),
+        )
+
     def get_frame_embeddings(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -499,10 +508,8 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         # Zero the frames past each window's end so the adapter's last stacked group matches an unpadded run.
         frame_mask = lengths_to_mask(self._conv_lengths(feature_lengths), hidden.shape[1])
         hidden = hidden * frame_mask[..., None].to(hidden.dtype)
-        spec = self.config.audio_length_spec
-        padded_tokens = int(spec.tokens_from_features(input_features.shape[-1]))
-        token_lengths = spec.tokens_from_features(feature_lengths)
-        token_mask = lengths_to_mask(token_lengths, padded_tokens)
+        token_mask = self.audio_token_mask(input_features, feature_lengths)
+        padded_tokens = token_mask.shape[1]
         frame_embeds = self.adapter(hidden, token_mask)
         if frame_embeds.shape[1] != padded_tokens:
             raise RuntimeError(
@@ -576,11 +583,7 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         """`"whisper_decoder"` adapter: `(embeds [n, T, hidden], keep [n, T], token_mask [n, T])`, each window's
         transcript tokens embedded and right-aligned in its audio-token slots."""
         feature_lengths = window_lengths(input_features_mask)
-        spec = self.config.audio_length_spec
-        token_mask = lengths_to_mask(
-            spec.tokens_from_features(feature_lengths),
-            int(spec.tokens_from_features(input_features.shape[-1])),
-        )
+        token_mask = self.audio_token_mask(input_features, feature_lengths)
         with torch.no_grad():
             encoder_states = self._encode_whisper_padded(input_features, feature_lengths)
         states, logits, counts = self.transcribe_windows(encoder_states, token_mask.sum(-1))

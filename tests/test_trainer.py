@@ -16,7 +16,14 @@ from transformers import TrainerCallback
 from trl import TrlParser
 
 from trainers.config import SaladDistillationConfig
-from trainers.train import SaladDataArguments, SaladModelArguments, build_train_dataset, speaking_seconds
+from trainers.probes import RepeatPrompt
+from trainers.train import (
+    SaladDataArguments,
+    SaladModelArguments,
+    build_train_dataset,
+    repeat_probe_prompt,
+    speaking_seconds,
+)
 from trainers.train import main as train_main
 from trainers.trainer import SaladDistillationTrainer
 
@@ -275,7 +282,13 @@ def test_shipped_configs_parse(path):
     model_args, data_args, training_args = parser.parse_args_and_config(
         args=["--config", str(path), "--bf16", "false", "--use_cpu", "true"]
     )
-    assert training_args.alpha == 1.0 or training_args.objective == "distillation" and "asr" in path.name
+    # SALAD's alpha is 1; the ASR stages are NLL alone, and experiment 21 adds the transcript's NLL to the KL.
+    expected_alpha = 0.5 if path.name == "embedded-default-whisper-decoder-repeat.yaml" else 1.0
+    assert (
+        training_args.alpha == expected_alpha
+        or training_args.objective == "distillation"
+        and "asr" in path.name
+    )
     assert model_args.model_name_or_path or model_args.language_model
 
 
@@ -295,3 +308,43 @@ def test_text_only_rows_get_a_length_when_training_groups_rows_by_length(tmp_pat
     text_rows = [row for row in rows if row["audio"] is None]
     assert text_rows and all(row["duration"] == speaking_seconds(row["text"]) == 2.0 for row in text_rows)
     assert all(isinstance(row["duration"], float) for row in rows)
+
+
+def test_speech_rows_without_a_length_are_refused_when_training_groups_rows_by_length(tmp_path):
+    """A file whose rows lack `duration` (recorded speech next to TTS rows) would reach the length-grouped sampler
+    as nulls and fail there with a bare TypeError; it is refused up front, with the count and what to do."""
+    timed, untimed = tmp_path / "timed.jsonl", tmp_path / "untimed.jsonl"
+    timed.write_text(
+        "".join(
+            json.dumps({"text": f"row {i}", "audio": f"{i}.wav", "duration": 1.0}) + "\n" for i in range(4)
+        )
+    )
+    untimed.write_text(
+        "".join(json.dumps({"text": f"row {i}", "audio": f"{i}.wav"}) + "\n" for i in range(3))
+    )
+    training_args = SaladDistillationConfig(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[],
+        train_sampling_strategy="group_by_length", length_column_name="duration",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="3 of 7 speech rows have no 'duration'"):
+        build_train_dataset(SaladDataArguments(data_files=[str(timed), str(untimed)]), training_args)
+    with pytest.raises(ValueError, match="which the speech rows lack"):
+        build_train_dataset(SaladDataArguments(data_files=[str(untimed)]), training_args)
+    training_args.train_sampling_strategy = "random"
+    assert (
+        len(build_train_dataset(SaladDataArguments(data_files=[str(timed), str(untimed)]), training_args))
+        == 7
+    )
+
+
+@pytest.mark.parametrize(
+    ("chat_format", "probe_chat", "expected"),
+    [(False, None, False), (True, None, True), (False, True, True), (True, False, False)],
+)
+def test_the_repeat_probe_asks_in_chat_when_probe_chat_says_so(tmp_path, chat_format, probe_chat, expected):
+    """A run that mixes chat repeat rows into interleaved rows (chat_format off) can still probe the chat repeat."""
+    training_args = SaladDistillationConfig(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[], chat_format=chat_format, probe_chat=probe_chat,
+        interleave_probability=0.0, chat_instruction="Say it again.",
+    )  # fmt: skip
+    assert repeat_probe_prompt(training_args) == RepeatPrompt(chat=expected, instruction="Say it again.")

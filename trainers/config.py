@@ -178,6 +178,14 @@ class SaladDistillationConfig(TrainingArguments):
             "every probe_steps. None: none."
         },
     )
+    probe_chat: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Ask the repeat probe inside the LLM's chat template (user turn: the clip, then "
+            "`chat_instruction` or 'Repeat what was said.'). None: as `chat_format`. Set it for runs that mix "
+            "chat repeat rows into interleaved rows, so the probe measures the chat repeat they train."
+        },
+    )
     probe_steps: int = field(default=250, metadata={"help": "Optimizer steps between two alignment probes."})
     probe_num_rows: int = field(default=32, metadata={"help": "Rows of probe_data_file that the probes use."})
     remove_unused_columns: bool = field(

@@ -163,6 +163,25 @@ def speaking_seconds(text: str) -> float:
     return len(text.split()) / SPEAKING_RATE_WORDS_PER_SECOND
 
 
+def check_lengths(speech, column: str) -> None:
+    """Refuse speech rows without the length that grouping by length sorts by, before the sampler meets a null.
+
+    Files with different columns load as one (`with_columns`), so a file without the column gives nulls."""
+    if column not in speech.column_names:
+        raise ValueError(
+            f"train_sampling_strategy='group_by_length' sorts rows by {column!r}, which the speech rows lack: give "
+            "each row its audio's length in seconds (`python -m trainers.prepare_data` writes `duration`), or set "
+            "length_column_name or another train_sampling_strategy."
+        )
+    missing = speech[column].count(None)
+    if missing:
+        raise ValueError(
+            f"{missing} of {len(speech)} speech rows have no {column!r}, which train_sampling_strategy="
+            f"'group_by_length' sorts rows by: give each of them its audio's length in seconds, or set another "
+            "train_sampling_strategy."
+        )
+
+
 def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDistillationConfig):
     """Speech rows, with text-only rows interleaved at `text_only_ratio` (sampled, seeded)."""
     if data_args.dataset_name is None and not data_args.data_files:
@@ -171,6 +190,13 @@ def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDisti
         data_args.dataset_name, data_args.data_files, data_args.train_split, data_args.streaming,
         data_args.dataset_config,
     )  # fmt: skip
+    grouped_by = (
+        training_args.length_column_name
+        if training_args.train_sampling_strategy == "group_by_length"
+        else None
+    )
+    if grouped_by is not None and not data_args.streaming:
+        check_lengths(speech, grouped_by)
     has_text = data_args.text_dataset_name is not None or data_args.text_data_files
     if not has_text or training_args.text_only_ratio == 0:
         return speech
@@ -180,11 +206,6 @@ def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDisti
     # Text rows get the speech columns as nulls, so both share one schema for interleaving; grouping by length
     # needs a length on every row, so a text row gets the seconds it would take to say.
     speech_columns = [column for column in (speech.column_names or ["text", "audio"]) if column != "text"]
-    grouped_by = (
-        training_args.length_column_name
-        if training_args.train_sampling_strategy == "group_by_length"
-        else None
-    )
 
     def speech_columns_of_text_row(row: dict) -> dict:
         columns = dict.fromkeys(speech_columns)
@@ -250,6 +271,12 @@ def resolve_resume(resume_from_checkpoint: str | None, output_dir: str) -> str |
     return str(checkpoints[-1])
 
 
+def repeat_probe_prompt(training_args: SaladDistillationConfig) -> RepeatPrompt:
+    """How the repeat probe asks: in the chat template when `probe_chat` says so, else as the run's rows do."""
+    chat = training_args.chat_format if training_args.probe_chat is None else training_args.probe_chat
+    return RepeatPrompt(chat, training_args.chat_instruction or RepeatPrompt.instruction)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = TrlParser((SaladModelArguments, SaladDataArguments, SaladDistillationConfig))
     model_args, data_args, training_args = parser.parse_args_and_config(args=argv)
@@ -292,9 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows,
                 training_args.probe_steps,
                 training_args.output_dir,
-                RepeatPrompt(
-                    training_args.chat_format, training_args.chat_instruction or RepeatPrompt.instruction
-                ),
+                repeat_probe_prompt(training_args),
                 name=name,
             )
         )

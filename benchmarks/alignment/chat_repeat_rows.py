@@ -7,7 +7,8 @@ Each row keeps its clip and transcript and gets its own `prompt` (the chat up to
 rest of the user turn, then the transcript as the assistant's reply and its end of turn), which `trainers.data`
 reads as a row's own frame. The teacher reads the transcript in place of the clip, so the forward KL on the reply
 is the chat "repeat" task of the probes (`trainers.probes.RepeatPrompt(chat=True)`), and such rows can be mixed
-with interleaved rows, which a `chat_format` run cannot.
+with interleaved rows, which a `chat_format` run cannot. A row without a `duration` (the recorded Asterisk prompts)
+gets its clip's length in seconds, which grouping by length sorts by.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import soundfile
 
 from modeling_salad import SaladProcessor
 from trainers.assets import resolve_checkpoint
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         for line in lines:
             row = json.loads(line)
             row["prompt"], row["continuation"] = chat_repeat_frame(processor, row["text"].strip())
+            row.setdefault("duration", round(soundfile.info(row["audio"]).duration, 4))
             handle.write(json.dumps(row) + "\n")
     print(f"Wrote {len(lines)} chat repeat rows to {output}")
 

@@ -52,22 +52,28 @@ demo-fast: $(STAMP) system-packages
 	$(BIN)/python -m hub_scripts.demo --fast
 
 # Rebuild the shipped embedded default on this CPU and write it over the one in git (trainers/assets/embedded-default/),
-# where `make demo`, `embedded:salad` and salad_embedded_default_path() read it: experiments 19 and 20 of
+# where `make demo`, `embedded:salad` and salad_embedded_default_path() read it: experiments 19, 20 and 22 of
 # benchmarks/alignment/README.md. Whisper tiny.en's own decoder transcribes inside the model ("whisper_decoder"
-# adapter, assembled in seconds); SALAD's Stage I distillation then trains its residual for 200 steps (about 35
-# minutes on a 2-core Intel Xeon, fp32; the data take about 15 minutes more).
+# adapter, assembled in seconds); SALAD's Stage I distillation trains its residual for 200 steps (46 minutes on a
+# 2-core Intel Xeon, fp32), then 300 steps add LoRA on SmolLM2 with the transcript's NLL and text-only rows (33
+# minutes); the data take about 10 minutes more: about 1.5 hours in all.
 embedded-default: $(STAMP) system-packages
 	$(BIN)/python -m trainers.text_pool --output_dir data/text_pool
 	$(BIN)/python -m trainers.prepare_data --source text_pool --output_dir data/tts --num_sentences 30000
 	$(BIN)/python -m trainers.prepare_data --source definition_questions --output_dir data/questions \
 		--num_sentences 9700 --eval_fraction 0.05
+	$(BIN)/python -m trainers.prepare_data --output_dir data/asterisk
 	$(BIN)/python -m hub_scripts.build --audio_encoder embedded:whisper-tiny.en \
 		--language_model embedded:smollm2-135m-instruct --adapter_type whisper_decoder --adapter_stack_factor 4 \
 		--adapter_intermediate_size 1024 --output_dir runs/exp19-whisper-decoder-init
 	$(BIN)/python benchmarks/alignment/chat_repeat_rows.py --model runs/exp19-whisper-decoder-init \
 		--rows data/tts/train.jsonl --num_rows 13500 --output data/chat_repeat/train.jsonl
+	$(BIN)/python benchmarks/alignment/chat_repeat_rows.py --model runs/exp19-whisper-decoder-init \
+		--rows data/asterisk/train.jsonl --output data/chat_repeat/asterisk-train.jsonl
 	$(BIN)/salad-train --config configs/embedded-default-whisper-decoder-stage1.yaml
-	$(BIN)/python -m hub_scripts.export_embedded_default --checkpoint runs/embedded-default-whisper-decoder-stage1
+	$(BIN)/salad-train --config configs/embedded-default-whisper-decoder-lora.yaml
+	$(BIN)/python -m hub_scripts.export_embedded_default \
+		--checkpoint runs/embedded-default-whisper-decoder-lora/checkpoint-300
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

@@ -49,6 +49,13 @@ class RecipeArguments:
         default="embedded:salad",
         metadata={"help": "The shipped model to start from (path, Hub id or embedded:)."},
     )
+    base_model: str | None = field(
+        default="embedded:smollm2-135m-instruct",
+        metadata={
+            "help": "The original text LLM, the evaluations' text reference (the shipped model's LLM holds merged "
+            "LoRA, so its own text is not SmolLM2's). None: the model's own LLM with LoRA off."
+        },
+    )
     eval_items: int | None = field(
         default=None, metadata={"help": "Spoken task items per evaluation (default 96; --fast 24)."}
     )
@@ -81,8 +88,8 @@ class RecipeArguments:
 
 def evaluate(model: str, systems: list[str], output_dir: Path, args: RecipeArguments) -> dict:
     eval_args = EvalArguments(
-        model=model, systems=systems, limit=args.eval_items, tts_voice="en-us", dtype=args.dtype,
-        output_dir=str(output_dir), distribution_metrics="salad_speech" in systems and "salad_text" in systems,
+        model=model, base_model=args.base_model, systems=systems, limit=args.eval_items, tts_voice="en-us",
+        dtype=args.dtype, output_dir=str(output_dir), distribution_metrics="salad_speech" in systems and "salad_text" in systems,
     )  # fmt: skip
     return run(eval_args)["tasks"]["offline"]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from peft import LoraConfig
 from safetensors.torch import load_file
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
@@ -267,18 +268,28 @@ def assembled(tmp_path, monkeypatch):
     return embedded_default._assemble_embedded({"adapter_type": "mlp", "adapter_intermediate_size": 64})
 
 
+def _train_bf16_representable(parameters) -> None:
+    """Stand-in for training: move the weights to values bf16 holds exactly, so shipping in bf16 loses nothing."""
+    with torch.no_grad():
+        for parameter in parameters:
+            parameter.copy_((parameter + 0.01 * torch.randn_like(parameter)).bfloat16().float())
+
+
 @pytest.mark.assets
 def test_export_and_assembly_round_trip_the_trained_adapter(tmp_path, assembled):
     """A checkpoint on the embedded components ships as its adapter alone, in bf16, and comes back with equal
     weights (the "trained" weights here are bf16-representable, so the rounding loses nothing)."""
     model = assembled
+    _train_bf16_representable(model.adapter.parameters())
+    audio_row = model.get_input_embeddings().weight[model.config.audio_token_id]
     with torch.no_grad():
-        for parameter in model.adapter.parameters():  # "training"
-            parameter.copy_((parameter + torch.randn_like(parameter)).bfloat16().float())
-        audio_row = model.get_input_embeddings().weight[model.config.audio_token_id]
         audio_row.copy_(audio_row.bfloat16().float())
     model.save_pretrained(tmp_path / "trained")
+    stale = tmp_path / "shipped" / embedded_default.LORA_WEIGHTS  # from an earlier export that had LoRA
+    stale.parent.mkdir()
+    stale.write_bytes(b"stale")
     shipped = embedded_default.export_embedded_default(tmp_path / "trained", tmp_path / "shipped")
+    assert not stale.exists()
     assert (shipped / "adapter.safetensors").stat().st_size < 5e6
     stored = load_file(shipped / "adapter.safetensors")
     assert {tensor.dtype for tensor in stored.values()} == {torch.bfloat16}
@@ -291,29 +302,76 @@ def test_export_and_assembly_round_trip_the_trained_adapter(tmp_path, assembled)
 
 
 @pytest.mark.assets
+def test_export_ships_lora_beside_the_adapter_and_assembly_merges_it(tmp_path, assembled):
+    """A checkpoint whose LLM trained with LoRA ships the LoRA weights (bf16) and settings beside the adapter;
+    the assembled default is the merged model, a plain LLM, with the weights the trained model merges to."""
+    model = assembled
+    base_weight = model.language_model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    model.add_lora_to_language_model(LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "down_proj"]))
+    _train_bf16_representable(model.adapter.parameters())
+    _train_bf16_representable(p for name, p in model.language_model.named_parameters() if ".lora_" in name)
+    audio_row = model.get_input_embeddings().weight[model.config.audio_token_id]
+    with torch.no_grad():
+        audio_row.copy_(audio_row.bfloat16().float())
+    model.save_pretrained(tmp_path / "trained")
+    shipped = embedded_default.export_embedded_default(tmp_path / "trained", tmp_path / "shipped")
+    lora = load_file(shipped / embedded_default.LORA_WEIGHTS)
+    assert {tensor.dtype for tensor in lora.values()} == {torch.bfloat16}
+    assert len(lora) == 2 * 2 * model.config.text_config.num_hidden_layers  # A and B of 2 matrices a layer
+    settings = json.loads((shipped / embedded_default.ADAPTER_CONFIG).read_text())
+    assert settings["lora"]["r"] == 2 and settings["lora"]["target_modules"] == ["down_proj", "q_proj"]
+    reloaded = SaladForConditionalGeneration.from_pretrained(
+        embedded_default.salad_embedded_default_path(shipped)
+    )
+    assert reloaded.config.lora is None and not reloaded.has_lora()
+    model.merge_lora()
+    assert not model.language_model.model.layers[0].self_attn.q_proj.weight.equal(base_weight)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], value, msg=name)
+
+    # A merged LoRA is a trained LLM to the export: it cannot ship as the adapter alone.
+    model.save_pretrained(tmp_path / "merged")
+    with pytest.raises(ValueError, match="changed the language_model"):
+        embedded_default.export_embedded_default(tmp_path / "merged", tmp_path / "elsewhere")
+
+
+def test_lora_settings_without_their_weights_are_refused(tmp_path):
+    (tmp_path / embedded_default.ADAPTER_WEIGHTS).write_bytes(b"")
+    (tmp_path / embedded_default.ADAPTER_CONFIG).write_text(
+        json.dumps({"adapter_type": "mlp", "lora": {"r": 2}})
+    )
+    with pytest.raises(FileNotFoundError, match="lora.safetensors is missing"):
+        embedded_default.salad_embedded_default_path(tmp_path)
+
+
+@pytest.mark.assets
 def test_export_refuses_a_checkpoint_whose_llm_was_trained(tmp_path, assembled):
     model = assembled
     with torch.no_grad():
         model.language_model.lm_head.weight[5] += 1.0
     model.save_pretrained(tmp_path / "full")
-    with pytest.raises(ValueError, match="only the adapter can be shipped"):
+    with pytest.raises(
+        ValueError, match=r"changed the language_model .* only the adapter \(and LoRA on the LLM\)"
+    ):
         embedded_default.export_embedded_default(tmp_path / "full", tmp_path / "shipped")
 
 
 def test_the_shipped_adapter_is_in_git_as_bf16_within_the_size_budget():
-    """A fresh clone hears without training: the trained adapter ships in the package, as bf16, at most 16 MB."""
+    """A fresh clone hears without training: the trained adapter (and LoRA, if any) ships in the package, as bf16,
+    at most 16 MB in all."""
     folder = embedded_default.embedded_default_dir()
     weights = folder / embedded_default.ADAPTER_WEIGHTS
     assert weights.is_file(), (
         f"the shipped adapter is missing from {folder}: `make embedded-default` rebuilds it"
     )
-    assert weights.stat().st_size <= 16_000_000
-    stored = load_file(weights)
+    settings = json.loads((folder / embedded_default.ADAPTER_CONFIG).read_text())
+    assert settings["adapter_type"] == "whisper_decoder"
+    shipped = [weights] + ([folder / embedded_default.LORA_WEIGHTS] if "lora" in settings else [])
+    assert sum(path.stat().st_size for path in shipped) <= 16_000_000
+    stored = {key: value for path in shipped for key, value in load_file(path).items()}
     floating = {tensor.dtype for tensor in stored.values() if tensor.is_floating_point()}
     assert floating == {embedded_default.SHIPPED_DTYPE}
     assert stored["adapter.token_map"].dtype == torch.long  # Whisper token -> SmolLM2 token, exact
-    settings = json.loads((folder / embedded_default.ADAPTER_CONFIG).read_text())
-    assert settings["adapter_type"] == "whisper_decoder"
 
 
 @pytest.mark.assets

@@ -3,8 +3,9 @@
 The adapter ships in git, in `trainers/assets/embedded-default/` (bf16 safetensors, its settings and the recipe
 that trained it), so a fresh clone's `make demo`, `embedded:salad` and `salad_embedded_default_path()` use it
 with no training. `make embedded-default` retrains it on the CPU and `python -m hub_scripts.export_embedded_default`
-writes what training changed (the adapter and the audio token's embedding row) back into that folder;
-`embedded:salad` assembles it with Whisper tiny.en and SmolLM2-135M-Instruct into a full checkpoint in the cache.
+writes what training changed (the adapter, the audio token's embedding row and, when the LLM trained with LoRA, the
+LoRA weights) back into that folder; `embedded:salad` assembles it with Whisper tiny.en and SmolLM2-135M-Instruct
+(LoRA merged into the LLM) into a full checkpoint in the cache.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+from modeling_salad.modeling_salad import lora_config_from_settings
 
 from .models import (
     CONVERSION_VERSION,
@@ -39,6 +41,9 @@ def embedded_default_dir() -> Path:
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+# The LLM's LoRA weights, when it trained with LoRA (their settings are the "lora" entry of ADAPTER_CONFIG). A LoRA
+# of rank r adds r * (d_in + d_out) numbers per target matrix: a few MB for SmolLM2-135M, where the LLM is 270 MB.
+LORA_WEIGHTS = "lora.safetensors"
 # The LLM's input (and tied output) embedding of `<|audio|>`, the row added when the vocabulary grew. Inputs never
 # read it (audio embeddings replace it); it is shipped so that the output logits equal the trained model's.
 AUDIO_TOKEN_ROW = "language_model.audio_token_embedding"
@@ -46,12 +51,22 @@ AUDIO_TOKEN_ROW = "language_model.audio_token_embedding"
 
 def export_embedded_default(checkpoint: str | Path, destination: Path | None = None) -> Path:
     """Keep what training changed in a SALAD checkpoint built on the embedded components: the adapter's
-    weights (as bf16 safetensors, `SHIPPED_DTYPE`) and its `adapter_*` settings. Refuses a checkpoint whose LLM or
-    encoder was trained (their weights would be lost: ship a full checkpoint instead)."""
+    weights and its `adapter_*` settings, and the LLM's LoRA weights and settings if it holds LoRA (all as bf16
+    safetensors, `SHIPPED_DTYPE`). Refuses a checkpoint whose LLM base weights or encoder were trained (their
+    weights would be lost: ship a full checkpoint instead). Save LoRA checkpoints unmerged: a merged LoRA is a
+    trained LLM to this check."""
     destination = embedded_default_dir() if destination is None else Path(destination)
     model = SaladForConditionalGeneration.from_pretrained(checkpoint)
+    settings = _adapter_settings(model.config)
+    lora_weights = {}
     if model.has_lora():
-        raise ValueError(f"{checkpoint} has LoRA on the LLM; merge it and ship a full checkpoint instead.")
+        settings["lora"] = model.config.lora
+        lora_weights = {
+            key: value.to(SHIPPED_DTYPE).contiguous()
+            for key, value in model.language_model.state_dict().items()
+            if ".lora_" in key
+        }
+        model.unload_lora()  # the base LLM is left, to be compared with SmolLM2's below
     reference = _assemble_embedded(_adapter_settings(model.config))
     audio_row = model.get_input_embeddings().weight[model.config.audio_token_id].detach().clone()
     with torch.no_grad():  # the audio token's row was drawn at random when the LLM's vocabulary grew
@@ -63,7 +78,8 @@ def export_embedded_default(checkpoint: str | Path, destination: Path | None = N
         trained = [key for key in ours if not ours[key].equal(theirs[key])]
         if trained:
             raise ValueError(
-                f"{checkpoint} changed the {name} ({trained[:3]}...): only the adapter can be shipped."
+                f"{checkpoint} changed the {name} ({trained[:3]}...): only the adapter (and LoRA on the LLM) "
+                "can be shipped."
             )
     destination.mkdir(parents=True, exist_ok=True)
     weights = {  # integer buffers (a "whisper_decoder" adapter's token map) keep their exact values
@@ -72,7 +88,11 @@ def export_embedded_default(checkpoint: str | Path, destination: Path | None = N
     }
     weights[AUDIO_TOKEN_ROW] = audio_row.to(SHIPPED_DTYPE).contiguous()
     save_file(weights, destination / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-    (destination / ADAPTER_CONFIG).write_text(json.dumps(_adapter_settings(model.config), indent=2) + "\n")
+    if lora_weights:
+        save_file(lora_weights, destination / LORA_WEIGHTS, metadata={"format": "pt"})
+    else:  # a LoRA file of an earlier export must not be assembled with this adapter
+        (destination / LORA_WEIGHTS).unlink(missing_ok=True)
+    (destination / ADAPTER_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
     return destination
 
 
@@ -80,10 +100,13 @@ def _adapter_settings(config) -> dict:
     return {key: getattr(config, key) for key in vars(config) if key.startswith("adapter_")}
 
 
-def _assemble_embedded(adapter_settings: dict):
+def _assemble_embedded(adapter_settings: dict, lora: dict | None = None):
     torch.manual_seed(0)  # the audio token's new embedding row is then reproducible
     return SaladForConditionalGeneration.from_pretrained_components(
-        str(whisper_tiny_en_path()), str(smollm2_135m_instruct_path()), **adapter_settings
+        str(whisper_tiny_en_path()),
+        str(smollm2_135m_instruct_path()),
+        lora_config=None if lora is None else lora_config_from_settings(lora),
+        **adapter_settings,
     )
 
 
@@ -98,14 +121,26 @@ def salad_embedded_default_path(source: Path | None = None) -> Path:
             f"No trained embedded-default adapter at {weights}: train and export it with "
             f"`{EMBEDDED_DEFAULT_TRAIN}`."
         )
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    settings = json.loads((source / ADAPTER_CONFIG).read_text())
+    lora = settings.pop("lora", None)
+    lora_weights = source / LORA_WEIGHTS
+    if lora is not None and not lora_weights.is_file():
+        raise FileNotFoundError(
+            f"{source / ADAPTER_CONFIG} asks for LoRA on the LLM but {lora_weights} is missing: export the "
+            f"checkpoint again with `python -m hub_scripts.export_embedded_default`."
+        )
+    shipped = [weights] + ([lora_weights] if lora is not None else [])
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in shipped)).hexdigest()[:12]
 
     def build(staging: Path) -> None:
-        model = _assemble_embedded(json.loads((source / ADAPTER_CONFIG).read_text()))
+        model = _assemble_embedded(settings, lora)
         state = load_file(weights)
         with torch.no_grad():
             model.get_input_embeddings().weight[model.config.audio_token_id] = state.pop(AUDIO_TOKEN_ROW)
         model.adapter.load_state_dict({key.removeprefix("adapter."): value for key, value in state.items()})
+        if lora is not None:
+            _load_lora(model, load_file(lora_weights))
+            model.merge_lora()  # a plain LLM: the checkpoint then loads as remote code without peft
         model.save_pretrained(staging)
         processor = SaladProcessor.from_pretrained_components(
             str(whisper_tiny_en_path()), str(smollm2_135m_instruct_path()), model.config
@@ -113,3 +148,14 @@ def salad_embedded_default_path(source: Path | None = None) -> Path:
         processor.save_pretrained(staging)
 
     return cached_conversion(f"salad-embedded-default-{digest}-v{CONVERSION_VERSION}", build)
+
+
+def _load_lora(model: SaladForConditionalGeneration, lora_weights: dict[str, torch.Tensor]) -> None:
+    """Load shipped LoRA weights into the LLM's freshly injected LoRA layers, every one of them."""
+    expected = {key for key in model.language_model.state_dict() if ".lora_" in key}
+    if set(lora_weights) != expected:
+        raise ValueError(
+            f"The shipped LoRA weights do not fit the LoRA layers their settings create: missing "
+            f"{sorted(expected - set(lora_weights))[:3]}, unexpected {sorted(set(lora_weights) - expected)[:3]}."
+        )
+    model.language_model.load_state_dict(lora_weights, strict=False)

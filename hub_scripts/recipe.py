@@ -49,11 +49,12 @@ class RecipeArguments:
         default="embedded:salad",
         metadata={"help": "The shipped model to start from (path, Hub id or embedded:)."},
     )
-    base_model: str | None = field(
+    base_model: str = field(
         default="embedded:smollm2-135m-instruct",
         metadata={
-            "help": "The original text LLM, the evaluations' text reference (the shipped model's LLM holds merged "
-            "LoRA, so its own text is not SmolLM2's). None: the model's own LLM with LoRA off."
+            "help": "The original text LLM, the evaluations' text reference: the shipped model's LLM holds merged "
+            "LoRA, so its own text is not SmolLM2's. Give the LLM that --model was built on when it is not the "
+            "embedded default."
         },
     )
     eval_items: int | None = field(
@@ -89,7 +90,8 @@ class RecipeArguments:
 def evaluate(model: str, systems: list[str], output_dir: Path, args: RecipeArguments) -> dict:
     eval_args = EvalArguments(
         model=model, base_model=args.base_model, systems=systems, limit=args.eval_items, tts_voice="en-us",
-        dtype=args.dtype, output_dir=str(output_dir), distribution_metrics="salad_speech" in systems and "salad_text" in systems,
+        dtype=args.dtype, output_dir=str(output_dir),
+        distribution_metrics="salad_speech" in systems and "salad_text" in systems,
     )  # fmt: skip
     return run(eval_args)["tasks"]["offline"]
 

@@ -57,7 +57,8 @@ def export_embedded_default(checkpoint: str | Path, destination: Path | None = N
     trained LLM to this check."""
     destination = embedded_default_dir() if destination is None else Path(destination)
     model = SaladForConditionalGeneration.from_pretrained(checkpoint)
-    settings = _adapter_settings(model.config)
+    adapter_settings = _adapter_settings(model.config)
+    settings = dict(adapter_settings)
     lora_weights = {}
     if model.has_lora():
         settings["lora"] = model.config.lora
@@ -67,7 +68,7 @@ def export_embedded_default(checkpoint: str | Path, destination: Path | None = N
             if ".lora_" in key
         }
         model.unload_lora()  # the base LLM is left, to be compared with SmolLM2's below
-    reference = _assemble_embedded(_adapter_settings(model.config))
+    reference = _assemble_embedded(adapter_settings)
     audio_row = model.get_input_embeddings().weight[model.config.audio_token_id].detach().clone()
     with torch.no_grad():  # the audio token's row was drawn at random when the LLM's vocabulary grew
         reference.get_input_embeddings().weight[model.config.audio_token_id] = audio_row
@@ -121,7 +122,8 @@ def salad_embedded_default_path(source: Path | None = None) -> Path:
             f"No trained embedded-default adapter at {weights}: train and export it with "
             f"`{EMBEDDED_DEFAULT_TRAIN}`."
         )
-    settings = json.loads((source / ADAPTER_CONFIG).read_text())
+    config_bytes = (source / ADAPTER_CONFIG).read_bytes()
+    settings = json.loads(config_bytes)
     lora = settings.pop("lora", None)
     lora_weights = source / LORA_WEIGHTS
     if lora is not None and not lora_weights.is_file():
@@ -130,7 +132,8 @@ def salad_embedded_default_path(source: Path | None = None) -> Path:
             f"checkpoint again with `python -m hub_scripts.export_embedded_default`."
         )
     shipped = [weights] + ([lora_weights] if lora is not None else [])
-    digest = hashlib.sha256(b"".join(path.read_bytes() for path in shipped)).hexdigest()[:12]
+    # The settings are hashed too: a LoRA's alpha scales its weights without changing them.
+    digest = hashlib.sha256(config_bytes + b"".join(path.read_bytes() for path in shipped)).hexdigest()[:12]
 
     def build(staging: Path) -> None:
         model = _assemble_embedded(settings, lora)

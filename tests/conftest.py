@@ -155,6 +155,32 @@ def backward_through_the_lm(model, processor) -> None:
     model(**inputs, labels=labels).loss.backward()
 
 
+# Float comparisons (README, "Testing"): a tolerance is a number of units of the compared dtype's epsilon, named
+# for what differs between the two sides. Bitwise equality is asserted only where it is the contract (stored weights,
+# restored checkpoints, integer tensors, one computation repeated in one process), with a comment saying which.
+OTHER_INSTANCE_ULPS = 64
+"""Two model instances with identical weights (a reloaded copy, a converted copy): the same arithmetic, but the
+CPU's kernels may tile or vectorize it differently (weight alignment, AVX-512 or AMX dispatch on one CPU and not
+another), so sums are reordered. Each reordered sum is off by a few units in the last place; a tiny model stacks a
+handful of them, so 64 epsilons of the output's magnitude bounds it with room."""
+
+OTHER_PATH_ULPS = 1024
+"""Two code paths that compute the same function in another order (a masked layer loop against the reference
+encoder, a chunked loss against the materialized one): whole reductions are regrouped, not only tiled."""
+
+
+def float_tolerance(dtype: torch.dtype, ulps: float) -> dict[str, float]:
+    """`rtol` and `atol` of `ulps` epsilons of `dtype`, for `torch.testing.assert_close` and `pytest.approx`."""
+    epsilon = torch.finfo(dtype).eps
+    return {"rtol": ulps * epsilon, "atol": ulps * epsilon}
+
+
+def assert_close_in_dtype(actual, expected, *, ulps: float, msg: str | None = None) -> None:
+    """`assert_close` with a tolerance of `ulps` epsilons of the compared tensors' dtype (numpy arrays too)."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    torch.testing.assert_close(actual, expected, **float_tolerance(actual.dtype, ulps), msg=msg)
+
+
 def tone(seconds: float, sampling_rate: int = 16000, freq: float = 440.0, seed: int = 0) -> np.ndarray:
     """A noisy sine: deterministic audio with some content for the encoder to see."""
     rng = np.random.default_rng(seed)

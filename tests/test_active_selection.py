@@ -63,7 +63,7 @@ def test_target_weights_follow_m_to_the_gamma(gamma):
 def test_gamma_zero_gives_the_web_distribution_whatever_m():
     web = np.array([5.0, 1.0, 0.0, 4.0])
     weights = target_weights(web, np.array([9.0, 0.0, np.nan, 0.3]), gamma=0.0)
-    np.testing.assert_array_equal(weights, web / web.sum())
+    np.testing.assert_array_equal(weights, web / web.sum())  # bitwise: M ** 0 is exactly 1
 
 
 def test_target_weights_errors():
@@ -158,7 +158,9 @@ def test_clusters_partition_the_pool(balanced):
     assert clustering.labels.shape == (300,) and clustering.centroids.shape == (6, 8)
     members = clustering.members()
     assert len(members) == 6
-    np.testing.assert_array_equal(np.sort(np.concatenate(members)), np.arange(300))
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate(members)), np.arange(300)
+    )  # bitwise: integer indices
     assert sum(m.size for m in members) == 300  # disjoint
     assert all((clustering.labels[m] == c).all() for c, m in enumerate(members))
 
@@ -179,7 +181,9 @@ def test_balanced_clusters_stay_within_the_stated_bound(slack):
 
 def test_capacitated_assignment_is_nearest_when_capacity_allows_and_errors_when_impossible():
     distances = np.random.default_rng(0).uniform(size=(50, 4))
-    np.testing.assert_array_equal(capacitated_assignment(distances, 50), distances.argmin(1))
+    np.testing.assert_array_equal(
+        capacitated_assignment(distances, 50), distances.argmin(1)
+    )  # integer labels
     labels = capacitated_assignment(distances, 13)
     assert (labels >= 0).all() and np.bincount(labels).max() <= 13
     with pytest.raises(ValueError, match="cannot hold"):
@@ -193,7 +197,7 @@ def test_probe_sets_are_drawn_inside_each_cluster():
     probes = draw_probe_sets(clustering, 4, seed=0)
     assert [p.size for p in probes] == [4, 2, 4]
     assert all((clustering.labels[p] == c).all() and len(set(p)) == p.size for c, p in enumerate(probes))
-    np.testing.assert_array_equal(probes[0], draw_probe_sets(clustering, 4, seed=0)[0])
+    np.testing.assert_array_equal(probes[0], draw_probe_sets(clustering, 4, seed=0)[0])  # integer indices
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,6 +223,7 @@ def test_embeddings_are_cached_per_chunk_and_resume(tmp_path):
         return hashing_encoder(batch)
 
     first = embed_texts(texts, encode, tmp_path, cache_key="fake", chunk_size=3)
+    # bitwise below: what the cache restores is what was stored
     assert calls == [3, 3, 3, 1]
     np.testing.assert_array_equal(embed_texts(texts, encode, tmp_path, cache_key="fake", chunk_size=3), first)
     assert calls == [3, 3, 3, 1]
@@ -239,7 +244,7 @@ def test_cluster_misalignment_resumes_from_its_cache(tmp_path):
     cache.write_text(json.dumps({"cluster": 0, "misalignment": 7.0}) + "\n")  # a run killed after cluster 0
     values = cluster_misalignment(probes, measure, cache)
     assert measured == ["2"]
-    np.testing.assert_array_equal(values, [7.0, np.nan, 3.0])
+    np.testing.assert_array_equal(values, [7.0, np.nan, 3.0])  # bitwise: restored from the cache, or exact
     np.testing.assert_array_equal(cluster_misalignment(probes, measure, cache), values)
     assert measured == ["2"]
 

@@ -30,7 +30,7 @@ def check_pairs(batch, processor, examples):
     student = batch["input_ids"].reshape(-1)
     teacher = batch["teacher_input_ids"].reshape(-1)
     s_index, t_index, targets = batch["student_index"], batch["teacher_index"], batch["target_ids"]
-    assert torch.equal(student[s_index + 1], targets)
+    assert torch.equal(student[s_index + 1], targets)  # bitwise: integer token ids
     assert torch.equal(teacher[t_index + 1], targets)
     assert not (targets == processor.audio_token_id).any()
     # exhaustiveness: count student positions (within real tokens) followed by a text token

@@ -211,7 +211,7 @@ def test_synthesize_many_caches_and_resumes(tmp_path):
     again = synthesize_many(texts, backend, num_workers=0, cache_dir=tmp_path, seed=1, progress=False)
     assert ToneBackend.calls == 0  # all cache hits
     assert [result.text for result in first] == texts
-    for fresh, cached in zip(first, again):
+    for fresh, cached in zip(first, again):  # bitwise: the cache restores what it stored
         assert np.array_equal(fresh.audio, cached.audio) and fresh.metadata() == cached.metadata()
         check_synthesis(cached, cached.text)
         sidecar = json.loads(Path(cached.audio_path).with_suffix(".json").read_text())
@@ -235,7 +235,7 @@ def test_synthesize_many_in_worker_processes(tmp_path):
     mtimes = {result.audio_path: os.stat(result.audio_path).st_mtime_ns for result in first}
     again = synthesize_many(texts, "espeak-ng", num_workers=2, cache_dir=tmp_path, seed=3, progress=False)
     assert {result.audio_path: os.stat(result.audio_path).st_mtime_ns for result in again} == mtimes
-    for fresh, cached in zip(first, again):
+    for fresh, cached in zip(first, again):  # bitwise: the cache restores what it stored
         assert np.array_equal(fresh.audio, cached.audio) and fresh.metadata() == cached.metadata()
         check_synthesis(cached, cached.text)
     # Without a cache, in this process, the same seed makes the same choices (espeak-ng's audio itself may
@@ -252,6 +252,7 @@ def test_flite_is_reproducible():
     backend = FliteBackend()
     first = backend.synthesize(TEXT, voice="slt")
     backend.synthesize(TEXT, voice="awb", rate=1.2, pitch=1.1)
+    # bitwise: one engine, repeated
     assert np.array_equal(first.audio, backend.synthesize(TEXT, voice="slt").audio)
 
 
@@ -295,6 +296,7 @@ def test_transformers_backend_on_a_tiny_vits(tmp_path):
         synthesis.sampling_rate == 16000 and synthesis.audio.dtype == np.float32 and synthesis.audio.size > 0
     )
     assert synthesis.word_starts is None and synthesis.words == ["hello", "there"]
+    # bitwise: one engine, repeated
     assert np.array_equal(synthesis.audio, backend.synthesize("hello there", voice="1").audio)
     assert backend.synthesize("hello there", voice="1", rate=0.5).duration > synthesis.duration
     with pytest.raises(ValueError, match="pitch"):

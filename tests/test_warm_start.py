@@ -68,7 +68,7 @@ def test_sampled_candidates_hold_every_target_and_renumber_them():
     targets = torch.tensor([5, 9, 5, 30, 2])
     candidates, renumbered = sample_candidates(targets, V, num_negatives=10)
     assert len(candidates) == 4 + 10 and len(set(candidates.tolist())) == len(candidates)
-    assert torch.equal(candidates[renumbered], targets)
+    assert torch.equal(candidates[renumbered], targets)  # bitwise: integer token ids
 
 
 def test_sampling_every_token_gives_the_full_vocabulary_loss():

@@ -158,7 +158,10 @@ class SaladDistillationConfig(TrainingArguments):
         default="stop",
         metadata={
             "help": "What a NaN/inf loss or gradient does: 'stop' raises at once with the step and the batch's text; "
-            "'skip' drops the batch (no optimizer update from it) and counts it in the logs (`skipped_batches`)."
+            "'skip' drops what carries it and counts it in the logs, summed over processes: a non-finite loss drops "
+            "only its micro-batch (`skipped_batches`; its tokens still count in the step's loss denominator), a "
+            "non-finite gradient drops the whole optimizer step, every micro-batch of it on every process "
+            "(`skipped_steps`), since the accumulated gradient cannot be split back into its micro-batches."
         },
     )
     probe_data_file: str | None = field(

@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from peft import LoraConfig
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -91,9 +92,15 @@ class SaladDistillationTrainer(Trainer):
             self.teacher = teacher.requires_grad_(False).eval().to(self.args.device)
         self._metrics = defaultdict(list)
         self._speech_seconds_seen = 0.0  # on this process, since this run (re)started
-        # Rows the collator skipped, per reason, and batches dropped for non-finite numbers: counted from the
-        # batches themselves, so dataloader worker processes cannot hide them (this process, this run).
-        self._rows_seen, self._bad_row_reasons, self._skipped_batches = 0, Counter(), 0
+        # Rows the collator skipped, per reason, micro-batches dropped for a non-finite loss and optimizer steps
+        # dropped for a non-finite gradient: counted from the batches themselves, so dataloader worker processes
+        # cannot hide them (this process, this run; `run_counts` sums them over processes).
+        self._rows_seen, self._bad_row_reasons, self._skipped_batches, self._skipped_steps = (
+            0,
+            Counter(),
+            0,
+            0,
+        )
         self._checkpoint_staging = None  # set while `_save_checkpoint` writes a checkpoint
 
     # ------------------------------------------------------------------ optimizer
@@ -154,6 +161,7 @@ class SaladDistillationTrainer(Trainer):
         if torch.isfinite(loss.detach()).all():
             return result
         self.handle_nonfinite(f"loss {loss.item()}", inputs)
+        self._skipped_batches += 1
         unwrapped = self.accelerator.unwrap_model(model)
         zero = (
             sum(p.sum() for p in unwrapped.parameters() if p.requires_grad) * 0.0
@@ -312,14 +320,29 @@ class SaladDistillationTrainer(Trainer):
         self._rows_seen += int(inputs.pop("rows_in_batch", 0))
         self._bad_row_reasons.update(inputs.pop("bad_row_reasons", {}))
         loss = super().training_step(model, inputs, num_items_in_batch)
-        gradients = [p.grad for p in model.parameters() if p.grad is not None]
-        if gradients and not torch.stack([g.isfinite().all() for g in gradients]).all():
+        if self.accelerator.sync_gradients and not self.gradients_are_finite(model):
+            # The accumulated gradient of the whole optimizer step is dropped on every process: which micro-batch
+            # made it non-finite cannot be told apart once it is summed in. A non-finite *loss* drops only its own
+            # micro-batch (`compute_loss`).
             self.handle_nonfinite("gradient", inputs)
+            self._skipped_steps += 1
             model.zero_grad(set_to_none=True)  # parameters without a gradient are left alone by the optimizer
         return loss
 
+    def gradients_are_finite(self, model) -> bool:
+        """Whether every process's gradients are finite, checked where the optimizer step will read them (after
+        DDP's all-reduce; on each process's own shard under FSDP), so that all processes decide alike."""
+        local = [p.grad for p in model.parameters() if p.grad is not None]
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in local]  # FSDP2 shards are DTensors
+        nonfinite = torch.tensor(
+            float(any(not bool(g.isfinite().all()) for g in local)), device=self.args.device
+        )
+        if self.args.world_size > 1:
+            nonfinite = self.accelerator.reduce(nonfinite, reduction="sum")
+        return not bool(nonfinite)
+
     def handle_nonfinite(self, what: str, inputs: dict) -> None:
-        """Stop with the step and the batch's text (`nonfinite_policy: stop`), or count the dropped batch."""
+        """Stop with the step and the batch's text (`nonfinite_policy: stop`), or warn that it is dropped."""
         texts = self.processing_class.tokenizer.batch_decode(
             inputs["teacher_input_ids"], skip_special_tokens=True
         )
@@ -328,10 +351,7 @@ class SaladDistillationTrainer(Trainer):
                 f"Non-finite {what} at step {self.state.global_step} on the batch {texts}. Check these rows' audio "
                 "(loud or corrupt clips) and the learning rate, or set nonfinite_policy='skip' to drop such batches."
             )
-        self._skipped_batches += 1
-        logger.warning(
-            "Skipped a batch with a non-finite %s at step %d: %s", what, self.state.global_step, texts
-        )
+        logger.warning("Dropped a non-finite %s at step %d (batch: %s)", what, self.state.global_step, texts)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Refuse to write non-finite weights (a checkpoint of NaNs would look like any other)."""
@@ -376,13 +396,32 @@ class SaladDistillationTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)
-        if self._bad_row_reasons or self._skipped_batches:
+        counts = self.run_counts()  # on every process: it gathers
+        if counts["bad_row_reasons"] or counts["skipped_batches"] or counts["skipped_steps"]:
             logger.warning(
-                "Of %d rows, %d were skipped (%s); %d batches were dropped for non-finite numbers.",
-                self._rows_seen, sum(self._bad_row_reasons.values()), dict(self._bad_row_reasons),
-                self._skipped_batches,
+                "Of %d rows (all processes), %d were skipped (%s); %d micro-batches were dropped for a non-finite "
+                "loss and %d optimizer steps for a non-finite gradient.",
+                counts["rows_seen"], sum(counts["bad_row_reasons"].values()), dict(counts["bad_row_reasons"]),
+                counts["skipped_batches"], counts["skipped_steps"],
             )  # fmt: skip
         return output
+
+    def run_counts(self) -> dict:
+        """This run's rows, skipped rows per reason, dropped micro-batches and speech seconds summed over all
+        processes (each process counts the batches it drew), and the dropped optimizer steps, which every
+        process decides and counts alike. Every process must call it: it gathers."""
+        local = {
+            "rows_seen": self._rows_seen,
+            "bad_row_reasons": Counter(self._bad_row_reasons),
+            "skipped_batches": self._skipped_batches,
+            "speech_seconds": self._speech_seconds_seen,
+        }
+        per_process = gather_object([local]) if self.args.world_size > 1 else [local]
+        total = {
+            key: sum((counts[key] for counts in per_process), type(value)()) for key, value in local.items()
+        }
+        total["skipped_steps"] = self._skipped_steps
+        return total
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
@@ -390,13 +429,16 @@ class SaladDistillationTrainer(Trainer):
             values = self._metrics.pop(key)
             name = key[len(mode) + 1 :]
             logs[f"eval_{name}" if mode == "eval" else name] = sum(values) / len(values)
-        if mode == "train":
-            logs["speech_minutes_seen"] = round(self._speech_seconds_seen / 60, 3)
-        if mode == "train" and self._rows_seen:
-            logs["bad_rows"] = sum(self._bad_row_reasons.values())
-            logs["rows_seen"] = self._rows_seen
-        if mode == "train" and self._skipped_batches:
-            logs["skipped_batches"] = self._skipped_batches
+        if mode == "train":  # every process logs, so every process gathers
+            counts = self.run_counts()
+            logs["speech_minutes_seen"] = round(counts["speech_seconds"] / 60, 3)
+            if counts["rows_seen"]:
+                logs["bad_rows"] = sum(counts["bad_row_reasons"].values())
+                logs["rows_seen"] = counts["rows_seen"]
+            if counts["skipped_batches"]:
+                logs["skipped_batches"] = counts["skipped_batches"]
+            if counts["skipped_steps"]:
+                logs["skipped_steps"] = counts["skipped_steps"]
         super().log(logs, *args, **kwargs)
 
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).parent.parent
 SR = 24000
 STEPS, SAVE_AT, GLOBAL_BATCH = 4, 2, 4
 WORDS = "speech and text should be understood alike by one model".split()
-BAD_ROWS = 2  # rows whose word timestamps are broken: skipped by the collator and counted
+BAD_ROWS = (5, 10)  # rows whose word timestamps are broken: skipped by the collator and counted
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +61,21 @@ def rows() -> list[dict]:
             "audio": {"array": tone(0.1 * len(words) + 0.1, SR, seed=i).tolist(), "sampling_rate": SR},
             "words": words, "word_starts": starts, "word_ends": [s + 0.08 for s in starts],
         })  # fmt: skip
-    for row in out[:BAD_ROWS]:
-        row["word_ends"] = row["word_ends"][:-1]  # unequal lengths: a bad row
+    for index in BAD_ROWS:
+        out[index]["word_ends"] = out[index]["word_ends"][:-1]  # unequal lengths: a bad row
     return out
+
+
+SETTINGS = {
+    "alpha": 1.0, "teacher_mode": "separate", "train_llm": "full", "adapter_learning_rate": 1e-3,
+    "llm_learning_rate": 1e-4, "learning_rate": 1e-4, "weight_decay": 0.1, "optim": "adamw_torch",
+    "logging_steps": 1, "text_span": [2, 4], "speech_span": [2, 3], "seed": 0, "report_to": [], "use_cpu": True,
+    "dataloader_num_workers": 0, "disable_tqdm": True, "max_bad_row_fraction": 0.5,
+}  # fmt: skip
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+TOLERANCE = float_tolerance(
+    torch.float32, OTHER_PATH_ULPS
+)  # another grouping of the same sums, then 4 Adam steps
 
 
 @pytest.fixture(scope="module")
@@ -74,90 +86,96 @@ def setup(tmp_path_factory):
     processor.save_pretrained(root / "model")
     with open(root / "rows.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows())
-    (root / "config.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "model_name_or_path": str(root / "model"),
-                "data_files": [str(root / "rows.jsonl")],
-                "alpha": 1.0,
-                "teacher_mode": "separate",
-                "train_llm": "full",
-                "adapter_learning_rate": 1e-3,
-                "llm_learning_rate": 1e-4,
-                "learning_rate": 1e-4,
-                "weight_decay": 0.1,
-                "optim": "adamw_torch",
-                "max_steps": STEPS,
-                "save_strategy": "steps",
-                "save_steps": SAVE_AT,
-                "logging_steps": 1,
-                "text_span": [2, 4],
-                "speech_span": [2, 3],
-                "seed": 0,
-                "report_to": [],
-                "use_cpu": True,
-                "dataloader_num_workers": 0,
-                "disable_tqdm": True,
-                "max_bad_row_fraction": 0.5,
-            }
-        )  # fmt: skip
+    run = {"model_name_or_path": str(root / "model"), "data_files": [str(root / "rows.jsonl")],
+           "max_steps": STEPS, "save_strategy": "steps", "save_steps": SAVE_AT}  # fmt: skip
+    (root / "config.yaml").write_text(yaml.safe_dump({**SETTINGS, **run}))
+    (root / "fsdp.json").write_text(
+        json.dumps({**SETTINGS, "steps": STEPS, "save_at": SAVE_AT, "global_batch": GLOBAL_BATCH})
     )
     return root
 
 
-def train(setup: Path, output_dir: Path, processes: int, accelerate_config: str | None, *extra: str) -> dict:
-    """One `salad-train` run (launched through accelerate for several processes); its trainer state."""
+def run(command: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, env=ENV, timeout=600, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+
+
+def salad_train(setup: Path, output_dir: Path, processes: int, *extra: str) -> dict[int, dict]:
+    """One `salad-train` run, through `accelerate launch` with the DDP config for several processes (without
+    `--cpu`, which would make accelerate start one process); its logged steps."""
     command = ["-m", "trainers.train", "--config", str(setup / "config.yaml"), "--output_dir", str(output_dir),
                "--per_device_train_batch_size", str(GLOBAL_BATCH // processes), *extra]  # fmt: skip
     if processes > 1:
-        command = ["-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / accelerate_config),
-                   "--num_processes", str(processes), "--cpu", "--mixed_precision", "no", "--num_machines", "1",
+        command = ["-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/ddp.yaml"),
+                   "--num_processes", str(processes), "--mixed_precision", "no", "--num_machines", "1",
                    "--dynamo_backend", "no", *command]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, *command], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
-    )
-    assert result.returncode == 0, result.stderr[-6000:]
-    return json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())
-
-
-def step_logs(state: dict) -> dict[int, dict]:
+    run(command)
+    state = json.loads((output_dir / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
     return {entry["step"]: entry for entry in state["log_history"] if "loss" in entry}
 
 
-@pytest.fixture(scope="module")
-def single(setup):
-    return train(setup, setup / "single", 1, None)
+def fsdp_train(setup: Path, output_dir: Path, processes: int, *extra: str) -> dict[int, float]:
+    """One run of `tests/fsdp_worker.py` under torchrun (torch's `fully_shard` over gloo); its losses per step."""
+    run(["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
+         str(ROOT / "tests/fsdp_worker.py"), "--model", str(setup / "model"), "--rows", str(setup / "rows.jsonl"),
+         "--config", str(setup / "fsdp.json"), "--output_dir", str(output_dir), *extra])  # fmt: skip
+    return {int(step): loss for step, loss in json.loads((output_dir / "losses.json").read_text()).items()}
 
 
-@pytest.mark.parametrize("accelerate_config", ["ddp.yaml", "fsdp.yaml"])
-def test_two_processes_train_resume_and_match_one(setup, single, accelerate_config):
-    name = accelerate_config.removesuffix(".yaml")
-    state = train(setup, setup / name, 2, accelerate_config)
-    resumed = train(
-        setup, setup / f"{name}-resumed", 2, accelerate_config,
-        "--resume_from_checkpoint", str(setup / name / f"checkpoint-{SAVE_AT}"),
-    )  # fmt: skip
-    one, two, again = step_logs(single), step_logs(state), step_logs(resumed)
+def assert_same_weights(run_dir: Path, reference_dir: Path) -> None:
+    weights, reference = (
+        load_file(run_dir / "model.safetensors"),
+        load_file(reference_dir / "model.safetensors"),
+    )
+    assert weights.keys() == reference.keys()
+    for key, value in weights.items():
+        torch.testing.assert_close(value, reference[key], **TOLERANCE, msg=f"{run_dir.name}: {key}")
+
+
+def test_ddp_two_processes_train_resume_and_match_one(setup):
+    one = salad_train(setup, setup / "single", 1)
+    two = salad_train(setup, setup / "ddp", 2)
+    again = salad_train(
+        setup, setup / "ddp-resumed", 2, "--resume_from_checkpoint", str(setup / f"ddp/checkpoint-{SAVE_AT}")
+    )
     assert sorted(two) == sorted(one) == list(range(1, STEPS + 1))
-    assert sorted(again) == list(range(SAVE_AT + 1, STEPS + 1))  # the resumed run starts after its checkpoint
-    rtol = float_tolerance(torch.float32, OTHER_PATH_ULPS)["rtol"]
+    # the resumed run started after its checkpoint: it never wrote the checkpoint it resumed from
+    assert not (setup / f"ddp-resumed/checkpoint-{SAVE_AT}").exists()
     for step in one:
         # both processes' rows are counted: the same rows as one process with the same global batch
         assert two[step]["rows_seen"] == one[step]["rows_seen"] == step * GLOBAL_BATCH
         assert two[step]["bad_rows"] == one[step]["bad_rows"]
-        assert two[step]["loss"] == pytest.approx(one[step]["loss"], rel=rtol)
+        assert two[step]["loss"] == pytest.approx(one[step]["loss"], rel=TOLERANCE["rtol"])
     assert one[STEPS]["bad_rows"] > 0, "the bad rows should have been drawn in these steps"
-    for step in again:
-        assert again[step]["loss"] == pytest.approx(two[step]["loss"], rel=rtol)
-    reference = load_file(setup / "single" / "model.safetensors")
-    for run in (setup / name, setup / f"{name}-resumed"):
-        weights = load_file(run / "model.safetensors")
-        assert weights.keys() == reference.keys()
-        for key, value in weights.items():
-            torch.testing.assert_close(
-                value,
-                reference[key],
-                **float_tolerance(torch.float32, OTHER_PATH_ULPS),
-                msg=f"{run.name}: {key}",
-            )
+    for step in range(SAVE_AT + 1, STEPS + 1):  # the resumed run's counts go on from its checkpoint's
+        assert (
+            again[step]["rows_seen"] == two[step]["rows_seen"]
+            and again[step]["bad_rows"] == two[step]["bad_rows"]
+        )
+        assert again[step]["loss"] == pytest.approx(two[step]["loss"], rel=TOLERANCE["rtol"])
+    trained, initial = (
+        load_file(setup / "single/model.safetensors"),
+        load_file(setup / "model/model.safetensors"),
+    )
+    assert any(not torch.allclose(trained[key], initial[key], **TOLERANCE) for key in trained), (
+        "nothing trained"
+    )
+    assert_same_weights(setup / "ddp", setup / "single")
+    assert_same_weights(setup / "ddp-resumed", setup / "single")
+
+
+def test_fsdp2_two_processes_train_resume_and_match_one(setup):
+    one = fsdp_train(setup, setup / "fsdp-single", 1)
+    two = fsdp_train(setup, setup / "fsdp", 2)
+    again = fsdp_train(
+        setup, setup / "fsdp-resumed", 2, "--resume", str(setup / f"fsdp/checkpoint-{SAVE_AT}")
+    )
+    assert sorted(one) == sorted(two) == sorted(again) == list(range(1, STEPS + 1))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=TOLERANCE["rtol"])
+        assert again[step] == pytest.approx(one[step], rel=TOLERANCE["rtol"])
+    assert not (setup / f"fsdp-resumed/checkpoint-{SAVE_AT}").exists()
+    assert_same_weights(setup / "fsdp", setup / "fsdp-single")
+    assert_same_weights(setup / "fsdp-resumed", setup / "fsdp-single")

@@ -95,12 +95,9 @@ class SaladDistillationTrainer(Trainer):
         # Rows the collator skipped, per reason, micro-batches dropped for a non-finite loss and optimizer steps
         # dropped for a non-finite gradient: counted from the batches themselves, so dataloader worker processes
         # cannot hide them (this process, this run; `run_counts` sums them over processes).
-        self._rows_seen, self._bad_row_reasons, self._skipped_batches, self._skipped_steps = (
-            0,
-            Counter(),
-            0,
-            0,
-        )
+        self._rows_seen, self._bad_row_reasons = 0, Counter()
+        self._skipped_batches, self._skipped_steps = 0, 0
+        self._counts_before_this_run = None  # a resumed run's, from its checkpoint (`counts_at_checkpoint`)
         self._checkpoint_staging = None  # set while `_save_checkpoint` writes a checkpoint
 
     # ------------------------------------------------------------------ optimizer
@@ -397,19 +394,20 @@ class SaladDistillationTrainer(Trainer):
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)
         counts = self.run_counts()  # on every process: it gathers
-        if counts["bad_row_reasons"] or counts["skipped_batches"] or counts["skipped_steps"]:
+        if counts["bad_rows"] or counts["skipped_batches"] or counts["skipped_steps"]:
             logger.warning(
-                "Of %d rows (all processes), %d were skipped (%s); %d micro-batches were dropped for a non-finite "
-                "loss and %d optimizer steps for a non-finite gradient.",
-                counts["rows_seen"], sum(counts["bad_row_reasons"].values()), dict(counts["bad_row_reasons"]),
+                "Of %d rows (all processes), %d were skipped (since this (re)start: %s); %d micro-batches were "
+                "dropped for a non-finite loss and %d optimizer steps for a non-finite gradient.",
+                counts["rows_seen"], counts["bad_rows"], dict(counts["bad_row_reasons"]),
                 counts["skipped_batches"], counts["skipped_steps"],
             )  # fmt: skip
         return output
 
     def run_counts(self) -> dict:
-        """This run's rows, skipped rows per reason, dropped micro-batches and speech seconds summed over all
-        processes (each process counts the batches it drew), and the dropped optimizer steps, which every
-        process decides and counts alike. Every process must call it: it gathers."""
+        """Rows seen, rows skipped, micro-batches and steps dropped and speech seconds since training began (a
+        resumed run goes on from its checkpoint's counts), summed over all processes: each process counts the
+        batches it drew, while dropped optimizer steps are decided and counted alike by every process.
+        `bad_row_reasons` covers this (re)start only. Every process must call it: it gathers."""
         local = {
             "rows_seen": self._rows_seen,
             "bad_row_reasons": Counter(self._bad_row_reasons),
@@ -421,7 +419,24 @@ class SaladDistillationTrainer(Trainer):
             key: sum((counts[key] for counts in per_process), type(value)()) for key, value in local.items()
         }
         total["skipped_steps"] = self._skipped_steps
+        total["bad_rows"] = sum(total["bad_row_reasons"].values())
+        if self._counts_before_this_run is None:
+            self._counts_before_this_run = self.counts_at_checkpoint()
+        for key, value in self._counts_before_this_run.items():
+            total[key] += value
         return total
+
+    def counts_at_checkpoint(self) -> dict:
+        """The counts that a resumed run's checkpoint had logged last (all zero for a fresh run)."""
+        logged = [entry for entry in self.state.log_history if "rows_seen" in entry]
+        last = logged[-1] if logged else {}
+        return {
+            "rows_seen": last.get("rows_seen", 0),
+            "bad_rows": last.get("bad_rows", 0),
+            "skipped_batches": last.get("skipped_batches", 0),
+            "skipped_steps": last.get("skipped_steps", 0),
+            "speech_seconds": 60 * last.get("speech_minutes_seen", 0.0),
+        }
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
@@ -433,7 +448,7 @@ class SaladDistillationTrainer(Trainer):
             counts = self.run_counts()
             logs["speech_minutes_seen"] = round(counts["speech_seconds"] / 60, 3)
             if counts["rows_seen"]:
-                logs["bad_rows"] = sum(counts["bad_row_reasons"].values())
+                logs["bad_rows"] = counts["bad_rows"]
                 logs["rows_seen"] = counts["rows_seen"]
             if counts["skipped_batches"]:
                 logs["skipped_batches"] = counts["skipped_batches"]

@@ -267,6 +267,21 @@ def right_align(
     return aligned * keep[..., None].to(aligned.dtype), keep
 
 
+def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's trailing padding to its start, so that its last position holds its last real token.
+
+    A decoder-only LM predicts the first new token from a row's last position, which in a right-padded row is
+    padding: generation must see the batch padded on the left. Rows already padded on the left are left as they are;
+    the order of a row's tokens, and so of its audio placeholders, is kept.
+    """
+    length = attention_mask.shape[1]
+    real = attention_mask.bool()
+    last_real = torch.where(real, torch.arange(length, device=real.device), -1).amax(-1)
+    trailing = (length - 1 - last_real).clamp_max(length - 1)[:, None]
+    source = (torch.arange(length, device=real.device)[None] - trailing) % length
+    return input_ids.gather(1, source), attention_mask.gather(1, source)
+
+
 def whisper_token_map(whisper_tokenizer, llm_tokenizer, num_text_tokens: int) -> torch.Tensor:
     """For each of Whisper's text tokens, the LM token that starts it: `[num_text_tokens]` LM ids.
 
@@ -536,7 +551,9 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         self, encoder_states: torch.Tensor, max_tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Greedy transcripts of `[n, frames, d]` encoder states by Whisper's decoder, window `i` at most
-        `max_tokens[i]` tokens long (its audio-token slots).
+        `max_tokens[i]` tokens long (its audio-token slots). As Whisper's `generate` transcribes: after the
+        no-timestamps prompt (`adapter_decoder_prompt_ids`), never writing its `suppress_tokens` (non-speech
+        symbols) and not starting with its `begin_suppress_tokens` (a blank or the end of text).
 
         Returns `(states [n, T, d], logits [n, T, text_vocab], counts [n])`: the decoder state that chose each
         token, that choice's logits over the text tokens, and each window's number of tokens (the end of text
@@ -545,6 +562,10 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         decoder = self.audio_decoder
         end_id = self.config.audio_config.eos_token_id
         head = decoder.embed_tokens.weight[: end_id + 1]
+        never, not_first = (
+            [token for token in getattr(self.config.audio_config, name, None) or [] if token <= end_id]
+            for name in ("suppress_tokens", "begin_suppress_tokens")
+        )
         prompt = self.config.adapter_decoder_prompt_ids
         max_tokens = max_tokens.clamp(max=decoder.max_target_positions - len(prompt))
         num_windows = encoder_states.shape[0]
@@ -559,6 +580,7 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             cache = output.cache
             state = output.last_hidden_state[:, -1]
             step_logits = state.float() @ head.float().T
+            step_logits[:, never if states else never + not_first] = float("-inf")
             input_ids = step_logits.argmax(-1, keepdim=True)
             done = done | (input_ids[:, 0] == end_id)
             counts += (~done).long()
@@ -747,6 +769,17 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             attention_mask=attention_mask if dropped is not None else None,
             position_ids=full_position_ids,
         )
+
+    def generate(self, *args, **kwargs):
+        """[`~GenerationMixin.generate`], after moving a right-padded batch's padding to the left (`left_pad`): the
+        processor pads on the right by default, and a batch must generate what its samples generate one by one."""
+        if args and isinstance(args[0], torch.Tensor):
+            kwargs["input_ids"], args = args[0], args[1:]
+        if kwargs.get("input_ids") is not None and kwargs.get("attention_mask") is not None:
+            kwargs["input_ids"], kwargs["attention_mask"] = left_pad(
+                kwargs["input_ids"], kwargs["attention_mask"]
+            )
+        return super().generate(*args, **kwargs)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
         """Carry the mask of dropped audio positions (`"ctc"` adapter) from the prefill into every later step."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from transformers import Pipeline
+import torch
+from torch.utils.data import DataLoader
+from transformers import BatchFeature, Pipeline
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .processing_salad import load_audio
 
@@ -96,6 +100,21 @@ class SaladSpeechToTextPipeline(Pipeline):
             return_tensors="pt",
         )
 
+    def get_iterator(
+        self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+    ):
+        """Batches of `batch_size` clips collated by `collate_model_inputs`: transformers' own collate cannot pad the
+        windows of clips of different lengths."""
+        if batch_size == 1 or not isinstance(inputs, list):
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        collate = partial(collate_model_inputs, pad_token_id=self.processor.tokenizer.pad_token_id)
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate)
+        generated = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(generated, self.postprocess, postprocess_params)
+
     def _forward(self, model_inputs, **generate_kwargs):
         prompt_length = model_inputs["input_ids"].shape[1]
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
@@ -108,6 +127,33 @@ class SaladSpeechToTextPipeline(Pipeline):
                 model_outputs["generated_ids"][0], skip_special_tokens=True
             )
         }
+
+
+def collate_model_inputs(samples: list[dict], pad_token_id: int) -> BatchFeature:
+    """One batch from single samples of the processor: prompts padded on the left (generation reads each row's last
+    position), and the audio windows of every sample in order, padded with zeros to the longest (their
+    `input_features_mask` says where)."""
+    if pad_token_id is None:
+        raise ValueError(
+            "Batching needs the tokenizer's pad token: set `tokenizer.pad_token` or use batch_size=1."
+        )
+    longest = max(sample["input_ids"].shape[1] for sample in samples)
+    batch = {
+        "input_ids": torch.cat([pad_left(s["input_ids"], longest, pad_token_id) for s in samples]),
+        "attention_mask": torch.cat([pad_left(s["attention_mask"], longest, 0) for s in samples]),
+    }
+    with_audio = [sample for sample in samples if sample.get("input_features") is not None]
+    if with_audio:
+        frames = max(sample["input_features"].shape[-1] for sample in with_audio)
+        for key in ("input_features", "input_features_mask"):
+            batch[key] = torch.cat(
+                [torch.nn.functional.pad(s[key], (0, frames - s[key].shape[-1])) for s in with_audio]
+            )
+    return BatchFeature(batch)
+
+
+def pad_left(rows: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    return torch.nn.functional.pad(rows, (length - rows.shape[1], 0), value=value)
 
 
 __all__ = ["PIPELINE_TASK", "SaladSpeechToTextPipeline"]

@@ -147,6 +147,33 @@ def build_tiny(family: str = "whisper", adapter_type: str = "mlp", seed: int = 0
     return model, processor
 
 
+DECODER_END = 50  # the tiny Whisper's end of text: ids 0-49 are its text tokens
+DECODER_PROMPT = [51, 52]
+
+
+def decoder_tiny(seed: int = 0, **config_kwargs):
+    """A tiny Whisper + LM with a `"whisper_decoder"` adapter: a token map onto the LM's ids and a residual
+    that is not zero, so both paths of the adapter show in its output."""
+    audio_config = {
+        **tiny_audio_config("whisper"),
+        "eos_token_id": DECODER_END,
+        "decoder_start_token_id": DECODER_PROMPT[0],
+    }
+    model, processor = build_tiny(
+        "whisper",
+        "whisper_decoder",
+        seed=seed,
+        audio_config=audio_config,
+        adapter_decoder_prompt_ids=DECODER_PROMPT,
+        adapter_ctc_top_k=3,
+        **config_kwargs,
+    )
+    with torch.no_grad():
+        model.adapter.token_map.copy_(torch.arange(DECODER_END) % 40 + 3)
+        model.adapter.down_proj.weight.normal_(std=0.02)
+    return model, processor
+
+
 def backward_through_the_lm(model, processor) -> None:
     """One backward pass of the LM's next-token loss on a short prompt around a clip, in training mode."""
     model.train()

@@ -394,7 +394,8 @@ def test_the_shipped_default_loads_in_one_line_and_hears_recorded_human_speech()
 @pytest.mark.assets
 def test_the_whisper_decoder_adapter_writes_whisper_tiny_ens_own_transcript(tmp_path):
     """Inside SALAD, Whisper's decoder reads each clip as Whisper does (padded to 30 s with silence, its own prompt,
-    greedy), so its tokens are those of `WhisperForConditionalGeneration.generate`; each maps to the SmolLM2 token
+    greedy, its suppressed tokens never written), so its tokens are those of `WhisperForConditionalGeneration.generate`
+    on speech, noise and a fragment alike; each maps to the SmolLM2 token
     that starts it, and the token map survives export exactly (integers, not bf16)."""
     from transformers import AutoTokenizer, WhisperForConditionalGeneration, WhisperProcessor
 
@@ -402,8 +403,10 @@ def test_the_whisper_decoder_adapter_writes_whisper_tiny_ens_own_transcript(tmp_
     settings = {"adapter_type": "whisper_decoder", "adapter_stack_factor": 4, "adapter_intermediate_size": 64}
     model = embedded_default._assemble_embedded(settings).eval()
     processor = SaladProcessor.from_pretrained_components(str(whisper_dir), str(llm_dir), model.config)
-    clips = sentence_clips(4)
-    inputs = processor(audio=[clip.audio for clip in clips], sampling_rate=16_000)
+    speech = [clip.audio for clip in sentence_clips(4)]
+    noise = 0.1 * np.random.default_rng(0).standard_normal(5 * 16_000).astype(np.float32)
+    clips = [*speech, noise, speech[0][: 16_000 // 2]]  # sentences, 5 s of noise, half a second of a sentence
+    inputs = processor(audio=clips, sampling_rate=16_000)
     with torch.no_grad():
         encoded = model._encode_whisper_padded(
             inputs["input_features"], inputs["input_features_mask"].sum(-1)
@@ -411,7 +414,7 @@ def test_the_whisper_decoder_adapter_writes_whisper_tiny_ens_own_transcript(tmp_
         _, logits, counts = model.transcribe_windows(encoded, torch.full((len(clips),), 200))
     whisper = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
     features = WhisperProcessor.from_pretrained(whisper_dir).feature_extractor(
-        [clip.audio for clip in clips], sampling_rate=16_000, return_tensors="pt"
+        clips, sampling_rate=16_000, return_tensors="pt"
     )
     with torch.no_grad():
         reference = whisper.generate(features.input_features)

@@ -9,12 +9,17 @@ import logging
 import pytest
 import torch
 from conftest import (
+    DECODER_END as END,
+)
+from conftest import (
+    DECODER_PROMPT as PROMPT,
+)
+from conftest import (
     OTHER_INSTANCE_ULPS,
     OTHER_PATH_ULPS,
     assert_close_in_dtype,
     backward_through_the_lm,
-    build_tiny,
-    tiny_audio_config,
+    decoder_tiny,
     tone,
 )
 
@@ -22,27 +27,6 @@ from modeling_salad import SaladConfig, SaladForConditionalGeneration
 from modeling_salad.modeling_salad import right_align
 
 SR = 16000
-END = 50  # the tiny Whisper's end of text: ids 0-49 are its text tokens
-PROMPT = [51, 52]
-
-
-def decoder_tiny(seed: int = 0, **config_kwargs):
-    """A tiny Whisper + LM with a `"whisper_decoder"` adapter: a token map onto the LM's ids and a residual
-    that is not zero, so both paths of the adapter show in its output."""
-    audio_config = {**tiny_audio_config("whisper"), "eos_token_id": END, "decoder_start_token_id": PROMPT[0]}
-    model, processor = build_tiny(
-        "whisper",
-        "whisper_decoder",
-        seed=seed,
-        audio_config=audio_config,
-        adapter_decoder_prompt_ids=PROMPT,
-        adapter_ctc_top_k=3,
-        **config_kwargs,
-    )
-    with torch.no_grad():
-        model.adapter.token_map.copy_(torch.arange(END) % 40 + 3)
-        model.adapter.down_proj.weight.normal_(std=0.02)
-    return model, processor
 
 
 def end_text_after(model, num_tokens: int) -> None:

@@ -1,0 +1,71 @@
+"""A batch generates what its samples generate one by one (issue 31): for every adapter, clips from 0.3 to 40 s,
+batches padded on either side, and the speech-to-text pipeline at batch size 1 and 3. Generated tokens are
+compared, not only logits: a right-padded row predicts its first new token from a padding position."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny, decoder_tiny, tone
+
+from modeling_salad.modeling_salad import left_pad
+from modeling_salad.pipeline_salad import SaladSpeechToTextPipeline
+
+SR = 16000
+SECONDS = [1.9, 0.3, 12.0, 40.0]
+PROMPT = "<|audio|> In one word, the topic is"
+NEW_TOKENS = 6
+
+
+def tiny(adapter_type: str):
+    return decoder_tiny() if adapter_type == "whisper_decoder" else build_tiny("whisper", adapter_type)
+
+
+def clips() -> list:
+    return [tone(seconds, SR, freq=200 + 150 * index, seed=index) for index, seconds in enumerate(SECONDS)]
+
+
+def new_tokens(model, inputs) -> list[list[int]]:
+    """Greedy new tokens of each row, up to and with the first end of sequence (a finished row is padded after)."""
+    generated = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    rows = []
+    for row in generated[:, inputs["input_ids"].shape[1] :].tolist():
+        end = model.generation_config.eos_token_id
+        rows.append(row[: row.index(end) + 1] if end in row else row)
+    return rows
+
+
+def test_left_pad_moves_trailing_padding_to_the_front_and_keeps_left_padded_rows():
+    input_ids = torch.tensor([[5, 6, 7, 0, 0], [0, 8, 9, 4, 3], [1, 2, 3, 4, 5]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    ids, moved = left_pad(input_ids, mask)
+    assert ids.tolist() == [[0, 0, 5, 6, 7], [0, 8, 9, 4, 3], [1, 2, 3, 4, 5]]  # bitwise: integer token ids
+    assert moved.tolist() == [[0, 0, 1, 1, 1], [0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("adapter_type", ["mlp", "transformer", "ctc", "whisper_decoder"])
+def test_batched_generation_equals_one_by_one(adapter_type, padding_side):
+    model, processor = tiny(adapter_type)
+    audio = clips()
+    batch = processor(text=[PROMPT] * len(audio), audio=audio, sampling_rate=SR, padding_side=padding_side)
+    assert len(set(batch["attention_mask"].sum(-1).tolist())) == len(audio), (
+        "the rows should differ in length"
+    )
+    with torch.no_grad():
+        batched = new_tokens(model, batch)
+        alone = [new_tokens(model, processor(text=PROMPT, audio=clip, sampling_rate=SR))[0] for clip in audio]
+    assert batched == alone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter_type", ["mlp", "whisper_decoder"])
+def test_the_pipeline_batches_clips_of_any_length_as_it_answers_them_one_by_one(adapter_type):
+    model, processor = tiny(adapter_type)
+    pipe = SaladSpeechToTextPipeline(model=model, processor=processor)
+    inputs = [{"array": clip, "sampling_rate": SR} for clip in clips()]
+    kwargs = {"prompt": "What was said?", "max_new_tokens": NEW_TOKENS}
+    alone = [pipe(item, **kwargs)["generated_text"] for item in inputs]
+    for batch_size in (1, 3):
+        assert [out["generated_text"] for out in pipe(inputs, batch_size=batch_size, **kwargs)] == alone

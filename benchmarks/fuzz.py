@@ -1,6 +1,7 @@
 """Fuzz the processor, its chat template and both pipelines with random inputs, and count what happens.
 
-    python benchmarks/fuzz.py --cases 10000          # tiny random Whisper + MLP model, built in code (minutes)
+    python benchmarks/fuzz.py --cases 10000                                  # tiny random Whisper + MLP model
+    python benchmarks/fuzz.py --model embedded --cases 300 --output benchmarks/results/fuzz_embedded.json
 
 Each case is drawn by `tests/fuzzing.py` (the harness `tests/test_fuzz.py` runs in `make test`): clips of every
 dtype, layout, length (0 to 31 s), content (speech-like, silence, noise, NaN, inf, 1e6 peaks) and sampling rate
@@ -66,15 +67,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cases", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--model", choices=["tiny", "embedded"], default="tiny",
+        help="tiny: a random Whisper + MLP adapter + Llama built in code; embedded: the shipped default",
+    )  # fmt: skip
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "fuzz.json"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
-        targets = Targets(Path(workdir))
+        targets = (
+            Targets.tiny(Path(workdir)) if args.model == "tiny" else Targets.embedded_default(Path(workdir))
+        )
         start = time.perf_counter()
         report = fuzz(targets, args.cases, args.seed)
     report = {
-        "command": f"python benchmarks/fuzz.py --cases {args.cases} --seed {args.seed}",
-        "model": "tiny random Whisper encoder + MLP adapter + Llama (tests/conftest.py build_tiny)",
+        "command": f"python benchmarks/fuzz.py --model {args.model} --cases {args.cases} --seed {args.seed}",
+        "model": {
+            "tiny": "tiny random Whisper encoder + MLP adapter + Llama (tests/conftest.py build_tiny)",
+            "embedded": "the shipped embedded default (whisper_decoder adapter; Whisper tiny.en + SmolLM2-135M)",
+        }[args.model],
         "seconds": round(time.perf_counter() - start, 1),
         "machine": machine_info("cpu"),
         **report,

@@ -587,13 +587,15 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             states.append(state)
             logits.append(step_logits[:, :end_id])
             done = done | (counts >= max_tokens)
-        cut = int((counts >= max_tokens).sum()) if states else 0
-        if cut:
+        cut = (counts >= max_tokens) & (max_tokens > 0) if states else None
+        if cut is not None and bool(cut.any()):
             logger.warning(
-                "%d audio window(s) filled all their audio-token slots before Whisper's transcript ended and were "
-                "cut there; a smaller adapter_stack_factor gives more slots per second.",
-                cut,
-            )
+                "%d audio window(s) filled all their audio-token slots (%s) before Whisper's transcript ended, and "
+                "were cut there. Ordinary speech does not fill them: this is usually Whisper repeating itself, or "
+                "writing made-up words for noise, silence or a short fragment. Only for very fast speech does a "
+                "smaller adapter_stack_factor (more slots a second) help.",
+                int(cut.sum()), ", ".join(str(int(slots)) for slots in max_tokens[cut]),
+            )  # fmt: skip
         if not states:
             hidden = encoder_states.new_zeros(num_windows, 0, decoder.config.d_model)
             return hidden, encoder_states.new_zeros(num_windows, 0, end_id), counts

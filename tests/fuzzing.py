@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 from transformers import pipeline
 
 import modeling_salad
+from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 from modeling_salad.pipeline_salad import SaladSpeechToTextPipeline
+from trainers.assets.embedded_default import salad_embedded_default_path
 
 SALAD_SOURCE = Path(modeling_salad.__file__).resolve().parent
 AUDIO_TOKEN = "<|audio|>"
@@ -142,20 +144,30 @@ def cases(draw) -> Case:
 
 
 class Targets:
-    """The objects under test, built once in `workdir`: a tiny model (`build_tiny`), its processor, and both
-    pipelines loaded from its saved checkpoint."""
+    """The objects under test: a model, its processor, and both pipelines (any-to-any loaded from `checkpoint`)."""
 
-    def __init__(self, workdir: Path, family: str = "whisper", adapter_type: str = "mlp"):
-        self.model, self.processor = build_tiny(family, adapter_type)
-        self.workdir = workdir
-        checkpoint = workdir / "checkpoint"
-        self.model.save_pretrained(checkpoint)
-        self.processor.save_pretrained(checkpoint)
+    def __init__(self, model, processor, checkpoint: Path, workdir: Path):
+        self.model, self.processor, self.workdir = model.eval(), processor, workdir
         self.speech_pipeline = SaladSpeechToTextPipeline(model=self.model, processor=self.processor)
         self.any_to_any = pipeline("any-to-any", model=str(checkpoint))
         self.nonfinite = 0
         for module in {self.model, self.speech_pipeline.model, self.any_to_any.model}:
             module.register_forward_hook(self.check_logits)
+
+    @classmethod
+    def tiny(cls, workdir: Path, family: str = "whisper", adapter_type: str = "mlp") -> Targets:
+        """A tiny random model (`build_tiny`), saved to `workdir` for the any-to-any pipeline."""
+        model, processor = build_tiny(family, adapter_type)
+        model.save_pretrained(workdir / "checkpoint")
+        processor.save_pretrained(workdir / "checkpoint")
+        return cls(model, processor, workdir / "checkpoint", workdir)
+
+    @classmethod
+    def embedded_default(cls, workdir: Path) -> Targets:
+        """The shipped embedded default (`whisper_decoder` adapter, Whisper tiny.en + SmolLM2), fp32."""
+        checkpoint = salad_embedded_default_path()
+        model = SaladForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
+        return cls(model, SaladProcessor.from_pretrained(checkpoint), checkpoint, workdir)
 
     def check_logits(self, module, args, output) -> None:
         logits = getattr(output, "logits", None)

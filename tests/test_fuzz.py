@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def targets(tmp_path_factory):
-    return Targets(tmp_path_factory.mktemp("fuzz"))
+    return Targets.tiny(tmp_path_factory.mktemp("fuzz"))
 
 
 @settings(max_examples=300, derandomize=True, deadline=None, database=None,

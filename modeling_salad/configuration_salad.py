@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -25,7 +26,10 @@ class AudioLengthSpec:
     """How a clip of `num_samples` becomes `<|audio|>` tokens, step by step.
 
     1. Clips longer than `chunk_samples` are cut into windows of at most `chunk_samples` (the encoder's
-       window, e.g. 30 s for Whisper); each window is encoded on its own and the tokens are concatenated.
+       window, e.g. 30 s for Whisper); each window is encoded on its own and the tokens are concatenated. With
+       `quiet_cuts` (`window_lengths`, given the audio), each cut moves back to the quietest stretch of the
+       window's second half, so that no word is split, and lands on a multiple of `token_hop` samples: every
+       window but the last makes exactly `length / token_hop` tokens, and a clip's count stays `num_tokens`.
     2. A window shorter than `min_samples` is zero-padded to it (a 1-sample clip still needs one frame), and
        to a whole number of codec frames when `ceil_hop > 1`.
     3. The processor turns samples into feature frames: `samples // feature_hop` (Whisper log-mel: hop 160,
@@ -44,6 +48,7 @@ class AudioLengthSpec:
     conv_layers: tuple[tuple[int, int, int], ...] = ()
     ceil_hop: int = 1
     stack_factor: int = 1
+    quiet_cuts: bool = False
 
     @classmethod
     def from_dict(cls, values: dict) -> AudioLengthSpec:
@@ -65,6 +70,33 @@ class AudioLengthSpec:
         full, rest = divmod(num_samples, self.chunk_samples)
         return [self.chunk_samples] * full + ([rest] if rest else [])
 
+    @property
+    def token_hop(self) -> int:
+        """Samples per token, for encoders whose convolutions pad to keep `ceil(frames / stride)` frames."""
+        return (
+            self.feature_hop
+            * math.prod(stride for _, stride, _ in self.conv_layers)
+            * self.ceil_hop
+            * (self.stack_factor)
+        )
+
+    def window_lengths(self, audio: np.ndarray) -> list[int]:
+        """Sample counts of the windows a clip is cut into: `chunk_lengths`, or with `quiet_cuts` each cut at the
+        start of the quietest `token_hop` block (lowest mean square) in the second half of its window."""
+        if not self.quiet_cuts or audio.size <= self.chunk_samples:
+            return self.chunk_lengths(audio.size)
+        hop = self.token_hop
+        lengths, start = [], 0
+        while audio.size - start > self.chunk_samples:
+            # blocks that may start the next window: past half a window, leaving at least a block after the cut
+            first = start + (self.chunk_samples // 2 // hop) * hop
+            last = min(start + self.chunk_samples, audio.size - hop) // hop * hop
+            blocks = audio[first : last + hop].reshape(-1, hop).astype(np.float64)
+            cut = first + hop * int(np.argmin((blocks**2).mean(-1)))
+            lengths.append(cut - start)
+            start = cut
+        return lengths + [audio.size - start]
+
     def padded_samples(self, num_samples: int) -> int:
         """Samples of a window after the processor's zero-padding: up to `min_samples`, then to whole codec
         frames (a multiple of `ceil_hop`) so that a partial last frame never depends on what follows it."""
@@ -83,6 +115,8 @@ class AudioLengthSpec:
 
     def num_tokens(self, num_samples: int) -> int:
         """Number of `<|audio|>` tokens for a clip of `num_samples` samples at the encoder's sampling rate."""
+        if self.quiet_cuts:  # whole token hops in every window but the last, which is at least one hop long
+            return int(self.tokens_from_features(self.features_from_samples(num_samples)))
         return sum(
             int(self.tokens_from_features(self.features_from_samples(n)))
             for n in self.chunk_lengths(num_samples)
@@ -273,6 +307,8 @@ class SaladConfig(PreTrainedConfig):
                 chunk_samples=chunk_samples,
                 conv_layers=((3, 1, 1), (3, 2, 1)),
                 stack_factor=self.adapter_stack_factor,
+                # Whisper's decoder loses whole windows cut at fixed times (benchmarks/long_audio.py)
+                quiet_cuts=self.adapter_type == "whisper_decoder",
             )
         # Other encoders attend over the whole clip, so memory grows with its square: 30 s windows by default too.
         chunk_samples = int((chunk_seconds or DEFAULT_CHUNK_SECONDS) * self.audio_sampling_rate)

@@ -40,6 +40,11 @@ logger = logging.get_logger(__name__)
 # Whisper's log-mel features are clamped 8 log10 units under their maximum and then divided by 4: the level
 # silence (and Whisper's own zero padding) gets, 2 under a window's highest feature.
 WHISPER_FEATURE_FLOOR = 2.0
+# Whisper's decoder should write about one token per 0.3 s of speech; a window that sounds like speech (most of its
+# frames within 1, 40 dB, of its loudest feature, which is above 0, where digital silence sits at -1.5) but gets under
+# one token per `WHISPER_SILENT_SECONDS_PER_TOKEN` has most likely lost its words, and is reported.
+WHISPER_LOUD_FRAME_MARGIN = 1.0
+WHISPER_SILENT_SECONDS_PER_TOKEN = 2.0
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -601,6 +606,26 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             return hidden, encoder_states.new_zeros(num_windows, 0, end_id), counts
         return torch.stack(states, 1), torch.stack(logits, 1), counts
 
+    def warn_about_lost_words(
+        self, input_features: torch.Tensor, feature_lengths: torch.Tensor, counts: torch.Tensor
+    ) -> None:
+        """Warn about windows that sound like speech but that Whisper's decoder ended after (almost) no tokens."""
+        valid = lengths_to_mask(feature_lengths, input_features.shape[-1])
+        frame_level = input_features.amax(1).masked_fill(~valid, float("-inf"))
+        loudest = frame_level.amax(-1)
+        loud = (frame_level > (loudest - WHISPER_LOUD_FRAME_MARGIN)[:, None]).sum(-1) > feature_lengths // 2
+        seconds = (
+            feature_lengths * self.config.audio_length_spec.feature_hop / self.config.audio_sampling_rate
+        )
+        lost = loud & (loudest > 0) & (counts < seconds / WHISPER_SILENT_SECONDS_PER_TOKEN)
+        if bool(lost.any()):
+            logger.warning(
+                "%d audio window(s) of %s s sound like speech, but Whisper's decoder wrote only %s token(s) for them: "
+                "their words are probably lost. Check the audio (level, clipping), or cut the clip shorter.",
+                int(lost.sum()), ", ".join(f"{float(s):.1f}" for s in seconds[lost]),
+                ", ".join(str(int(c)) for c in counts[lost]),
+            )  # fmt: skip
+
     def whisper_decoder_embeddings(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -611,6 +636,7 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         with torch.no_grad():
             encoder_states = self._encode_whisper_padded(input_features, feature_lengths)
         states, logits, counts = self.transcribe_windows(encoder_states, token_mask.sum(-1))
+        self.warn_about_lost_words(input_features, feature_lengths, counts)
         embeds = self.adapter(states, logits, self.get_input_embeddings().weight)
         embeds, keep = right_align(embeds, counts, token_mask)
         return embeds, keep, token_mask

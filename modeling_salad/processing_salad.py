@@ -246,7 +246,7 @@ class SaladProcessor(ProcessorMixin):
             clip = self.validate_clip(clip, index)
             tokens_per_clip.append(self._length_spec.num_tokens(clip.size))
             start = 0
-            for length in self._length_spec.chunk_lengths(clip.size):
+            for length in self._length_spec.window_lengths(clip):
                 windows.append(self._features(clip[start : start + length]))
                 start += length
         longest = max(w.shape[-1] for w in windows)

@@ -5,7 +5,9 @@ window's audio-token slots; the LM reads the filled slots as if the empty ones w
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import (
@@ -22,6 +24,8 @@ from conftest import (
     decoder_tiny,
     tone,
 )
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from modeling_salad import SaladConfig, SaladForConditionalGeneration
 from modeling_salad.modeling_salad import right_align
@@ -158,3 +162,55 @@ def test_frame_objectives_are_refused_with_a_reason():
 def test_config_refuses_a_decoder_adapter_it_cannot_run(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SaladConfig(adapter_type="whisper_decoder", **kwargs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seconds=st.floats(min_value=0.01, max_value=100.0),
+    stack_factor=st.sampled_from([1, 2, 4]),
+    seed=st.integers(0, 2**16),
+)
+@example(seconds=30.0 + 1 / 16000, stack_factor=4, seed=0)
+def test_quiet_cuts_keep_every_clip_at_its_token_count(seconds, stack_factor, seed):
+    """Property: wherever the audio puts the quiet cuts, each window but the last is a whole number of token hops, none
+    is longer than the window, and the clip makes exactly `num_tokens(samples)` tokens, the count the collators and the
+    harness use without the audio."""
+    spec = decoder_tiny()[0].config.audio_length_spec
+    spec = replace(spec, stack_factor=stack_factor)
+    assert spec.quiet_cuts and spec.token_hop == 160 * 2 * stack_factor
+    rng = np.random.default_rng(seed)
+    audio = (rng.standard_normal(int(seconds * SR)) * rng.uniform(0, 1, int(seconds * SR)) ** 4).astype(
+        np.float32
+    )
+    lengths = spec.window_lengths(audio)
+    assert sum(lengths) == audio.size and max(lengths) <= spec.chunk_samples
+    assert all(length % spec.token_hop == 0 for length in lengths[:-1])
+    tokens = sum(int(spec.tokens_from_features(spec.features_from_samples(n))) for n in lengths)
+    assert tokens == spec.num_tokens(audio.size)
+
+
+def test_long_clips_are_cut_at_their_quietest_stretch():
+    """A 70 s clip of loud noise with 0.3 s pauses at 20 s and 50 s is cut in both pauses, not at 30 s and 60 s."""
+    model, processor = decoder_tiny()
+    audio = 0.3 * np.random.default_rng(0).standard_normal(70 * SR).astype(np.float32)
+    for pause in (20, 50):
+        audio[pause * SR : pause * SR + 3 * SR // 10] = 0.0
+    starts = np.cumsum([0, *processor.length_spec.window_lengths(audio)])[1:-1] / SR
+    assert len(starts) == 2 and all(abs(start - pause) < 0.3 for start, pause in zip(starts, (20, 50)))
+    inputs = processor(audio=audio, sampling_rate=SR)
+    assert inputs["input_features"].shape[0] == 3
+
+
+def test_a_loud_window_that_comes_out_nearly_empty_is_reported_and_silence_is_not(caplog):
+    model, processor = decoder_tiny()
+    end_text_after(model, 2)  # two tokens for any window
+    for audio, reported in [
+        (tone(8.0, SR), True),
+        (np.zeros(8 * SR, np.float32), False),
+        (tone(3.0, SR), False),
+    ]:
+        inputs = processor(audio=audio, sampling_rate=SR)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), torch.no_grad():
+            model.whisper_decoder_embeddings(inputs["input_features"], inputs["input_features_mask"])
+        assert ("sound like speech" in caplog.text) == reported, audio.size / SR

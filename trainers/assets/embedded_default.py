@@ -31,6 +31,8 @@ from .models import (
 EMBEDDED_DEFAULT_TRAIN = "make embedded-default"
 # The shipped weights are stored in bf16: half the bytes in git, at a rounding the adapter's outputs tolerate.
 SHIPPED_DTYPE = torch.bfloat16
+# Part of the assembled default's cache name: bump it when the assembly's output changes for the same weights.
+ASSEMBLY_VERSION = 2  # 2: its processor cuts long clips at quiet stretches (issue 31)
 
 
 def embedded_default_dir() -> Path:
@@ -150,7 +152,9 @@ def salad_embedded_default_path(source: Path | None = None) -> Path:
         )
         processor.save_pretrained(staging)
 
-    return cached_conversion(f"salad-embedded-default-{digest}-v{CONVERSION_VERSION}", build)
+    return cached_conversion(
+        f"salad-embedded-default-{digest}-v{CONVERSION_VERSION}-a{ASSEMBLY_VERSION}", build
+    )
 
 
 def _load_lora(model: SaladForConditionalGeneration, lora_weights: dict[str, torch.Tensor]) -> None:

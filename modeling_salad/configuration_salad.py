@@ -73,12 +73,8 @@ class AudioLengthSpec:
     @property
     def token_hop(self) -> int:
         """Samples per token, for encoders whose convolutions pad to keep `ceil(frames / stride)` frames."""
-        return (
-            self.feature_hop
-            * math.prod(stride for _, stride, _ in self.conv_layers)
-            * self.ceil_hop
-            * (self.stack_factor)
-        )
+        strides = math.prod(stride for _, stride, _ in self.conv_layers)
+        return self.feature_hop * strides * self.ceil_hop * self.stack_factor
 
     def window_lengths(self, audio: np.ndarray) -> list[int]:
         """Sample counts of the windows a clip is cut into: `chunk_lengths`, or with `quiet_cuts` each cut at the

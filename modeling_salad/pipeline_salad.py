@@ -153,6 +153,7 @@ def collate_model_inputs(samples: list[dict], pad_token_id: int) -> BatchFeature
 
 
 def pad_left(rows: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    """`[n, t]` rows padded with `value` on the left to `[n, length]`."""
     return torch.nn.functional.pad(rows, (length - rows.shape[1], 0), value=value)
 
 

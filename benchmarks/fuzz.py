@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 sys.path.insert(
     0, str(Path(__file__).resolve().parent.parent / "tests")
 )  # the harness lives beside the tests
-from fuzzing import Targets, UndocumentedFailure, cases, run_case  # noqa: E402
+from fuzzing import NonFiniteOutput, Targets, UndocumentedFailure, cases, run_case  # noqa: E402
 from loss_memory import machine_info  # noqa: E402  (a sibling script: benchmarks/ is on sys.path)
 
 
@@ -43,7 +43,7 @@ def fuzz(targets: Targets, num_cases: int, random_seed: int) -> dict:
         try:
             outcome = run_case(targets, case)
         except UndocumentedFailure as failure:
-            outcome = "nonfinite" if "non-finite" in str(failure) else "undocumented"
+            outcome = "nonfinite" if isinstance(failure, NonFiniteOutput) else "undocumented"
             if len(failures) < 20:
                 failures.append(str(failure))
         outcomes.setdefault(case.target, Counter())[outcome] += 1

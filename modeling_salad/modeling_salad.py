@@ -626,17 +626,26 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
                 ", ".join(str(int(c)) for c in counts[lost]),
             )  # fmt: skip
 
+    @torch.no_grad()
+    def transcribe(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Whisper's transcript of each window, as `"whisper_decoder"` reads it: `transcribe_windows`'s
+        `(states, logits, counts)` on the windows padded to 30 s, each at most its audio-token slots long, and those
+        slots (`token_mask [n, T]`). Windows that sound like speech but come out (almost) empty are reported."""
+        feature_lengths = window_lengths(input_features_mask)
+        token_mask = self.audio_token_mask(input_features, feature_lengths)
+        encoder_states = self._encode_whisper_padded(input_features, feature_lengths)
+        states, logits, counts = self.transcribe_windows(encoder_states, token_mask.sum(-1))
+        self.warn_about_lost_words(input_features, feature_lengths, counts)
+        return states, logits, counts, token_mask
+
     def whisper_decoder_embeddings(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`"whisper_decoder"` adapter: `(embeds [n, T, hidden], keep [n, T], token_mask [n, T])`, each window's
         transcript tokens embedded and right-aligned in its audio-token slots."""
-        feature_lengths = window_lengths(input_features_mask)
-        token_mask = self.audio_token_mask(input_features, feature_lengths)
-        with torch.no_grad():
-            encoder_states = self._encode_whisper_padded(input_features, feature_lengths)
-        states, logits, counts = self.transcribe_windows(encoder_states, token_mask.sum(-1))
-        self.warn_about_lost_words(input_features, feature_lengths, counts)
+        states, logits, counts, token_mask = self.transcribe(input_features, input_features_mask)
         embeds = self.adapter(states, logits, self.get_input_embeddings().weight)
         embeds, keep = right_align(embeds, counts, token_mask)
         return embeds, keep, token_mask

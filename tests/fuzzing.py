@@ -53,6 +53,10 @@ class UndocumentedFailure(AssertionError):
     """An input that salad neither handled nor refused with its own `ValueError`."""
 
 
+class NonFiniteOutput(UndocumentedFailure):
+    """An accepted input whose logits were not all finite."""
+
+
 @dataclass(frozen=True)
 class Clip:
     seconds: float
@@ -257,5 +261,5 @@ def run_case(targets: Targets, case: Case) -> str:
     except Exception as error:
         raise UndocumentedFailure(f"{type(error).__name__}: {error}\n{case}") from error
     if targets.nonfinite != before:
-        raise UndocumentedFailure(f"non-finite logits from an accepted input: {case}")
+        raise NonFiniteOutput(f"non-finite logits from an accepted input: {case}")
     return "accepted"

@@ -331,9 +331,9 @@ class SaladDistillationTrainer(Trainer):
         DDP's all-reduce; on each process's own shard under FSDP), so that all processes decide alike."""
         local = [p.grad for p in model.parameters() if p.grad is not None]
         local = [g.to_local() if hasattr(g, "to_local") else g for g in local]  # FSDP2 shards are DTensors
-        nonfinite = torch.tensor(
-            float(any(not bool(g.isfinite().all()) for g in local)), device=self.args.device
-        )
+        # one host sync for all gradients, not one per tensor; every process reaches the reduce below
+        flags = [g.isfinite().all() for g in local]
+        nonfinite = (~torch.stack(flags)).any().float() if flags else torch.zeros((), device=self.args.device)
         if self.args.world_size > 1:
             nonfinite = self.accelerator.reduce(nonfinite, reduction="sum")
         return not bool(nonfinite)

@@ -11,8 +11,8 @@ the paper to cite.
 
 `pipeline_tag` is `audio-text-to-text`: the model takes speech (plus an optional text prompt) and answers in
 text, the Hub task of speech LLMs such as Qwen2-Audio or Ultravox, so that is where users look for it. In
-transformers it is served by the checkpoint's own `salad-speech-to-text` pipeline (remote code) and by the
-built-in `any-to-any` pipeline; neither name is a Hub task tag.
+transformers it is served by the checkpoint's own `salad-speech-to-text` and `any-to-any` pipelines (remote code);
+neither name is a Hub task tag.
 """
 
 from __future__ import annotations

@@ -222,8 +222,9 @@ def _code_files(auto_map: dict) -> set[str]:
 def check_remote_code(directory: Path) -> Check:
     """Every module the config's `auto_map` and `custom_pipelines` (and the processor's) name is there."""
     config = json.loads((directory / CONFIG_NAME).read_text())
-    if "salad-speech-to-text" not in config.get("custom_pipelines", {}):
-        return Check("remote_code", False, "config.json declares no salad-speech-to-text custom pipeline")
+    missing_tasks = sorted({"salad-speech-to-text", "any-to-any"} - set(config.get("custom_pipelines", {})))
+    if missing_tasks:
+        return Check("remote_code", False, f"config.json declares no custom pipeline for {missing_tasks}")
     needed = _code_files(config.get("auto_map", {}))
     needed |= {f"{entry['impl'].split('.')[0]}.py" for entry in config["custom_pipelines"].values()}
     processor_config = directory / "processor_config.json"

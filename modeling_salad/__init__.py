@@ -1,8 +1,10 @@
 """SALAD speech LLMs for transformers: config, model, processor, pipeline, and their Auto-class registration.
 
 Importing this package registers `salad` with `AutoConfig`, `AutoModel`, `AutoModelForMultimodalLM` (what the
-built-in `any-to-any` pipeline loads) and `AutoProcessor`, and the `salad-speech-to-text` pipeline. Checkpoints
-saved from here carry this code, so `trust_remote_code=True` loads them where salad is not installed.
+`any-to-any` pipeline loads) and `AutoProcessor`, and the `salad-speech-to-text` pipeline. Checkpoints saved from
+here carry this code, so `trust_remote_code=True` loads them where salad is not installed; their config names
+`SaladAnyToAnyPipeline` for the `any-to-any` task, which is never registered globally (other models keep
+transformers' own).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor
@@ -10,7 +12,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_salad import AudioLengthSpec, SaladConfig
 from .modeling_salad import SaladForConditionalGeneration, SaladPreTrainedModel
-from .pipeline_salad import PIPELINE_TASK, SaladSpeechToTextPipeline
+from .pipeline_salad import ANY_TO_ANY_TASK, PIPELINE_TASK, SaladAnyToAnyPipeline, SaladSpeechToTextPipeline
 from .processing_salad import InvalidAudioError, SaladProcessor, add_audio_token, load_audio, resample
 
 AutoConfig.register("salad", SaladConfig, exist_ok=True)
@@ -25,12 +27,14 @@ SaladForConditionalGeneration.register_for_auto_class("AutoModel")
 SaladProcessor.register_for_auto_class()
 
 __all__ = [
+    "ANY_TO_ANY_TASK",
     "PIPELINE_TASK",
     "InvalidAudioError",
     "AudioLengthSpec",
     "SaladConfig",
     "SaladForConditionalGeneration",
     "SaladPreTrainedModel",
+    "SaladAnyToAnyPipeline",
     "SaladProcessor",
     "SaladSpeechToTextPipeline",
     "add_audio_token",

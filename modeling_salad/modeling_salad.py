@@ -32,7 +32,7 @@ from transformers.models.whisper.modeling_whisper import WhisperDecoder, Whisper
 from transformers.utils import logging
 
 from .configuration_salad import MIMI_MODEL_TYPES, SaladConfig
-from .pipeline_salad import PIPELINE_TASK, SaladSpeechToTextPipeline
+from .pipeline_salad import ANY_TO_ANY_TASK, PIPELINE_TASK, SaladAnyToAnyPipeline, SaladSpeechToTextPipeline
 from .processing_salad import DEFAULT_AUDIO_TOKEN, add_audio_token
 
 logger = logging.get_logger(__name__)
@@ -391,21 +391,32 @@ class SaladPreTrainedModel(PreTrainedModel):
         """Save as usual, and make the folder self-sufficient for `trust_remote_code` users.
 
         Besides `AutoConfig`/`AutoModel` (written by `register_for_auto_class`), the `auto_map` also names
-        `AutoModelForMultimodalLM`, which the built-in `any-to-any` pipeline loads, and `custom_pipelines`
-        declares `salad-speech-to-text`. Its code travels as a relative import of this file.
+        `AutoModelForMultimodalLM`, which the `any-to-any` pipeline loads, and `custom_pipelines` declares
+        `salad-speech-to-text` and, for this checkpoint only, `any-to-any` (transformers' pipeline with a collate
+        for audio windows). Their code travels as a relative import of this file.
         """
-        class_path = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
-        pipeline_path = (
-            f"{SaladSpeechToTextPipeline.__module__.split('.')[-1]}.{SaladSpeechToTextPipeline.__name__}"
-        )
         self.config.auto_map = {
             **(getattr(self.config, "auto_map", None) or {}),
-            "AutoModelForMultimodalLM": class_path,
+            "AutoModelForMultimodalLM": _dotted_name(type(self)),
         }
         self.config.custom_pipelines = {
-            PIPELINE_TASK: {"impl": pipeline_path, "pt": ["AutoModel"], "type": "multimodal"}
+            PIPELINE_TASK: {
+                "impl": _dotted_name(SaladSpeechToTextPipeline),
+                "pt": ["AutoModel"],
+                "type": "multimodal",
+            },
+            ANY_TO_ANY_TASK: {
+                "impl": _dotted_name(SaladAnyToAnyPipeline),
+                "pt": ["AutoModelForMultimodalLM"],
+                "type": "multimodal",
+            },
         }
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def _dotted_name(cls: type) -> str:
+    """`module.Class` as a checkpoint folder names it: the file's module name, without the package."""
+    return f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
 
 
 class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):

@@ -1,7 +1,9 @@
-"""`salad-speech-to-text`: raw audio in (path, bytes, array + rate, or a list of them), text out."""
+"""SALAD's pipelines: `salad-speech-to-text` (raw audio in, text out) and the `any-to-any` task for SALAD
+checkpoints (transformers' chat pipeline, batching audio of any length)."""
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from functools import partial
 from pathlib import Path
 
@@ -9,14 +11,42 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import BatchFeature, Pipeline
+from transformers.pipelines.any_to_any import AnyToAnyPipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .processing_salad import load_audio
 
 PIPELINE_TASK = "salad-speech-to-text"
+ANY_TO_ANY_TASK = "any-to-any"
 
 
-class SaladSpeechToTextPipeline(Pipeline):
+class AudioWindowBatching:
+    """Batches (`batch_size > 1`) of samples whose audio spans different numbers of windows and frames.
+
+    transformers' collate pads each key of a sample as a single row along its second dimension: it would pad the
+    mel bins of `input_features` `[windows, mels, frames]` and keep only a sample's first window. Here every
+    window of every sample is kept, in order, and padded along its frames (`collate_model_inputs`).
+    """
+
+    def get_iterator(
+        self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+    ):
+        if batch_size == 1:
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        if isinstance(inputs, Sized):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:  # a generator can be read by one worker only
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+            num_workers = min(num_workers, 1)
+        collate = partial(collate_model_inputs, pad_token_id=self.processor.tokenizer.pad_token_id)
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate)
+        generated = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(generated, self.postprocess, postprocess_params)
+
+
+class SaladSpeechToTextPipeline(AudioWindowBatching, Pipeline):
     """Answer spoken input with a SALAD model.
 
     Each input is a file path, raw file bytes, a `{"array": ..., "sampling_rate": ...}` dict, or an array with
@@ -100,21 +130,6 @@ class SaladSpeechToTextPipeline(Pipeline):
             return_tensors="pt",
         )
 
-    def get_iterator(
-        self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
-    ):
-        """Batches of `batch_size` clips collated by `collate_model_inputs`: transformers' own collate cannot pad the
-        windows of clips of different lengths."""
-        if batch_size == 1 or not isinstance(inputs, list):
-            return super().get_iterator(
-                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
-            )
-        dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
-        collate = partial(collate_model_inputs, pad_token_id=self.processor.tokenizer.pad_token_id)
-        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate)
-        generated = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
-        return PipelineIterator(generated, self.postprocess, postprocess_params)
-
     def _forward(self, model_inputs, **generate_kwargs):
         prompt_length = model_inputs["input_ids"].shape[1]
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
@@ -129,10 +144,41 @@ class SaladSpeechToTextPipeline(Pipeline):
         }
 
 
+class SaladAnyToAnyPipeline(AudioWindowBatching, AnyToAnyPipeline):
+    """transformers' `any-to-any` pipeline for SALAD checkpoints, which name it in their `custom_pipelines`.
+
+    It answers chats and prompts exactly as the built-in pipeline does; on top, `batch_size > 1` batches clips of
+    any length, and an empty batch or an empty chat is refused with a `ValueError` rather than an `IndexError`.
+
+    Example:
+
+    ```python
+    >>> from transformers import pipeline
+    >>> chat = pipeline("any-to-any", model="path/to/salad-checkpoint", trust_remote_code=True)
+    >>> messages = [{"role": "user", "content": [{"type": "audio", "audio": "question.wav"}]}]
+    >>> chat(text=messages, max_new_tokens=32, return_full_text=False)
+    [{'input_text': ..., 'generated_text': '...'}]
+    ```
+    """
+
+    def __call__(self, text=None, images=None, videos=None, audio=None, **kwargs):
+        if isinstance(text, (list, tuple)):
+            if not text:
+                raise ValueError("The pipeline got an empty list: give a prompt, a chat, or a list of them.")
+            empty = [index for index, chat in enumerate(text) if isinstance(chat, (list, tuple)) and not chat]
+            if empty:
+                raise ValueError(
+                    f"Chat(s) {empty} have no messages: give each chat at least one "
+                    "{'role': ..., 'content': ...} message."
+                )
+        return super().__call__(text=text, images=images, videos=videos, audio=audio, **kwargs)
+
+
 def collate_model_inputs(samples: list[dict], pad_token_id: int) -> BatchFeature:
     """One batch from single samples of the processor: prompts padded on the left (generation reads each row's last
     position), and the audio windows of every sample in order, padded with zeros to the longest (their
-    `input_features_mask` says where)."""
+    `input_features_mask` says where). Any other key (the any-to-any pipeline's prompt `text`) becomes a list with
+    one entry per sample, as in transformers' own collate."""
     if pad_token_id is None:
         raise ValueError(
             "Batching needs the tokenizer's pad token: set `tokenizer.pad_token` or use batch_size=1."
@@ -149,7 +195,8 @@ def collate_model_inputs(samples: list[dict], pad_token_id: int) -> BatchFeature
             batch[key] = torch.cat(
                 [torch.nn.functional.pad(s[key], (0, frames - s[key].shape[-1])) for s in with_audio]
             )
-    return BatchFeature(batch)
+    others = set().union(*samples) - set(batch) - {"input_features", "input_features_mask"}
+    return BatchFeature({**batch, **{key: [sample.get(key) for sample in samples] for key in sorted(others)}})
 
 
 def pad_left(rows: torch.Tensor, length: int, value: int) -> torch.Tensor:
@@ -157,4 +204,4 @@ def pad_left(rows: torch.Tensor, length: int, value: int) -> torch.Tensor:
     return torch.nn.functional.pad(rows, (length - rows.shape[1], 0), value=value)
 
 
-__all__ = ["PIPELINE_TASK", "SaladSpeechToTextPipeline"]
+__all__ = ["ANY_TO_ANY_TASK", "PIPELINE_TASK", "SaladAnyToAnyPipeline", "SaladSpeechToTextPipeline"]

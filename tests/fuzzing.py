@@ -153,7 +153,7 @@ class Targets:
     def __init__(self, model, processor, checkpoint: Path, workdir: Path):
         self.model, self.processor, self.workdir = model.eval(), processor, workdir
         self.speech_pipeline = SaladSpeechToTextPipeline(model=self.model, processor=self.processor)
-        self.any_to_any = pipeline("any-to-any", model=str(checkpoint))
+        self.any_to_any = pipeline("any-to-any", model=str(checkpoint), trust_remote_code=True)
         self.nonfinite = 0
         for module in {self.model, self.speech_pipeline.model, self.any_to_any.model}:
             module.register_forward_hook(self.check_logits)

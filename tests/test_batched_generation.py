@@ -1,5 +1,5 @@
 """A batch generates what its samples generate one by one (issue 31): for every adapter, clips from 0.3 to 40 s,
-batches padded on either side, and the speech-to-text pipeline at batch size 1 and 3. Generated tokens are
+batches padded on either side, and both pipelines (speech-to-text, any-to-any) at batch size 1 and 3. Generated tokens are
 compared, not only logits: a right-padded row predicts its first new token from a padding position."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import build_tiny, decoder_tiny, tone
+from transformers import pipeline
 
 from modeling_salad.modeling_salad import left_pad
 from modeling_salad.pipeline_salad import SaladSpeechToTextPipeline
@@ -69,3 +70,27 @@ def test_the_pipeline_batches_clips_of_any_length_as_it_answers_them_one_by_one(
     alone = [pipe(item, **kwargs)["generated_text"] for item in inputs]
     for batch_size in (1, 3):
         assert [out["generated_text"] for out in pipe(inputs, batch_size=batch_size, **kwargs)] == alone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter_type", ["mlp", "whisper_decoder"])
+def test_the_any_to_any_pipeline_batches_chats_with_clips_of_any_length(adapter_type, tmp_path):
+    """Loaded the README's way, from a checkpoint folder: its config names our any-to-any pipeline."""
+    model, processor = tiny(adapter_type)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    pipe = pipeline("any-to-any", model=str(tmp_path), trust_remote_code=True)
+    chats = [
+        [
+            {
+                "role": "user",
+                "content": [{"type": "audio", "audio": clip}, {"type": "text", "text": "What was said?"}],
+            }
+        ]
+        for clip in clips()
+    ]
+    kwargs = {"max_new_tokens": NEW_TOKENS, "return_full_text": False}
+    alone = [pipe(text=chat, **kwargs)[0]["generated_text"] for chat in chats]
+    for batch_size in (1, 3):
+        batched = pipe(text=chats, batch_size=batch_size, **kwargs)
+        assert [answers[0]["generated_text"] for answers in batched] == alone

@@ -14,6 +14,7 @@ import soundfile
 import torch
 from conftest import OTHER_INSTANCE_ULPS, assert_close_in_dtype, build_tiny, tone
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor, pipeline
+from transformers.pipelines.any_to_any import AnyToAnyPipeline
 
 from modeling_salad import (
     PIPELINE_TASK,
@@ -44,7 +45,8 @@ def test_checkpoint_carries_code_and_auto_map(saved_checkpoint):
     path, _, _ = saved_checkpoint
     config = json.loads((path / "config.json").read_text())
     assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForMultimodalLM"}
-    assert PIPELINE_TASK in config["custom_pipelines"]
+    assert config["custom_pipelines"][PIPELINE_TASK]["impl"] == "pipeline_salad.SaladSpeechToTextPipeline"
+    assert config["custom_pipelines"]["any-to-any"]["impl"] == "pipeline_salad.SaladAnyToAnyPipeline"
     for name in ["configuration_salad.py", "modeling_salad.py", "processing_salad.py", "pipeline_salad.py"]:
         assert (path / name).is_file(), name
     processor_config = json.loads((path / "processor_config.json").read_text())
@@ -165,7 +167,8 @@ def test_custom_pipeline_array_without_rate_is_refused(speech_pipeline):
 
 def test_any_to_any_pipeline_answers_chat_with_audio(saved_checkpoint):
     path, _, _ = saved_checkpoint
-    pipe = pipeline("any-to-any", model=str(path))
+    pipe = pipeline("any-to-any", model=str(path), trust_remote_code=True)
+    assert type(pipe).__name__ == "SaladAnyToAnyPipeline"
     chat = [
         {"role": "user", "content": [{"type": "audio", "audio": tone(0.5)}, {"type": "text", "text": "Hi"}]}
     ]
@@ -182,9 +185,23 @@ def test_empty_inputs_are_refused_with_a_clear_error(speech_pipeline, saved_chec
         processor(text=[])
     with pytest.raises(ValueError, match=r"Sample\(s\) \[0\] have no tokens"):
         processor(text="")
-    any_to_any = pipeline("any-to-any", model=str(path))
+    any_to_any = pipeline("any-to-any", model=str(path), trust_remote_code=True)
     with pytest.raises(ValueError, match="no tokens|empty"):
         any_to_any(text="", max_new_tokens=2)
+    with pytest.raises(ValueError, match="empty list"):
+        any_to_any(text=[])
+    hello = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    with pytest.raises(ValueError, match=r"Chat\(s\) \[0\] have no messages"):
+        any_to_any(text=[[]])
+    with pytest.raises(ValueError, match=r"Chat\(s\) \[1\] have no messages"):
+        any_to_any(text=[hello, []])
+
+
+def test_importing_salad_leaves_the_any_to_any_task_to_transformers(saved_checkpoint):
+    """Nothing is registered globally for `any-to-any`: a model object (whose task is looked up in transformers'
+    registry, not in a checkpoint's config) gets transformers' class, as every other model does."""
+    _, model, processor = saved_checkpoint
+    assert type(pipeline("any-to-any", model=model, processor=processor)) is AnyToAnyPipeline
 
 
 def test_input_past_the_llm_context_is_refused_before_generation(speech_pipeline, monkeypatch):

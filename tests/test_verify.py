@@ -85,6 +85,18 @@ def test_file_checks_catch_pickles_broken_indexes_missing_code_and_bad_cards(bui
     assert not checks["model_card"].passed
 
 
+def test_a_config_without_our_any_to_any_pipeline_fails_the_code_check(built, tmp_path):
+    """A checkpoint saved before issue 31 names no `any-to-any` pipeline: transformers' own would serve it, which
+    cannot batch clips of different lengths."""
+    folder = tmp_path / "old-config"
+    shutil.copytree(built, folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["custom_pipelines"]["any-to-any"]
+    (folder / "config.json").write_text(json.dumps(config))
+    check = verify.check_remote_code(folder)
+    assert not check.passed and "any-to-any" in check.detail
+
+
 def test_a_checkpoint_with_pickle_files_is_never_run(built, tmp_path, monkeypatch):
     """Once the file check finds pickle files, verify stops: neither the remote code nor the weights are loaded."""
     folder = tmp_path / "pickled"

@@ -65,15 +65,15 @@ embedded-default: $(STAMP) system-packages
 	$(BIN)/python -m trainers.prepare_data --output_dir data/asterisk
 	$(BIN)/python -m hub_scripts.build --audio_encoder embedded:whisper-tiny.en \
 		--language_model embedded:smollm2-135m-instruct --adapter_type whisper_decoder --adapter_stack_factor 4 \
-		--adapter_intermediate_size 1024 --output_dir runs/exp19-whisper-decoder-init
-	$(BIN)/python benchmarks/alignment/chat_repeat_rows.py --model runs/exp19-whisper-decoder-init \
-		--rows data/tts/train.jsonl --num_rows 13500 --output data/chat_repeat/train.jsonl
-	$(BIN)/python benchmarks/alignment/chat_repeat_rows.py --model runs/exp19-whisper-decoder-init \
-		--rows data/asterisk/train.jsonl --output data/chat_repeat/asterisk-train.jsonl
-	$(BIN)/salad-train --config configs/embedded-default-whisper-decoder-stage1.yaml
-	$(BIN)/salad-train --config configs/embedded-default-whisper-decoder-lora.yaml
+		--adapter_intermediate_size 1024 --output_dir runs/embedded-default/init
+	$(BIN)/python -m trainers.prepare_data --source chat_repeat --rows data/tts/train.jsonl --num_rows 13500 \
+		--chat_model runs/embedded-default/init --output_dir data/chat_repeat/tts
+	$(BIN)/python -m trainers.prepare_data --source chat_repeat --rows data/asterisk/train.jsonl \
+		--chat_model runs/embedded-default/init --output_dir data/chat_repeat/asterisk
+	$(BIN)/salad-train --config configs/embedded-default/stage1-adapter.yaml
+	$(BIN)/salad-train --config configs/embedded-default/stage1-lora.yaml
 	$(BIN)/python -m hub_scripts.export_embedded_default \
-		--checkpoint runs/embedded-default-whisper-decoder-lora/checkpoint-300
+		--checkpoint runs/embedded-default/stage1-lora/checkpoint-300
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

@@ -40,7 +40,8 @@ def fingerprint(num_items: int) -> dict:
         "voice": "espeak-ng en-us",
         "dtype": "float32",
         "items": [
-            {"id": score.item_id, "choice": score.choice(), "logprob_norm": score.logprob_norm} for score in scores
+            {"id": score.item_id, "choice": score.choice(), "logprob_norm": score.logprob_norm}
+            for score in scores
         ],
     }
 
@@ -59,9 +60,13 @@ def compare(reference: dict, current: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num_items", type=int, default=48)
-    parser.add_argument("--check", action="store_true", help="compare with the committed file instead of writing it")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the committed file instead of writing it"
+    )
     args = parser.parse_args(argv)
     current = fingerprint(args.num_items)
     if not args.check:

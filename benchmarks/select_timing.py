@@ -1,7 +1,7 @@
 """Wall time of `salad-select` on the embedded default, split by phase, from a cold cache.
 
     python -m trainers.text_pool --output_dir data/text_pool      # the pool, once
-    python benchmarks/select_timing.py                             # configs/select-embedded-default.yaml
+    python benchmarks/select_timing.py                             # configs/paper-cpu/select.yaml
     python benchmarks/select_timing.py --num_clusters 128 --num_probes 4   # any salad-select flag overrides
 
 The model is the untrained embedded default (`embedded:untrained`: Whisper tiny.en + a fresh MLP adapter +
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 def main() -> None:
     os.chdir(REPO)
     with tempfile.TemporaryDirectory(prefix="select-timing-") as scratch:
-        argv = ["--config", "configs/select-embedded-default.yaml", "--model", "embedded:untrained"]
+        argv = ["--config", "configs/paper-cpu/select.yaml", "--model", "embedded:untrained"]
         argv += ["--output_dir", f"{scratch}/out", "--cache_dir", f"{scratch}/cache", *sys.argv[1:]]
         (args,) = TrlParser((SelectArguments,)).parse_args_and_config(args=argv)
         load_before = os.getloadavg()

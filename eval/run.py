@@ -1,6 +1,6 @@
 """`salad-eval`: the text-speech gap of a SALAD model on spoken multiple-choice tasks.
 
-    salad-eval --config configs/eval-embedded-default.yaml
+    salad-eval --config configs/paper-cpu/eval.yaml
     salad-eval --model runs/my-salad --tasks offline arc_challenge --num_fewshot 5 --output_dir runs/eval
 
 Five systems answer the same items by default: `base_text` (the original LLM on text: the reference),

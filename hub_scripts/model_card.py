@@ -24,6 +24,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from eval.tasks import PAPER_TASKS
+from modeling_salad import adapter_class
 from trainers.paper import CITATION, PAPER_ARXIV_ID
 
 PIPELINE_TAG = "audio-text-to-text"
@@ -227,20 +228,10 @@ def recipe_stages(recipe: Mapping) -> tuple[list[dict], list[tuple[str, str]]]:
 
 def model_facts(config) -> dict:
     """What the checkpoint is made of, read from its `SaladConfig`."""
-    adapter = {
-        "transformer": f"`transformer`: {config.adapter_num_layers} causal decoder layers of width "
-        f"{config.adapter_hidden_size}",
-        "mlp": f"`mlp`: frame stacking and a SwiGLU MLP of width {config.adapter_intermediate_size}",
-        "ctc": f"`ctc`: a frame classifier over the LLM's vocabulary plus a blank (SwiGLU MLP of width "
-        f"{config.adapter_intermediate_size}); blank frames dropped, repeats merged",
-        "whisper_decoder": "`whisper_decoder`: Whisper's own frozen decoder transcribes; each token becomes the "
-        f"weighted sum of the LLM's embeddings of its {config.adapter_ctc_top_k} most likely tokens plus a SwiGLU "
-        f"residual of width {config.adapter_intermediate_size} (a near-cascade: the words are Whisper's)",
-    }[config.adapter_type]
     return {
         "encoder_type": config.audio_config.model_type,
         "sampling_rate": config.audio_sampling_rate,
-        "adapter": adapter,
+        "adapter": adapter_class(config.adapter_type).describe(config),
         "stack_factor": config.adapter_stack_factor,
         "tokens_per_second": config.audio_length_spec.num_tokens(config.audio_sampling_rate),
         "llm_type": config.text_config.model_type,

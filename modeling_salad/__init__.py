@@ -10,6 +10,7 @@ transformers' own).
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .adapters_salad import ADAPTERS, SaladAdapter, adapter_class
 from .configuration_salad import AudioLengthSpec, SaladConfig
 from .modeling_salad import SaladForConditionalGeneration, SaladPreTrainedModel
 from .pipeline_salad import ANY_TO_ANY_TASK, PIPELINE_TASK, SaladAnyToAnyPipeline, SaladSpeechToTextPipeline
@@ -27,8 +28,10 @@ SaladForConditionalGeneration.register_for_auto_class("AutoModel")
 SaladProcessor.register_for_auto_class()
 
 __all__ = [
+    "ADAPTERS",
     "ANY_TO_ANY_TASK",
     "PIPELINE_TASK",
+    "SaladAdapter",
     "InvalidAudioError",
     "AudioLengthSpec",
     "SaladConfig",
@@ -37,6 +40,7 @@ __all__ = [
     "SaladAnyToAnyPipeline",
     "SaladProcessor",
     "SaladSpeechToTextPipeline",
+    "adapter_class",
     "add_audio_token",
     "load_audio",
     "resample",

@@ -13,12 +13,12 @@ import numpy as np
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .adapters_salad import ADAPTERS, adapter_class
+
 #: Encoder families with a dedicated code path. Anything else must return `last_hidden_state` and expose
 #: `conv_kernel`/`conv_stride` in its config (wav2vec2, HuBERT, WavLM, data2vec-audio...).
 WHISPER_MODEL_TYPES = ("whisper", "whisper_encoder")
 MIMI_MODEL_TYPES = ("mimi", "mimi_encoder")
-
-ADAPTER_TYPES = ("transformer", "mlp", "ctc", "whisper_decoder")
 
 
 @dataclass(frozen=True)
@@ -137,10 +137,8 @@ class SaladConfig(PreTrainedConfig):
         audio_token_id (`int`, *optional*):
             Id of the `<|audio|>` placeholder token in the LM vocabulary.
         adapter_type (`str`, *optional*, defaults to `"mlp"`):
-            `"transformer"`: the paper's stack of causal Transformer decoder layers; `"mlp"`: frame stacking
-            followed by a SwiGLU MLP (cheap, Ultravox-style); `"ctc"`: the MLP as a frame classifier over the LM
-            vocabulary plus a blank, whose blank frames are dropped and repeats merged, so the LM receives about
-            one embedding per spoken token (a probability-weighted sum of its own input embeddings);
+            One of `ADAPTERS` (`adapters_salad.py`). `"transformer"`: the paper's stack of causal Transformer
+            decoder layers; `"mlp"`: frame stacking followed by a SwiGLU MLP (cheap, Ultravox-style);
             `"whisper_decoder"` (Whisper encoders only): Whisper's own frozen decoder transcribes each window
             greedily, and every token it writes becomes one LM embedding, the probability-weighted sum of the
             LM's embeddings of its most likely tokens plus a trained SwiGLU residual of the decoder's state.
@@ -161,14 +159,10 @@ class SaladConfig(PreTrainedConfig):
             Key/value heads of the Transformer adapter (grouped-query attention).
         adapter_rms_norm_eps (`float`, *optional*, defaults to 1e-5):
             Epsilon of the adapter's RMS norms.
-        adapter_ctc_temperature (`float`, *optional*, defaults to 1.0):
-            `"ctc"` adapter: a frame scores each token by minus its squared distance to the token's input
-            embedding over this temperature (the blank is the mean embedding). Train with the same value.
-        adapter_ctc_blank_threshold (`float`, *optional*, defaults to 0.5):
-            `"ctc"` adapter: frames whose blank probability reaches this are dropped.
-        adapter_ctc_top_k (`int`, *optional*, defaults to 8):
-            `"ctc"` and `"whisper_decoder"` adapters: each kept token is the weighted sum of its `top_k` most
-            probable token embeddings (0: of the whole vocabulary).
+        adapter_top_k (`int`, *optional*, defaults to 8):
+            `"whisper_decoder"` adapter: each transcript token is the weighted sum of the LM embeddings of its
+            `top_k` most probable tokens (0: of the whole vocabulary). Checkpoints saved before it was renamed
+            call it `adapter_ctc_top_k`, which is read as this.
         adapter_decoder_prompt_ids (`list[int]`, *optional*):
             `"whisper_decoder"` adapter: the ids that open Whisper's transcript (start of transcript, and for a
             multilingual Whisper English and "transcribe"; then "no timestamps"). Set by
@@ -210,49 +204,23 @@ class SaladConfig(PreTrainedConfig):
     adapter_num_attention_heads: int = 15
     adapter_num_key_value_heads: int = 5
     adapter_rms_norm_eps: float = 1e-5
-    adapter_ctc_temperature: float = 1.0
-    adapter_ctc_blank_threshold: float = 0.5
-    adapter_ctc_top_k: int = 8
+    adapter_top_k: int = 8
     adapter_decoder_prompt_ids: list[int] | None = None
     lora: dict | None = None
     audio_chunk_seconds: float | None = None
 
     def __post_init__(self, **kwargs):
+        if "adapter_ctc_top_k" in kwargs:  # its name before the "ctc" adapter was removed (issue 32)
+            self.adapter_top_k = kwargs.pop("adapter_ctc_top_k")
         super().__post_init__(**kwargs)
-        if self.adapter_type not in ADAPTER_TYPES:
-            raise ValueError(f"adapter_type must be one of {ADAPTER_TYPES}, got {self.adapter_type!r}.")
         if self.adapter_stack_factor < 1:
             raise ValueError(f"adapter_stack_factor must be >= 1, got {self.adapter_stack_factor}.")
-        if not 0.0 < self.adapter_ctc_blank_threshold <= 1.0:
-            raise ValueError(
-                f"adapter_ctc_blank_threshold must lie in (0, 1], got {self.adapter_ctc_blank_threshold}."
-            )
-        if self.adapter_ctc_temperature <= 0 or self.adapter_ctc_top_k < 0:
-            raise ValueError(
-                f"adapter_ctc_temperature must be > 0 and adapter_ctc_top_k >= 0, got "
-                f"{self.adapter_ctc_temperature} and {self.adapter_ctc_top_k}."
-            )
-        if self.adapter_type == "whisper_decoder" and self.audio_encoder_family != "whisper":
-            raise ValueError(
-                "adapter_type='whisper_decoder' reads Whisper's own decoder; the speech encoder here is "
-                f"{self.audio_config.model_type!r}. Use a Whisper checkpoint or another adapter_type."
-            )
-        if self.adapter_type == "whisper_decoder" and not self.adapter_decoder_prompt_ids:
-            raise ValueError(
-                "adapter_type='whisper_decoder' needs adapter_decoder_prompt_ids, the ids that open Whisper's "
-                "transcript; SaladForConditionalGeneration.from_pretrained_components sets them."
-            )
+        if self.adapter_top_k < 0:
+            raise ValueError(f"adapter_top_k must be >= 0 (0: every token), got {self.adapter_top_k}.")
+        adapter_class(self.adapter_type).check_config(self)
         if self.lora is not None and not {"r", "lora_alpha"} <= set(self.lora):
             raise ValueError(
                 f"lora must hold at least `r` and `lora_alpha` (a peft.LoraConfig's), got {self.lora}."
-            )
-        if (
-            self.adapter_type == "transformer"
-            and self.adapter_num_attention_heads % self.adapter_num_key_value_heads
-        ):
-            raise ValueError(
-                f"adapter_num_attention_heads ({self.adapter_num_attention_heads}) must be a multiple of "
-                f"adapter_num_key_value_heads ({self.adapter_num_key_value_heads})."
             )
         if self.audio_encoder_family == "generic" and not hasattr(self.audio_config, "conv_kernel"):
             raise ValueError(
@@ -304,7 +272,7 @@ class SaladConfig(PreTrainedConfig):
                 conv_layers=((3, 1, 1), (3, 2, 1)),
                 stack_factor=self.adapter_stack_factor,
                 # Whisper's decoder loses whole windows cut at fixed times (benchmarks/long_audio.py)
-                quiet_cuts=self.adapter_type == "whisper_decoder",
+                quiet_cuts=ADAPTERS[self.adapter_type].cuts_at_quiet_stretches,
             )
         # Other encoders attend over the whole clip, so memory grows with its square: 30 s windows by default too.
         chunk_samples = int((chunk_seconds or DEFAULT_CHUNK_SECONDS) * self.audio_sampling_rate)

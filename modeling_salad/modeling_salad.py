@@ -18,19 +18,17 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
-    GenerationConfig,
     GenerationMixin,
-    LlamaConfig,
-    LlamaModel,
     MimiEncoderConfig,
     MimiEncoderModel,
     PreTrainedModel,
     WhisperModel,
 )
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import logging
 
+from .adapters_salad import AudioWindows, SaladAdapter, WhisperTranscript, adapter_class, lengths_to_mask
 from .configuration_salad import MIMI_MODEL_TYPES, SaladConfig
 from .pipeline_salad import ANY_TO_ANY_TASK, PIPELINE_TASK, SaladAnyToAnyPipeline, SaladSpeechToTextPipeline
 from .processing_salad import DEFAULT_AUDIO_TOKEN, add_audio_token
@@ -40,16 +38,6 @@ logger = logging.get_logger(__name__)
 # Whisper's log-mel features are clamped 8 log10 units under their maximum and then divided by 4: the level
 # silence (and Whisper's own zero padding) gets, 2 under a window's highest feature.
 WHISPER_FEATURE_FLOOR = 2.0
-# Whisper's decoder should write about one token per 0.3 s of speech; a window that sounds like speech (most of its
-# frames within 1, 40 dB, of its loudest feature, which is above 0, where digital silence sits at -1.5) but gets under
-# one token per `WHISPER_SILENT_SECONDS_PER_TOKEN` has most likely lost its words, and is reported.
-WHISPER_LOUD_FRAME_MARGIN = 1.0
-WHISPER_SILENT_SECONDS_PER_TOKEN = 2.0
-
-
-def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
-    """Boolean `[batch, max_length]` mask, True on the first `lengths[i]` positions of row i."""
-    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def window_lengths(input_features_mask: torch.Tensor) -> torch.Tensor:
@@ -60,216 +48,6 @@ def window_lengths(input_features_mask: torch.Tensor) -> torch.Tensor:
             "An audio window in `input_features_mask` is all padding; every window needs content."
         )
     return lengths
-
-
-def stack_frames(hidden_states: torch.Tensor, stack_factor: int) -> torch.Tensor:
-    """Concatenate groups of `stack_factor` consecutive frames: `[n, T, d] -> [n, ceil(T/k), k*d]`.
-
-    The last group is zero-padded, which is why `AudioLengthSpec` rounds token counts up.
-    """
-    num_clips, num_frames, dim = hidden_states.shape
-    remainder = num_frames % stack_factor
-    if remainder:
-        hidden_states = nn.functional.pad(hidden_states, (0, 0, 0, stack_factor - remainder))
-    return hidden_states.reshape(num_clips, -1, stack_factor * dim)
-
-
-class SaladMLPAdapter(nn.Module):
-    """Frame stacking, then a SwiGLU MLP to the LM width: cheap, and enough when the LM is tuned too."""
-
-    def __init__(self, config: SaladConfig):
-        super().__init__()
-        self.stack_factor = config.adapter_stack_factor
-        in_features = config.audio_encoder_hidden_size * self.stack_factor
-        self.norm = nn.RMSNorm(in_features, eps=config.adapter_rms_norm_eps)
-        self.gate_proj = nn.Linear(in_features, config.adapter_intermediate_size, bias=False)
-        self.up_proj = nn.Linear(in_features, config.adapter_intermediate_size, bias=False)
-        self.down_proj = nn.Linear(
-            config.adapter_intermediate_size, config.text_config.hidden_size, bias=False
-        )
-
-    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.norm(stack_frames(hidden_states, self.stack_factor))
-        return self.down_proj(nn.functional.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
-
-
-class SaladTransformerAdapter(nn.Module):
-    """The paper's adapter: a stack of causal Transformer decoder layers between two projections.
-
-    The layers are a Llama decoder (RoPE, grouped-query attention, SwiGLU, RMSNorm) fed with embeddings, so
-    SDPA/flash attention and gradient checkpointing come from transformers. Causal attention keeps the
-    adapter streamable and makes right padding exact: a frame never attends to the padding after it.
-    """
-
-    def __init__(self, config: SaladConfig):
-        super().__init__()
-        self.stack_factor = config.adapter_stack_factor
-        width = config.adapter_hidden_size
-        self.in_proj = nn.Linear(config.audio_encoder_hidden_size * self.stack_factor, width, bias=False)
-        self.decoder = LlamaModel(
-            LlamaConfig(
-                vocab_size=1,
-                hidden_size=width,
-                intermediate_size=config.adapter_intermediate_size,
-                num_hidden_layers=config.adapter_num_layers,
-                num_attention_heads=config.adapter_num_attention_heads,
-                num_key_value_heads=config.adapter_num_key_value_heads,
-                head_dim=width // config.adapter_num_attention_heads,
-                rms_norm_eps=config.adapter_rms_norm_eps,
-                max_position_embeddings=4096,
-                bos_token_id=None,
-                eos_token_id=None,
-                pad_token_id=None,
-            )
-        )
-        # The decoder only ever receives embeddings: drop the token table so no parameter goes unused
-        # (unused parameters break DDP and waste optimizer state).
-        self.decoder.embed_tokens = None
-        self.out_proj = nn.Linear(width, config.text_config.hidden_size, bias=False)
-
-    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.in_proj(stack_frames(hidden_states, self.stack_factor))
-        hidden_states = self.decoder(
-            inputs_embeds=hidden_states, attention_mask=token_mask.long(), use_cache=False
-        ).last_hidden_state
-        return self.out_proj(hidden_states)
-
-
-def token_distance_scores(
-    frame_embeds: torch.Tensor, token_embeddings: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """`-|a - e|^2 / temperature` of every frame `a` against every embedding `e`, up to a per-frame constant.
-
-    Distance, not a dot product: SmolLM2's embeddings share a large common direction (mean cosine 0.44), and a
-    distance also pins the frame's norm to that of real token embeddings, which is what the LM expects to read.
-    `|a|^2` is dropped: it is the same for every class of a frame, so softmax and argmax do not see it.
-    """
-    return (2 * frame_embeds @ token_embeddings.T - token_embeddings.pow(2).sum(-1)) / temperature
-
-
-def blank_embedding(token_embeddings: torch.Tensor) -> torch.Tensor:
-    """The blank class of the frame classifier: the mean input embedding, `[1, hidden]`, a neutral LM input."""
-    return token_embeddings.mean(0, keepdim=True)
-
-
-class SaladCTCAdapter(SaladMLPAdapter):
-    """A frame classifier over the LM vocabulary plus a blank, with CTC-style compression.
-
-    Each stacked frame goes through the MLP adapter to a point in the LM's input embedding space and is scored
-    against every token embedding and the blank (`token_distance_scores`). Frames that are most likely blank
-    are dropped, consecutive frames with the same best token are merged (CTC's collapse), and each remaining
-    run becomes the probability-weighted sum of its `top_k` most likely token embeddings: about one embedding
-    per spoken token, each a mixture of real token embeddings (as in LegoSLM, arXiv 2505.11352; blank
-    dropping as in CJST, arXiv 2411.07607). The classifier is trained without the LM, by frame targets from
-    word timestamps (`trainers.losses.frame_embedding_loss`), and can then be tuned through the LM.
-    """
-
-    def __init__(self, config: SaladConfig):
-        super().__init__(config)
-        self.temperature = config.adapter_ctc_temperature
-        self.blank_threshold = config.adapter_ctc_blank_threshold
-        self.top_k = config.adapter_ctc_top_k
-        self.audio_token_id = config.audio_token_id
-
-    def frame_log_probs(self, frame_embeds: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
-        """`[..., vocab + 1]` log-probabilities of every token and (last) the blank; the audio token never wins."""
-        embeddings = token_embeddings.float()
-        vocab = torch.cat([embeddings, blank_embedding(embeddings)])
-        # In fp32 even under autocast: the scores are differences of terms near |e|^2, where bf16's 8-bit mantissa
-        # would blur the ranking (and bf16 matmuls are slow on CPUs without native support).
-        with torch.autocast(device_type=frame_embeds.device.type, enabled=False):
-            scores = token_distance_scores(frame_embeds.float(), vocab, self.temperature)
-        if self.audio_token_id is not None and self.audio_token_id < embeddings.shape[0]:
-            scores[..., self.audio_token_id] = float("-inf")
-        return scores.log_softmax(-1)
-
-    def _runs(
-        self, probs: torch.Tensor, token_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """CTC's collapse on `[n, T, vocab + 1]` probabilities: `(kept, starts, labels)`, each `[n, T]`.
-
-        `kept`: valid frames not dropped as blank (a window of blanks keeps its least-blank frame); `starts`:
-        kept frames that open a run (the previous frame was dropped or has another best token); `labels`: each
-        frame's most likely token.
-        """
-        blank_prob = probs[..., -1]
-        labels = probs[..., :-1].argmax(-1)
-        kept = token_mask & (blank_prob < self.blank_threshold)
-        empty = token_mask.any(-1) & ~kept.any(-1)
-        if bool(empty.any()):
-            least_blank = blank_prob.masked_fill(~token_mask, float("inf")).argmin(-1)
-            kept[empty, least_blank[empty]] = True
-        previous_kept = nn.functional.pad(kept[:, :-1], (1, 0), value=False)
-        previous_label = nn.functional.pad(labels[:, :-1], (1, 0), value=-1)
-        starts = kept & ~(previous_kept & (labels == previous_label))
-        return kept, starts, labels
-
-    def greedy_tokens(
-        self, frame_embeds: torch.Tensor, token_mask: torch.Tensor, token_embeddings: torch.Tensor
-    ) -> list[list[int]]:
-        """The most likely token of every run, window by window: the classifier's own transcript (greedy CTC)."""
-        probs = self.frame_log_probs(frame_embeds, token_embeddings).exp()
-        _, starts, labels = self._runs(probs, token_mask)
-        return [row[start].tolist() for row, start in zip(labels, starts)]
-
-    def compress(
-        self, frame_embeds: torch.Tensor, token_mask: torch.Tensor, token_embeddings: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Drop blank frames, merge repeats, and embed each run: `(embeds [n, T, hidden], keep [n, T])`.
-
-        A window's `k` runs are written at the last `k` valid positions of its row (`keep` marks them), so the
-        position just before the text that follows a clip always holds the clip's last spoken token. A window
-        whose every frame is blank keeps its least-blank frame: each clip gives the LM at least one token.
-        """
-        probs = self.frame_log_probs(frame_embeds, token_embeddings).exp()
-        token_probs = probs[..., :-1]
-        kept, starts, _ = self._runs(probs, token_mask)
-        run = (starts.cumsum(-1) - 1).clamp_min(0)  # run index of every frame within its window
-        num_runs = starts.sum(-1)
-        weights = kept.to(token_probs.dtype)[..., None]
-        run_probs = torch.zeros_like(token_probs).scatter_add_(
-            1, run[..., None].expand_as(token_probs), token_probs * weights
-        )
-        run_probs = run_probs / run_probs.sum(-1, keepdim=True).clamp_min(torch.finfo(run_probs.dtype).tiny)
-        with torch.autocast(device_type=frame_embeds.device.type, enabled=False):
-            run_embeds = mix_token_embeddings(run_probs, token_embeddings, self.top_k)
-        embeds, keep = right_align(run_embeds, num_runs, token_mask)
-        return embeds.to(frame_embeds.dtype), keep
-
-
-def mix_token_embeddings(
-    probs: torch.Tensor, token_embeddings: torch.Tensor, top_k: int, rows: torch.Tensor | None = None
-) -> torch.Tensor:
-    """`[n, T, hidden]`: each position's probability-weighted sum of token embeddings, over its `top_k` most
-    probable tokens (renormalized) or, with `top_k=0`, over all. `probs` is `[n, T, vocab]`; token `i`'s embedding is
-    `token_embeddings[rows[i]]` (`token_embeddings[i]` without `rows`), so another vocabulary can be mixed in."""
-    embeddings = token_embeddings.float()
-    if not top_k:
-        return probs @ (embeddings if rows is None else embeddings[rows])
-    top_probs, top_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    top_probs = top_probs / top_probs.sum(-1, keepdim=True).clamp_min(torch.finfo(top_probs.dtype).tiny)
-    return torch.einsum("ntk,ntkd->ntd", top_probs, embeddings[top_ids if rows is None else rows[top_ids]])
-
-
-def right_align(
-    embeds: torch.Tensor, counts: torch.Tensor, token_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move the first `counts[i]` embeddings of window i to the last `counts[i]` of its valid tokens.
-
-    Returns `(embeds [n, T, hidden], keep [n, T])`, `keep` True on the filled positions (the others are zero and
-    are masked out of attention by `forward`), so the position just before the text that follows a clip always
-    holds the clip's last token. `embeds` may be shorter than `token_mask` (`[n, T' <= T, hidden]`).
-    """
-    num_slots = token_mask.shape[1]
-    if embeds.shape[1] < num_slots:
-        embeds = nn.functional.pad(embeds, (0, 0, 0, num_slots - embeds.shape[1]))
-    lengths = token_mask.sum(-1)
-    positions = torch.arange(num_slots, device=token_mask.device)
-    first_kept = (lengths - counts)[:, None]
-    keep = (positions[None] >= first_kept) & (positions[None] < lengths[:, None])
-    source = (positions[None] - first_kept).clamp(0, num_slots - 1)
-    aligned = torch.gather(embeds, 1, source[..., None].expand_as(embeds))
-    return aligned * keep[..., None].to(aligned.dtype), keep
 
 
 def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,79 +65,12 @@ def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[tor
     return input_ids.gather(1, source), attention_mask.gather(1, source)
 
 
-def whisper_token_map(whisper_tokenizer, llm_tokenizer, num_text_tokens: int) -> torch.Tensor:
-    """For each of Whisper's text tokens, the LM token that starts it: `[num_text_tokens]` LM ids.
-
-    Both tokenizers are byte-level BPEs over the same byte alphabet, so a Whisper token's string is either an LM
-    token itself or splits into several under the LM's BPE; then its first piece stands for it (the adapter's
-    residual can carry the rest). Single bytes that the LM's alphabet lacks (bytes UTF-8 text never holds, such
-    as 0xC0 or 0xF5-0xFF) map to the LM's unknown token, or its end-of-text token when it has none.
-    """
-    llm_model = llm_tokenizer.backend_tokenizer.model
-    vocab = llm_tokenizer.get_vocab()
-    fallback = (
-        llm_tokenizer.unk_token_id if llm_tokenizer.unk_token_id is not None else llm_tokenizer.eos_token_id
-    )
-    token_map = torch.full((num_text_tokens,), fallback, dtype=torch.long)
-    for whisper_id, piece in enumerate(whisper_tokenizer.convert_ids_to_tokens(list(range(num_text_tokens)))):
-        pieces = [vocab[piece]] if piece in vocab else [token.id for token in llm_model.tokenize(piece)]
-        if pieces:
-            token_map[whisper_id] = pieces[0]
-    return token_map
-
-
-class SaladWhisperDecoderAdapter(nn.Module):
-    """One LM embedding per token of Whisper's own transcript: a 1:1 adapter with a pretrained classifier.
-
-    Whisper's frozen decoder transcribes each window greedily (`SaladForConditionalGeneration.transcribe_windows`);
-    the decoder state that chose each token carries the choice and its alternatives. Each becomes the
-    probability-weighted sum of the LM's input embeddings of its `top_k` most likely tokens (through
-    `token_map`, Whisper token -> LM token), plus a SwiGLU residual of the state, zero at initialization, that
-    training (distillation through the LM) fills in. This is the `"ctc"` adapter's idea (LegoSLM, arXiv
-    2505.11352) with a classifier that was trained on 680k hours instead of ours: the LM reads about one embedding
-    per spoken token from the first step, and the trainable part is small (the residual).
-    """
-
-    def __init__(self, config: SaladConfig):
-        super().__init__()
-        self.top_k = config.adapter_ctc_top_k
-        width = config.audio_encoder_hidden_size
-        self.register_buffer(
-            "token_map", torch.zeros(config.audio_config.eos_token_id, dtype=torch.long), persistent=True
-        )
-        self.norm = nn.RMSNorm(width, eps=config.adapter_rms_norm_eps)
-        self.gate_proj = nn.Linear(width, config.adapter_intermediate_size, bias=False)
-        self.up_proj = nn.Linear(width, config.adapter_intermediate_size, bias=False)
-        self.down_proj = nn.Linear(
-            config.adapter_intermediate_size, config.text_config.hidden_size, bias=False
-        )
-
-    def forward(
-        self, decoder_states: torch.Tensor, token_logits: torch.Tensor, token_embeddings: torch.Tensor
-    ) -> torch.Tensor:
-        """`[n, T, hidden]` LM embeddings from the decoder states `[n, T, d]` and their text-token logits."""
-        mixture = mix_token_embeddings(
-            token_logits.float().softmax(-1), token_embeddings, self.top_k, rows=self.token_map
-        )
-        hidden = self.norm(decoder_states.to(self.norm.weight.dtype))
-        residual = self.down_proj(nn.functional.silu(self.gate_proj(hidden)) * self.up_proj(hidden))
-        return mixture.to(residual.dtype) + residual
-
-
-ADAPTER_CLASSES = {
-    "mlp": SaladMLPAdapter,
-    "transformer": SaladTransformerAdapter,
-    "ctc": SaladCTCAdapter,
-    "whisper_decoder": SaladWhisperDecoderAdapter,
-}
-
-
 @dataclass
 class SaladCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
     attention_mask (`torch.LongTensor`, *optional*):
-        The attention mask the LM used, `[batch, past + seq]`: the input's, with the audio positions a `"ctc"`
-        adapter dropped set to 0. `generate` carries it to the following steps.
+        The attention mask the LM used, `[batch, past + seq]`: the input's, with the audio slots the adapter left
+        empty set to 0. `generate` carries it to the following steps.
     position_ids (`torch.LongTensor`, *optional*):
         `[batch, past + seq]` positions the LM used: dropped positions take no position, so the kept ones
         follow each other as in text.
@@ -383,9 +94,16 @@ class SaladPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, SaladWhisperDecoderAdapter):
-            # The residual starts at zero: a fresh adapter passes on exactly the mixture of Whisper's choices.
-            nn.init.zeros_(module.down_proj.weight)
+        if isinstance(module, SaladAdapter):
+            module.init_weights()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As [`~PreTrainedModel.from_pretrained`]; a checkpoint saved before the adapters had their own module
+        (issue 32) holds the `"whisper_decoder"` adapter's Whisper decoder under `audio_decoder.`, read as
+        `adapter.decoder.`."""
+        kwargs.setdefault("key_mapping", {r"^audio_decoder\.": "adapter.decoder."})
+        return super().from_pretrained(*args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual, and make the folder self-sufficient for `trust_remote_code` users.
@@ -432,11 +150,7 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
     def __init__(self, config: SaladConfig):
         super().__init__(config)
         self.audio_tower = build_audio_tower(config)
-        # Whisper's decoder, frozen, for the "whisper_decoder" adapter (None otherwise).
-        self.audio_decoder = (
-            WhisperDecoder(config.audio_config) if config.adapter_type == "whisper_decoder" else None
-        )
-        self.adapter = ADAPTER_CLASSES[config.adapter_type](config)
+        self.adapter = adapter_class(config.adapter_type)(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         if (
             config.lora is not None
@@ -515,40 +229,6 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             int(spec.tokens_from_features(input_features.shape[-1])),
         )
 
-    def get_frame_embeddings(
-        self, input_features: torch.Tensor, input_features_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The adapter's output for every audio token of every window, before any compression.
-
-        Returns `(frame_embeds [num_windows, tokens, hidden], token_mask [num_windows, tokens])`, the mask True
-        on each window's valid tokens. For `"mlp"` and `"transformer"` adapters these are the audio embeddings;
-        a `"ctc"` adapter scores them against the token embeddings (its warm start trains them directly).
-        """
-        if self.config.adapter_type == "whisper_decoder":
-            raise ValueError(
-                "A 'whisper_decoder' adapter has no per-frame embeddings (it embeds Whisper's transcript tokens); "
-                "frame-level objectives need an 'mlp', 'transformer' or 'ctc' adapter."
-            )
-        feature_lengths = window_lengths(input_features_mask)
-        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.audio_tower.parameters())
-        with torch.set_grad_enabled(grad):
-            if self.config.audio_encoder_family == "whisper":
-                hidden = self._encode_whisper(input_features, feature_lengths)
-            else:
-                hidden = self._encode_waveform(input_features, input_features_mask)
-        # Zero the frames past each window's end so the adapter's last stacked group matches an unpadded run.
-        frame_mask = lengths_to_mask(self._conv_lengths(feature_lengths), hidden.shape[1])
-        hidden = hidden * frame_mask[..., None].to(hidden.dtype)
-        token_mask = self.audio_token_mask(input_features, feature_lengths)
-        padded_tokens = token_mask.shape[1]
-        frame_embeds = self.adapter(hidden, token_mask)
-        if frame_embeds.shape[1] != padded_tokens:
-            raise RuntimeError(
-                f"The encoder produced {frame_embeds.shape[1]} audio tokens where the length spec predicts "
-                f"{padded_tokens}; `SaladConfig.audio_length_spec` does not describe this encoder."
-            )
-        return frame_embeds, token_mask
-
     def _encode_whisper_padded(
         self, input_features: torch.Tensor, feature_lengths: torch.Tensor
     ) -> torch.Tensor:
@@ -562,126 +242,65 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         padded[..., : input_features.shape[-1]] = torch.where(valid, input_features, padded[..., :1])
         return encoder(padded.to(encoder.conv1.weight.dtype)).last_hidden_state
 
-    @torch.no_grad()
-    def transcribe_windows(
-        self, encoder_states: torch.Tensor, max_tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Greedy transcripts of `[n, frames, d]` encoder states by Whisper's decoder, window `i` at most
-        `max_tokens[i]` tokens long (its audio-token slots). As Whisper's `generate` transcribes: after the
-        no-timestamps prompt (`adapter_decoder_prompt_ids`), never writing its `suppress_tokens` (non-speech
-        symbols) and not starting with its `begin_suppress_tokens` (a blank or the end of text).
+    def _encode_trimmed(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor, feature_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """The encoder on each window's real length, its frames past the window's end zeroed so that a stacked
+        group at the end matches an unpadded run."""
+        if self.config.audio_encoder_family == "whisper":
+            hidden = self._encode_whisper(input_features, feature_lengths)
+        else:
+            hidden = self._encode_waveform(input_features, input_features_mask)
+        frame_mask = lengths_to_mask(self._conv_lengths(feature_lengths), hidden.shape[1])
+        return hidden * frame_mask[..., None].to(hidden.dtype)
 
-        Returns `(states [n, T, d], logits [n, T, text_vocab], counts [n])`: the decoder state that chose each
-        token, that choice's logits over the text tokens, and each window's number of tokens (the end of text
-        excluded). A window that fills its slots without ending is cut there, and a warning says so.
-        """
-        decoder = self.audio_decoder
-        end_id = self.config.audio_config.eos_token_id
-        head = decoder.embed_tokens.weight[: end_id + 1]
-        never, not_first = (
-            [token for token in getattr(self.config.audio_config, name, None) or [] if token <= end_id]
-            for name in ("suppress_tokens", "begin_suppress_tokens")
+    def encode_windows(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> AudioWindows:
+        """Every audio window through the speech encoder, as the adapter reads it: trimmed to its length, or
+        padded to the encoder's full window for an adapter that `reads_full_windows`."""
+        feature_lengths = window_lengths(input_features_mask)
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.audio_tower.parameters())
+        with torch.set_grad_enabled(grad):
+            if self.adapter.reads_full_windows:
+                encoder_states = self._encode_whisper_padded(input_features, feature_lengths)
+            else:
+                encoder_states = self._encode_trimmed(input_features, input_features_mask, feature_lengths)
+        return AudioWindows(
+            features=input_features,
+            feature_lengths=feature_lengths,
+            encoder_states=encoder_states,
+            token_mask=self.audio_token_mask(input_features, feature_lengths),
         )
-        prompt = self.config.adapter_decoder_prompt_ids
-        max_tokens = max_tokens.clamp(max=decoder.max_target_positions - len(prompt))
-        num_windows = encoder_states.shape[0]
-        input_ids = torch.tensor(prompt, device=encoder_states.device).expand(num_windows, -1)
-        counts = torch.zeros(num_windows, dtype=torch.long, device=encoder_states.device)
-        done = max_tokens <= 0
-        states, logits, cache = [], [], None
-        while not bool(done.all()):
-            output = decoder(
-                input_ids=input_ids, encoder_hidden_states=encoder_states, cache=cache, use_cache=True
-            )
-            cache = output.cache
-            state = output.last_hidden_state[:, -1]
-            step_logits = state.float() @ head.float().T
-            step_logits[:, never if states else never + not_first] = float("-inf")
-            input_ids = step_logits.argmax(-1, keepdim=True)
-            done = done | (input_ids[:, 0] == end_id)
-            counts += (~done).long()
-            states.append(state)
-            logits.append(step_logits[:, :end_id])
-            done = done | (counts >= max_tokens)
-        cut = (counts >= max_tokens) & (max_tokens > 0) if states else None
-        if cut is not None and bool(cut.any()):
-            logger.warning(
-                "%d audio window(s) filled all their audio-token slots (%s) before Whisper's transcript ended, and "
-                "were cut there. Ordinary speech does not fill them: this is usually Whisper repeating itself, or "
-                "writing made-up words for noise, silence or a short fragment. Only for very fast speech does a "
-                "smaller adapter_stack_factor (more slots a second) help.",
-                int(cut.sum()), ", ".join(str(int(slots)) for slots in max_tokens[cut]),
-            )  # fmt: skip
-        if not states:
-            hidden = encoder_states.new_zeros(num_windows, 0, decoder.config.d_model)
-            return hidden, encoder_states.new_zeros(num_windows, 0, end_id), counts
-        return torch.stack(states, 1), torch.stack(logits, 1), counts
-
-    def warn_about_lost_words(
-        self, input_features: torch.Tensor, feature_lengths: torch.Tensor, counts: torch.Tensor
-    ) -> None:
-        """Warn about windows that sound like speech but that Whisper's decoder ended after (almost) no tokens."""
-        valid = lengths_to_mask(feature_lengths, input_features.shape[-1])
-        frame_level = input_features.amax(1).masked_fill(~valid, float("-inf"))
-        loudest = frame_level.amax(-1)
-        loud = (frame_level > (loudest - WHISPER_LOUD_FRAME_MARGIN)[:, None]).sum(-1) > feature_lengths // 2
-        seconds = (
-            feature_lengths * self.config.audio_length_spec.feature_hop / self.config.audio_sampling_rate
-        )
-        lost = loud & (loudest > 0) & (counts < seconds / WHISPER_SILENT_SECONDS_PER_TOKEN)
-        if bool(lost.any()):
-            logger.warning(
-                "%d audio window(s) of %s s sound like speech, but Whisper's decoder wrote only %s token(s) for them: "
-                "their words are probably lost. Check the audio (level, clipping), or cut the clip shorter.",
-                int(lost.sum()), ", ".join(f"{float(s):.1f}" for s in seconds[lost]),
-                ", ".join(str(int(c)) for c in counts[lost]),
-            )  # fmt: skip
 
     @torch.no_grad()
     def transcribe(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Whisper's transcript of each window, as `"whisper_decoder"` reads it: `transcribe_windows`'s
-        `(states, logits, counts)` on the windows padded to 30 s, each at most its audio-token slots long, and those
-        slots (`token_mask [n, T]`). Windows that sound like speech but come out (almost) empty are reported."""
-        feature_lengths = window_lengths(input_features_mask)
-        token_mask = self.audio_token_mask(input_features, feature_lengths)
-        encoder_states = self._encode_whisper_padded(input_features, feature_lengths)
-        states, logits, counts = self.transcribe_windows(encoder_states, token_mask.sum(-1))
-        self.warn_about_lost_words(input_features, feature_lengths, counts)
-        return states, logits, counts, token_mask
-
-    def whisper_decoder_embeddings(
-        self, input_features: torch.Tensor, input_features_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`"whisper_decoder"` adapter: `(embeds [n, T, hidden], keep [n, T], token_mask [n, T])`, each window's
-        transcript tokens embedded and right-aligned in its audio-token slots."""
-        states, logits, counts, token_mask = self.transcribe(input_features, input_features_mask)
-        embeds = self.adapter(states, logits, self.get_input_embeddings().weight)
-        embeds, keep = right_align(embeds, counts, token_mask)
-        return embeds, keep, token_mask
+    ) -> WhisperTranscript:
+        """The transcript of each window that an adapter reading Whisper's decoder (`"whisper_decoder"`) hands the
+        LM, each at most its audio-token slots long; windows that sound like speech but come out (almost) empty
+        are reported. Other adapters write no transcript and raise a `ValueError`."""
+        return self.adapter.transcribe(self.encode_windows(input_features, input_features_mask))
 
     def audio_embeddings_and_keep(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio embeddings of every valid audio token, concatenated over windows, `[num_audio_tokens, hidden]`,
-        and for a `"ctc"` or `"whisper_decoder"` adapter which of them it keeps (`[num_audio_tokens]` bool; None
-        otherwise)."""
-        if self.config.adapter_type == "whisper_decoder":
-            embeds, keep, token_mask = self.whisper_decoder_embeddings(input_features, input_features_mask)
-            return embeds[token_mask], keep[token_mask]
-        frame_embeds, token_mask = self.get_frame_embeddings(input_features, input_features_mask)
-        if self.config.adapter_type != "ctc":
-            return frame_embeds[token_mask], None
-        embeds, keep = self.adapter.compress(frame_embeds, token_mask, self.get_input_embeddings().weight)
-        return embeds[token_mask], keep[token_mask]
+        and which of them the adapter filled (`[num_audio_tokens]` bool)."""
+        windows = self.encode_windows(input_features, input_features_mask)
+        embeds, keep = self.adapter(windows, self.get_input_embeddings().weight)
+        if embeds.shape[1] != windows.token_mask.shape[1]:
+            raise RuntimeError(
+                f"The adapter produced {embeds.shape[1]} audio tokens where the length spec predicts "
+                f"{windows.token_mask.shape[1]}; `SaladConfig.audio_length_spec` does not describe this encoder."
+            )
+        return embeds[windows.token_mask], keep[windows.token_mask]
 
     def get_audio_features(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor
     ) -> torch.Tensor:
         """Audio embeddings of every valid audio token, concatenated over windows: `[num_audio_tokens, hidden]`.
 
-        With a `"ctc"` adapter the tokens it drops are zero vectors; `forward` masks them out of attention.
+        Slots an adapter leaves empty (`"whisper_decoder"`: a window's transcript is shorter than its slots) are
+        zero vectors; `forward` masks them out of attention.
 
         Args:
             input_features: `[num_windows, mels, frames]` log-mel (Whisper) or `[num_windows, samples]` waveform.
@@ -707,8 +326,8 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         input_features: torch.Tensor | None = None,
         input_features_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """LM input embeddings with audio embeddings written at the placeholder positions, and the positions a
-        `"ctc"` adapter dropped (`[batch, seq]` bool, True where dropped; None when nothing was)."""
+        """LM input embeddings with audio embeddings written at the placeholder positions, and the positions the
+        adapter left empty (`[batch, seq]` bool, True where dropped; None when it filled every slot)."""
         placeholder = input_ids == self.config.audio_token_id
         # The placeholder id may lie past the LM's original vocabulary; its row is never read.
         inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
@@ -740,7 +359,7 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             attention_mask = torch.ones(batch, past_length + length, dtype=torch.long, device=dropped.device)
         if attention_mask.dim() != 2:
             raise ValueError(
-                "A 'ctc' adapter drops audio positions through the 2-D attention mask; pass a 2-D "
+                "An adapter that leaves audio slots empty drops them through the 2-D attention mask; pass a 2-D "
                 f"`attention_mask` (got {attention_mask.dim()}-D)."
             )
         attention_mask = attention_mask.long().clone()
@@ -775,8 +394,8 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             Stop before the LM head and return the decoder's output (`last_hidden_state`): losses computed in
             chunks from hidden states (cross-modal distillation) never need the full `[batch, seq, vocab]` logits.
 
-        With a `"ctc"` adapter, the audio positions it drops are masked out of attention and skipped by the
-        positions; the output's `attention_mask`/`position_ids` say which were, and `generate` carries them on.
+        Audio slots the adapter leaves empty are masked out of attention and skipped by the positions; the
+        output's `attention_mask`/`position_ids` say which were, and `generate` carries them on.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -830,7 +449,7 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         return super().generate(*args, **kwargs)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
-        """Carry the mask of dropped audio positions (`"ctc"` adapter) from the prefill into every later step."""
+        """Carry the mask of empty audio slots from the prefill into every later step."""
         if getattr(outputs, "attention_mask", None) is not None:
             model_kwargs["attention_mask"] = outputs.attention_mask
             model_kwargs["position_ids"] = outputs.position_ids
@@ -856,8 +475,8 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         model.config)`.
 
         Args:
-            audio_encoder: a Whisper, Mimi or wav2vec2-like checkpoint; only its encoder is kept (and, for a
-                `"whisper_decoder"` adapter, Whisper's decoder, frozen, with its tokenizer mapped onto the LLM's).
+            audio_encoder: a Whisper, Mimi or wav2vec2-like checkpoint; its encoder is kept, and what the adapter
+                reads besides (`"whisper_decoder"`: Whisper's decoder, frozen, its tokenizer mapped onto the LLM's).
             language_model: any causal LM checkpoint with a tokenizer.
             audio_token: the placeholder token added to the tokenizer.
             freeze_audio_tower: keep the encoder frozen (the paper's choice).
@@ -867,13 +486,9 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
         """
         tokenizer = add_audio_token(AutoTokenizer.from_pretrained(language_model), audio_token)
         audio_config = AutoConfig.from_pretrained(audio_encoder)
-        audio_decoder = None
-        if adapter_kwargs.get("adapter_type") == "whisper_decoder":
-            whisper = WhisperModel.from_pretrained(audio_encoder, dtype=dtype)
-            audio_model, audio_decoder = whisper.get_encoder(), whisper.get_decoder().requires_grad_(False)
-            adapter_kwargs["adapter_decoder_prompt_ids"] = whisper_prompt_ids(audio_encoder)
-        else:
-            audio_model = load_audio_encoder(audio_encoder, audio_config, dtype=dtype)
+        adapter_type = adapter_class(adapter_kwargs.get("adapter_type", SaladConfig.adapter_type))
+        adapter_kwargs = {**adapter_type.settings_from_encoder(audio_encoder), **adapter_kwargs}
+        audio_model = load_audio_encoder(audio_encoder, audio_config, dtype=dtype)
         text_model = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
         if len(tokenizer) > text_model.get_input_embeddings().num_embeddings:
             text_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -887,15 +502,9 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             model = cls(config)
         model.audio_tower = audio_model
         model.language_model = text_model
-        model.adapter = ADAPTER_CLASSES[config.adapter_type](config).to(dtype=text_model.dtype)
+        model.adapter = adapter_type(config).to(dtype=text_model.dtype)
         model.adapter.apply(model._init_weights)
-        model.audio_decoder = audio_decoder
-        if audio_decoder is not None:
-            model.adapter.token_map.copy_(
-                whisper_token_map(
-                    AutoTokenizer.from_pretrained(audio_encoder), tokenizer, model.adapter.token_map.numel()
-                )
-            )
+        model.adapter.load_pretrained_parts(audio_encoder, tokenizer, dtype=dtype)
         model.generation_config = text_model.generation_config
         if freeze_audio_tower:
             model.audio_tower.requires_grad_(False)
@@ -1002,16 +611,6 @@ def build_audio_tower(config: SaladConfig) -> PreTrainedModel:
             audio_config = MimiEncoderConfig(**audio_config.to_dict())
         return MimiEncoderModel(audio_config)
     return AutoModel.from_config(config.audio_config)
-
-
-def whisper_prompt_ids(name_or_path: str) -> list[int]:
-    """The ids that open an English transcript without timestamps, from a Whisper checkpoint's generation config:
-    start of transcript, then (multilingual models) English and "transcribe", then "no timestamps"."""
-    generation = GenerationConfig.from_pretrained(name_or_path)
-    prompt = [generation.decoder_start_token_id]
-    if getattr(generation, "is_multilingual", False):
-        prompt += [generation.lang_to_id["<|en|>"], generation.task_to_id["transcribe"]]
-    return [*prompt, generation.no_timestamps_token_id]
 
 
 def load_audio_encoder(name_or_path: str, audio_config, dtype=None) -> PreTrainedModel:

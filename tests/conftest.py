@@ -165,7 +165,7 @@ def decoder_tiny(seed: int = 0, **config_kwargs):
         seed=seed,
         audio_config=audio_config,
         adapter_decoder_prompt_ids=DECODER_PROMPT,
-        adapter_ctc_top_k=3,
+        adapter_top_k=3,
         **config_kwargs,
     )
     with torch.no_grad():

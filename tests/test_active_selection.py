@@ -360,7 +360,9 @@ def test_gamma_zero_selects_like_the_pool(fake_stage2, tmp_path):
         assert cluster["target_weight"] == pytest.approx(cluster["web_weight"])
 
 
-@pytest.mark.parametrize("path", sorted(REPO.glob("configs/select-*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(REPO.glob("configs/**/select*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}"
+)
 def test_shipped_select_configs_parse(path):
     (args,) = TrlParser((SelectArguments,)).parse_args_and_config(args=["--config", str(path)])
     assert args.gamma >= 0 and args.budget_seconds > 0
@@ -393,7 +395,7 @@ def test_the_text_pool_is_built_by_default_where_the_training_configs_read_it():
     configs = Path(__file__).resolve().parents[1] / "configs"
     read = {
         line.strip()
-        for c in configs.glob("*.yaml")
+        for c in configs.glob("**/*.yaml")
         for line in c.read_text().splitlines()
         if "pool.jsonl" in line
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import soundfile
 import torch
 from conftest import tone
+from test_trainer import speech_rows
 
 from trainers.assets.asterisk import asterisk_prompts
 from trainers.assets.models import whisper_tiny_en_path
@@ -22,6 +24,7 @@ from trainers.data import (
     interleaved_segments,
     plan_interleaving,
 )
+from trainers.train import load_rows
 
 
 def check_pairs(batch, processor, examples):
@@ -285,3 +288,45 @@ def test_an_empty_own_prompt_or_continuation_is_a_counted_bad_row(whisper_salad,
     good = question_row()
     batch = collator([good, question_row(**columns)])
     assert batch["input_ids"].shape[0] == 1 and batch["bad_row_reasons"] == {reason: 1}
+
+
+def test_interleaved_speech_spans_carry_word_times_from_their_own_start():
+    words = "the quick brown fox the quick brown fox".split()
+    starts = [0.5 * i for i in range(len(words))]
+    segments = interleaved_segments(
+        words, starts, [s + 0.4 for s in starts], np.zeros(16000 * 4), 16000, random.Random(0), (2, 2), (2, 3)
+    )
+    for segment in (s for s in segments if s.kind == "speech"):
+        assert segment.word_times[0][0] == 0.0 and len(segment.word_times) == len(segment.text.split())
+        assert segment.word_times[-1][1] <= segment.audio.size / 16000 + 1e-9
+
+
+@pytest.mark.parametrize(("probability", "whole"), [(0.0, True), (1.0, False)])
+def test_interleave_probability_chooses_between_spans_and_whole_utterances(whisper_salad, probability, whole):
+    _, processor = whisper_salad
+    row = speech_rows(1)[0]
+    collator = SaladDistillationCollator(
+        processor, text_span=(2, 3), speech_span=(2, 3), continuation="Repeat: {transcript}",
+        interleave_probability=probability,
+    )  # fmt: skip
+    segments = collator.row_to_segments(row)
+    assert (len(segments) == 2 and segments[0].text == row["text"]) == whole
+    assert (segments[-1].text == "Repeat: " + row["text"]) == whole
+
+
+def test_data_files_with_different_columns_load_as_one_dataset(tmp_path):
+    aligned = {
+        "text": "a b",
+        "audio": "x.wav",
+        "words": ["a", "b"],
+        "word_starts": [0.0, 0.5],
+        "word_ends": [0.4, 0.9],
+    }
+    human = {"text": "hello", "audio": "y.wav", "name": "prompt"}
+    for name, row in (("tts.jsonl", aligned), ("human.jsonl", human)):
+        (tmp_path / name).write_text(json.dumps(row) + "\n")
+    files = [str(tmp_path / "tts.jsonl"), str(tmp_path / "human.jsonl")]
+    for streaming in (False, True):
+        rows = list(load_rows(None, files, "train", streaming))
+        assert [row["text"] for row in rows] == ["a b", "hello"]
+        assert rows[0]["name"] is None and rows[1]["words"] is None and rows[0]["words"] == ["a", "b"]

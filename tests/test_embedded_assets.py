@@ -408,10 +408,8 @@ def test_the_whisper_decoder_adapter_writes_whisper_tiny_ens_own_transcript(tmp_
     clips = [*speech, noise, speech[0][: 16_000 // 2]]  # sentences, 5 s of noise, half a second of a sentence
     inputs = processor(audio=clips, sampling_rate=16_000)
     with torch.no_grad():
-        encoded = model._encode_whisper_padded(
-            inputs["input_features"], inputs["input_features_mask"].sum(-1)
-        )
-        _, logits, counts = model.transcribe_windows(encoded, torch.full((len(clips),), 200))
+        encoded = model.encode_windows(inputs["input_features"], inputs["input_features_mask"]).encoder_states
+        _, logits, counts = model.adapter.greedy_transcript(encoded, torch.full((len(clips),), 200))
     whisper = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
     features = WhisperProcessor.from_pretrained(whisper_dir).feature_extractor(
         clips, sampling_rate=16_000, return_tensors="pt"

@@ -395,7 +395,9 @@ def test_offline_task_set_is_large_and_broad():
     assert len(load_offline_tasks("fewshot")) >= 8
 
 
-@pytest.mark.parametrize("path", sorted(REPO.glob("configs/eval*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(REPO.glob("configs/**/eval*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}"
+)
 def test_shipped_eval_configs_parse(path):
     from trl import TrlParser
 

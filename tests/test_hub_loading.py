@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import OTHER_INSTANCE_ULPS, assert_close_in_dtype, build_tiny, tone
+from conftest import OTHER_INSTANCE_ULPS, assert_close_in_dtype, build_tiny, decoder_tiny, tone
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor, pipeline
 from transformers.pipelines.any_to_any import AnyToAnyPipeline
 
@@ -24,9 +24,11 @@ from modeling_salad import (
 )
 
 
-@pytest.fixture(scope="module", params=["transformer", "ctc"])
+@pytest.fixture(scope="module", params=["transformer", "whisper_decoder"])
 def saved_checkpoint(tmp_path_factory, request):
-    model, processor = build_tiny("whisper", request.param)
+    model, processor = (
+        decoder_tiny() if request.param == "whisper_decoder" else build_tiny("whisper", request.param)
+    )
     path = tmp_path_factory.mktemp("salad-tiny")
     model.save_pretrained(path)
     processor.save_pretrained(path)

@@ -26,7 +26,7 @@ def audio_token_count(inputs, processor) -> int:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("adapter_type", ["mlp", "transformer", "ctc"])
+@pytest.mark.parametrize("adapter_type", ["mlp", "transformer"])
 def test_save_load_round_trip_gives_equal_outputs(tmp_path, family, adapter_type):
     model, processor = build_tiny(family, adapter_type)
     sr = processor.sampling_rate
@@ -45,7 +45,7 @@ def test_save_load_round_trip_gives_equal_outputs(tmp_path, family, adapter_type
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-@pytest.mark.parametrize("adapter_type", ["mlp", "transformer", "ctc"])
+@pytest.mark.parametrize("adapter_type", ["mlp", "transformer"])
 def test_batched_equals_one_by_one(family, padding_side, adapter_type):
     model, processor = build_tiny(family, adapter_type)
     sr = processor.sampling_rate

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import soundfile
+from conftest import build_tiny, tone
 
 from trainers.prepare_data import (
     PrepareArguments,
@@ -17,6 +18,7 @@ from trainers.prepare_data import (
     split_voices,
     write_text_pool_rows,
 )
+from trainers.prepare_data import main as prepare_main
 
 
 def write_pool(path, count: int) -> None:
@@ -123,3 +125,30 @@ def test_definition_question_rows_speak_only_the_question(tmp_path):
         assert row["source"] == "definition_questions" and row["words"] == row["text"].split()
         assert row["text"].startswith("What ") and row["answer"] not in row["text"]
         assert row["continuation"] == "\nAnswer: " + row["answer"]
+
+
+def test_chat_repeat_rows_ask_to_repeat_the_clip_in_the_chat_template(tmp_path):
+    """The shipped recipe's chat "repeat" rows: the clip in the user turn, the transcript as the reply."""
+    _, processor = build_tiny("whisper", "mlp")
+    processor.save_pretrained(tmp_path / "model")
+    soundfile.write(tmp_path / "clip.wav", tone(0.5), 16000)
+    rows = [
+        {"text": " the lazy dog ", "audio": str(tmp_path / "clip.wav")},
+        {"text": "unused", "audio": "x.wav"},
+    ]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    prepare_main(
+        ["--source", "chat_repeat", "--rows", str(tmp_path / "rows.jsonl"), "--num_rows", "1",
+         "--chat_model", str(tmp_path / "model"), "--output_dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    (row,) = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert row["prompt"] == "<|im_start|>user\n"
+    assert row["continuation"] == (
+        "\nRepeat what was said.<|im_end|>\n<|im_start|>assistant\nthe lazy dog<|im_end|>\n"
+    )
+    assert row["duration"] == 0.5 and row["text"] == " the lazy dog "
+
+
+def test_chat_repeat_needs_the_rows_it_rewrites():
+    with pytest.raises(ValueError, match="--rows"):
+        PrepareArguments(output_dir="x", source="chat_repeat")

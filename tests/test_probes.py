@@ -1,4 +1,4 @@
-"""Alignment probes: WER normalization, the shuffled-audio control, the ctc transcript, the training callback."""
+"""Alignment probes: WER normalization, the shuffled-audio control, chat probes, the training callback."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import OTHER_INSTANCE_ULPS, build_tiny, float_tolerance, tone
+from conftest import OTHER_INSTANCE_ULPS, build_tiny, decoder_tiny, float_tolerance, tone
 from datasets import Dataset
-from test_ctc_adapter import ctc_tiny
 from test_trainer import config, speech_rows
 
 from trainers.probes import (
@@ -33,13 +32,13 @@ def test_word_error_rate_compares_words_not_case_or_punctuation():
     assert word_error_rate(["the lazy dog"], ["the crazy dog"]) == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("adapter_type", ["mlp", "ctc"])
+@pytest.mark.parametrize("adapter_type", ["mlp", "whisper_decoder"])
 def test_probes_report_the_content_gain_against_another_clip(adapter_type):
-    model, processor = build_tiny("whisper", "mlp") if adapter_type == "mlp" else ctc_tiny()
+    model, processor = build_tiny("whisper", "mlp") if adapter_type == "mlp" else decoder_tiny()
     results = run_probes(model, processor, probe_rows())
     numbers = {key: value for key, value in results.items() if isinstance(value, float)}
     expected = {"transcript_nll", "control_nll", "content_gain_nll", "repeat_wer"}
-    assert set(numbers) == expected | ({"ctc_wer"} if adapter_type == "ctc" else set()) | {
+    assert set(numbers) == expected | {
         "transcript_accuracy",
         "control_accuracy",
     }
@@ -56,7 +55,7 @@ def test_content_gain_is_zero_when_the_adapter_ignores_the_audio():
     assert results["content_gain_nll"] == pytest.approx(
         0.0, abs=float_tolerance(torch.float32, OTHER_INSTANCE_ULPS)["atol"]
     )
-    assert "repeat_wer" not in results and "ctc_wer" not in results
+    assert "repeat_wer" not in results
 
 
 def test_chat_probes_ask_in_the_chat_template_as_chat_format_training_does():
@@ -85,11 +84,9 @@ def test_probe_rows_are_spread_over_the_file(tmp_path):
 
 
 def test_callback_probes_at_the_start_and_every_n_steps(tmp_path):
-    model, processor = build_tiny("whisper", "ctc")
+    model, processor = build_tiny("whisper", "mlp")
     rows = [row for row in speech_rows() if row["audio"] is not None]
-    args = config(
-        tmp_path, objective="frame_embedding", text_only_ratio=0.0, frame_num_negatives=20, max_steps=4
-    )
+    args = config(tmp_path, text_only_ratio=0.0, max_steps=4)
     trainer = SaladDistillationTrainer(
         model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(rows)
     )
@@ -99,10 +96,10 @@ def test_callback_probes_at_the_start_and_every_n_steps(tmp_path):
     )
     trainer.add_callback(answers)
     trainer.train()
-    probed = [entry["step"] for entry in trainer.state.log_history if "probe_ctc_wer" in entry]
+    probed = [entry["step"] for entry in trainer.state.log_history if "probe_repeat_wer" in entry]
     assert probed == [0, 2, 4]
     written = [json.loads(line) for line in (tmp_path / "out" / "probes.jsonl").read_text().splitlines()]
-    assert [entry["step"] for entry in written] == [0, 2, 4] and "ctc_examples" in written[0]
+    assert [entry["step"] for entry in written] == [0, 2, 4] and "repeat_examples" in written[0]
     answered = [e["step"] for e in trainer.state.log_history if "answer_probe_content_gain_nll" in e]
     assert answered == [0, 4] and (tmp_path / "out" / "answer_probes.jsonl").exists()
 

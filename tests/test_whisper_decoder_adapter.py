@@ -28,7 +28,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from modeling_salad import SaladConfig, SaladForConditionalGeneration
-from modeling_salad.modeling_salad import right_align
+from modeling_salad.adapters_salad import mix_token_embeddings, right_align
 
 SR = 16000
 
@@ -36,12 +36,19 @@ SR = 16000
 def end_text_after(model, num_tokens: int) -> None:
     """Make the tiny decoder write text for exactly `num_tokens` steps and then the end of text: its positions
     past `num_tokens` (the prompt counts) push every state towards the end token's embedding."""
-    decoder = model.audio_decoder
+    decoder = model.adapter.decoder
     with torch.no_grad():
         decoder.embed_positions.weight[len(PROMPT) - 1 + num_tokens :] += (
             50.0 * decoder.embed_tokens.weight[END]
         )
         decoder.layer_norm.weight.fill_(1.0)
+
+
+def decoder_embeddings(model, input_features, input_features_mask):
+    """`(embeds, keep, token_mask)` of the adapter's one call on the model's encoded windows."""
+    windows = model.encode_windows(input_features, input_features_mask)
+    embeds, keep = model.adapter(windows, model.get_input_embeddings().weight)
+    return embeds, keep, windows.token_mask
 
 
 def test_right_align_moves_each_windows_tokens_to_the_end_of_its_slots():
@@ -61,13 +68,11 @@ def test_a_fresh_adapter_embeds_the_mixture_of_whisper_choices_exactly():
     model.adapter.top_k = 1
     inputs = processor(audio=tone(1.0, SR), sampling_rate=SR)
     with torch.no_grad():
-        embeds, keep, token_mask = model.whisper_decoder_embeddings(
-            inputs["input_features"], inputs["input_features_mask"]
+        embeds, keep, token_mask = decoder_embeddings(
+            model, inputs["input_features"], inputs["input_features_mask"]
         )
-        encoded = model._encode_whisper_padded(
-            inputs["input_features"], inputs["input_features_mask"].sum(-1)
-        )
-        _, logits, counts = model.transcribe_windows(encoded, token_mask.sum(-1))
+        encoded = model.encode_windows(inputs["input_features"], inputs["input_features_mask"]).encoder_states
+        _, logits, counts = model.adapter.greedy_transcript(encoded, token_mask.sum(-1))
     chosen = model.adapter.token_map[logits[0, : counts[0]].argmax(-1)]
     torch.testing.assert_close(embeds[keep], model.get_input_embeddings().weight[chosen])
 
@@ -78,8 +83,8 @@ def test_transcripts_end_at_the_end_of_text_or_at_the_slots_with_a_warning(caplo
     clips = [tone(1.0, SR), tone(0.05, SR, 600, seed=1)]  # 25 slots, and 2: too few for 3 tokens
     inputs = processor(audio=clips, sampling_rate=SR)
     with caplog.at_level(logging.WARNING), torch.no_grad():
-        _, keep, token_mask = model.whisper_decoder_embeddings(
-            inputs["input_features"], inputs["input_features_mask"]
+        _, keep, token_mask = decoder_embeddings(
+            model, inputs["input_features"], inputs["input_features_mask"]
         )
     assert token_mask.sum(-1).tolist() == [25, 2]
     assert keep.sum(-1).tolist() == [3, 2]
@@ -92,13 +97,13 @@ def test_windows_transcribed_in_a_batch_equal_each_alone():
     clips = [tone(1.3, SR), tone(0.7, SR, 500, seed=2), tone(2.1, SR, 800, seed=3)]
     batch = processor(audio=clips, sampling_rate=SR)
     with torch.no_grad():
-        embeds, keep, token_mask = model.whisper_decoder_embeddings(
-            batch["input_features"], batch["input_features_mask"]
+        embeds, keep, token_mask = decoder_embeddings(
+            model, batch["input_features"], batch["input_features_mask"]
         )
         for row, clip in enumerate(clips):
             single = processor(audio=clip, sampling_rate=SR)
-            alone, alone_keep, _ = model.whisper_decoder_embeddings(
-                single["input_features"], single["input_features_mask"]
+            alone, alone_keep, _ = decoder_embeddings(
+                model, single["input_features"], single["input_features_mask"]
             )
             length = int(token_mask[row].sum())
             assert keep[row, :length].tolist() == alone_keep[0].tolist()
@@ -126,11 +131,46 @@ def test_the_lm_reads_only_the_filled_slots_in_forward_and_generation():
     assert generated.tolist() == uncached.tolist()
 
 
+def test_forward_equals_the_lm_on_the_sequence_without_the_empty_slots():
+    """Right-padded rows with several clips: the logits at every real, filled position are the LM's on the row with
+    the empty slots removed, and the output's attention mask counts exactly those positions."""
+    model, processor = decoder_tiny()
+    end_text_after(model, 2)
+    texts = ["Say <|audio|> again", "<|audio|> then more words, and <|audio|> at the end"]
+    clips = [tone(0.9, SR, 300), tone(1.3, SR, 500, seed=1), tone(0.6, SR, 700, seed=2)]
+    inputs = processor(text=texts, audio=clips, sampling_rate=SR, padding_side="right")
+    with torch.no_grad():
+        output = model(**inputs)
+        embeds, dropped = model.embed_inputs(
+            inputs["input_ids"], inputs["input_features"], inputs["input_features_mask"]
+        )
+        assert dropped.any() and not dropped.all()
+        for row in range(embeds.shape[0]):
+            keep = inputs["attention_mask"][row].bool() & ~dropped[row]
+            reference = model.language_model(inputs_embeds=embeds[row][keep][None]).logits[0]
+            assert_close_in_dtype(output.logits[row][keep], reference, ulps=OTHER_PATH_ULPS)
+            assert output.attention_mask[row].sum() == keep.sum()
+
+
+def test_top_k_mixes_only_the_most_likely_tokens():
+    embeddings = torch.randn(50, 8)
+    probs = torch.softmax(torch.randn(1, 2, 50) * 3, -1)
+    dense = mix_token_embeddings(probs, embeddings, top_k=0)
+    top1 = mix_token_embeddings(probs, embeddings, top_k=1)
+    assert_close_in_dtype(dense, probs @ embeddings, ulps=OTHER_PATH_ULPS)
+    assert torch.equal(top1[0], embeddings[probs[0].argmax(-1)])  # bitwise: one embedding times weight 1.0
+    rows = torch.randperm(50)
+    assert torch.equal(
+        mix_token_embeddings(probs, embeddings, 1, rows=rows)[0], embeddings[rows[probs[0].argmax(-1)]]
+    )
+
+
 def test_only_the_residual_trains_and_the_decoder_gets_no_gradient():
     model, processor = decoder_tiny()
     backward_through_the_lm(model, processor)
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter.parameters())
-    assert all(p.grad is None for p in model.audio_decoder.parameters())
+    residual = [p for name, p in model.adapter.named_parameters() if not name.startswith("decoder.")]
+    assert residual and all(p.grad is not None and p.grad.abs().sum() > 0 for p in residual)
+    assert all(p.grad is None for p in model.adapter.decoder.parameters())
 
 
 def test_save_load_round_trip_keeps_the_decoder_and_the_token_map(tmp_path):
@@ -143,13 +183,6 @@ def test_save_load_round_trip_keeps_the_decoder_and_the_token_map(tmp_path):
     inputs = processor(text="Say <|audio|>", audio=tone(0.8, SR), sampling_rate=SR)
     with torch.no_grad():
         assert_close_in_dtype(model(**inputs).logits, reloaded(**inputs).logits, ulps=OTHER_INSTANCE_ULPS)
-
-
-def test_frame_objectives_are_refused_with_a_reason():
-    model, processor = decoder_tiny()
-    inputs = processor(audio=tone(0.5, SR), sampling_rate=SR)
-    with pytest.raises(ValueError, match="no per-frame embeddings"):
-        model.get_frame_embeddings(inputs["input_features"], inputs["input_features_mask"])
 
 
 @pytest.mark.parametrize(
@@ -212,5 +245,5 @@ def test_a_loud_window_that_comes_out_nearly_empty_is_reported_and_silence_is_no
         inputs = processor(audio=audio, sampling_rate=SR)
         caplog.clear()
         with caplog.at_level(logging.WARNING), torch.no_grad():
-            model.whisper_decoder_embeddings(inputs["input_features"], inputs["input_features_mask"])
+            decoder_embeddings(model, inputs["input_features"], inputs["input_features_mask"])
         assert ("sound like speech" in caplog.text) == reported, audio.size / SR

@@ -10,7 +10,6 @@ from .losses import DIVERGENCES, LOSS_IMPLEMENTATIONS
 
 TEACHER_MODES = ("shared", "separate")
 LLM_TRAINING = ("frozen", "lora", "full")
-OBJECTIVES = ("distillation", "frame_embedding", "ctc")
 NONFINITE_POLICIES = ("stop", "skip")
 
 
@@ -105,34 +104,6 @@ class SaladDistillationConfig(TrainingArguments):
     chat_instruction: str | None = field(
         default=None,
         metadata={"help": "chat_format: text after the audio in the user turn, e.g. 'Repeat what was said.'"},
-    )
-    objective: str = field(
-        default="distillation",
-        metadata={
-            "help": "'distillation' (the SALAD loss) or 'frame_embedding': a cheap warm start of the adapter alone "
-            "on word-aligned speech (each audio token lands on the embedding of the token spoken then; no LLM "
-            "forward; see trainers/losses.py), or 'ctc': CTC of each clip's transcript under a 'ctc' adapter's "
-            "frame classifier (adapter alone, no LLM forward; start it from a 'frame_embedding' run)."
-        },
-    )
-    frame_temperature: float = field(
-        default=1.0,
-        metadata={"help": "Scale of the squared distances of objective='frame_embedding' or 'ctc'."},
-    )
-    frame_num_negatives: int | None = field(
-        default=4096,
-        metadata={
-            "help": "objective='frame_embedding'/'ctc' scores the batch's target tokens and this many random others "
-            "(sampled softmax); None scores the whole vocabulary."
-        },
-    )
-    frame_loss_weight: float = field(
-        default=0.0,
-        metadata={
-            "help": "objective='distillation': adds this weight times the frame-embedding loss of the adapter's "
-            "output on word-aligned speech (the 'frame_embedding' warm start's objective, kept as an auxiliary "
-            "term, so the adapter keeps writing the spoken tokens while the LLM's loss shapes it). 0 disables."
-        },
     )
     text_only_ratio: float = field(
         default=1 / 3,
@@ -229,17 +200,6 @@ class SaladDistillationConfig(TrainingArguments):
             span = getattr(self, name)
             if len(span) != 2 or not 1 <= span[0] <= span[1]:
                 raise ValueError(f"{name} must be [min, max] with 1 <= min <= max, got {span}.")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
-        if self.objective in ("frame_embedding", "ctc") and self.train_llm != "frozen":
-            raise ValueError(
-                f"objective={self.objective!r} trains the adapter alone; set train_llm='frozen'."
-            )
-        if self.frame_loss_weight < 0 or (self.frame_loss_weight > 0 and self.objective != "distillation"):
-            raise ValueError(
-                f"frame_loss_weight must be >= 0 and is an auxiliary term of objective='distillation', got "
-                f"{self.frame_loss_weight} with objective={self.objective!r}."
-            )
         if self.chat_format and self.interleave_probability > 0:
             raise ValueError(
                 f"chat_format speaks every row whole; set interleave_probability=0 (got {self.interleave_probability})."

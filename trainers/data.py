@@ -60,10 +60,6 @@ class EncodedExample:
     student_positions: list[int]  # position i predicts the token at i + 1 ...
     teacher_positions: list[int]  # ... and so does the paired teacher position
     target_ids: list[int]
-    frame_targets: list[
-        int
-    ]  # per audio token: the text token spoken then, BLANK between words, IGNORE unknown
-    clip_token_ids: list[list[int]] = field(default_factory=list)  # per clip: its transcript's token ids
 
 
 class BadRowError(ValueError):
@@ -222,35 +218,6 @@ def fill_continuation(template: str, row: dict, transcript: str) -> str:
     return template.format(transcript=transcript, answer=answer)
 
 
-BLANK, IGNORE = -1, -100
-
-
-def frame_targets(
-    segment: Segment, num_tokens: int, tokenizer, sampling_rate: int, leading_space: bool
-) -> list[int]:
-    """The text token spoken at the middle of each of a clip's `num_tokens` audio tokens.
-
-    A word's tokens share its duration equally; audio tokens between words get `BLANK`, and every audio token
-    of a clip without word times gets `IGNORE`. Words are tokenized one at a time (with the space before them),
-    which can split a few differently from the whole transcript: a warm-start target, not an exact one.
-    """
-    if segment.word_times is None:
-        return [IGNORE] * num_tokens
-    words = segment.text.split()
-    if len(words) != len(segment.word_times):
-        raise BadRowError(f"{len(words)} words but {len(segment.word_times)} word times in {segment.text!r}.")
-    duration = segment.audio.size / sampling_rate
-    centers = (np.arange(num_tokens) + 0.5) * duration / num_tokens
-    targets = np.full(num_tokens, BLANK)
-    for index, (word, (start, end)) in enumerate(zip(words, segment.word_times)):
-        ids = tokenizer((" " if index or leading_space else "") + word, add_special_tokens=False)["input_ids"]
-        inside = np.nonzero((centers >= start) & (centers < end))[0]
-        if ids and inside.size and end > start:
-            piece = ((centers[inside] - start) / (end - start) * len(ids)).astype(int).clip(0, len(ids) - 1)
-            targets[inside] = np.asarray(ids)[piece]
-    return targets.tolist()
-
-
 def encode_segments(
     segments: list[Segment], processor: SaladProcessor, add_special_tokens: bool = True
 ) -> EncodedExample:
@@ -267,8 +234,8 @@ def encode_segments(
     tokenizer = processor.tokenizer
     spec = processor.length_spec
     prefix = tokenizer("", add_special_tokens=True)["input_ids"] if add_special_tokens else []  # BOS, if used
-    student, teacher, clips, frames = list(prefix), list(prefix), [], []
-    student_positions, teacher_positions, targets, clip_token_ids = [], [], [], []
+    student, teacher, clips = list(prefix), list(prefix), []
+    student_positions, teacher_positions, targets = [], [], []
     for index, segment in enumerate(segments):
         separator = segment.separator if index else ""
         ids = tokenizer(separator + segment.text, add_special_tokens=False)["input_ids"]
@@ -276,11 +243,7 @@ def encode_segments(
             if segment.audio is None or segment.audio.size == 0:
                 raise BadRowError(f"speech segment {index} ({segment.text!r}) has no audio.")
             clips.append(segment.audio)
-            clip_token_ids.append(ids)
-            num_tokens = spec.num_tokens(segment.audio.size)
-            spaced = separator.endswith(" ")
-            frames += frame_targets(segment, num_tokens, tokenizer, processor.sampling_rate, spaced)
-            student += [processor.audio_token_id] * num_tokens
+            student += [processor.audio_token_id] * spec.num_tokens(segment.audio.size)
             teacher += ids
             continue
         for token in ids:
@@ -290,9 +253,7 @@ def encode_segments(
                 targets.append(token)
             student.append(token)
             teacher.append(token)
-    return EncodedExample(
-        student, teacher, clips, student_positions, teacher_positions, targets, frames, clip_token_ids
-    )
+    return EncodedExample(student, teacher, clips, student_positions, teacher_positions, targets)
 
 
 def decode_row_audio(audio: Any, sampling_rate: int) -> np.ndarray:
@@ -332,9 +293,7 @@ class SaladDistillationCollator:
     Output keys: `input_ids`, `attention_mask`, `input_features`, `input_features_mask` (student);
     `teacher_input_ids`, `teacher_attention_mask`; `student_index` and `teacher_index` (flat indices into
     `[batch * seq]` of each side) and `target_ids`, one entry per supervised token; with audio,
-    `frame_targets`: per audio token in order, the text token spoken then (see `frame_targets`);
-    `clip_targets` / `clip_target_lengths`: each clip's transcript token ids, concatenated, and their counts
-    (the `"ctc"` objective), `clip_windows`: the encoder windows of each clip; and `speech_seconds`, the batch's seconds of speech (logged, for curves against minutes of speech seen).
+    `speech_seconds`, the batch's seconds of speech (logged, for curves against minutes of speech seen).
 
     Rows with word timestamps are interleaved with probability `interleave_probability`, else spoken whole.
     With `chat_format` every row is spoken whole inside the LLM's chat template (`chat_segments`).
@@ -478,12 +437,4 @@ def collate_examples(
         batch["input_features"] = torch.from_numpy(audio_inputs["input_features"])
         batch["input_features_mask"] = torch.from_numpy(audio_inputs["input_features_mask"])
         batch["speech_seconds"] = torch.tensor(sum(clip.size for clip in clips) / processor.sampling_rate)
-        frames = [target for example in examples for target in example.frame_targets]
-        batch["frame_targets"] = torch.tensor(frames, dtype=torch.long)
-        transcripts = [ids for example in examples for ids in example.clip_token_ids]
-        batch["clip_targets"] = torch.tensor([t for ids in transcripts for t in ids], dtype=torch.long)
-        batch["clip_target_lengths"] = torch.tensor([len(ids) for ids in transcripts], dtype=torch.long)
-        batch["clip_windows"] = torch.tensor(
-            [len(processor.length_spec.chunk_lengths(clip.size)) for clip in clips], dtype=torch.long
-        )
     return batch

@@ -2,6 +2,7 @@
 
     python -m trainers.prepare_data --output_dir data/asterisk
     python -m trainers.prepare_data --source text_pool --output_dir data/tts --num_sentences 30000
+    python -m trainers.prepare_data --source chat_repeat --rows data/tts/train.jsonl --output_dir data/chat_repeat/tts
 
 `--source asterisk` writes the Asterisk English prompts (real human speech, one US-English speaker,
 CC-BY-SA-3.0, from Debian `asterisk-core-sounds-en-g722` + `asterisk-core-sounds-en`) as 16 kHz WAV files
@@ -13,6 +14,14 @@ offline TTS voices, one voice per sentence, with the engines' word timestamps (s
 Voices named in `--held_out_voices` (by default espeak-ng `en-us` in every variant and flite `slt`, the
 evaluation voices) never speak a training row: `eval.jsonl` holds other sentences in those voices only, so
 that evaluation measures speech from voices the model was not trained on.
+
+`--source chat_repeat` rewrites rows that already exist (`--rows`, e.g. `data/tts/train.jsonl`) as a request,
+inside the LLM's chat template, to repeat the clip: each row keeps its clip and transcript and gets its own
+`prompt` (the chat up to the clip) and `continuation` (the rest of the user turn, "Repeat what was said.", then the
+transcript as the assistant's reply and its end of turn). The teacher reads the transcript in place of the clip,
+so the forward KL on the reply trains the probes' chat "repeat" task (`trainers.probes.RepeatPrompt(chat=True)`),
+and such rows mix with interleaved rows, which a `chat_format` run cannot. A row without a `duration` (the
+recorded Asterisk prompts) gets its clip's length, which grouping by length sorts by. All rows go to `train.jsonl`.
 
 `--source definition_questions` turns the pool's WordNet definitions ("A nailbrush is a brush used to clean a
 person's fingernails.") into spoken questions with their answers, half each way: "What is a nailbrush?" ->
@@ -34,12 +43,15 @@ from pathlib import Path
 import soundfile
 from trl import TrlParser
 
+from modeling_salad import SaladProcessor
+from trainers.assets import resolve_checkpoint
 from trainers.assets.asterisk import asterisk_prompts
 
 from .active_selection import speech_row, write_rows
+from .probes import RepeatPrompt
 from .tts import get_backend, synthesize_many
 
-SOURCES = ("asterisk", "text_pool", "definition_questions")
+SOURCES = ("asterisk", "text_pool", "definition_questions", "chat_repeat")
 
 # "A nailbrush is a brush used to ...": the sentences `trainers.text_pool` makes of WordNet's noun definitions.
 _DEFINITION = re.compile(r"^(?P<term>An? .+?) is (?P<gloss>(?:a|an|the|any|one) .+)\.$")
@@ -82,12 +94,24 @@ class PrepareArguments:
     num_workers: int | None = field(
         default=None, metadata={"help": "Synthesis processes (default: one per CPU)."}
     )
+    rows: str | None = field(
+        default=None, metadata={"help": "--source chat_repeat: the jsonl rows (`text`, `audio`) to rewrite."}
+    )
+    num_rows: int | None = field(
+        default=None, metadata={"help": "--source chat_repeat: rewrite the first N rows (default: all)."}
+    )
+    chat_model: str = field(
+        default="embedded:salad",
+        metadata={"help": "--source chat_repeat: the SALAD checkpoint whose processor renders the chat."},
+    )
 
     def __post_init__(self):
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}.")
         if len(self.backends) != len(self.backend_shares) or min(self.backend_shares) < 0:
             raise ValueError("Give one non-negative --backend_shares entry per --backends entry.")
+        if self.source == "chat_repeat" and self.rows is None:
+            raise ValueError("--source chat_repeat rewrites existing rows: give them with --rows.")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must lie in [0, 1), got {self.eval_fraction}.")
 
@@ -220,12 +244,35 @@ def write_text_pool_rows(args: PrepareArguments) -> dict[str, int]:
     return counts
 
 
+def chat_repeat_frame(processor: SaladProcessor, transcript: str) -> tuple[str, str]:
+    """`(prompt, continuation)` around the clip: the rendered chat prompt split at its audio token, with the
+    transcript and the template's end of turn after it."""
+    before, after = RepeatPrompt(chat=True).text(processor).split(processor.audio_token)
+    finished = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": transcript}], tokenize=False
+    )
+    return before, after + finished[finished.rindex(transcript) :]
+
+
+def write_chat_repeat_rows(args: PrepareArguments) -> dict[str, int]:
+    processor = SaladProcessor.from_pretrained(resolve_checkpoint(args.chat_model))
+    rows = []
+    for line in Path(args.rows).read_text().splitlines()[: args.num_rows]:
+        row = json.loads(line)
+        row["prompt"], row["continuation"] = chat_repeat_frame(processor, row["text"].strip())
+        row.setdefault("duration", round(soundfile.info(row["audio"]).duration, 4))
+        rows.append(row)
+    write_rows(rows, Path(args.output_dir) / "train.jsonl")
+    return {"train": len(rows), "eval": 0}
+
+
 def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((PrepareArguments,)).parse_args_and_config(args=argv)
     writers = {
         "asterisk": write_asterisk_rows,
         "text_pool": write_text_pool_rows,
         "definition_questions": write_text_pool_rows,
+        "chat_repeat": write_chat_repeat_rows,
     }
     counts = writers[args.source](args)
     print(f"Wrote {counts['train']} train and {counts['eval']} eval rows to {args.output_dir}")

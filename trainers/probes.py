@@ -8,7 +8,6 @@ what was said, `<|audio|> Repeat what was said: <transcript>`, and measures:
   `content_gain_nll`, is what the audio itself tells the LLM about the words: 0 for an adapter that only
   learned a prompt, however low its loss.
 - `repeat_wer`: word error rate of the greedy continuation (first line) against the transcript.
-- `ctc_wer` (`"ctc"` adapter only): word error rate of the frame classifier's own greedy transcript.
 
 Rows that carry their own `prompt`, `continuation` and `answer` (spoken questions:
 `python -m trainers.prepare_data --source definition_questions`) are answer probes instead: the prompt, the clip
@@ -228,24 +227,6 @@ def greedy_repeats(
     return outputs
 
 
-@torch.no_grad()
-def ctc_transcripts(
-    model: SaladForConditionalGeneration, processor: SaladProcessor, rows: list[ProbeRow], batch_size: int = 8
-) -> list[str]:
-    """The `"ctc"` adapter's own greedy transcript of each clip (its windows' tokens, concatenated)."""
-    transcripts = []
-    for batch in _batches(rows, batch_size):
-        audio = _audio_inputs(processor, [row.audio for row in batch], model)
-        frames, mask = model.get_frame_embeddings(audio["input_features"], audio["input_features_mask"])
-        tokens = model.adapter.greedy_tokens(frames, mask, model.get_input_embeddings().weight)
-        windows = [len(processor.length_spec.chunk_lengths(row.audio.size)) for row in batch]
-        offsets = np.cumsum([0, *windows])
-        for first, last in zip(offsets[:-1], offsets[1:]):
-            ids = [token for window in tokens[first:last] for token in window]
-            transcripts.append(processor.tokenizer.decode(ids, skip_special_tokens=True).strip())
-    return transcripts
-
-
 def shuffled_audio(rows: list[ProbeRow]) -> list[ProbeRow]:
     """The control: each row's transcript with the next row's clip, so the audio says nothing about the words."""
     return [replace(row, audio=rows[(i + 1) % len(rows)].audio) for i, row in enumerate(rows)]
@@ -278,10 +259,6 @@ def run_probes(
             repeats = greedy_repeats(model, processor, rows, prompt=prompt)
             results["repeat_wer"] = word_error_rate(references, repeats)
             results["repeat_examples"] = repeats[:4]
-        if model.config.adapter_type == "ctc":
-            transcripts = ctc_transcripts(model, processor, rows)
-            results["ctc_wer"] = word_error_rate(references, transcripts)
-            results["ctc_examples"] = transcripts[:4]
     finally:
         model.train(was_training)
     return results

@@ -1,8 +1,8 @@
 """`salad-select`: Stage II active selection of synthetic speech from the command line.
 
     python -m trainers.text_pool --output_dir data/text_pool          # the offline pool (Debian text packages)
-    salad-select --config configs/stage2-embedded-default.yaml
-    salad-select --config configs/stage2-embedded-default.yaml --gamma 0 --output_dir runs/stage2-uniform
+    salad-select --config configs/paper-cpu/stage2.yaml
+    salad-select --config configs/paper-cpu/stage2.yaml --gamma 0 --output_dir runs/stage2-uniform
 
 Embeds and clusters a text pool, measures the current model's misalignment M(c) on a few synthesized probes per
 cluster, weighs clusters by `P_web(c) * M(c)^gamma`, and synthesizes texts drawn from those weights until the

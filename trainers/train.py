@@ -1,7 +1,7 @@
 """`salad-train`: cross-modal distillation from the command line.
 
-    salad-train --config configs/stage1-embedded-default.yaml
-    salad-train --config configs/stage1-qwen2.5-3b-mimi.yaml --per_device_train_batch_size 4   # flags override
+    salad-train --config configs/paper-cpu/stage1.yaml
+    salad-train --config configs/paper/stage1-qwen2.5-3b-mimi.yaml --per_device_train_batch_size 4   # flags override
     accelerate launch --config_file configs/accelerate/ddp.yaml -m trainers.train --config ...
 
 The model is either an existing SALAD checkpoint (`model_name_or_path`) or assembled from an encoder and an LLM
@@ -60,7 +60,7 @@ class SaladModelArguments:
     adapter_type: str | None = field(
         default=None,
         metadata={
-            "help": "New model's adapter: 'mlp', 'transformer', 'ctc' (frame classifier + compression) or "
+            "help": "New model's adapter (modeling_salad.ADAPTERS): 'mlp', 'transformer' (the paper's) or "
             "'whisper_decoder' (Whisper's own decoder transcribes; one embedding per transcript token)."
         },
     )
@@ -82,17 +82,9 @@ class SaladModelArguments:
     adapter_num_key_value_heads: int | None = field(
         default=None, metadata={"help": "New model: adapter KV heads."}
     )
-    adapter_ctc_temperature: float | None = field(
-        default=None, metadata={"help": "New 'ctc' adapter: temperature of its frame classifier."}
-    )
-    adapter_ctc_blank_threshold: float | None = field(
-        default=None, metadata={"help": "New 'ctc' adapter: frames at least this likely blank are dropped."}
-    )
-    adapter_ctc_top_k: int | None = field(
+    adapter_top_k: int | None = field(
         default=None,
-        metadata={
-            "help": "New 'ctc' or 'whisper_decoder' adapter: token embeddings mixed per token (0: all)."
-        },
+        metadata={"help": "New 'whisper_decoder' adapter: token embeddings mixed per token (0: all)."},
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
 

@@ -19,7 +19,7 @@ from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .config import SaladDistillationConfig
 from .data import SaladDistillationCollator
-from .losses import LOSS_IMPLEMENTATIONS, ctc_token_loss, frame_embedding_loss
+from .losses import LOSS_IMPLEMENTATIONS
 from .paper import CITATION, PAPER_ARXIV_ID, PAPER_TITLE
 
 logger = logging.getLogger(__name__)
@@ -166,10 +166,6 @@ class SaladDistillationTrainer(Trainer):
         return (zero, result[1]) if return_outputs else zero
 
     def objective_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.args.objective == "frame_embedding":
-            return self.compute_frame_embedding_loss(model, inputs, return_outputs)
-        if self.args.objective == "ctc":
-            return self.compute_ctc_loss(model, inputs, return_outputs)
         # At alpha = 0 the loss is the transcript's NLL alone (an ASR stage): no teacher forward pass.
         teacher_hidden, teacher_head = (
             self.teacher_hidden_states(model, inputs) if self.args.alpha > 0 else (None, None)
@@ -204,10 +200,6 @@ class SaladDistillationTrainer(Trainer):
             **chunking,
         )
         loss = output.loss
-        if self.args.frame_loss_weight > 0 and inputs.get("input_features") is not None:
-            loss = loss + self.args.frame_loss_weight * self.auxiliary_frame_loss(
-                model, inputs, num_items_in_batch
-            )
         if inputs.get("input_features") is None:
             # A text-only batch leaves the adapter out of the graph: tie it in with a zero term, so DDP sees
             # every trainable parameter used and a frozen-LLM run still has something to backpropagate.
@@ -217,86 +209,6 @@ class SaladDistillationTrainer(Trainer):
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         self._record_metrics(output, "train" if model.training else "eval")
         return (loss, output) if return_outputs else loss
-
-    def compute_frame_embedding_loss(self, model, inputs, return_outputs=False):
-        """The adapter's warm start: each audio token lands on the embedding of the token spoken at its time."""
-        if inputs.get("input_features") is None:
-            raise ValueError(
-                "objective='frame_embedding' needs speech in every batch; set text_only_ratio=0."
-            )
-        output = self.frame_embedding_output(model, inputs)
-        return (output.loss, output) if return_outputs else output.loss
-
-    def auxiliary_frame_loss(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
-        """The frame-embedding loss as a term of the distillation loss (`frame_loss_weight`). It is a mean over
-        this micro-batch's frames, so under gradient accumulation it is weighted by the micro-batch's share of
-        the supervised tokens, like the distillation term it is added to."""
-        loss = self.frame_embedding_output(model, inputs).loss
-        self._metrics[f"{'train' if model.training else 'eval'}_frame_loss"].append(float(loss.detach()))
-        if num_items_in_batch is None:
-            return loss
-        return loss * len(inputs["target_ids"]) / num_items_in_batch
-
-    def frame_embedding_output(self, model, inputs):
-        """`frame_embedding_loss` of the adapter's output on this batch's frame targets; logs its accuracies."""
-        unwrapped = self.accelerator.unwrap_model(model)
-        frame_embeds, token_mask = unwrapped.get_frame_embeddings(
-            inputs["input_features"], inputs["input_features_mask"]
-        )
-        output = frame_embedding_loss(
-            frame_embeds[token_mask],
-            inputs["frame_targets"],
-            unwrapped.get_input_embeddings().weight,
-            temperature=self.frame_temperature(unwrapped),
-            num_negatives=self.args.frame_num_negatives,
-        )
-        mode = "train" if model.training else "eval"
-        self._metrics[f"{mode}_frame_accuracy"].append(float(output.accuracy))
-        self._metrics[f"{mode}_word_frame_accuracy"].append(float(output.word_accuracy))
-        self._metrics[f"{mode}_aligned_frames"].append(float(output.num_frames))
-        return output
-
-    def compute_ctc_loss(self, model, inputs, return_outputs=False):
-        """CTC of each clip's transcript under the `"ctc"` adapter's frame classifier (no LLM forward)."""
-        unwrapped = self.accelerator.unwrap_model(model)
-        if unwrapped.config.adapter_type != "ctc":
-            raise ValueError(
-                f"objective='ctc' trains a 'ctc' adapter; this model's is {unwrapped.config.adapter_type!r}."
-            )
-        if inputs.get("input_features") is None:
-            raise ValueError("objective='ctc' needs speech in every batch; set text_only_ratio=0.")
-        if bool((inputs["clip_windows"] > 1).any()):
-            raise ValueError(
-                "objective='ctc' pairs each clip with its transcript, so a clip must fit in one encoder window "
-                f"({unwrapped.config.audio_length_spec.chunk_samples} samples); drop or cut longer rows."
-            )
-        frame_embeds, token_mask = unwrapped.get_frame_embeddings(
-            inputs["input_features"], inputs["input_features_mask"]
-        )
-        output = ctc_token_loss(
-            frame_embeds,
-            token_mask,
-            unwrapped.get_input_embeddings().weight,
-            inputs["clip_targets"],
-            inputs["clip_target_lengths"],
-            temperature=self.frame_temperature(unwrapped),
-            num_negatives=self.args.frame_num_negatives,
-        )
-        mode = "train" if model.training else "eval"
-        self._metrics[f"{mode}_ctc_tokens"].append(float(output.num_tokens))
-        return (output.loss, output) if return_outputs else output.loss
-
-    def frame_temperature(self, model: SaladForConditionalGeneration) -> float:
-        """A `"ctc"` adapter classifies frames at its own temperature, so the warm start must train at it."""
-        if model.config.adapter_type != "ctc":
-            return self.args.frame_temperature
-        if self.args.frame_temperature != model.config.adapter_ctc_temperature:
-            raise ValueError(
-                f"frame_temperature ({self.args.frame_temperature}) differs from the 'ctc' adapter's "
-                f"adapter_ctc_temperature ({model.config.adapter_ctc_temperature}), which it uses at inference: "
-                "set them equal."
-            )
-        return self.args.frame_temperature
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -460,9 +372,7 @@ class SaladDistillationTrainer(Trainer):
 def set_trainable_parts(model: SaladForConditionalGeneration, args: SaladDistillationConfig) -> None:
     """Freeze or unfreeze encoder, adapter and LLM as the config says; add LoRA when asked and missing."""
     model.audio_tower.requires_grad_(args.train_audio_encoder)
-    if model.audio_decoder is not None:  # the "whisper_decoder" adapter's transcriber: always frozen
-        model.audio_decoder.requires_grad_(False)
-    model.adapter.requires_grad_(True)
+    model.adapter.requires_grad_(True)  # but for its pretrained `frozen_parts` (Whisper's decoder)
     if args.train_llm == "lora" and not model.has_lora():
         model.add_lora_to_language_model(
             LoraConfig(

@@ -76,10 +76,9 @@ def export_embedded_default(checkpoint: str | Path, destination: Path | None = N
     audio_row = model.get_input_embeddings().weight[model.config.audio_token_id].detach().clone()
     with torch.no_grad():  # the audio token's row was drawn at random when the LLM's vocabulary grew
         reference.get_input_embeddings().weight[model.config.audio_token_id] = audio_row
-    for name in ("audio_tower", "audio_decoder", "language_model"):
-        if getattr(model, name) is None:  # only a "whisper_decoder" adapter has an audio decoder
-            continue
-        ours, theirs = getattr(model, name).state_dict(), getattr(reference, name).state_dict()
+    frozen_adapter_parts = [f"adapter.{name}" for name in model.adapter.frozen_parts]
+    for name in ("audio_tower", "language_model", *frozen_adapter_parts):
+        ours, theirs = model.get_submodule(name).state_dict(), reference.get_submodule(name).state_dict()
         trained = [key for key in ours if not ours[key].equal(theirs[key])]
         if trained:
             raise ValueError(
@@ -89,7 +88,7 @@ def export_embedded_default(checkpoint: str | Path, destination: Path | None = N
     destination.mkdir(parents=True, exist_ok=True)
     weights = {  # integer buffers (a "whisper_decoder" adapter's token map) keep their exact values
         f"adapter.{key}": (value.to(SHIPPED_DTYPE) if value.is_floating_point() else value).contiguous()
-        for key, value in model.adapter.state_dict().items()
+        for key, value in model.adapter.trained_state_dict().items()
     }
     weights[AUDIO_TOKEN_ROW] = audio_row.to(SHIPPED_DTYPE).contiguous()
     save_file(weights, destination / ADAPTER_WEIGHTS, metadata={"format": "pt"})
@@ -144,7 +143,13 @@ def salad_embedded_default_path(source: Path | None = None) -> Path:
         state = load_file(weights)
         with torch.no_grad():
             model.get_input_embeddings().weight[model.config.audio_token_id] = state.pop(AUDIO_TOKEN_ROW)
-        model.adapter.load_state_dict({key.removeprefix("adapter."): value for key, value in state.items()})
+        trained = {key.removeprefix("adapter."): value for key, value in state.items()}
+        if set(trained) != set(model.adapter.trained_state_dict()):
+            raise ValueError(
+                f"{weights} does not hold the trained weights of a {settings['adapter_type']!r} adapter: export "
+                "it again with `python -m hub_scripts.export_embedded_default`."
+            )
+        model.adapter.load_state_dict(trained, strict=False)  # its frozen parts are the pretrained ones
         if lora is not None:
             _load_lora(model, load_file(lora_weights))
             model.merge_lora()  # a plain LLM: the checkpoint then loads as remote code without peft

@@ -4,6 +4,7 @@ window's audio-token slots; the LM reads the filled slots as if the empty ones w
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 
@@ -247,3 +248,25 @@ def test_a_loud_window_that_comes_out_nearly_empty_is_reported_and_silence_is_no
         with caplog.at_level(logging.WARNING), torch.no_grad():
             decoder_embeddings(model, inputs["input_features"], inputs["input_features_mask"])
         assert ("sound like speech" in caplog.text) == reported, audio.size / SR
+
+
+def test_a_checkpoint_saved_before_the_adapters_module_still_loads(tmp_path):
+    """Saved before issue 32: Whisper's decoder under `audio_decoder.`, and `adapter_ctc_top_k` for `adapter_top_k`."""
+    from safetensors.torch import load_file, save_file
+
+    model, processor = decoder_tiny()
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file(
+        {key.replace("adapter.decoder.", "audio_decoder.", 1): value for key, value in weights.items()},
+        tmp_path / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["adapter_ctc_top_k"] = config.pop("adapter_top_k")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert any(key.startswith("audio_decoder.") for key in load_file(tmp_path / "model.safetensors"))
+    reloaded = SaladForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.config.adapter_top_k == 3
+    for key, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key  # bitwise: stored weights, loaded as saved

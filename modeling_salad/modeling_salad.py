@@ -7,31 +7,26 @@ interleaved freely in one sequence, several clips per sample.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
-    AutoTokenizer,
     GenerationMixin,
     MimiEncoderConfig,
     MimiEncoderModel,
     PreTrainedModel,
-    WhisperModel,
 )
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import logging
 
 from .adapters_salad import AudioWindows, SaladAdapter, WhisperTranscript, adapter_class, lengths_to_mask
-from .configuration_salad import MIMI_MODEL_TYPES, SaladConfig
-from .pipeline_salad import ANY_TO_ANY_TASK, PIPELINE_TASK, SaladAnyToAnyPipeline, SaladSpeechToTextPipeline
-from .processing_salad import DEFAULT_AUDIO_TOKEN, add_audio_token
+from .checkpoint_salad import SaladCheckpointMixin
+from .configuration_salad import SaladConfig
+from .lora_salad import SaladLoraMixin, inject_lora, lora_config_from_settings
 
 logger = logging.get_logger(__name__)
 
@@ -80,7 +75,7 @@ class SaladCausalLMOutputWithPast(CausalLMOutputWithPast):
     position_ids: torch.LongTensor | None = None
 
 
-class SaladPreTrainedModel(PreTrainedModel):
+class SaladPreTrainedModel(SaladCheckpointMixin, PreTrainedModel):
     config: SaladConfig
     config_class = SaladConfig
     base_model_prefix = ""
@@ -97,47 +92,8 @@ class SaladPreTrainedModel(PreTrainedModel):
         if isinstance(module, SaladAdapter):
             module.init_weights()
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """As [`~PreTrainedModel.from_pretrained`]; a checkpoint saved before the adapters had their own module
-        (issue 32) holds the `"whisper_decoder"` adapter's Whisper decoder under `audio_decoder.`, read as
-        `adapter.decoder.`."""
-        kwargs.setdefault("key_mapping", {r"^audio_decoder\.": "adapter.decoder."})
-        return super().from_pretrained(*args, **kwargs)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save as usual, and make the folder self-sufficient for `trust_remote_code` users.
-
-        Besides `AutoConfig`/`AutoModel` (written by `register_for_auto_class`), the `auto_map` also names
-        `AutoModelForMultimodalLM`, which the `any-to-any` pipeline loads, and `custom_pipelines` declares
-        `salad-speech-to-text` and, for this checkpoint only, `any-to-any` (transformers' pipeline with a collate
-        for audio windows). Their code travels as a relative import of this file.
-        """
-        self.config.auto_map = {
-            **(getattr(self.config, "auto_map", None) or {}),
-            "AutoModelForMultimodalLM": _dotted_name(type(self)),
-        }
-        self.config.custom_pipelines = {
-            PIPELINE_TASK: {
-                "impl": _dotted_name(SaladSpeechToTextPipeline),
-                "pt": ["AutoModel"],
-                "type": "multimodal",
-            },
-            ANY_TO_ANY_TASK: {
-                "impl": _dotted_name(SaladAnyToAnyPipeline),
-                "pt": ["AutoModelForMultimodalLM"],
-                "type": "multimodal",
-            },
-        }
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-
-def _dotted_name(cls: type) -> str:
-    """`module.Class` as a checkpoint folder names it: the file's module name, without the package."""
-    return f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
-
-
-class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
+class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, GenerationMixin):
     """Speech encoder -> adapter -> causal LM, generating text from interleaved text and speech.
 
     Inputs follow the processor: `input_ids` with one `<|audio|>` token per audio embedding, and
@@ -455,151 +411,6 @@ class SaladForConditionalGeneration(SaladPreTrainedModel, GenerationMixin):
             model_kwargs["position_ids"] = outputs.position_ids
         return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
 
-    # ------------------------------------------------------------------ assembly
-    @classmethod
-    def from_pretrained_components(
-        cls,
-        audio_encoder: str,
-        language_model: str,
-        audio_token: str = DEFAULT_AUDIO_TOKEN,
-        freeze_audio_tower: bool = True,
-        lora_config=None,
-        dtype: torch.dtype | str | None = None,
-        **adapter_kwargs,
-    ) -> SaladForConditionalGeneration:
-        """Assemble a SALAD model from an encoder checkpoint and an LLM checkpoint (Hub ids or local paths).
-
-        The adapter is freshly initialized; the encoder and the LLM keep their pretrained weights. The LLM's
-        tokenizer gets `audio_token` as a special token and the LLM's embeddings grow to fit it. Build the
-        matching processor with `SaladProcessor.from_pretrained_components(audio_encoder, language_model,
-        model.config)`.
-
-        Args:
-            audio_encoder: a Whisper, Mimi or wav2vec2-like checkpoint; its encoder is kept, and what the adapter
-                reads besides (`"whisper_decoder"`: Whisper's decoder, frozen, its tokenizer mapped onto the LLM's).
-            language_model: any causal LM checkpoint with a tokenizer.
-            audio_token: the placeholder token added to the tokenizer.
-            freeze_audio_tower: keep the encoder frozen (the paper's choice).
-            lora_config: a `peft.LoraConfig`; LoRA goes on the LLM only and the LLM's base weights are frozen.
-            dtype: dtype to load the encoder and the LLM in.
-            **adapter_kwargs: `adapter_*` / `audio_chunk_seconds` fields of [`SaladConfig`].
-        """
-        tokenizer = add_audio_token(AutoTokenizer.from_pretrained(language_model), audio_token)
-        audio_config = AutoConfig.from_pretrained(audio_encoder)
-        adapter_type = adapter_class(adapter_kwargs.get("adapter_type", SaladConfig.adapter_type))
-        adapter_kwargs = {**adapter_type.settings_from_encoder(audio_encoder), **adapter_kwargs}
-        audio_model = load_audio_encoder(audio_encoder, audio_config, dtype=dtype)
-        text_model = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
-        if len(tokenizer) > text_model.get_input_embeddings().num_embeddings:
-            text_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        config = SaladConfig(
-            audio_config=audio_model.config.to_dict(),
-            text_config=text_model.config.to_dict(),
-            audio_token_id=tokenizer.convert_tokens_to_ids(audio_token),
-            **adapter_kwargs,
-        )
-        with torch.device("meta"):
-            model = cls(config)
-        model.audio_tower = audio_model
-        model.language_model = text_model
-        model.adapter = adapter_type(config).to(dtype=text_model.dtype)
-        model.adapter.apply(model._init_weights)
-        model.adapter.load_pretrained_parts(audio_encoder, tokenizer, dtype=dtype)
-        model.generation_config = text_model.generation_config
-        if freeze_audio_tower:
-            model.audio_tower.requires_grad_(False)
-        if lora_config is not None:
-            model.add_lora_to_language_model(lora_config)
-        return model
-
-    def add_lora_to_language_model(self, lora_config) -> None:
-        """Add LoRA layers (a `peft.LoraConfig`) to the LLM only, and freeze the LLM's base weights.
-
-        The settings are recorded in `config.lora`, so a checkpoint saved now loads back with its LoRA layers.
-        `lora_disabled()` then gives back the original LLM, the teacher of cross-modal distillation, without a
-        second copy in memory; `merge_lora()` folds the LoRA weights in before publishing.
-        """
-        if lora_config.target_modules is None:
-            lora_config.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
-        if self.has_lora():
-            raise ValueError("The LLM already holds LoRA layers; merge_lora() or unload_lora() them first.")
-        self.language_model.requires_grad_(False)
-        inject_lora(self.language_model, lora_config)
-        self.config.lora = lora_settings(lora_config)
-
-    def _lora_layers(self) -> list[nn.Module]:
-        from peft.tuners.tuners_utils import BaseTunerLayer  # lazily: remote code loads without peft
-
-        return [module for module in self.language_model.modules() if isinstance(module, BaseTunerLayer)]
-
-    def has_lora(self) -> bool:
-        return bool(self._lora_layers())
-
-    def set_lora_enabled(self, enabled: bool) -> None:
-        """Switch the LLM's LoRA layers on or off (off: the original text LLM)."""
-        for layer in self._lora_layers():
-            layer.enable_adapters(enabled)
-
-    @contextlib.contextmanager
-    def lora_disabled(self) -> Iterator[None]:
-        """The original text LLM for the duration of the block (a no-op without LoRA): the shared teacher of
-        cross-modal distillation and the reference of forgetting, with no second copy of the LLM in memory."""
-        has_lora = self.has_lora()
-        if has_lora:
-            self.set_lora_enabled(False)
-        try:
-            yield
-        finally:
-            if has_lora:
-                self.set_lora_enabled(True)
-
-    def merge_lora(self) -> None:
-        """Fold LoRA into the LLM's weights and remove the LoRA layers, leaving a plain LLM."""
-        self.unload_lora(merge=True)
-
-    def unload_lora(self, merge: bool = False) -> None:
-        """Remove the LoRA layers, folding them into the LLM's weights first when `merge` (else the original
-        LLM comes back); save their weights before if you want to keep them as an adapter."""
-        lora_layers = set(self._lora_layers())
-        for name, module in list(self.language_model.named_modules()):
-            if module in lora_layers:
-                if merge:
-                    module.merge()
-                parent_name, _, child = name.rpartition(".")
-                setattr(self.language_model.get_submodule(parent_name), child, module.get_base_layer())
-        if getattr(
-            self.language_model, "_hf_peft_config_loaded", False
-        ):  # transformers' record of the adapter
-            del self.language_model.peft_config
-            self.language_model._hf_peft_config_loaded = False
-        self.config.lora = None
-
-
-LORA_SETTINGS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora")
-
-
-def lora_settings(lora_config) -> dict:
-    """What a checkpoint must record to re-create its LoRA layers: the `LoraConfig` fields that shape them."""
-    settings = {name: getattr(lora_config, name) for name in LORA_SETTINGS}
-    targets = settings["target_modules"]
-    settings["target_modules"] = targets if isinstance(targets, str) else sorted(targets)
-    return settings
-
-
-def inject_lora(language_model: nn.Module, lora_config) -> None:
-    """LoRA layers into the LLM with `peft.inject_adapter_in_model`. (transformers' own PEFT integration,
-    `add_adapter`, needs peft >= 0.22, which no registry serves yet; this works with the peft we pin.)"""
-    from peft import inject_adapter_in_model  # lazily: only models with LoRA need peft
-
-    inject_adapter_in_model(lora_config, language_model)
-
-
-def lora_config_from_settings(settings: dict):
-    """The `peft.LoraConfig` of recorded `lora_settings` (peft is needed only by models that hold LoRA)."""
-    from peft import LoraConfig  # lazily: only models with LoRA need peft
-
-    return LoraConfig(**settings)
-
 
 def build_audio_tower(config: SaladConfig) -> PreTrainedModel:
     """The encoder half only: a `WhisperEncoder` for Whisper, `MimiEncoderModel` for Mimi, else `AutoModel`."""
@@ -611,16 +422,6 @@ def build_audio_tower(config: SaladConfig) -> PreTrainedModel:
             audio_config = MimiEncoderConfig(**audio_config.to_dict())
         return MimiEncoderModel(audio_config)
     return AutoModel.from_config(config.audio_config)
-
-
-def load_audio_encoder(name_or_path: str, audio_config, dtype=None) -> PreTrainedModel:
-    """Load the encoder half of a speech checkpoint with its pretrained weights."""
-    if audio_config.model_type == "whisper":
-        return WhisperModel.from_pretrained(name_or_path, dtype=dtype).get_encoder()
-    if audio_config.model_type in MIMI_MODEL_TYPES:
-        encoder_config = MimiEncoderConfig(**audio_config.to_dict())
-        return MimiEncoderModel.from_pretrained(name_or_path, config=encoder_config, dtype=dtype)
-    return AutoModel.from_pretrained(name_or_path, dtype=dtype)
 
 
 __all__ = ["SaladPreTrainedModel", "SaladForConditionalGeneration"]

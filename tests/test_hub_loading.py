@@ -49,7 +49,8 @@ def test_checkpoint_carries_code_and_auto_map(saved_checkpoint):
     assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForMultimodalLM"}
     assert config["custom_pipelines"][PIPELINE_TASK]["impl"] == "pipeline_salad.SaladSpeechToTextPipeline"
     assert config["custom_pipelines"]["any-to-any"]["impl"] == "pipeline_salad.SaladAnyToAnyPipeline"
-    for name in ["configuration_salad.py", "modeling_salad.py", "processing_salad.py", "pipeline_salad.py"]:
+    modules = ["configuration_salad", "modeling_salad", "adapters_salad", "checkpoint_salad", "lora_salad"]
+    for name in [f"{module}.py" for module in [*modules, "processing_salad", "pipeline_salad"]]:
         assert (path / name).is_file(), name
     processor_config = json.loads((path / "processor_config.json").read_text())
     assert "AutoProcessor" in processor_config["auto_map"]

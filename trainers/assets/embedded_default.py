@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
-from modeling_salad.modeling_salad import lora_config_from_settings
+from modeling_salad.lora_salad import lora_config_from_settings
 
 from .models import (
     CONVERSION_VERSION,

@@ -218,7 +218,7 @@ class SaladDistillationConfig(TrainingArguments):
             )
         if self.loss_implementation not in LOSS_IMPLEMENTATIONS:
             raise ValueError(
-                f"loss_implementation must be one of {sorted(LOSS_IMPLEMENTATIONS)}, got {self.loss_implementation!r}."
+                f"loss_implementation must be one of {LOSS_IMPLEMENTATIONS}, got {self.loss_implementation!r}."
             )
         if self.loss_chunk_size < 1:
             raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}.")

@@ -5,13 +5,11 @@ token is text, the same distribution over the vocabulary as the original text LL
 transcript). Everything here works on positions that the caller has already gathered and paired: row i of the
 student's and of the teacher's hidden states predict the same text token.
 
-Two implementations give the same value and the same gradients:
-
-- `chunked_distillation_loss`, for training: it goes from hidden states and LM heads to the loss a few
-  positions at a time, recomputing each chunk's logits during backward, so the `[N, V]` logits of student and
-  teacher never exist at once (Qwen2.5's vocabulary has 151,936 entries: one fp32 copy of the logits of a
-  2048-token sequence is 1.2 GB, and a plain implementation keeps several).
-- `materialized_distillation_loss`, the plain reference used by the tests and the memory benchmark.
+`distillation_loss` is the one entry point. It goes from hidden states and LM heads to the loss, by default a few
+positions at a time, so the `[N, V]` logits of student and teacher never exist at once (Qwen2.5's vocabulary has
+151,936 entries: one fp32 copy of the logits of a 2048-token sequence is 1.2 GB, and a plain implementation keeps
+several); `implementation=` picks how (fused, recomputed in backward, or the materialized reference), with the same
+value and gradients.
 
 `divergence_per_position` is the building block and can be used on logits directly (e.g. to measure the
 paper's forgetting and misalignment).
@@ -21,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -265,66 +264,13 @@ def _finish(
     )
 
 
-def chunked_distillation_loss(
-    student_hidden: torch.Tensor,
-    teacher_hidden: torch.Tensor | None,
-    student_head_weight: torch.Tensor,
-    teacher_head_weight: torch.Tensor | None,
-    target_ids: torch.Tensor | None = None,
-    *,
-    alpha: float = 1.0,
-    divergence: str = "forward_kl",
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    chunk_size: int = 1024,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    student_head_bias: torch.Tensor | None = None,
-    teacher_head_bias: torch.Tensor | None = None,
-) -> DistillationLossOutput:
-    """Distillation loss from hidden states, `chunk_size` positions at a time.
-
-    Each chunk's logits, log-probabilities and divergence run under activation checkpointing: the forward pass
-    keeps only the chunk's scalar sums, and backward recomputes the chunk's logits from its hidden states and
-    the heads, one chunk at a time. Peak memory therefore scales with `chunk_size * V` instead of `N * V`, at
-    the price of computing the logits twice (about 5/3 of the matmul time of the materialized loss when the
-    head is frozen). Value and gradients equal `materialized_distillation_loss` up to float summation order.
-
-    Args:
-        student_hidden: `[N, H_s]` final hidden states of the student at the supervised positions (after the
-            final norm, i.e. what the LM head reads); gradients flow into them.
-        teacher_hidden: `[N, H_t]` the teacher's hidden states at the paired positions; treated as constants.
-            None (with `teacher_head_weight=None`) only at alpha = 0: the NLL alone, no teacher needed.
-        student_head_weight: `[V, H_s]` the student's LM head (its `lm_head.weight`); trained or frozen.
-        teacher_head_weight: `[V, H_t]` the teacher's LM head; may be the same tensor as the student's.
-        target_ids: `[N]` the next-token ids, for the NLL term `-log P_S(target)` (temperature 1). Required
-            when alpha < 1; when given with alpha = 1 the NLL is still reported in `nll_sum`.
-        alpha: weight of the divergence; 1 - alpha weighs the NLL. SALAD uses 1.
-        divergence, beta, temperature: see `divergence_per_position`.
-        chunk_size: positions per chunk. The transient memory is a few `chunk_size x V` fp32 tensors
-            (a 1024 x 151,936 one is 0.6 GB); lower it for large vocabularies on small devices.
-        num_items_in_batch: the number of supervised positions in all micro-batches of the optimizer step
-            (the Trainer's `num_items_in_batch`); the loss is the sum divided by it. Defaults to N, the mean
-            over this call's positions.
-        student_head_bias, teacher_head_bias: `[V]` biases of heads that have one.
-
-    Returns:
-        `DistillationLossOutput`. With N = 0 the loss is a zero that is still connected to `student_hidden`
-        and the student's head, so backward (and DDP's gradient hooks) run as for any other batch.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    teacher_hidden, teacher_head_weight, teacher_head_bias = _prepare(
-        student_hidden,
-        teacher_hidden,
-        student_head_weight,
-        teacher_head_weight,
-        target_ids,
-        teacher_head_bias,
-        alpha,
-        divergence,
-        beta,
-        temperature,
-    )
+def _recomputed_loss(inputs: _LossInputs) -> DistillationLossOutput:
+    """`implementation="recompute"`: each chunk's logits, log-probabilities and divergence run under activation
+    checkpointing. The forward pass keeps only the chunk's scalar sums, and backward recomputes the chunk's logits
+    from its hidden states and the heads, one chunk at a time, at the price of computing the logits twice (about
+    5/3 of the matmul time of the materialized loss when the head is frozen)."""
+    (student_hidden, teacher_hidden, student_head_weight, teacher_head_weight, student_head_bias, teacher_head_bias,
+     target_ids, alpha, divergence, beta, temperature, chunk_size, num_items_in_batch) = inputs  # fmt: skip
     num_tokens = student_hidden.shape[0]
     divergence_sum = nll_sum = None
     # range(0, max(N, 1)) runs one (empty) chunk when N == 0, which is what connects the zero loss to the graph.
@@ -424,44 +370,13 @@ class _FusedDistillationLoss(torch.autograd.Function):
         return (*scaled, None, None, None, None, None)
 
 
-def fused_distillation_loss(
-    student_hidden: torch.Tensor,
-    teacher_hidden: torch.Tensor | None,
-    student_head_weight: torch.Tensor,
-    teacher_head_weight: torch.Tensor | None,
-    target_ids: torch.Tensor | None = None,
-    *,
-    alpha: float = 1.0,
-    divergence: str = "forward_kl",
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    chunk_size: int = 1024,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    student_head_bias: torch.Tensor | None = None,
-    teacher_head_bias: torch.Tensor | None = None,
-) -> DistillationLossOutput:
-    """The distillation loss of `chunked_distillation_loss`, with each chunk's gradients taken during forward.
-
-    Same arguments, value and gradients (up to float summation order), the same `chunk_size x V` transient
-    memory, but each chunk's logits are computed once instead of twice: what Liger's fused linear losses and
-    cut-cross-entropy do, here for every divergence of this module. The price is that the gradients of the
-    hidden states (`[N, H]`) and of a trainable head (`[V, H]`, fp32) are held from forward to backward, and
-    that backward cannot be differentiated again. The default of `salad-train` (`loss_implementation`).
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    teacher_hidden, teacher_head_weight, teacher_head_bias = _prepare(
-        student_hidden,
-        teacher_hidden,
-        student_head_weight,
-        teacher_head_weight,
-        target_ids,
-        teacher_head_bias,
-        alpha,
-        divergence,
-        beta,
-        temperature,
-    )
+def _fused_loss(inputs: _LossInputs) -> DistillationLossOutput:
+    """`implementation="fused"`: each chunk's gradients are taken during forward, so its logits are computed once
+    instead of twice (what Liger's fused linear losses and cut-cross-entropy do, here for every divergence of this
+    module). The price is that the gradients of the hidden states (`[N, H]`) and of a trainable head (`[V, H]`,
+    fp32) are held from forward to backward, and that backward cannot be differentiated again."""
+    (student_hidden, teacher_hidden, student_head_weight, teacher_head_weight, student_head_bias, teacher_head_bias,
+     target_ids, alpha, divergence, beta, temperature, chunk_size, num_items_in_batch) = inputs  # fmt: skip
     num_tokens = student_hidden.shape[0]
     denominator = _denominator(num_tokens, num_items_in_batch, student_hidden.device)
     options = (alpha, divergence, beta, temperature, chunk_size, denominator)
@@ -474,38 +389,11 @@ def fused_distillation_loss(
     )
 
 
-def materialized_distillation_loss(
-    student_hidden: torch.Tensor,
-    teacher_hidden: torch.Tensor | None,
-    student_head_weight: torch.Tensor,
-    teacher_head_weight: torch.Tensor | None,
-    target_ids: torch.Tensor | None = None,
-    *,
-    alpha: float = 1.0,
-    divergence: str = "forward_kl",
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    student_head_bias: torch.Tensor | None = None,
-    teacher_head_bias: torch.Tensor | None = None,
-) -> DistillationLossOutput:
-    """The same loss as `chunked_distillation_loss`, with all `[N, V]` logits built at once.
-
-    The reference for tests and benchmarks; it keeps several `[N, V]` fp32 tensors alive for backward, so train
-    with the chunked version. Arguments and result as in `chunked_distillation_loss`.
-    """
-    teacher_hidden, teacher_head_weight, teacher_head_bias = _prepare(
-        student_hidden,
-        teacher_hidden,
-        student_head_weight,
-        teacher_head_weight,
-        target_ids,
-        teacher_head_bias,
-        alpha,
-        divergence,
-        beta,
-        temperature,
-    )
+def _materialized_loss(inputs: _LossInputs) -> DistillationLossOutput:
+    """`implementation="materialized"`: all `[N, V]` logits at once, the plain reference for tests and benchmarks;
+    it keeps several `[N, V]` fp32 tensors alive for backward."""
+    (student_hidden, teacher_hidden, student_head_weight, teacher_head_weight, student_head_bias, teacher_head_bias,
+     target_ids, alpha, divergence, beta, temperature, _, num_items_in_batch) = inputs  # fmt: skip
     divergence_sum, nll_sum = _loss_sums(
         student_hidden,
         teacher_hidden,
@@ -521,9 +409,91 @@ def materialized_distillation_loss(
     return _finish(divergence_sum, nll_sum, student_hidden.shape[0], alpha, num_items_in_batch)
 
 
-# `salad-train --loss_implementation`: the same loss three ways (the recompute and fused ones take `chunk_size`).
-LOSS_IMPLEMENTATIONS = {
-    "fused": fused_distillation_loss,
-    "recompute": chunked_distillation_loss,
-    "materialized": materialized_distillation_loss,
-}
+class _LossInputs(NamedTuple):
+    """The checked inputs of `distillation_loss`, as each implementation reads them."""
+
+    student_hidden: torch.Tensor
+    teacher_hidden: torch.Tensor | None
+    student_head_weight: torch.Tensor
+    teacher_head_weight: torch.Tensor | None
+    student_head_bias: torch.Tensor | None
+    teacher_head_bias: torch.Tensor | None
+    target_ids: torch.Tensor | None
+    alpha: float
+    divergence: str
+    beta: float
+    temperature: float
+    chunk_size: int
+    num_items_in_batch: int | torch.Tensor | None
+
+
+_IMPLEMENTATIONS = {"fused": _fused_loss, "recompute": _recomputed_loss, "materialized": _materialized_loss}
+#: `salad-train --loss_implementation`: the same loss three ways.
+LOSS_IMPLEMENTATIONS = tuple(_IMPLEMENTATIONS)
+
+
+def distillation_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    student_head_weight: torch.Tensor,
+    teacher_head_weight: torch.Tensor | None,
+    target_ids: torch.Tensor | None = None,
+    *,
+    alpha: float = 1.0,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    implementation: str = "fused",
+    chunk_size: int = 1024,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    student_head_bias: torch.Tensor | None = None,
+    teacher_head_bias: torch.Tensor | None = None,
+) -> DistillationLossOutput:
+    """SALAD's loss, `alpha * divergence(teacher, student) + (1 - alpha) * NLL`, from hidden states and LM heads.
+
+    The three implementations give the same value and gradients (up to float summation order):
+
+    - `"fused"` (the default of `salad-train`): `chunk_size` positions at a time, each chunk's gradients taken
+      during forward; its logits are built once and never outlive the chunk.
+    - `"recompute"`: `chunk_size` positions at a time under activation checkpointing; backward rebuilds each
+      chunk's logits (no stored head gradient).
+    - `"materialized"`: all `[N, V]` logits at once, the plain reference (`chunk_size` is not used).
+
+    Peak memory of the chunked ones scales with `chunk_size * V` instead of `N * V`.
+
+    Args:
+        student_hidden: `[N, H_s]` final hidden states of the student at the supervised positions (after the
+            final norm, i.e. what the LM head reads); gradients flow into them.
+        teacher_hidden: `[N, H_t]` the teacher's hidden states at the paired positions; treated as constants.
+            None (with `teacher_head_weight=None`) only at alpha = 0: the NLL alone, no teacher needed.
+        student_head_weight: `[V, H_s]` the student's LM head (its `lm_head.weight`); trained or frozen.
+        teacher_head_weight: `[V, H_t]` the teacher's LM head; may be the same tensor as the student's.
+        target_ids: `[N]` the next-token ids, for the NLL term `-log P_S(target)` (temperature 1). Required
+            when alpha < 1; when given with alpha = 1 the NLL is still reported in `nll_sum`.
+        alpha: weight of the divergence; 1 - alpha weighs the NLL. SALAD uses 1.
+        divergence, beta, temperature: see `divergence_per_position`.
+        implementation: `"fused"`, `"recompute"` or `"materialized"` (`LOSS_IMPLEMENTATIONS`).
+        chunk_size: positions per chunk. The transient memory is a few `chunk_size x V` fp32 tensors
+            (a 1024 x 151,936 one is 0.6 GB); lower it for large vocabularies on small devices.
+        num_items_in_batch: the number of supervised positions in all micro-batches of the optimizer step
+            (the Trainer's `num_items_in_batch`); the loss is the sum divided by it. Defaults to N, the mean
+            over this call's positions.
+        student_head_bias, teacher_head_bias: `[V]` biases of heads that have one.
+
+    Returns:
+        `DistillationLossOutput`. With N = 0 the loss is a zero that is still connected to `student_hidden`
+        and the student's head, so backward (and DDP's gradient hooks) run as for any other batch.
+    """
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {LOSS_IMPLEMENTATIONS}, got {implementation!r}.")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    teacher_hidden, teacher_head_weight, teacher_head_bias = _prepare(
+        student_hidden, teacher_hidden, student_head_weight, teacher_head_weight, target_ids, teacher_head_bias,
+        alpha, divergence, beta, temperature,
+    )  # fmt: skip
+    inputs = _LossInputs(
+        student_hidden, teacher_hidden, student_head_weight, teacher_head_weight, student_head_bias,
+        teacher_head_bias, target_ids, alpha, divergence, beta, temperature, chunk_size, num_items_in_batch,
+    )  # fmt: skip
+    return _IMPLEMENTATIONS[implementation](inputs)

@@ -19,7 +19,7 @@ from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
 from .config import SaladDistillationConfig
 from .data import SaladDistillationCollator
-from .losses import LOSS_IMPLEMENTATIONS
+from .losses import distillation_loss
 from .paper import CITATION, PAPER_ARXIV_ID, PAPER_TITLE
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ class SaladDistillationTrainer(Trainer):
         return self.optimizer
 
     # ------------------------------------------------------------------ loss
+    # Private override: transformers counts `labels` here and has no public hook for another count; its public
+    # caller, `get_batch_samples`, also fetches the batches, which an override there would have to repeat.
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
         """Supervised tokens over the whole accumulated batch (and all processes), the loss's denominator."""
         count = torch.tensor(sum(len(batch["target_ids"]) for batch in batch_samples), device=device)
@@ -178,13 +180,7 @@ class SaladDistillationTrainer(Trainer):
             return_last_hidden_state=True,
         ).last_hidden_state
         student_head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        loss_function = LOSS_IMPLEMENTATIONS[self.args.loss_implementation]
-        chunking = (
-            {}
-            if self.args.loss_implementation == "materialized"
-            else {"chunk_size": self.args.loss_chunk_size}
-        )
-        output = loss_function(
+        output = distillation_loss(
             student_hidden.flatten(0, 1)[inputs["student_index"]],
             None if teacher_hidden is None else teacher_hidden.flatten(0, 1)[inputs["teacher_index"]],
             student_head.weight,
@@ -194,10 +190,11 @@ class SaladDistillationTrainer(Trainer):
             divergence=self.args.divergence,
             beta=self.args.beta,
             temperature=self.args.temperature,
+            implementation=self.args.loss_implementation,
+            chunk_size=self.args.loss_chunk_size,
             num_items_in_batch=num_items_in_batch,
             student_head_bias=getattr(student_head, "bias", None),
             teacher_head_bias=getattr(teacher_head, "bias", None),
-            **chunking,
         )
         loss = output.loss
         if inputs.get("input_features") is None:
@@ -262,16 +259,27 @@ class SaladDistillationTrainer(Trainer):
             )
         logger.warning("Dropped a non-finite %s at step %d (batch: %s)", what, self.state.global_step, texts)
 
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Refuse to write non-finite weights (a checkpoint of NaNs would look like any other)."""
-        broken = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
-        if broken:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Refuse to write non-finite weights (a checkpoint of NaNs would look like any other). Every process checks
+        its own parameters (its shard under FSDP), and all agree before any of them writes."""
+        local = [
+            (name, p.to_local() if hasattr(p, "to_local") else p) for name, p in self.model.named_parameters()
+        ]
+        broken = [name for name, p in local if not torch.isfinite(p).all()]
+        count = torch.tensor(float(len(broken)), device=self.args.device)
+        if self.args.world_size > 1:
+            count = self.accelerator.reduce(count, reduction="sum")
+        if count:
             raise FloatingPointError(
-                f"Refusing to save non-finite weights ({broken[:3]}...) to {output_dir}."
+                f"Refusing to save non-finite weights ({broken[:3] or 'on another process'}...) to {output_dir}."
             )
-        super()._save(output_dir, state_dict)
+        super().save_model(output_dir, _internal_call)
 
     # ------------------------------------------------------------------ checkpoints
+    # Private overrides: transformers writes `checkpoint-N` in place and has no hook around the whole write (a
+    # callback's `on_save` runs after it), so a run killed mid-save would leave a checkpoint that looks complete
+    # to its rotation. `_save_checkpoint` stages it and renames it into place; `_get_output_dir` points the
+    # write at the staging folder.
     def _get_output_dir(self, trial) -> str:
         return self._checkpoint_staging or super()._get_output_dir(trial)
 

@@ -38,7 +38,7 @@ setup(
         "pyyaml>=6",
         "jinja2>=3.1",  # the model card template (huggingface_hub.ModelCard.from_template)
         "rapidfuzz>=3",  # word alignment in trainers.tts (also a dependency of jiwer)
-        "jiwer>=3",  # the repeat WER of the alignment probes that salad-train runs (trainers.probes)
+        "jiwer>=3",  # the repeat WER of the alignment probes that salad-train runs (trainers.distillation.probes)
     ],
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.12"],
@@ -51,9 +51,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "salad-train = trainers.train:main",
+            "salad-train = trainers.distillation.train:main",
             "salad-eval = eval.run:main",
-            "salad-select = trainers.select:main",
+            "salad-select = trainers.selection.select:main",
             "salad-push = hub_scripts.push:main",
             "salad-verify = hub_scripts.verify:main",
         ]

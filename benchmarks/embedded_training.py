@@ -19,8 +19,8 @@ from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 from trainers.assets.asterisk import asterisk_prompts
 from trainers.assets.models import smollm2_135m_instruct_path, whisper_tiny_en_path
 from trainers.assets.registry import EMBEDDED_ADAPTER
-from trainers.config import SaladDistillationConfig
-from trainers.trainer import SaladDistillationTrainer
+from trainers.distillation.config import SaladDistillationConfig
+from trainers.distillation.trainer import SaladDistillationTrainer
 
 MODEL_DESCRIPTION = "Whisper tiny.en (frozen) + MLP adapter + SmolLM2-135M-Instruct"
 

@@ -27,7 +27,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from modeling_salad import SaladProcessor
 from trainers.assets import load_salad, resolve_checkpoint
-from trainers.probes import ProbeRow, RepeatPrompt, greedy_repeats, word_error_rate
+from trainers.distillation.probes import ProbeRow, RepeatPrompt, greedy_repeats, word_error_rate
 from trainers.tts import get_backend
 
 SR = 16_000

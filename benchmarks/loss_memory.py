@@ -7,10 +7,10 @@ teacher, as when the LLM is frozen or LoRA-tuned and serves as its own teacher):
   `GKDTrainer.generalized_jsd_loss` (TRL 1.16: `trl.experimental.gkd`), the usual way to write this loss.
   `--divergence forward_kl` passes TRL `beta=0`, which TRL evaluates as KL(teacher || student);
   `--divergence jsd` passes `beta=0.5` to both sides. TRL gets the logits in the model's dtype (no upcast).
-- `salad_materialized`: `trainers.losses.distillation_loss(implementation="materialized")`, same maths as the chunked one.
-- `salad_chunked_<C>`: `trainers.losses.distillation_loss(implementation="recompute")` with `chunk_size=C`, from hidden states
+- `salad_materialized`: `trainers.distillation.losses.distillation_loss(implementation="materialized")`, same maths as the chunked one.
+- `salad_chunked_<C>`: `trainers.distillation.losses.distillation_loss(implementation="recompute")` with `chunk_size=C`, from hidden states
   (`loss_implementation: recompute`: each chunk's logits are recomputed in backward).
-- `salad_fused_<C>`: `trainers.losses.distillation_loss(implementation="fused")` with `chunk_size=C` (`loss_implementation:
+- `salad_fused_<C>`: `trainers.distillation.losses.distillation_loss(implementation="fused")` with `chunk_size=C` (`loss_implementation:
   fused`, the default): each chunk's gradients are taken during forward, its logits built once.
 
 Each measurement runs in its own subprocess, so one configuration's allocations cannot hide another's. On CPU
@@ -71,7 +71,7 @@ def make_loss_fn(impl: str, divergence: str):
 
         return trl_loss
 
-    from trainers.losses import distillation_loss
+    from trainers.distillation.losses import distillation_loss
 
     if impl == "salad_materialized":
         return lambda student_hidden, teacher_hidden, head_weight: (

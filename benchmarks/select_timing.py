@@ -1,6 +1,6 @@
 """Wall time of `salad-select` on the embedded default, split by phase, from a cold cache.
 
-    python -m trainers.text_pool --output_dir data/text_pool      # the pool, once
+    python -m trainers.selection.text_pool --output_dir data/text_pool      # the pool, once
     python benchmarks/select_timing.py                             # configs/paper-cpu/select.yaml
     python benchmarks/select_timing.py --num_clusters 128 --num_probes 4   # any salad-select flag overrides
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from trl import TrlParser
 
-from trainers.select import SelectArguments, select_synthetic_speech
+from trainers.selection.select import SelectArguments, select_synthetic_speech
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@
     python benchmarks/train_throughput.py --levers nll_only bf16_units --output benchmarks/results/train_throughput_amx.json
 
 The levers are cumulative: each one keeps the ones before it and changes one more thing. Each runs in its own
-subprocess on the TTS training rows (`python -m trainers.prepare_data --source text_pool --output_dir data/tts`)
+subprocess on the TTS training rows (`python -m trainers.distillation.prepare_data --source text_pool --output_dir data/tts`)
 in the same seeded order; nothing else may use the CPU meanwhile (two torch processes on 2 cores slow each other
 down 10x and more).
 
@@ -72,14 +72,10 @@ def run_lever(name: str, steps: int, data_file: str) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from trainers.config import SaladDistillationConfig
-    from trainers.train import (
-        SaladDataArguments,
-        SaladModelArguments,
-        build_train_dataset,
-        load_model_and_processor,
-    )
-    from trainers.trainer import SaladDistillationTrainer
+    from trainers.distillation.config import SaladDataArguments, SaladDistillationConfig, SaladModelArguments
+    from trainers.distillation.data import build_train_dataset
+    from trainers.distillation.train import load_model_and_processor
+    from trainers.distillation.trainer import SaladDistillationTrainer
 
     settings = lever_settings(name)
     torch.manual_seed(0)
@@ -137,7 +133,7 @@ def main() -> None:
         return
     if not Path(args.data_file).is_file():
         sys.exit(
-            f"{args.data_file} not found: python -m trainers.prepare_data --source text_pool --output_dir data/tts"
+            f"{args.data_file} not found: python -m trainers.distillation.prepare_data --source text_pool --output_dir data/tts"
         )
     results = []
     for name in args.levers:

@@ -1,5 +1,5 @@
 """The text-speech understanding gap and its confidence intervals; its two causes are measured in
-`trainers.misalignment` (forgetting F and misalignment M, next-token divergences over a corpus).
+`trainers.distillation.misalignment` (forgetting F and misalignment M, next-token divergences over a corpus).
 
     gap(task)        = accuracy(base LLM, text) - accuracy(SALAD model, speech)
     retention gap    = accuracy(base LLM, text) - accuracy(SALAD model, text)

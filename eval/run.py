@@ -25,8 +25,8 @@ from trl import TrlParser
 from modeling_salad import SaladForConditionalGeneration, load_audio, resample
 from trainers.assets import UNTRAINED, load_salad, resolve_checkpoint
 from trainers.assets.models import cache_dir
-from trainers.misalignment import forgetting_and_misalignment
-from trainers.probes import ProbeRow, RepeatPrompt, greedy_repeats, word_error_rate
+from trainers.distillation.misalignment import forgetting_and_misalignment
+from trainers.distillation.probes import ProbeRow, RepeatPrompt, greedy_repeats, word_error_rate
 from trainers.tts import get_backend, synthesize_many
 
 from .gap import gap_report

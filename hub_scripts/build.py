@@ -16,7 +16,8 @@ import torch
 from trl import TrlParser
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
-from trainers.train import SaladModelArguments, load_model_and_processor
+from trainers.distillation.config import SaladModelArguments
+from trainers.distillation.train import load_model_and_processor
 
 
 @dataclass

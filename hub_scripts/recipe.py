@@ -16,13 +16,18 @@ import torch
 
 from eval.run import EvalArguments, run
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
-from trainers.config import SaladDistillationConfig
-from trainers.misalignment import forgetting_and_misalignment
-from trainers.prepare_data import PrepareArguments, draw_sentences, split_voices, write_text_pool_rows
-from trainers.select import SelectArguments, select_synthetic_speech
-from trainers.text_pool import TextPoolArguments, build_text_pool
-from trainers.train import SaladDataArguments, build_train_dataset
-from trainers.trainer import SaladDistillationTrainer
+from trainers.distillation.config import SaladDataArguments, SaladDistillationConfig
+from trainers.distillation.data import build_train_dataset
+from trainers.distillation.misalignment import forgetting_and_misalignment
+from trainers.distillation.prepare_data import (
+    PrepareArguments,
+    draw_sentences,
+    split_voices,
+    write_text_pool_rows,
+)
+from trainers.distillation.trainer import SaladDistillationTrainer
+from trainers.selection.select import SelectArguments, select_synthetic_speech
+from trainers.selection.text_pool import TextPoolArguments, build_text_pool
 from trainers.tts import get_backend
 
 CPUINFO = Path("/proc/cpuinfo")

@@ -32,8 +32,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
-from trainers.config import SaladDistillationConfig
-from trainers.trainer import SaladDistillationTrainer
+from trainers.distillation.config import SaladDistillationConfig
+from trainers.distillation.trainer import SaladDistillationTrainer
 
 
 def shard(model: SaladForConditionalGeneration, world_size: int) -> None:

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trl import TrlParser
 
-from trainers import select, text_pool
-from trainers.active_selection import (
+from trainers.selection import select, text_pool
+from trainers.selection.active_selection import (
     Clustering,
     capacitated_assignment,
     cluster_capacity,
@@ -33,7 +33,7 @@ from trainers.active_selection import (
     sampling_order,
     target_weights,
 )
-from trainers.select import SelectArguments, select_synthetic_speech
+from trainers.selection.select import SelectArguments, select_synthetic_speech
 
 REPO = Path(__file__).parent.parent
 
@@ -313,8 +313,7 @@ def fake_stage2(tmp_path, monkeypatch):
 
 
 def test_salad_select_writes_a_dataset_the_trainer_reads(fake_stage2, tmp_path):
-    from trainers.data import SaladDistillationCollator
-    from trainers.train import load_rows
+    from trainers.distillation.data import SaladDistillationCollator, load_rows
 
     pool, natural = fake_stage2
     args = SelectArguments(
@@ -390,7 +389,7 @@ def test_sentence_splitting_and_filters():
 
 
 def test_the_text_pool_is_built_by_default_where_the_training_configs_read_it():
-    """`python -m trainers.text_pool` with no arguments (as the READMEs say) writes the pool the configs name."""
+    """`python -m trainers.selection.text_pool` with no arguments (as the READMEs say) writes the pool the configs name."""
     (args,) = TrlParser((text_pool.TextPoolArguments,)).parse_args_and_config(args=[])
     configs = Path(__file__).resolve().parents[1] / "configs"
     read = {

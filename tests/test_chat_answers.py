@@ -9,8 +9,8 @@ import torch
 from conftest import tone
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trainers.chat_answers import chat_answers, main, user_message
-from trainers.data import BadRowError, SaladDistillationCollator, encode_segments
+from trainers.distillation.chat_answers import chat_answers, main, user_message
+from trainers.distillation.data import BadRowError, SaladDistillationCollator, encode_segments
 
 TEXTS = ["the quick brown fox", "one two three", "the lazy dog", "four five six", "paris is the capital"]
 

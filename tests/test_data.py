@@ -14,17 +14,17 @@ from test_trainer import speech_rows
 
 from trainers.assets.asterisk import asterisk_prompts
 from trainers.assets.models import whisper_tiny_en_path
-from trainers.config import SaladDistillationConfig
-from trainers.data import (
+from trainers.distillation.config import SaladDistillationConfig
+from trainers.distillation.data import (
     BadRowError,
     SaladDistillationCollator,
     Segment,
     collate_examples,
     encode_segments,
     interleaved_segments,
+    load_rows,
     plan_interleaving,
 )
-from trainers.train import load_rows
 
 
 def check_pairs(batch, processor, examples):
@@ -182,7 +182,7 @@ def test_word_timestamps_from_whisper_asr_cut_real_speech(whisper_salad):
         pytest.skip(str(error))
     from transformers import pipeline
 
-    from trainers.data import word_timestamps_with_asr
+    from trainers.distillation.data import word_timestamps_with_asr
 
     alignment = word_timestamps_with_asr(
         pipeline("automatic-speech-recognition", model=str(whisper)), clip.audio, 16000

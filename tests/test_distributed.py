@@ -105,7 +105,7 @@ def run(command: list[str]) -> None:
 def salad_train(setup: Path, output_dir: Path, processes: int, *extra: str) -> dict[int, dict]:
     """One `salad-train` run, through `accelerate launch` with the DDP config for several processes (without
     `--cpu`, which would make accelerate start one process); its logged steps."""
-    command = ["-m", "trainers.train", "--config", str(setup / "config.yaml"), "--output_dir", str(output_dir),
+    command = ["-m", "trainers.distillation.train", "--config", str(setup / "config.yaml"), "--output_dir", str(output_dir),
                "--per_device_train_batch_size", str(GLOBAL_BATCH // processes), *extra]  # fmt: skip
     if processes > 1:
         command = ["-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/ddp.yaml"),

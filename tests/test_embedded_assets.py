@@ -24,7 +24,7 @@ from trainers.assets.models import (
     whisper_base_path,
     whisper_tiny_en_path,
 )
-from trainers.probes import ProbeRow, RepeatPrompt, run_probes
+from trainers.distillation.probes import ProbeRow, RepeatPrompt, run_probes
 
 TRANSCRIPTS = """; Core Asterisk Sounds in English
 

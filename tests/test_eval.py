@@ -21,7 +21,7 @@ from eval.scoring import chat_prompt, score_speech_items, score_text_items, text
 from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks, load_task
 from trainers.assets.asterisk import asterisk_prompts
 from trainers.assets.models import whisper_base_path, whisper_tiny_en_path
-from trainers.misalignment import forgetting_and_misalignment
+from trainers.distillation.misalignment import forgetting_and_misalignment
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -101,7 +101,7 @@ def test_the_checker_sees_local_and_upward_imports(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     (tmp_path / "trainers").mkdir()
     (tmp_path / "trainers" / "bad.py").write_text(
-        "from eval.run import run\n\n\ndef f():\n    from trainers.data import x\n    import numpy\n"
+        "from eval.run import run\n\n\ndef f():\n    from trainers.distillation.data import x\n    import numpy\n"
     )
     found = violations("trainers")
     assert len(found) == 2

@@ -1,7 +1,7 @@
 """The distillation loss against independent references, and the known ways such losses go wrong.
 
 References are computed in fp64 from probabilities (not log-probabilities) or with torch's own `kl_div` and
-`cross_entropy`, so they share no code with `trainers.losses`.
+`cross_entropy`, so they share no code with `trainers.distillation.losses`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import OTHER_INSTANCE_ULPS, assert_close_in_dtype
 
-from trainers.losses import (
+from trainers.distillation.losses import (
     DIVERGENCES,
     distillation_loss,
     divergence_per_position,
@@ -311,7 +311,7 @@ def test_fused_gradients_pass_gradcheck(divergence):
 def test_fused_builds_each_chunks_logits_once(monkeypatch, divergence):
     """The point of the fused loss: recompute builds every chunk's student and teacher logits twice (forward,
     then again in backward), fused once."""
-    import trainers.losses as losses
+    import trainers.distillation.losses as losses
 
     calls = []
     linear = F.linear

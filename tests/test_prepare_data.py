@@ -1,4 +1,4 @@
-"""`python -m trainers.prepare_data`: held-out voices stay out of training, offsets give unseen sentences."""
+"""`python -m trainers.distillation.prepare_data`: held-out voices stay out of training, offsets give unseen sentences."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import soundfile
 from conftest import build_tiny, tone
 
-from trainers.prepare_data import (
+from trainers.distillation.prepare_data import (
     PrepareArguments,
     definition_question,
     definition_question_rows,
@@ -18,7 +18,7 @@ from trainers.prepare_data import (
     split_voices,
     write_text_pool_rows,
 )
-from trainers.prepare_data import main as prepare_main
+from trainers.distillation.prepare_data import main as prepare_main
 
 
 def write_pool(path, count: int) -> None:

@@ -11,7 +11,7 @@ from conftest import OTHER_INSTANCE_ULPS, build_tiny, decoder_tiny, float_tolera
 from datasets import Dataset
 from test_trainer import config, speech_rows
 
-from trainers.probes import (
+from trainers.distillation.probes import (
     AlignmentProbeCallback,
     ProbeRow,
     RepeatPrompt,
@@ -19,7 +19,7 @@ from trainers.probes import (
     run_probes,
     word_error_rate,
 )
-from trainers.trainer import SaladDistillationTrainer
+from trainers.distillation.trainer import SaladDistillationTrainer
 
 
 def probe_rows() -> list[ProbeRow]:

@@ -14,10 +14,10 @@ from conftest import build_tiny
 from datasets import Dataset
 from test_trainer import config, speech_rows
 
-from trainers.data import SaladDistillationCollator
-from trainers.train import complete_checkpoints, resolve_resume
-from trainers.train import main as train_main
-from trainers.trainer import SaladDistillationTrainer
+from trainers.distillation.data import SaladDistillationCollator
+from trainers.distillation.train import complete_checkpoints, resolve_resume
+from trainers.distillation.train import main as train_main
+from trainers.distillation.trainer import SaladDistillationTrainer
 
 
 def trainer_for(tmp_path, rows, **overrides):

@@ -12,17 +12,12 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import TrlParser
 
-from trainers.config import SaladDistillationConfig
-from trainers.probes import RepeatPrompt
-from trainers.train import (
-    SaladDataArguments,
-    SaladModelArguments,
-    build_train_dataset,
-    repeat_probe_prompt,
-    speaking_seconds,
-)
-from trainers.train import main as train_main
-from trainers.trainer import SaladDistillationTrainer
+from trainers.distillation.config import SaladDataArguments, SaladDistillationConfig, SaladModelArguments
+from trainers.distillation.data import build_train_dataset, speaking_seconds
+from trainers.distillation.probes import RepeatPrompt
+from trainers.distillation.train import main as train_main
+from trainers.distillation.train import repeat_probe_prompt
+from trainers.distillation.trainer import SaladDistillationTrainer
 
 WORDS = "the quick brown fox jumps over the lazy dog while one two three four five six seven eight".split()
 

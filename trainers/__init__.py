@@ -1,2 +1,3 @@
-"""SALAD training: cross-modal distillation (config, trainer, loss, data, salad-train), TTS backends and Stage II
-active selection (salad-select)."""
+"""SALAD training, in four parts: `distillation` (cross-modal distillation: config, data, loss, trainer,
+salad-train, probes, F and M), `selection` (Stage II active selection: text pool, salad-select), `tts` (offline
+speech synthesis) and `assets` (the embedded default's weights, converted from registry packages)."""

@@ -3,7 +3,7 @@
     python benchmarks/alignment/answer_text_reference.py --rows data/questions/eval.jsonl \
         --output benchmarks/alignment/exp13-stage1-questions/answer_probe_text_reference.json
 
-On the same rows the answer probe picks (`trainers.probes.load_probe_rows`, 16 by default, as in training), the
+On the same rows the answer probe picks (`trainers.distillation.probes.load_probe_rows`, 16 by default, as in training), the
 teacher-forced NLL (nats/token) and top-1 accuracy of each answer after `Question: <question>\nAnswer:` read as
 text by the text LLM (SmolLM2 for the embedded default). A speech model's answer NLL after the clip lies between
 this and the shuffled-clip control.
@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers.assets.registry import resolve_checkpoint
-from trainers.probes import load_probe_rows
+from trainers.distillation.probes import load_probe_rows
 
 
 @torch.no_grad()

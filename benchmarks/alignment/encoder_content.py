@@ -31,7 +31,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from modeling_salad import SaladForConditionalGeneration
 from trainers.assets import resolve_checkpoint
-from trainers.probes import load_probe_rows
+from trainers.distillation.probes import load_probe_rows
 
 
 def whisper_transcript_scores(whisper, labels: torch.Tensor, num_prefix: int, encoder_states: torch.Tensor):
@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--llm", default="embedded:smollm2-135m-instruct", help="Any LLM (only the encoder runs)."
     )
-    parser.add_argument("--rows", required=True, help="Held-out rows (jsonl, `trainers.data` schema).")
+    parser.add_argument(
+        "--rows", required=True, help="Held-out rows (jsonl, `trainers.distillation.data` schema)."
+    )
     parser.add_argument("--num_rows", type=int, default=55, help="Rows, spread evenly over the file.")
     parser.add_argument("--output", required=True, help="Write the results here as JSON.")
     parser.add_argument(

@@ -5,7 +5,7 @@
         --output benchmarks/alignment/exp19-whisper-decoder/repeat_text_reference.json
 
 For every clip of a `repeat_wer.py` result, the text LLM (SmolLM2 for the embedded default) gets the chat prompt the
-probes use (`trainers.probes.RepeatPrompt(chat=True)`: the user turn holds the words, then "Repeat what was
+probes use (`trainers.distillation.probes.RepeatPrompt(chat=True)`: the user turn holds the words, then "Repeat what was
 said.") with the words as text, once as the reference transcript and once as Whisper's transcript of the clip (the
 `asr` column), and its greedy reply is scored against the reference as the probes score a speech model's
 (`greedy_repeats`: the first line, at most the transcript's length plus 8 tokens). A speech model whose audio
@@ -24,7 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers.assets.registry import resolve_checkpoint
-from trainers.probes import REPEAT_CUE, RepeatPrompt, word_error_rate
+from trainers.distillation.probes import REPEAT_CUE, RepeatPrompt, word_error_rate
 
 INSTRUCTION = RepeatPrompt(chat=True).instruction
 SYSTEM = "You repeat exactly what the user said, word for word, and write nothing else."

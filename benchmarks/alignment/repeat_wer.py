@@ -4,8 +4,8 @@
         --rows tts-held-out-voices=data/tts/eval.jsonl asterisk-human=data/asterisk/eval.jsonl \
         --output benchmarks/alignment/exp09-asr-chat/repeat_wer.json
 
-For each set of held-out rows (jsonl in the `trainers.data` schema: `text`, `audio`), the model is asked to
-repeat each clip (`trainers.probes`: the teacher-forced content gain against shuffled audio, and the greedy
+For each set of held-out rows (jsonl in the `trainers.distillation.data` schema: `text`, `audio`), the model is asked to
+repeat each clip (`trainers.distillation.probes`: the teacher-forced content gain against shuffled audio, and the greedy
 repeat), and the Whisper checkpoint that is the model's own encoder transcribes the same clips (the cascade's
 ASR, `eval.run.transcribe`). Whisper's WER is the floor the encoder's features suggest: the adapter reads those
 features, so a repeat WER near it means the adapter passes on what the encoder heard. Every clip's reference,
@@ -22,7 +22,13 @@ import torch
 
 from eval.run import transcribe
 from trainers.assets import load_salad
-from trainers.probes import RepeatPrompt, greedy_repeats, load_probe_rows, run_probes, word_error_rate
+from trainers.distillation.probes import (
+    RepeatPrompt,
+    greedy_repeats,
+    load_probe_rows,
+    run_probes,
+    word_error_rate,
+)
 
 
 def parse_row_sets(specs: list[str]) -> dict[str, str]:

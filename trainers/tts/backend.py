@@ -2,7 +2,7 @@
 
 Each backend returns the same `Synthesis`, whichever engine made it: 16 kHz mono float32 in [-1, 1] and, where
 the engine knows them, word timestamps. Words are the whitespace-separated tokens of the input text,
-punctuation kept, because that is what `trainers.data` joins back into text when it interleaves speech and
+punctuation kept, because that is what `trainers.distillation.data` joins back into text when it interleaves speech and
 text on word boundaries. `rate` and `pitch` are relative factors, 1.0 being the voice's default (rate 1.2
 speaks 20% faster), so a random range means the same on every engine; each backend documents how it maps them.
 """

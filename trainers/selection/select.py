@@ -1,6 +1,6 @@
 """`salad-select`: Stage II active selection of synthetic speech from the command line.
 
-    python -m trainers.text_pool --output_dir data/text_pool          # the offline pool (Debian text packages)
+    python -m trainers.selection.text_pool --output_dir data/text_pool          # the offline pool (Debian text packages)
     salad-select --config configs/paper-cpu/stage2.yaml
     salad-select --config configs/paper-cpu/stage2.yaml --gamma 0 --output_dir runs/stage2-uniform
 
@@ -8,7 +8,7 @@ Embeds and clusters a text pool, measures the current model's misalignment M(c) 
 cluster, weighs clusters by `P_web(c) * M(c)^gamma`, and synthesizes texts drawn from those weights until the
 budget of seconds of audio is spent. Writes to `output_dir`:
 
-- `synthetic.jsonl` + `audio/`: the selected speech, rows in the `trainers.data` schema with word timestamps;
+- `synthetic.jsonl` + `audio/`: the selected speech, rows in the `trainers.distillation.data` schema with word timestamps;
 - `train_mix.jsonl`, when `natural_data_files` are given: natural and synthetic rows mixed at
   `synthetic_proportion` (the Stage II `salad-train` config reads it; text-only rows are mixed in there);
 - `report.json`: per cluster its size, M(c), web and target weights, samples drawn, seconds, example texts,
@@ -31,7 +31,10 @@ import numpy as np
 import torch
 from trl import TrlParser
 
-from trainers.active_selection import (
+from trainers.assets import load_salad
+from trainers.distillation.data import load_rows, speech_row, write_rows
+from trainers.files import content_hash
+from trainers.selection.active_selection import (
     EMBEDDED_MINILM,
     Clustering,
     central_texts,
@@ -47,13 +50,8 @@ from trainers.active_selection import (
     salad_misalignment,
     sampling_order,
     sentence_encoder,
-    speech_row,
     target_weights,
-    write_rows,
 )
-from trainers.assets import load_salad
-from trainers.files import content_hash
-from trainers.train import load_rows
 from trainers.tts import get_backend, synthesize_many
 
 
@@ -169,7 +167,7 @@ class SelectArguments:
     natural_data_files: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "Natural speech rows (trainers.data schema) to mix with the selection into train_mix.jsonl."
+            "help": "Natural speech rows (trainers.distillation.data schema) to mix with the selection into train_mix.jsonl."
         },
     )
     synthetic_proportion: float = field(

@@ -30,7 +30,7 @@ def forgetting_and_misalignment(
     continuation: str = "{transcript}",
     with_forgetting: bool = True,
 ) -> dict:
-    """F and M per token (overall and per `row["domain"]`) over rows in the `trainers.data` schema.
+    """F and M per token (overall and per `row["domain"]`) over rows in the `trainers.distillation.data` schema.
 
     `base_model` is the original text LLM Q; None means the SALAD model's own LLM with LoRA switched off
     (for a frozen LLM, F is then exactly 0); `with_forgetting=False` skips that base-model pass (F is then

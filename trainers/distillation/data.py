@@ -28,15 +28,23 @@ in every dataloader setting); past `max_bad_row_fraction` of the rows seen the r
 
 from __future__ import annotations
 
+import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from datasets import concatenate_datasets, interleave_datasets, load_dataset
 
 from modeling_salad import InvalidAudioError, SaladProcessor, load_audio
+from trainers.files import write_atomic
+from trainers.tts import Synthesis
+
+from .config import SaladDataArguments, SaladDistillationConfig
 
 
 @dataclass
@@ -202,7 +210,7 @@ def whole_utterance_segments(
 def fill_continuation(template: str, row: dict, transcript: str) -> str:
     """The continuation template filled in for a row: `{transcript}` is the row's transcript ("Repeat what was
     said: {transcript}" gives the dense "repeat" format, where the teacher is nearly certain of every token),
-    `{answer}` its `answer` column (the text LLM's own reply, `python -m trainers.chat_answers`). A row's own
+    `{answer}` its `answer` column (the text LLM's own reply, `python -m trainers.distillation.chat_answers`). A row's own
     `continuation` column is used as it is instead."""
     if row.get("continuation") is not None:
         own = row["continuation"]
@@ -213,7 +221,7 @@ def fill_continuation(template: str, row: dict, transcript: str) -> str:
     if "{answer}" in template and (not isinstance(answer, str) or not answer.strip()):
         raise BadRowError(
             "continuation: the template uses {answer} and the row has none; write the answers with "
-            "python -m trainers.chat_answers."
+            "python -m trainers.distillation.chat_answers."
         )
     return template.format(transcript=transcript, answer=answer)
 
@@ -438,3 +446,131 @@ def collate_examples(
         batch["input_features_mask"] = torch.from_numpy(audio_inputs["input_features_mask"])
         batch["speech_seconds"] = torch.tensor(sum(clip.size for clip in clips) / processor.sampling_rate)
     return batch
+
+
+def speech_row(synthesis: Synthesis, audio_path: str, **columns) -> dict:
+    """A `trainers.distillation.data` row: text, audio path and word timestamps (None where the engine gives none, so the
+    trainer uses the whole utterance), plus how it was made and `columns`."""
+    timed = synthesis.word_starts is not None and synthesis.word_ends is not None
+    return {
+        "text": synthesis.text,
+        "audio": audio_path,
+        "words": synthesis.words if timed else None,
+        "word_starts": synthesis.word_starts if timed else None,
+        "word_ends": synthesis.word_ends if timed else None,
+        "duration": round(synthesis.duration, 4),
+        "backend": synthesis.backend,
+        "voice": synthesis.voice,
+        "rate": synthesis.rate,
+        "pitch": synthesis.pitch,
+        **columns,
+    }
+
+
+def write_rows(rows: Sequence[dict], path: str | Path) -> Path:
+    """Write rows as jsonl, atomically."""
+    path = Path(path)
+
+    def save(temporary: Path) -> None:
+        with open(temporary, "w") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+
+    write_atomic(path, save)
+    return path
+
+
+def load_rows(name: str | None, files: list[str], split: str, streaming: bool, config: str | None = None):
+    """A `datasets` split from a name/directory or from local files (format from the file extension)."""
+    if name is not None:
+        return load_dataset(name, config, split=split, streaming=streaming)
+    extension = files[0].rsplit(".", 1)[-1]
+    builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(extension)
+    if builder is None:
+        raise ValueError(f"Unsupported data file {files[0]!r}: use jsonl, json, csv or parquet.")
+    parts = [
+        load_dataset(builder, data_files={split: [file]}, split=split, streaming=streaming) for file in files
+    ]
+    return concatenate_datasets(with_columns(parts)) if len(parts) > 1 else parts[0]
+
+
+def with_columns(datasets: list) -> list:
+    """The datasets with the union of their columns, in one order; a column a dataset lacks is None there.
+
+    So files with different columns (TTS rows with word timestamps next to human speech without) load as one.
+    """
+    columns = list(dict.fromkeys(column for dataset in datasets for column in dataset.column_names))
+    aligned = []
+    for dataset in datasets:
+        missing = [column for column in columns if column not in dataset.column_names]
+        if missing:
+            dataset = dataset.map(lambda row, missing=missing: dict.fromkeys(missing))
+        aligned.append(dataset.select_columns(columns))
+    return aligned
+
+
+SPEAKING_RATE_WORDS_PER_SECOND = 2.5  # read English speech; the TTS training rows average about 2.6
+
+
+def speaking_seconds(text: str) -> float:
+    """About how long `text` takes to say: the length by which a text-only row is grouped among spoken ones."""
+    return len(text.split()) / SPEAKING_RATE_WORDS_PER_SECOND
+
+
+def check_lengths(speech, column: str) -> None:
+    """Refuse speech rows without the length that grouping by length sorts by, before the sampler meets a null.
+
+    Files with different columns load as one (`with_columns`), so a file without the column gives nulls."""
+    if column not in speech.column_names:
+        raise ValueError(
+            f"train_sampling_strategy='group_by_length' sorts rows by {column!r}, which the speech rows lack: give "
+            "each row its audio's length in seconds (`python -m trainers.distillation.prepare_data` writes `duration`), or set "
+            "length_column_name or another train_sampling_strategy."
+        )
+    missing = speech[column].count(None)
+    if missing:
+        raise ValueError(
+            f"{missing} of {len(speech)} speech rows have no {column!r}, which train_sampling_strategy="
+            f"'group_by_length' sorts rows by: give each of them its audio's length in seconds, or set another "
+            "train_sampling_strategy."
+        )
+
+
+def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDistillationConfig):
+    """Speech rows, with text-only rows interleaved at `text_only_ratio` (sampled, seeded)."""
+    if data_args.dataset_name is None and not data_args.data_files:
+        raise ValueError("Give dataset_name or data_files for the speech data.")
+    speech = load_rows(
+        data_args.dataset_name, data_args.data_files, data_args.train_split, data_args.streaming,
+        data_args.dataset_config,
+    )  # fmt: skip
+    grouped_by = (
+        training_args.length_column_name
+        if training_args.train_sampling_strategy == "group_by_length"
+        else None
+    )
+    if grouped_by is not None and not data_args.streaming:
+        check_lengths(speech, grouped_by)
+    has_text = data_args.text_dataset_name is not None or data_args.text_data_files
+    if not has_text or training_args.text_only_ratio == 0:
+        return speech
+    text = load_rows(
+        data_args.text_dataset_name, data_args.text_data_files, data_args.text_split, data_args.streaming
+    )
+    # Text rows get the speech columns as nulls, so both share one schema for interleaving; grouping by length
+    # needs a length on every row, so a text row gets the seconds it would take to say.
+    speech_columns = [column for column in (speech.column_names or ["text", "audio"]) if column != "text"]
+
+    def speech_columns_of_text_row(row: dict) -> dict:
+        columns = dict.fromkeys(speech_columns)
+        if grouped_by in columns:
+            columns[grouped_by] = speaking_seconds(row["text"])
+        return columns
+
+    text = text.select_columns(["text"]).map(speech_columns_of_text_row)
+    ratio = training_args.text_only_ratio
+    return interleave_datasets(
+        [speech, text],
+        probabilities=[1 - ratio, ratio],
+        seed=training_args.seed,
+        stopping_strategy="first_exhausted",
+    )

@@ -10,13 +10,13 @@ what was said, `<|audio|> Repeat what was said: <transcript>`, and measures:
 - `repeat_wer`: word error rate of the greedy continuation (first line) against the transcript.
 
 Rows that carry their own `prompt`, `continuation` and `answer` (spoken questions:
-`python -m trainers.prepare_data --source definition_questions`) are answer probes instead: the prompt, the clip
+`python -m trainers.distillation.prepare_data --source definition_questions`) are answer probes instead: the prompt, the clip
 and the continuation up to its answer (`Question: <|audio|>\nAnswer:`, the harness's frame), then the answer's
 tokens scored, against the same shuffled-audio control. The gain there is what the clip tells the LLM about the
 answer, the step from hearing the words to using them.
 
 `AlignmentProbeCallback` runs them every `probe_steps` optimizer steps and logs them with the losses;
-`python -m trainers.probes --model ... --rows data/tts/eval.jsonl` runs them once and writes JSON.
+`python -m trainers.distillation.probes --model ... --rows data/tts/eval.jsonl` runs them once and writes JSON.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def question_fields(row: dict, where: str) -> dict:
 
 
 def load_probe_rows(path: str, num_rows: int, sampling_rate: int) -> list[ProbeRow]:
-    """`num_rows` rows spread evenly over a jsonl file in the `trainers.data` schema (`text`, `audio`), so that
+    """`num_rows` rows spread evenly over a jsonl file in the `trainers.distillation.data` schema (`text`, `audio`), so that
     a file written voice by voice gives every voice its share."""
     with open(path) as handle:
         lines = [line for line in handle if line.strip()]

@@ -1,19 +1,19 @@
 """Stage II of SALAD: spend a small speech-synthesis budget where the model's speech understanding lags most.
 
-The pipeline (`salad-select`, in `trainers/select.py`, chains these steps; each takes and returns plain data):
+The pipeline (`salad-select`, in `trainers/selection/select.py`, chains these steps; each takes and returns plain data):
 
 1. `embed_texts`: sentence embeddings of a broad text pool (L2-normalized, cached in chunks).
 2. `cluster_embeddings`: k-means into K clusters, optionally balanced (`capacitated_assignment` caps every
    cluster at `cluster_capacity(n, K, slack)` texts), cached.
 3. `draw_probe_sets`: a few texts per cluster, synthesized with one voice (`trainers.tts.synthesize_many`).
 4. `cluster_misalignment`: M(c), the per-token misalignment of the current model inside each cluster
-   (`trainers.misalignment.forgetting_and_misalignment` on the probes), appended to a cache file cluster by cluster.
+   (`trainers.distillation.misalignment.forgetting_and_misalignment` on the probes), appended to a cache file cluster by cluster.
 5. `target_weights`: P_target(c) proportional to P_web(c) * M(c)^gamma; gamma = 0 is the pool's own
    distribution, i.e. uniform selection of texts (the paper's baseline).
 6. `sampling_order` + `fill_budget`: clusters drawn from P_target, texts uniformly without replacement inside a
    cluster, synthesized and accepted while they fit: the budget (seconds of audio) is never exceeded and is
    filled to within one utterance (the first drawn utterance that does not fit).
-7. `write_rows`: a jsonl of rows in the `trainers.data` schema (text, audio path, word timestamps) next to
+7. `write_rows`: a jsonl of rows in the `trainers.distillation.data` schema (text, audio path, word timestamps) next to
    the WAV files, which `salad-train` reads as it is; `mix_rows` mixes it with natural speech rows at a given
    proportion.
 
@@ -38,8 +38,8 @@ import torch
 from tqdm.auto import tqdm
 
 from trainers.assets import resolve_checkpoint
+from trainers.distillation.misalignment import forgetting_and_misalignment
 from trainers.files import content_hash, write_atomic
-from trainers.misalignment import forgetting_and_misalignment
 from trainers.tts import Synthesis
 
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
@@ -260,7 +260,7 @@ def draw_probe_sets(clustering: Clustering, num_probes: int, seed: int = 0) -> l
 
 
 def probe_rows(syntheses: Sequence[Synthesis], clusters: Sequence[int], interleaved: bool) -> list[dict]:
-    """Rows of the `trainers.data` schema holding the probes' audio in memory, `domain` = the cluster id.
+    """Rows of the `trainers.distillation.data` schema holding the probes' audio in memory, `domain` = the cluster id.
 
     With `interleaved`, the rows carry word timestamps and are cut into text and speech spans as in training;
     otherwise the whole utterance is speech followed by the scoring continuation.
@@ -290,7 +290,7 @@ def salad_misalignment(
 ) -> Callable[[list[dict]], float]:
     """`rows -> M`: the model's per-token misalignment KL(P(. | text) || P(. | speech)) over the rows.
 
-    `continuation` follows rows without word timestamps (see `trainers.data`); None keeps the scorer's default.
+    `continuation` follows rows without word timestamps (see `trainers.distillation.data`); None keeps the scorer's default.
     """
     options = {"batch_size": batch_size, "with_forgetting": False}
     options |= {} if continuation is None else {"continuation": continuation}
@@ -440,37 +440,6 @@ def fill_budget(
 
 # ---------------------------------------------------------------------------------------------------------
 # 7. The dataset
-
-
-def speech_row(synthesis: Synthesis, audio_path: str, **columns) -> dict:
-    """A `trainers.data` row: text, audio path and word timestamps (None where the engine gives none, so the
-    trainer uses the whole utterance), plus how it was made and `columns`."""
-    timed = synthesis.word_starts is not None and synthesis.word_ends is not None
-    return {
-        "text": synthesis.text,
-        "audio": audio_path,
-        "words": synthesis.words if timed else None,
-        "word_starts": synthesis.word_starts if timed else None,
-        "word_ends": synthesis.word_ends if timed else None,
-        "duration": round(synthesis.duration, 4),
-        "backend": synthesis.backend,
-        "voice": synthesis.voice,
-        "rate": synthesis.rate,
-        "pitch": synthesis.pitch,
-        **columns,
-    }
-
-
-def write_rows(rows: Sequence[dict], path: str | Path) -> Path:
-    """Write rows as jsonl, atomically."""
-    path = Path(path)
-
-    def save(temporary: Path) -> None:
-        with open(temporary, "w") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
-
-    write_atomic(path, save)
-    return path
 
 
 def copy_audio(source: str | Path, audio_dir: str | Path) -> str:

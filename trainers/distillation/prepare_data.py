@@ -1,15 +1,15 @@
-"""Build training rows (the `trainers.data` schema) from speech and text that are installed on this machine.
+"""Build training rows (the `trainers.distillation.data` schema) from speech and text that are installed on this machine.
 
-    python -m trainers.prepare_data --output_dir data/asterisk
-    python -m trainers.prepare_data --source text_pool --output_dir data/tts --num_sentences 30000
-    python -m trainers.prepare_data --source chat_repeat --rows data/tts/train.jsonl --output_dir data/chat_repeat/tts
+    python -m trainers.distillation.prepare_data --output_dir data/asterisk
+    python -m trainers.distillation.prepare_data --source text_pool --output_dir data/tts --num_sentences 30000
+    python -m trainers.distillation.prepare_data --source chat_repeat --rows data/tts/train.jsonl --output_dir data/chat_repeat/tts
 
 `--source asterisk` writes the Asterisk English prompts (real human speech, one US-English speaker,
 CC-BY-SA-3.0, from Debian `asterisk-core-sounds-en-g722` + `asterisk-core-sounds-en`) as 16 kHz WAV files
 with `train.jsonl` and `eval.jsonl` (a seeded hold-out split). Rows carry no word timestamps, so the trainer
 uses them as whole-utterance speech followed by the configured text continuation.
 
-`--source text_pool` speaks sentences of the offline text pool (`python -m trainers.text_pool`) with the
+`--source text_pool` speaks sentences of the offline text pool (`python -m trainers.selection.text_pool`) with the
 offline TTS voices, one voice per sentence, with the engines' word timestamps (so the trainer can interleave).
 Voices named in `--held_out_voices` (by default espeak-ng `en-us` in every variant and flite `slt`, the
 evaluation voices) never speak a training row: `eval.jsonl` holds other sentences in those voices only, so
@@ -19,7 +19,7 @@ that evaluation measures speech from voices the model was not trained on.
 inside the LLM's chat template, to repeat the clip: each row keeps its clip and transcript and gets its own
 `prompt` (the chat up to the clip) and `continuation` (the rest of the user turn, "Repeat what was said.", then the
 transcript as the assistant's reply and its end of turn). The teacher reads the transcript in place of the clip,
-so the forward KL on the reply trains the probes' chat "repeat" task (`trainers.probes.RepeatPrompt(chat=True)`),
+so the forward KL on the reply trains the probes' chat "repeat" task (`trainers.distillation.probes.RepeatPrompt(chat=True)`),
 and such rows mix with interleaved rows, which a `chat_format` run cannot. A row without a `duration` (the
 recorded Asterisk prompts) gets its clip's length, which grouping by length sorts by. All rows go to `train.jsonl`.
 
@@ -47,13 +47,13 @@ from modeling_salad import SaladProcessor
 from trainers.assets import resolve_checkpoint
 from trainers.assets.asterisk import asterisk_prompts
 
-from .active_selection import speech_row, write_rows
+from ..tts import get_backend, synthesize_many
+from .data import speech_row, write_rows
 from .probes import RepeatPrompt
-from .tts import get_backend, synthesize_many
 
 SOURCES = ("asterisk", "text_pool", "definition_questions", "chat_repeat")
 
-# "A nailbrush is a brush used to ...": the sentences `trainers.text_pool` makes of WordNet's noun definitions.
+# "A nailbrush is a brush used to ...": the sentences `trainers.selection.text_pool` makes of WordNet's noun definitions.
 _DEFINITION = re.compile(r"^(?P<term>An? .+?) is (?P<gloss>(?:a|an|the|any|one) .+)\.$")
 
 
@@ -161,7 +161,9 @@ def draw_sentences(path: str, count: int, max_words: int, seed: int, offset: int
     many are asked for, so the sentences past the offset are new (tests/test_prepare_data.py checks it).
     """
     if not Path(path).exists():
-        raise FileNotFoundError(f"No text pool at {path}; build it with `python -m trainers.text_pool`.")
+        raise FileNotFoundError(
+            f"No text pool at {path}; build it with `python -m trainers.selection.text_pool`."
+        )
     with open(path) as handle:
         texts = [json.loads(line)["text"] for line in handle]
     texts = [text for text in texts if len(text.split()) <= max_words]

@@ -82,7 +82,7 @@ class SaladDistillationConfig(TrainingArguments):
         metadata={
             "help": "Text after a whole-utterance speech segment (rows without word timestamps); `{transcript}` "
             "is replaced by the transcript ('Repeat what was said: {transcript}' gives the dense repeat format), "
-            "`{answer}` by the row's `answer` (the text LLM's own reply: python -m trainers.chat_answers)."
+            "`{answer}` by the row's `answer` (the text LLM's own reply: python -m trainers.distillation.chat_answers)."
         },
     )
     interleave_probability: float = field(
@@ -138,7 +138,7 @@ class SaladDistillationConfig(TrainingArguments):
     probe_data_file: str | None = field(
         default=None,
         metadata={
-            "help": "Held-out rows (jsonl: `text`, `audio`) for the alignment probes (trainers/probes.py): "
+            "help": "Held-out rows (jsonl: `text`, `audio`) for the alignment probes (trainers/distillation/probes.py): "
             "transcript NLL/accuracy against a shuffled-audio control and greedy repeat WER, logged every "
             "probe_steps. None: no probes."
         },
@@ -147,7 +147,7 @@ class SaladDistillationConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Held-out spoken questions (jsonl with `prompt`, `continuation` and `answer`: "
-            "`python -m trainers.prepare_data --source definition_questions`) for answer probes: the answer's "
+            "`python -m trainers.distillation.prepare_data --source definition_questions`) for answer probes: the answer's "
             "NLL/accuracy after its question's clip against a shuffled-audio control, logged as answer_probe_* "
             "every probe_steps. None: none."
         },
@@ -222,3 +222,86 @@ class SaladDistillationConfig(TrainingArguments):
             )
         if self.loss_chunk_size < 1:
             raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}.")
+
+
+@dataclass
+class SaladModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An existing SALAD checkpoint (Hub id or path) to continue training."}
+    )
+    audio_encoder: str | None = field(
+        default=None,
+        metadata={"help": "Speech encoder checkpoint for a new model (Whisper, Mimi, wav2vec2...)."},
+    )
+    language_model: str | None = field(
+        default=None, metadata={"help": "Causal LM checkpoint for a new model."}
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The original text LLM for teacher_mode=separate (needed when continuing from a checkpoint "
+            "whose LLM was already fine-tuned, e.g. Stage II after full fine-tuning). Default: a copy of the "
+            "loaded model's LLM."
+        },
+    )
+    # Adapter settings of a new model: None keeps SaladConfig's default (its docstring gives them), so the
+    # defaults live in one place.
+    adapter_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "New model's adapter (modeling_salad.ADAPTERS): 'mlp', 'transformer' (the paper's) or "
+            "'whisper_decoder' (Whisper's own decoder transcribes; one embedding per transcript token)."
+        },
+    )
+    adapter_stack_factor: int | None = field(
+        default=None, metadata={"help": "New model: encoder frames per audio token."}
+    )
+    adapter_hidden_size: int | None = field(
+        default=None, metadata={"help": "New model: Transformer adapter width."}
+    )
+    adapter_intermediate_size: int | None = field(
+        default=None, metadata={"help": "New model: adapter MLP width."}
+    )
+    adapter_num_layers: int | None = field(
+        default=None, metadata={"help": "New model: Transformer adapter layers."}
+    )
+    adapter_num_attention_heads: int | None = field(
+        default=None, metadata={"help": "New model: adapter heads."}
+    )
+    adapter_num_key_value_heads: int | None = field(
+        default=None, metadata={"help": "New model: adapter KV heads."}
+    )
+    adapter_top_k: int | None = field(
+        default=None,
+        metadata={"help": "New 'whisper_decoder' adapter: token embeddings mixed per token (0: all)."},
+    )
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
+
+    def __post_init__(self):
+        if (self.model_name_or_path is None) == (self.audio_encoder is None or self.language_model is None):
+            raise ValueError(
+                "Give either model_name_or_path (a SALAD checkpoint) or both audio_encoder and language_model."
+            )
+
+
+@dataclass
+class SaladDataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Speech dataset: a Hub id, a local dataset directory or a loader name."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of dataset_name."})
+    data_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Local speech data files (jsonl/json/csv/parquet) instead of a name."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate on (None: no evaluation)."}
+    )
+    text_dataset_name: str | None = field(
+        default=None, metadata={"help": "Text-only corpus (Hub id or path)."}
+    )
+    text_data_files: list[str] = field(default_factory=list, metadata={"help": "Local text-only data files."})
+    text_split: str = field(default="train", metadata={"help": "Split of the text-only corpus."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the datasets instead of loading them."})

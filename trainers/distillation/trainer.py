@@ -17,10 +17,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 
+from ..paper import CITATION, PAPER_ARXIV_ID, PAPER_TITLE
 from .config import SaladDistillationConfig
 from .data import SaladDistillationCollator
 from .losses import distillation_loss
-from .paper import CITATION, PAPER_ARXIV_ID, PAPER_TITLE
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ class SaladDistillationTrainer(Trainer):
     """Trainer for SALAD's cross-modal distillation (Stage I, and Stage II on selected synthetic speech).
 
     Each batch holds the student's interleaved text/speech inputs, the teacher's all-text inputs and the
-    pairs of positions that predict the same text token (see `trainers.data`). The student runs up to its
+    pairs of positions that predict the same text token (see `trainers.distillation.data`). The student runs up to its
     last hidden states; the loss projects the paired positions through the LM heads chunk by chunk
-    (`trainers.losses`), so neither model's `[batch, seq, vocab]` logits are ever materialized.
+    (`trainers.distillation.losses`), so neither model's `[batch, seq, vocab]` logits are ever materialized.
 
     Args:
         model: a [`SaladForConditionalGeneration`].

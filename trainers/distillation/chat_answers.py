@@ -1,6 +1,6 @@
 """The text LLM's own chat answer to each transcript: the targets of `chat_format` training.
 
-    python -m trainers.chat_answers --rows data/tts/train.jsonl --output data/tts/train-answers.jsonl \
+    python -m trainers.distillation.chat_answers --rows data/tts/train.jsonl --output data/tts/train-answers.jsonl \
         --model embedded:smollm2-135m-instruct --limit 2000
 
 The text LLM (the teacher) reads each row's transcript as the user's message and answers greedily; the row is
@@ -9,7 +9,7 @@ the speech model to reply to the clip as the text LLM replies to its transcript 
 alpha > 0 the loss is the teacher's next-token distribution along that reply).
 
 The user message is the one the teacher reads in `chat_format` training: the transcript, then a newline and
-`--instruction` when one is given (`trainers.data.chat_segments`; the processor separates a clip from the text
+`--instruction` when one is given (`trainers.distillation.data.chat_segments`; the processor separates a clip from the text
 after it by a newline). A reply that has not ended within `--max_new_tokens` is not cut: the row is written
 with `answer: null` and `answer_finished: false`, counted in the summary, and a training run counts it as a bad
 row. The output is appended batch by batch; run the same command again to continue an interrupted run.
@@ -30,7 +30,9 @@ from trainers.assets.registry import resolve_checkpoint
 
 @dataclass
 class ChatAnswerArguments:
-    rows: str = field(metadata={"help": "Input jsonl in the trainers.data schema (a `text` column)."})
+    rows: str = field(
+        metadata={"help": "Input jsonl in the trainers.distillation.data schema (a `text` column)."}
+    )
     output: str = field(metadata={"help": "Output jsonl: the same rows with `answer` and `answer_finished`."})
     model: str = field(
         default="embedded:smollm2-135m-instruct",

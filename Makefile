@@ -58,17 +58,17 @@ demo-fast: $(STAMP) system-packages
 # 2-core Intel Xeon, fp32), then 300 steps add LoRA on SmolLM2 with the transcript's NLL and text-only rows (33
 # minutes); the data take about 10 minutes more: about 1.5 hours in all.
 embedded-default: $(STAMP) system-packages
-	$(BIN)/python -m trainers.selection.text_pool --output_dir data/text_pool
-	$(BIN)/python -m trainers.distillation.prepare_data --source text_pool --output_dir data/tts --num_sentences 30000
-	$(BIN)/python -m trainers.distillation.prepare_data --source definition_questions --output_dir data/questions \
+	$(BIN)/salad-text-pool --output_dir data/text_pool
+	$(BIN)/salad-prepare-data --source text_pool --output_dir data/tts --num_sentences 30000
+	$(BIN)/salad-prepare-data --source definition_questions --output_dir data/questions \
 		--num_sentences 9700 --eval_fraction 0.05
-	$(BIN)/python -m trainers.distillation.prepare_data --output_dir data/asterisk
+	$(BIN)/salad-prepare-data --output_dir data/asterisk
 	$(BIN)/python -m hub_scripts.build --audio_encoder embedded:whisper-tiny.en \
 		--language_model embedded:smollm2-135m-instruct --adapter_type whisper_decoder --adapter_stack_factor 4 \
 		--adapter_intermediate_size 1024 --output_dir runs/embedded-default/init
-	$(BIN)/python -m trainers.distillation.prepare_data --source chat_repeat --rows data/tts/train.jsonl --num_rows 13500 \
+	$(BIN)/salad-prepare-data --source chat_repeat --rows data/tts/train.jsonl --num_rows 13500 \
 		--chat_model runs/embedded-default/init --output_dir data/chat_repeat/tts
-	$(BIN)/python -m trainers.distillation.prepare_data --source chat_repeat --rows data/asterisk/train.jsonl \
+	$(BIN)/salad-prepare-data --source chat_repeat --rows data/asterisk/train.jsonl \
 		--chat_model runs/embedded-default/init --output_dir data/chat_repeat/asterisk
 	$(BIN)/salad-train --config configs/embedded-default/stage1-adapter.yaml
 	$(BIN)/salad-train --config configs/embedded-default/stage1-lora.yaml

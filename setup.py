@@ -52,6 +52,8 @@ setup(
     entry_points={
         "console_scripts": [
             "salad-train = trainers.distillation.train:main",
+            "salad-prepare-data = trainers.distillation.prepare_data:main",
+            "salad-text-pool = trainers.selection.text_pool:main",
             "salad-eval = eval.run:main",
             "salad-select = trainers.selection.select:main",
             "salad-push = hub_scripts.push:main",

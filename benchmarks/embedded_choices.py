@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from eval.run import EvalArguments, synthesize_items
 from eval.scoring import score_speech_items, text_prompt
+from eval.speech import synthesize_items
 from eval.tasks import load_offline_tasks
 from trainers.assets import load_salad
 
@@ -30,9 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "embedded_choices.json"
 def fingerprint(num_items: int) -> dict:
     items = load_offline_tasks()[:num_items]
     model, processor = load_salad("embedded:salad", torch.float32)
-    clips = synthesize_items(
-        items, EvalArguments(model="embedded:salad", tts_voice="en-us"), processor.sampling_rate
-    )
+    clips = synthesize_items(items, processor.sampling_rate, voice="en-us")
     with torch.no_grad():
         scores = score_speech_items(model, processor, items, clips, text_prompt(processor.audio_token, ""))
     return {

@@ -154,14 +154,14 @@ def gap_vs_minutes(args: ReproduceArguments, work: Path) -> dict:
 LATENCY_SCRIPT = r"""
 import json, sys, time
 import torch
-from eval.run import EvalArguments, synthesize_items
+from eval.speech import synthesize_items
 from eval.scoring import text_prompt
 from eval.tasks import load_task
 from trainers.assets import resolve_checkpoint
 system, count, model_name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 torch.set_grad_enabled(False)
 items = load_task("offline", count)
-clips = synthesize_items(items, EvalArguments(tts_voice="en-us"), 16000)
+clips = synthesize_items(items, 16000, voice="en-us")
 if system == "cascade":  # Whisper tiny.en transcribes, then the text LLM reads the transcript
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
     asr = pipeline("automatic-speech-recognition", model=resolve_checkpoint("embedded:whisper-tiny.en"))

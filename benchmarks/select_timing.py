@@ -1,6 +1,6 @@
 """Wall time of `salad-select` on the embedded default, split by phase, from a cold cache.
 
-    python -m trainers.selection.text_pool --output_dir data/text_pool      # the pool, once
+    salad-text-pool --output_dir data/text_pool      # the pool, once
     python benchmarks/select_timing.py                             # configs/paper-cpu/select.yaml
     python benchmarks/select_timing.py --num_clusters 128 --num_probes 4   # any salad-select flag overrides
 

@@ -5,7 +5,7 @@
     python benchmarks/train_throughput.py --levers nll_only bf16_units --output benchmarks/results/train_throughput_amx.json
 
 The levers are cumulative: each one keeps the ones before it and changes one more thing. Each runs in its own
-subprocess on the TTS training rows (`python -m trainers.distillation.prepare_data --source text_pool --output_dir data/tts`)
+subprocess on the TTS training rows (`salad-prepare-data --source text_pool --output_dir data/tts`)
 in the same seeded order; nothing else may use the CPU meanwhile (two torch processes on 2 cores slow each other
 down 10x and more).
 
@@ -132,9 +132,7 @@ def main() -> None:
         print(json.dumps(run_lever(args.child, args.steps, args.data_file)))
         return
     if not Path(args.data_file).is_file():
-        sys.exit(
-            f"{args.data_file} not found: python -m trainers.distillation.prepare_data --source text_pool --output_dir data/tts"
-        )
+        sys.exit(f"{args.data_file} not found: salad-prepare-data --source text_pool --output_dir data/tts")
     results = []
     for name in args.levers:
         command = [

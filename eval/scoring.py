@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from modeling_salad import SaladForConditionalGeneration
+
 from .tasks import MultipleChoiceItem
 
 ANSWER_CUE = "Answer:"
@@ -173,3 +175,16 @@ def score_speech_items(
 
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+class LoraOffLM(torch.nn.Module):
+    """The SALAD model's own LLM with LoRA switched off: the original text LLM when it was frozen or LoRA-tuned."""
+
+    def __init__(self, model: SaladForConditionalGeneration):
+        super().__init__()
+        self.model = model
+
+    def hidden_states_and_head(self, **inputs) -> tuple[torch.Tensor, torch.nn.Module]:
+        with self.model.lora_disabled():
+            hidden = self.model.language_model.get_decoder()(**inputs).last_hidden_state
+        return hidden, self.model.get_output_embeddings()

@@ -34,8 +34,8 @@ import torch
 from transformers import pipeline
 from trl import TrlParser
 
-from eval.run import EvalArguments, synthesize_items
 from eval.scoring import score_speech_items, text_prompt
+from eval.speech import synthesize_items
 from eval.tasks import load_offline_tasks
 from hub_scripts.push import PushArguments, push
 from hub_scripts.recipe import (
@@ -164,9 +164,7 @@ def answer_task_questions(model_dir: Path, args: RecipeArguments, count: int = 3
     template. The items are fixed, not picked by outcome."""
     items = load_offline_tasks()[:count]
     model, processor = load_salad(str(model_dir), getattr(torch, args.dtype))
-    clips = synthesize_items(
-        items, EvalArguments(model=str(model_dir), tts_voice="en-us"), processor.sampling_rate
-    )
+    clips = synthesize_items(items, processor.sampling_rate, voice="en-us")
     with torch.no_grad():
         scores = score_speech_items(model, processor, items, clips, text_prompt(processor.audio_token, ""))
     speech = pipeline("salad-speech-to-text", model=model, processor=processor)

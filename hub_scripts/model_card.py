@@ -4,7 +4,7 @@
     card.save("README.md")
 
 The metadata holds what the Hub indexes: `library_name`, `pipeline_tag`, `base_model`, `datasets`, `license`,
-tags and a `model-index` whose values are the gap harness's numbers (`eval/run.py`'s `results.json`) copied
+tags and a `model-index` whose values are the gap harness's numbers (`salad-eval`'s `results.json`) copied
 unrounded, so the card and the JSON never disagree. The body (`model_card_template.md`, rendered by
 `ModelCard.from_template`) explains the model, how to load it, the gap, the training recipe, its limitations and
 the paper to cite.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from eval.run import EvalArguments, run
+from eval.harness import EvalArguments, run
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 from trainers.distillation.config import SaladDataArguments, SaladDistillationConfig
 from trainers.distillation.data import build_train_dataset

@@ -308,7 +308,7 @@ def fake_stage2(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(select, "sentence_encoder", lambda *args: hashing_encoder)
     monkeypatch.setattr(select, "get_backend", lambda name: ToneBackend())
-    monkeypatch.setattr("eval.run.load_salad", lambda name, dtype: build_tiny("whisper"))
+    monkeypatch.setattr("eval.harness.load_salad", lambda name, dtype: build_tiny("whisper"))
     return pool, natural
 
 
@@ -389,7 +389,7 @@ def test_sentence_splitting_and_filters():
 
 
 def test_the_text_pool_is_built_by_default_where_the_training_configs_read_it():
-    """`python -m trainers.selection.text_pool` with no arguments (as the READMEs say) writes the pool the configs name."""
+    """`salad-text-pool` with no arguments (as the READMEs say) writes the pool the configs name."""
     (args,) = TrlParser((text_pool.TextPoolArguments,)).parse_args_and_config(args=[])
     configs = Path(__file__).resolve().parents[1] / "configs"
     read = {

@@ -14,10 +14,12 @@ from conftest import OTHER_INSTANCE_ULPS, OTHER_PATH_ULPS, build_tiny, float_tol
 from torch import nn
 from transformers import GenerationConfig
 
-from eval import run as eval_run
+from eval import harness, speech
+from eval import run as eval_cli
 from eval.gap import bootstrap_interval, gap_report, paired_difference
-from eval.run import SYSTEMS, EvalArguments, english_generate_kwargs
+from eval.harness import SYSTEMS, EvalArguments
 from eval.scoring import chat_prompt, score_speech_items, score_text_items, text_prompt
+from eval.speech import english_generate_kwargs
 from eval.tasks import PAPER_TASKS, MultipleChoiceItem, items_from_rows, load_jsonl_tasks, load_task
 from trainers.assets.asterisk import asterisk_prompts
 from trainers.assets.models import whisper_base_path, whisper_tiny_en_path
@@ -248,25 +250,23 @@ def test_evaluate_metric_modules_load_from_local_paths():
 
 @pytest.fixture
 def tiny_harness(whisper_salad, monkeypatch):
-    """`eval.run` on the tiny model with stand-ins for TTS (tones) and ASR (the true text); the ASR stand-in
+    """`eval.harness` on the tiny model with stand-ins for TTS (tones) and ASR (the true text); the ASR stand-in
     records how many clips it was given."""
-    from eval import run as run_module
-
     model, processor = whisper_salad
-    monkeypatch.setattr(run_module, "load_salad", lambda name, dtype: (model, processor))
+    monkeypatch.setattr(harness, "load_salad", lambda name, dtype: (model, processor))
     monkeypatch.setattr(
-        run_module,
+        harness,
         "synthesize_items",
-        lambda items, args, sr: [tone(0.3 + 0.01 * i, sr) for i in range(len(items))],
+        lambda items, sr, **tts: [tone(0.3 + 0.01 * i, sr) for i in range(len(items))],
     )
-    run_module.transcribed = []
+    harness.transcribed = []
 
     def fake_transcribe(asr_model, clips, sampling_rate):
-        run_module.transcribed.append(len(clips))
-        return [item.spoken_text for item in run_module.load_task("offline", 12)]
+        harness.transcribed.append(len(clips))
+        return [item.spoken_text for item in harness.load_task("offline", 12)]
 
-    monkeypatch.setattr(run_module, "transcribe", fake_transcribe)
-    return run_module
+    monkeypatch.setattr(harness, "transcribe", fake_transcribe)
+    return harness
 
 
 @pytest.fixture
@@ -311,7 +311,7 @@ def test_the_self_cascade_reads_the_models_own_repeats_with_the_base_llm(
         asked.append((prompt.chat, len(rows)))
         return [row.text for row in rows]
 
-    monkeypatch.setattr(tiny_harness, "greedy_repeats", perfect_repeats)
+    monkeypatch.setattr(speech, "greedy_repeats", perfect_repeats)
     args = tiny_harness.EvalArguments(
         limit=12, output_dir=str(tmp_path), bootstrap_samples=50, chat=chat, distribution_metrics=False,
         systems=["base_text", "self_cascade", "prior"],
@@ -423,7 +423,7 @@ def test_cascade_transcribes_real_speech(asr_model, path):
         path()
     except (FileNotFoundError, ModuleNotFoundError) as error:
         pytest.skip(str(error))
-    texts = eval_run.transcribe(asr_model, [clip.audio for clip in clips], 16000)
+    texts = speech.transcribe(asr_model, [clip.audio for clip in clips], 16000)
     normalize = lambda text: text.lower().replace(".", "").replace(",", "")  # noqa: E731
     assert jiwer.wer([normalize(c.transcript) for c in clips], [normalize(t) for t in texts]) < 0.3
 
@@ -447,9 +447,9 @@ def test_cascade_asks_a_multilingual_whisper_for_english(monkeypatch):
             calls.append(generate_kwargs)
             return {"text": " words "}
 
-    monkeypatch.setattr(eval_run, "pipeline", lambda task, model: RecordingASR())
-    monkeypatch.setattr(eval_run, "resolve_checkpoint", lambda name: name)
-    assert eval_run.transcribe("a-multilingual-whisper", [tone(0.2), tone(0.3)], 16000) == ["words", "words"]
+    monkeypatch.setattr(speech, "pipeline", lambda task, model: RecordingASR())
+    monkeypatch.setattr(speech, "resolve_checkpoint", lambda name: name)
+    assert speech.transcribe("a-multilingual-whisper", [tone(0.2), tone(0.3)], 16000) == ["words", "words"]
     assert calls == [{"language": "en", "task": "transcribe"}] * 2
 
 
@@ -475,11 +475,10 @@ def test_own_task_file_with_recordings_runs_end_to_end_under_its_stem(whisper_sa
     import soundfile
     from huggingface_hub import ModelCard
 
-    from eval import run as run_module
     from hub_scripts.model_card import build_model_card
 
     model, processor = whisper_salad
-    monkeypatch.setattr(run_module, "load_salad", lambda name, dtype: (model, processor))
+    monkeypatch.setattr(harness, "load_salad", lambda name, dtype: (model, processor))
     folder = tmp_path / "my data" / "nested"
     (folder / "clips").mkdir(parents=True)
     items = []
@@ -491,12 +490,12 @@ def test_own_task_file_with_recordings_runs_end_to_end_under_its_stem(whisper_sa
     task_file = folder / "quiz.jsonl"
     task_file.write_text("".join(json.dumps(item) + "\n" for item in items))
     heard = []
-    original = run_module.load_audio
+    original = speech.load_audio
     monkeypatch.setattr(
-        run_module, "load_audio", lambda path, *a, **k: heard.append(path) or original(path, *a, **k)
+        speech, "load_audio", lambda path, *a, **k: heard.append(path) or original(path, *a, **k)
     )
     out = tmp_path / "results"
-    run_module.main(["--model", "tiny", "--tasks", str(task_file), "--systems", "base_text", "salad_speech", "prior",
+    eval_cli.main(["--model", "tiny", "--tasks", str(task_file), "--systems", "base_text", "salad_speech", "prior",
                      "--output_dir", str(out), "--bootstrap_samples", "50", "--distribution_metrics", "false"])  # fmt: skip
     assert sorted(Path(path).name for path in heard) == [f"q{i}.wav" for i in range(6)]
     results = json.loads((out / "results.json").read_text())
@@ -510,7 +509,7 @@ def test_own_task_file_with_recordings_runs_end_to_end_under_its_stem(whisper_sa
 
 
 def test_task_names_are_short_safe_and_unique(tmp_path):
-    from eval.run import task_sources
+    from eval.harness import task_sources
     from eval.tasks import parse_task_spec, safe_name
 
     assert parse_task_spec("/a/b/quiz.jsonl") == ("quiz", "/a/b/quiz.jsonl")
@@ -531,17 +530,16 @@ def test_a_limit_below_one_is_refused(limit):
 
 def test_bad_tasks_fail_before_the_model_loads(tmp_path, monkeypatch):
     """An empty task file, or an unknown task after a valid one, is an error before any compute is spent."""
-    from eval import run as run_module
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the tasks were checked")
 
-    monkeypatch.setattr(run_module, "load_salad", must_not_load)
+    monkeypatch.setattr(harness, "load_salad", must_not_load)
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="has no items"):
-        run_module.run(EvalArguments(tasks=[str(tmp_path / "empty.jsonl")], output_dir=str(tmp_path / "out")))
+        harness.run(EvalArguments(tasks=[str(tmp_path / "empty.jsonl")], output_dir=str(tmp_path / "out")))
     with pytest.raises(ValueError, match="Unknown task 'nope'"):
-        run_module.run(EvalArguments(tasks=["offline", "nope"], output_dir=str(tmp_path / "out")))
+        harness.run(EvalArguments(tasks=["offline", "nope"], output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out" / "results.json").exists()
 
 

@@ -1,4 +1,4 @@
-"""`python -m trainers.distillation.prepare_data`: held-out voices stay out of training, offsets give unseen sentences."""
+"""`salad-prepare-data`: held-out voices stay out of training, offsets give unseen sentences."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@
 For each set of held-out rows (jsonl in the `trainers.distillation.data` schema: `text`, `audio`), the model is asked to
 repeat each clip (`trainers.distillation.probes`: the teacher-forced content gain against shuffled audio, and the greedy
 repeat), and the Whisper checkpoint that is the model's own encoder transcribes the same clips (the cascade's
-ASR, `eval.run.transcribe`). Whisper's WER is the floor the encoder's features suggest: the adapter reads those
+ASR, `eval.speech.transcribe`). Whisper's WER is the floor the encoder's features suggest: the adapter reads those
 features, so a repeat WER near it means the adapter passes on what the encoder heard. Every clip's reference,
 repeat and transcript are written out, so the numbers can be read against the words.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from eval.run import transcribe
+from eval.speech import transcribe
 from trainers.assets import load_salad
 from trainers.distillation.probes import (
     RepeatPrompt,

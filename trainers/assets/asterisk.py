@@ -2,7 +2,7 @@
 
 One US-English speaker, CC-BY-SA-3.0, from Debian (`asterisk-core-sounds-en-g722` for the G.722 clips,
 `asterisk-core-sounds-en` for the transcripts): the held-out human speech of the embedded default's evaluation
-and a small training set (`python -m trainers.distillation.prepare_data --output_dir data/asterisk`).
+and a small training set (`salad-prepare-data --output_dir data/asterisk`).
 """
 
 from __future__ import annotations

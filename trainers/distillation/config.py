@@ -147,7 +147,7 @@ class SaladDistillationConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Held-out spoken questions (jsonl with `prompt`, `continuation` and `answer`: "
-            "`python -m trainers.distillation.prepare_data --source definition_questions`) for answer probes: the answer's "
+            "`salad-prepare-data --source definition_questions`) for answer probes: the answer's "
             "NLL/accuracy after its question's clip against a shuffled-audio control, logged as answer_probe_* "
             "every probe_steps. None: none."
         },

@@ -523,7 +523,7 @@ def check_lengths(speech, column: str) -> None:
     if column not in speech.column_names:
         raise ValueError(
             f"train_sampling_strategy='group_by_length' sorts rows by {column!r}, which the speech rows lack: give "
-            "each row its audio's length in seconds (`python -m trainers.distillation.prepare_data` writes `duration`), or set "
+            "each row its audio's length in seconds (`salad-prepare-data` writes `duration`), or set "
             "length_column_name or another train_sampling_strategy."
         )
     missing = speech[column].count(None)

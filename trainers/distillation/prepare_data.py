@@ -1,15 +1,15 @@
 """Build training rows (the `trainers.distillation.data` schema) from speech and text that are installed on this machine.
 
-    python -m trainers.distillation.prepare_data --output_dir data/asterisk
-    python -m trainers.distillation.prepare_data --source text_pool --output_dir data/tts --num_sentences 30000
-    python -m trainers.distillation.prepare_data --source chat_repeat --rows data/tts/train.jsonl --output_dir data/chat_repeat/tts
+    salad-prepare-data --output_dir data/asterisk
+    salad-prepare-data --source text_pool --output_dir data/tts --num_sentences 30000
+    salad-prepare-data --source chat_repeat --rows data/tts/train.jsonl --output_dir data/chat_repeat/tts
 
 `--source asterisk` writes the Asterisk English prompts (real human speech, one US-English speaker,
 CC-BY-SA-3.0, from Debian `asterisk-core-sounds-en-g722` + `asterisk-core-sounds-en`) as 16 kHz WAV files
 with `train.jsonl` and `eval.jsonl` (a seeded hold-out split). Rows carry no word timestamps, so the trainer
 uses them as whole-utterance speech followed by the configured text continuation.
 
-`--source text_pool` speaks sentences of the offline text pool (`python -m trainers.selection.text_pool`) with the
+`--source text_pool` speaks sentences of the offline text pool (`salad-text-pool`) with the
 offline TTS voices, one voice per sentence, with the engines' word timestamps (so the trainer can interleave).
 Voices named in `--held_out_voices` (by default espeak-ng `en-us` in every variant and flite `slt`, the
 evaluation voices) never speak a training row: `eval.jsonl` holds other sentences in those voices only, so
@@ -161,9 +161,7 @@ def draw_sentences(path: str, count: int, max_words: int, seed: int, offset: int
     many are asked for, so the sentences past the offset are new (tests/test_prepare_data.py checks it).
     """
     if not Path(path).exists():
-        raise FileNotFoundError(
-            f"No text pool at {path}; build it with `python -m trainers.selection.text_pool`."
-        )
+        raise FileNotFoundError(f"No text pool at {path}; build it with `salad-text-pool`.")
     with open(path) as handle:
         texts = [json.loads(line)["text"] for line in handle]
     texts = [text for text in texts if len(text.split()) <= max_words]

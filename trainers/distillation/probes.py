@@ -10,7 +10,7 @@ what was said, `<|audio|> Repeat what was said: <transcript>`, and measures:
 - `repeat_wer`: word error rate of the greedy continuation (first line) against the transcript.
 
 Rows that carry their own `prompt`, `continuation` and `answer` (spoken questions:
-`python -m trainers.distillation.prepare_data --source definition_questions`) are answer probes instead: the prompt, the clip
+`salad-prepare-data --source definition_questions`) are answer probes instead: the prompt, the clip
 and the continuation up to its answer (`Question: <|audio|>\nAnswer:`, the harness's frame), then the answer's
 tokens scored, against the same shuffled-audio control. The gain there is what the clip tells the LLM about the
 answer, the step from hearing the words to using them.

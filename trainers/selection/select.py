@@ -1,6 +1,6 @@
 """`salad-select`: Stage II active selection of synthetic speech from the command line.
 
-    python -m trainers.selection.text_pool --output_dir data/text_pool          # the offline pool (Debian text packages)
+    salad-text-pool --output_dir data/text_pool          # the offline pool (Debian text packages)
     salad-select --config configs/paper-cpu/stage2.yaml
     salad-select --config configs/paper-cpu/stage2.yaml --gamma 0 --output_dir runs/stage2-uniform
 

@@ -1,7 +1,7 @@
 """An offline, broad English text pool for Stage II active selection, built from Debian text packages.
 
     apt-get install fortunes wordnet-base jargon-text
-    python -m trainers.selection.text_pool --output_dir data/text_pool
+    salad-text-pool --output_dir data/text_pool
 
 The paper selects from a FineWeb-Edu subset, which needs the Hub. Without network, breadth has to come from text
 that Debian ships; three packages between them cover everyday language, definitions of nearly every topic

@@ -1,0 +1,99 @@
+"""What `salad-eval` writes besides `results.json`: the markdown tables and the plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .tasks import safe_name
+
+
+def _interval(difference: dict | None) -> str:
+    if difference is None:
+        return "-"
+    low, high = difference["ci95"]
+    return f"{difference['value']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| task | system | accuracy | 95% CI | n |", "|---|---|---|---|---|"]
+    for task, report in results["tasks"].items():
+        for system, summary in report["systems"].items():
+            low, high = summary["ci95"]
+            lines.append(
+                f"| {task} | {system} | {summary['accuracy']:.3f} | [{low:.3f}, {high:.3f}] | {summary['n']} |"
+            )
+    lines += [
+        "",
+        "| task | gap (base text - SALAD speech) | retention gap | speech - prior (paired) | speech/prior agreement "
+        "| chance |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task, report in results["tasks"].items():
+        agreement = report.get("speech_prior_agreement")
+        agreement = "-" if agreement is None else f"{agreement:.2f}"
+        gap, retention = _interval(report.get("gap")), _interval(report.get("retention_gap"))
+        over_prior = _interval(report.get("speech_over_prior"))
+        lines.append(
+            f"| {task} | {gap} | {retention} | {over_prior} | {agreement} | {report['chance']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def save_plots(results: dict, output_dir: Path) -> list[str]:
+    """Accuracy per task and system (with intervals); gap per domain for each task."""
+    import matplotlib  # lazily: the optional `eval` extra
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), which must come first
+
+    paths = []
+    tasks = list(results["tasks"])
+    systems = list(next(iter(results["tasks"].values()))["systems"])
+    fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(tasks) * len(systems) / 3, 4))
+    width = 0.8 / len(systems)
+    for k, system in enumerate(systems):
+        acc = [results["tasks"][t]["systems"][system]["accuracy"] for t in tasks]
+        err = np.array(
+            [
+                [
+                    a - results["tasks"][t]["systems"][system]["ci95"][0],
+                    results["tasks"][t]["systems"][system]["ci95"][1] - a,
+                ]
+                for t, a in zip(tasks, acc)
+            ]
+        ).T
+        ax.bar(np.arange(len(tasks)) + k * width, acc, width, yerr=err, capsize=3, label=system)
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(systems) - 1) / 2, tasks)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy per task (95% bootstrap CI)")
+    fig.tight_layout()
+    fig.savefig(output_dir / "accuracy_per_task.png", dpi=120)
+    plt.close(fig)
+    paths.append("accuracy_per_task.png")
+    for task, report in results["tasks"].items():
+        domains = [d for d in report["domains"] if "gap" in report["domains"][d]]
+        if not domains:
+            continue
+        gaps = [report["domains"][d]["gap"]["value"] for d in domains]
+        err = np.array(
+            [
+                [g - report["domains"][d]["gap"]["ci95"][0], report["domains"][d]["gap"]["ci95"][1] - g]
+                for d, g in zip(domains, gaps)
+            ]
+        ).T
+        fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(domains)), 4))
+        ax.bar(domains, gaps, yerr=err, capsize=3, color="tab:red")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_ylabel("text - speech accuracy")
+        ax.set_title(f"{task}: text-speech gap per domain")
+        ax.tick_params(axis="x", rotation=45)
+        fig.tight_layout()
+        path = f"gap_per_domain_{safe_name(task)}.png"
+        fig.savefig(output_dir / path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from eval.harness import EvalArguments, run
-from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+from trainers.assets import load_salad
 from trainers.distillation.config import SaladDataArguments, SaladDistillationConfig
 from trainers.distillation.data import build_train_dataset
 from trainers.distillation.misalignment import forgetting_and_misalignment
@@ -191,8 +191,7 @@ def continue_training(
 ) -> tuple[list[dict], dict, dict]:
     """LoRA distillation from the shipped checkpoint; returns the log and M/F on `held_out` before and after."""
 
-    model = SaladForConditionalGeneration.from_pretrained(shipped)
-    processor = SaladProcessor.from_pretrained(shipped)
+    model, processor = load_salad(str(shipped))
     config = SaladDistillationConfig(
         output_dir=str(output / "trainer"), max_steps=args.train_steps, per_device_train_batch_size=8,
         learning_rate=5e-4, adapter_learning_rate=2e-4, warmup_steps=2, lr_scheduler_type="constant_with_warmup",

@@ -33,6 +33,7 @@ from transformers import TrainerCallback
 from trl import TrlParser
 
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+from trainers.assets import load_salad
 
 from .data import decode_row_audio
 
@@ -325,8 +326,7 @@ class ProbeArguments:
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((ProbeArguments,)).parse_args_and_config(args=argv)
-    model = SaladForConditionalGeneration.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
-    processor = SaladProcessor.from_pretrained(args.model)
+    model, processor = load_salad(args.model, getattr(torch, args.dtype))
     rows = load_probe_rows(args.rows, args.num_rows, processor.sampling_rate)
     results = run_probes(model, processor, rows, prompt=RepeatPrompt(chat=args.chat))
     text = json.dumps(results, indent=2)

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
+from latency import main as measure_latency  # noqa: E402  (a sibling script: benchmarks/ is on sys.path)
 from transformers import HfArgumentParser
 
 from hub_scripts.recipe import (
@@ -151,59 +149,15 @@ def gap_vs_minutes(args: ReproduceArguments, work: Path) -> dict:
     return points
 
 
-LATENCY_SCRIPT = r"""
-import json, sys, time
-import torch
-from eval.speech import synthesize_items
-from eval.scoring import text_prompt
-from eval.tasks import load_task
-from trainers.assets import resolve_checkpoint
-system, count, model_name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-torch.set_grad_enabled(False)
-items = load_task("offline", count)
-clips = synthesize_items(items, 16000, voice="en-us")
-if system == "cascade":  # Whisper tiny.en transcribes, then the text LLM reads the transcript
-    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-    asr = pipeline("automatic-speech-recognition", model=resolve_checkpoint("embedded:whisper-tiny.en"))
-    llm_path = resolve_checkpoint("embedded:smollm2-135m-instruct")
-    llm, tokenizer = AutoModelForCausalLM.from_pretrained(llm_path).eval(), AutoTokenizer.from_pretrained(llm_path)
-else:  # the SALAD model hears the question in the same frame
-    from trainers.assets import load_salad
-    model, processor = load_salad(model_name, torch.float32)
-times = []
-for clip in clips:
-    start = time.perf_counter()
-    if system == "cascade":
-        text = asr({"raw": clip, "sampling_rate": 16000})["text"].strip()
-        inputs = tokenizer(text_prompt(text, ""), return_tensors="pt")
-        llm.generate(**inputs, max_new_tokens=1, do_sample=False)
-    else:
-        inputs = processor(text=text_prompt(processor.audio_token, ""), audio=clip, return_tensors="pt")
-        model.generate(**inputs, max_new_tokens=1, do_sample=False)
-    times.append(time.perf_counter() - start)
-# VmHWM: this process's own peak resident memory (ru_maxrss would carry the parent's peak across fork + exec)
-peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"ttft_seconds": times, "peak_rss_mb": peak_kb / 1024}))
-"""
-
-
 def latency(args: ReproduceArguments) -> dict:
-    """TTFT (audio in -> first token out, after one warm-up) and peak RSS per system, each in a fresh process."""
-    results = {}
-    for system in ("salad", "cascade"):
-        completed = subprocess.run(
-            [sys.executable, "-c", LATENCY_SCRIPT, system, str(args.latency_questions + 1), args.model],
-            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
-        )  # fmt: skip
-        measured = json.loads(completed.stdout.strip().splitlines()[-1])
-        times = measured["ttft_seconds"][1:]  # the first call warms up
-        results[system] = {
-            "ttft_median_seconds": float(np.median(times)),
-            "ttft_p90_seconds": float(np.percentile(times, 90)),
-            "peak_rss_mb": measured["peak_rss_mb"],
-            "questions": len(times),
-        }
-    return results
+    """TTFT and peak RSS per system, each in a fresh process: `benchmarks/latency.py` on the same questions."""
+    output = Path(args.output_dir) / "latency.json"
+    measure_latency(
+        ["--questions", str(args.latency_questions), "--model", args.model, "--output", str(output)]
+    )
+    measured = json.loads(output.read_text())["systems"]
+    keys = ("ttft_median_seconds", "ttft_p90_seconds", "peak_rss_mb", "questions")
+    return {system: {key: value[key] for key in keys} for system, value in measured.items()}
 
 
 def percent(accuracy: dict, system: str) -> str:

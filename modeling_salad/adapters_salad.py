@@ -60,7 +60,6 @@ class SaladAdapter(nn.Module):
         adapter_type: its name in `SaladConfig.adapter_type`.
         reads_full_windows: the encoder reads each window padded with silence to its full length (Whisper's decoder
             was trained on such input) rather than trimmed to the window's length.
-        fills_every_slot: one embedding per audio-token slot; otherwise `keep` marks the slots it fills.
         cuts_at_quiet_stretches: the processor cuts long clips at their quietest stretch, not at fixed times
             (`AudioLengthSpec.quiet_cuts`), because the adapter transcribes and a word cut in two is lost.
         frozen_parts: pretrained submodules that never train and are not part of the trained weights.
@@ -68,7 +67,6 @@ class SaladAdapter(nn.Module):
 
     adapter_type: ClassVar[str]
     reads_full_windows: ClassVar[bool] = False
-    fills_every_slot: ClassVar[bool] = True
     cuts_at_quiet_stretches: ClassVar[bool] = False
     frozen_parts: ClassVar[tuple[str, ...]] = ()
 
@@ -320,7 +318,6 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
 
     adapter_type = "whisper_decoder"
     reads_full_windows = True
-    fills_every_slot = False
     cuts_at_quiet_stretches = True
     frozen_parts = ("decoder",)
 

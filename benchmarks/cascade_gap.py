@@ -1,0 +1,249 @@
+"""Where the shipped model loses to the cascade of its own parts (issue 33): what the LLM reads from a clip, next to
+what the cascade gives it.
+
+    python benchmarks/cascade_gap.py diagnose        # writes benchmarks/results/cascade_gap/diagnostic.{json,md}
+    python benchmarks/cascade_gap.py ablate --voice en-us   # writes benchmarks/results/cascade_gap/ablation-en-us.json
+
+The `whisper_decoder` adapter hands the LLM one embedding per token of Whisper's greedy transcript: the mixture of
+the LLM's embeddings of the first LLM piece of each of the token's `top_k` most likely Whisper tokens, plus a
+trained residual. The cascade hands it the LLM tokenizer's ids of the same transcript as text. For every clip this
+compares, token by token:
+
+- `cascade`: the LLM tokenizer's ids of Whisper's transcript (what the cascade's LLM reads);
+- `first_pieces`: the first LLM piece of each of Whisper's top-1 tokens (what the adapter's mixture is centred on,
+  the residual and the other candidates aside);
+- `all_pieces`: every LLM piece of each top-1 token (what a lossless interface would hand over).
+
+It reports how often the first pieces differ from the cascade's ids (token error rate, and the share of clips read
+exactly), which Whisper tokens the LLM splits, and what the LLM reads in place of the cascade's text. Clips: the
+built-in task set spoken by both held-out voices (espeak-ng `en-us`, flite `slt`) and the held-out recorded
+Asterisk prompts (real human speech), the sets of the README's tables.
+
+`ablate` answers the built-in set spoken by one held-out voice with the shipped model and with one of its parts
+changed at a time (top-1 instead of the top-8 mixture; the residual switched off), next to the cascade, all on the
+same items in one run, with the paired difference of each against the cascade.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from eval.gap import accuracy_summary, paired_difference
+from eval.harness import EvalArguments, evaluate_task
+from eval.speech import synthesize_items
+from eval.tasks import load_offline_tasks
+from trainers.assets import load_salad, resolve_checkpoint
+from trainers.assets.asterisk import asterisk_prompts
+from trainers.distillation.probes import word_error_rate
+
+RESULTS = Path(__file__).resolve().parent / "results" / "cascade_gap"
+VOICES = {"en-us": ("espeak-ng", "en-us"), "slt": ("flite", "slt")}
+
+
+def held_out_asterisk(eval_fraction: float = 0.1, seed: int = 0) -> list:
+    """The recorded prompts `salad-prepare-data` holds out for evaluation (its seeded split of the same list)."""
+    clips = asterisk_prompts()
+    random.Random(seed).shuffle(clips)
+    return clips[: round(len(clips) * eval_fraction)]
+
+
+def clip_sets(limit: int | None) -> dict[str, tuple[list[str], list]]:
+    """Each set's reference texts and clips (16 kHz)."""
+    items = load_offline_tasks()[:limit]
+    sets = {}
+    for name, (backend, voice) in VOICES.items():
+        sets[f"built-in, {name}"] = (
+            [item.spoken_text for item in items],
+            synthesize_items(items, 16000, backend=backend, voice=voice),
+        )
+    human = held_out_asterisk()[:limit]
+    sets["recorded human prompts"] = ([clip.transcript for clip in human], [clip.audio for clip in human])
+    return sets
+
+
+def edit_distance(a: list[int], b: list[int]) -> int:
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def read_clips(model, processor, whisper_tokenizer, clips: list, batch_size: int = 8) -> list[list[int]]:
+    """Whisper's top-1 tokens of each clip, as the adapter reads them (its windows concatenated)."""
+    transcripts = []
+    for start in range(0, len(clips), batch_size):
+        batch = clips[start : start + batch_size]
+        inputs = processor.prepare_audio(batch)[0]
+        windows = model.encode_windows(
+            torch.from_numpy(inputs["input_features"]), torch.from_numpy(inputs["input_features_mask"])
+        )
+        transcript = model.adapter.transcribe(windows)
+        ids = transcript.logits.argmax(-1)
+        per_window = [ids[row, : int(count)].tolist() for row, count in enumerate(transcript.counts)]
+        lengths = [len(processor.length_spec.window_lengths(clip)) for clip in batch]
+        for offset in range(len(batch)):
+            first = sum(lengths[:offset])
+            transcripts.append(
+                [token for window in per_window[first : first + lengths[offset]] for token in window]
+            )
+    return transcripts
+
+
+def diagnose(limit: int | None) -> dict:
+    model, processor = load_salad("embedded:salad", torch.float32)
+    llm_tokenizer = processor.tokenizer
+    whisper_tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("embedded:whisper-tiny.en"))
+    token_map = model.adapter.token_map
+    llm_bpe = llm_tokenizer.backend_tokenizer.model
+    results = {"model": "embedded:salad", "sets": {}}
+    for name, (references, clips) in clip_sets(limit).items():
+        rows, split_tokens = [], Counter()
+        for reference, whisper_ids in zip(references, read_clips(model, processor, whisper_tokenizer, clips)):
+            text = whisper_tokenizer.decode(whisper_ids)
+            cascade = llm_tokenizer(text, add_special_tokens=False)["input_ids"]
+            first = token_map[torch.tensor(whisper_ids, dtype=torch.long)].tolist() if whisper_ids else []
+            pieces = [whisper_tokenizer.convert_ids_to_tokens(token) for token in whisper_ids]
+            all_pieces = [piece.id for token in pieces for piece in llm_bpe.tokenize(token)]
+            split_tokens.update(token for token in pieces if len(llm_bpe.tokenize(token)) > 1)
+            rows.append({
+                "reference": reference,
+                "whisper": text.strip(),
+                "llm_reads": llm_tokenizer.decode(first).strip(),
+                "whisper_tokens": len(whisper_ids),
+                "split_tokens": sum(len(llm_bpe.tokenize(token)) > 1 for token in pieces),
+                "first_pieces_errors": edit_distance(first, cascade),
+                "all_pieces_errors": edit_distance(all_pieces, cascade),
+                "cascade_tokens": len(cascade),
+            })  # fmt: skip
+        cascade_tokens = sum(row["cascade_tokens"] for row in rows)
+        results["sets"][name] = {
+            "clips": len(rows),
+            "whisper_wer": word_error_rate([row["reference"] for row in rows], [row["whisper"] for row in rows]),
+            "whisper_tokens": sum(row["whisper_tokens"] for row in rows),
+            "split_token_share": sum(row["split_tokens"] for row in rows) / max(sum(r["whisper_tokens"] for r in rows), 1),
+            "first_pieces_token_error_rate": sum(row["first_pieces_errors"] for row in rows) / cascade_tokens,
+            "all_pieces_token_error_rate": sum(row["all_pieces_errors"] for row in rows) / cascade_tokens,
+            "clips_read_exactly": sum(row["first_pieces_errors"] == 0 for row in rows) / len(rows),
+            "most_split_tokens": split_tokens.most_common(15),
+            "rows": rows,
+        }  # fmt: skip
+    return results
+
+
+def top_1(model) -> None:
+    model.adapter.top_k = 1
+
+
+def residual_off(model) -> None:
+    model.adapter.down_proj.weight.data.zero_()
+
+
+ABLATIONS = {"top-1 instead of the top-8 mixture": top_1, "residual off": residual_off}
+
+
+def ablate(voice: str, limit: int | None, dtype: str) -> dict:
+    """The shipped model's spoken accuracy with each ablation, and the cascade's, on the same items."""
+    items = load_offline_tasks()[:limit]
+    backend, name = VOICES[voice]
+    args = EvalArguments(tts_backend=backend, tts_voice=name, distribution_metrics=False, dtype=dtype,
+                         systems=["cascade", "salad_speech"])  # fmt: skip
+    model, processor = load_salad("embedded:salad", getattr(torch, dtype))
+    # the cascade's reader is SmolLM2 itself (as `configs/paper-cpu/eval.yaml` sets `base_model`), not the shipped
+    # model's LLM, which holds merged LoRA
+    reference = AutoModelForCausalLM.from_pretrained(
+        resolve_checkpoint("embedded:smollm2-135m-instruct"), dtype=getattr(torch, dtype)
+    ).eval()
+    base = evaluate_task(voice, items, model, processor, reference, args)
+    correct = {"cascade": _correct(base, "cascade", items), "shipped": _correct(base, "salad_speech", items)}
+    speech_only = EvalArguments(**{**args.__dict__, "systems": ["salad_speech"]})
+    for label, change in ABLATIONS.items():
+        variant, _ = load_salad("embedded:salad", getattr(torch, dtype))
+        change(variant)
+        report = evaluate_task(voice, items, variant, processor, reference, speech_only)
+        correct[label] = _correct(report, "salad_speech", items)
+    return {
+        "voice": voice, "items": len(items), "dtype": dtype,
+        "accuracy": {label: accuracy_summary(values) for label, values in correct.items()},
+        "minus_cascade": {label: paired_difference(values, correct["cascade"])
+                          for label, values in correct.items() if label != "cascade"},
+        "cascade_wer": base.get("cascade_wer"),
+    }  # fmt: skip
+
+
+def _correct(report: dict, system: str, items) -> list[bool]:
+    return [row[system] == item.answer for row, item in zip(report["items"], items)]
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "# What the LLM reads from a clip, next to the cascade (issue 33)",
+        "",
+        "`python benchmarks/cascade_gap.py diagnose`; token error rates are edit distances to the LLM tokenizer's ids "
+        "of Whisper's transcript, over those ids.",
+        "",
+        "| set | clips | Whisper WER | Whisper tokens split by the LLM | first pieces: token error rate | "
+        "clips read exactly | all pieces: token error rate |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, value in results["sets"].items():
+        lines.append(
+            f"| {name} | {value['clips']} | {100 * value['whisper_wer']:.1f}% | {100 * value['split_token_share']:.1f}% | "
+            f"{100 * value['first_pieces_token_error_rate']:.1f}% | {100 * value['clips_read_exactly']:.0f}% | "
+            f"{100 * value['all_pieces_token_error_rate']:.1f}% |"
+        )
+    for name, value in results["sets"].items():
+        lines += ["", f"## {name}", "", "Most often split: " + ", ".join(
+            f"`{token}` ({count})" for token, count in value["most_split_tokens"]), "",
+            "| Whisper's transcript (the cascade reads it) | what the LLM reads (first pieces) |", "|---|---|"]  # fmt: skip
+        changed = [row for row in value["rows"] if row["first_pieces_errors"]][:8]
+        lines += [f"| {row['whisper']} | {row['llm_reads']} |" for row in changed]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["diagnose", "ablate"])
+    parser.add_argument("--limit", type=int, default=None, help="Clips per set (default: all).")
+    parser.add_argument("--voice", choices=list(VOICES), default="en-us", help="ablate: the held-out voice.")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="ablate: model dtype."
+    )
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.command == "ablate":
+        with torch.no_grad():
+            results = ablate(args.voice, args.limit, args.dtype)
+        (RESULTS / f"ablation-{args.voice}.json").write_text(json.dumps(results, indent=1) + "\n")
+        for label, summary in results["accuracy"].items():
+            difference = results["minus_cascade"].get(label)
+            against = (
+                ""
+                if difference is None
+                else (
+                    f", minus cascade {100 * difference['value']:+.1f} "
+                    f"[{100 * difference['ci95'][0]:+.1f}, {100 * difference['ci95'][1]:+.1f}]"
+                )
+            )
+            print(f"{label}: {100 * summary['accuracy']:.1f}%{against}")
+        return
+    with torch.no_grad():
+        results = diagnose(args.limit)
+    (RESULTS / "diagnostic.json").write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / "diagnostic.md").write_text(markdown(results))
+    print(markdown(results).split("\n## ")[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,7 @@ import argparse
 import json
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -78,7 +79,7 @@ def edit_distance(a: list[int], b: list[int]) -> int:
     return previous[-1]
 
 
-def read_clips(model, processor, whisper_tokenizer, clips: list, batch_size: int = 8) -> list[list[int]]:
+def read_clips(model, processor, clips: list, batch_size: int = 8) -> list[list[int]]:
     """Whisper's top-1 tokens of each clip, as the adapter reads them (its windows concatenated)."""
     transcripts = []
     for start in range(0, len(clips), batch_size):
@@ -108,7 +109,7 @@ def diagnose(limit: int | None) -> dict:
     results = {"model": "embedded:salad", "sets": {}}
     for name, (references, clips) in clip_sets(limit).items():
         rows, split_tokens = [], Counter()
-        for reference, whisper_ids in zip(references, read_clips(model, processor, whisper_tokenizer, clips)):
+        for reference, whisper_ids in zip(references, read_clips(model, processor, clips)):
             text = whisper_tokenizer.decode(whisper_ids)
             cascade = llm_tokenizer(text, add_special_tokens=False)["input_ids"]
             first = token_map[torch.tensor(whisper_ids, dtype=torch.long)].tolist() if whisper_ids else []
@@ -165,7 +166,7 @@ def ablate(voice: str, limit: int | None, dtype: str) -> dict:
     ).eval()
     base = evaluate_task(voice, items, model, processor, reference, args)
     correct = {"cascade": _correct(base, "cascade", items), "shipped": _correct(base, "salad_speech", items)}
-    speech_only = EvalArguments(**{**args.__dict__, "systems": ["salad_speech"]})
+    speech_only = replace(args, systems=["salad_speech"])
     for label, change in ABLATIONS.items():
         variant, _ = load_salad("embedded:salad", getattr(torch, dtype))
         change(variant)

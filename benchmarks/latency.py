@@ -94,7 +94,7 @@ def run_salad(clips: list[np.ndarray], model_name: str, dtype, new_tokens: int) 
     model, processor = load_salad(model_name, dtype)
     watch = Stopwatch()
     parts = {"encoder": model.audio_tower, "adapter": model.adapter, "llm": model.language_model}
-    if hasattr(model.adapter, "decoder") and "decoder" in model.adapter.frozen_parts:
+    if "decoder" in model.adapter.frozen_parts:
         parts["whisper_decoder"] = model.adapter.decoder
     for name, module in parts.items():
         watch.watch(name, module)

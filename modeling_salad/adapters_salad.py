@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaModel, WhisperModel
+from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaModel
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
 from transformers.utils import logging
 
@@ -84,9 +84,9 @@ class SaladAdapter(nn.Module):
         """`SaladConfig` settings this adapter takes from the speech checkpoint it is assembled with."""
         return {}
 
-    def load_pretrained_parts(self, audio_encoder: str, tokenizer, dtype: torch.dtype | None = None) -> None:
-        """Fill the `frozen_parts`, and what maps the speech checkpoint onto the LM (its `tokenizer`), when a model
-        is assembled from pretrained components."""
+    def load_pretrained_parts(self, speech_model: nn.Module, audio_encoder: str, tokenizer) -> None:
+        """Fill the `frozen_parts` from the loaded `speech_model`, and what maps the speech checkpoint (`audio_encoder`,
+        its name) onto the LM (its `tokenizer`), when a model is assembled from pretrained components."""
 
     def forward(
         self, windows: AudioWindows, token_embeddings: torch.Tensor
@@ -360,10 +360,8 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
     def settings_from_encoder(cls, audio_encoder: str) -> dict:
         return {"adapter_decoder_prompt_ids": whisper_prompt_ids(audio_encoder)}
 
-    def load_pretrained_parts(self, audio_encoder: str, tokenizer, dtype: torch.dtype | None = None) -> None:
-        self.decoder = (
-            WhisperModel.from_pretrained(audio_encoder, dtype=dtype).get_decoder().requires_grad_(False)
-        )
+    def load_pretrained_parts(self, speech_model: nn.Module, audio_encoder: str, tokenizer) -> None:
+        self.decoder = speech_model.get_decoder().requires_grad_(False)
         self.token_map.copy_(
             whisper_token_map(AutoTokenizer.from_pretrained(audio_encoder), tokenizer, self.token_map.numel())
         )

@@ -94,7 +94,8 @@ class SaladCheckpointMixin:
         audio_config = AutoConfig.from_pretrained(audio_encoder)
         adapter_type = adapter_class(adapter_kwargs.get("adapter_type", SaladConfig.adapter_type))
         adapter_kwargs = {**adapter_type.settings_from_encoder(audio_encoder), **adapter_kwargs}
-        audio_model = load_audio_encoder(audio_encoder, audio_config, dtype=dtype)
+        speech_model = load_speech_model(audio_encoder, audio_config, dtype=dtype)
+        audio_model = speech_model.get_encoder() if isinstance(speech_model, WhisperModel) else speech_model
         text_model = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
         if len(tokenizer) > text_model.get_input_embeddings().num_embeddings:
             text_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -110,7 +111,7 @@ class SaladCheckpointMixin:
         model.language_model = text_model
         model.adapter = adapter_type(config).to(dtype=text_model.dtype)
         model.adapter.apply(model._init_weights)
-        model.adapter.load_pretrained_parts(audio_encoder, tokenizer, dtype=dtype)
+        model.adapter.load_pretrained_parts(speech_model, audio_encoder, tokenizer)
         model.generation_config = text_model.generation_config
         if freeze_audio_tower:
             model.audio_tower.requires_grad_(False)
@@ -124,10 +125,11 @@ def _dotted_name(cls: type) -> str:
     return f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
 
 
-def load_audio_encoder(name_or_path: str, audio_config, dtype=None) -> PreTrainedModel:
-    """Load the encoder half of a speech checkpoint with its pretrained weights."""
+def load_speech_model(name_or_path: str, audio_config, dtype=None) -> PreTrainedModel:
+    """Load a speech checkpoint with its pretrained weights, once: Whisper whole (the encoder, and the decoder a
+    `"whisper_decoder"` adapter takes), other encoders as their encoder model."""
     if audio_config.model_type == "whisper":
-        return WhisperModel.from_pretrained(name_or_path, dtype=dtype).get_encoder()
+        return WhisperModel.from_pretrained(name_or_path, dtype=dtype)
     if audio_config.model_type in MIMI_MODEL_TYPES:
         encoder_config = MimiEncoderConfig(**audio_config.to_dict())
         return MimiEncoderModel.from_pretrained(name_or_path, config=encoder_config, dtype=dtype)

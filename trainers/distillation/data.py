@@ -34,7 +34,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,9 +42,11 @@ from datasets import concatenate_datasets, interleave_datasets, load_dataset
 
 from modeling_salad import InvalidAudioError, SaladProcessor, load_audio
 from trainers.files import write_atomic
-from trainers.tts import Synthesis
 
 from .config import SaladDataArguments, SaladDistillationConfig
+
+if TYPE_CHECKING:  # the TTS engines are imported only where speech is made
+    from trainers.tts import Synthesis
 
 
 @dataclass

@@ -4,24 +4,27 @@ what the cascade gives it.
     python benchmarks/cascade_gap.py diagnose        # writes benchmarks/results/cascade_gap/diagnostic.{json,md}
     python benchmarks/cascade_gap.py ablate --voice en-us   # writes benchmarks/results/cascade_gap/ablation-en-us.json
 
-The `whisper_decoder` adapter hands the LLM one embedding per token of Whisper's greedy transcript: the mixture of
-the LLM's embeddings of the first LLM piece of each of the token's `top_k` most likely Whisper tokens, plus a
-trained residual. The cascade hands it the LLM tokenizer's ids of the same transcript as text. For every clip this
-compares, token by token:
+The `whisper_decoder` adapter hands the LLM one embedding per LLM token of Whisper's greedy transcript, as the LLM's
+tokenizer writes the transcript's text, plus a trained residual. Until issue 33 it handed over one embedding per
+Whisper token instead: the mixture of the LLM's embeddings of the first LLM piece of each of the token's 8 most
+likely Whisper tokens (results of that interface: `ablation-first-pieces-*.json`, and the `first_pieces` columns).
+For every clip `diagnose` compares, token by token:
 
 - `cascade`: the LLM tokenizer's ids of Whisper's transcript (what the cascade's LLM reads);
-- `first_pieces`: the first LLM piece of each of Whisper's top-1 tokens (what the adapter's mixture is centred on,
-  the residual and the other candidates aside);
-- `all_pieces`: every LLM piece of each top-1 token (what a lossless interface would hand over).
+- `first_pieces`: the first LLM piece of each of Whisper's tokens (what the earlier interface was centred on);
+- `all_pieces`: every LLM piece of each Whisper token, token by token (a piece table, without the BPE merges
+  across Whisper's token boundaries);
+- `adapter`: what the shipped adapter hands the LLM (the lossless interface: the cascade's ids, by construction).
 
-It reports how often the first pieces differ from the cascade's ids (token error rate, and the share of clips read
-exactly), which Whisper tokens the LLM splits, and what the LLM reads in place of the cascade's text. Clips: the
-built-in task set spoken by both held-out voices (espeak-ng `en-us`, flite `slt`) and the held-out recorded
-Asterisk prompts (real human speech), the sets of the README's tables.
+It reports how often each differs from the cascade's ids (token error rate, and the share of clips read exactly),
+which Whisper tokens the LLM splits, and what the LLM read in place of the cascade's text through the first pieces.
+Clips: the built-in task set spoken by both held-out voices (espeak-ng `en-us`, flite `slt`) and the held-out
+recorded Asterisk prompts (real human speech), the sets of the README's tables.
 
-`ablate` answers the built-in set spoken by one held-out voice with the shipped model and with one of its parts
-changed at a time (top-1 instead of the top-8 mixture; the residual switched off), next to the cascade, all on the
-same items in one run, with the paired difference of each against the cascade.
+`ablate` answers the built-in set spoken by one held-out voice with the shipped model and with its trained parts
+switched off one at a time (the residual; the LoRA, i.e. SmolLM2's own weights) and together (the untrained model:
+the cascade of its own decoder), next to the cascade, all on the same items in one run, with the paired difference
+of each against the cascade.
 """
 
 from __future__ import annotations
@@ -89,8 +92,9 @@ def read_clips(model, processor, clips: list, batch_size: int = 8) -> list[list[
             torch.from_numpy(inputs["input_features"]), torch.from_numpy(inputs["input_features_mask"])
         )
         transcript = model.adapter.transcribe(windows)
-        ids = transcript.logits.argmax(-1)
-        per_window = [ids[row, : int(count)].tolist() for row, count in enumerate(transcript.counts)]
+        per_window = [
+            transcript.ids[row, : int(count)].tolist() for row, count in enumerate(transcript.counts)
+        ]
         lengths = [len(processor.length_spec.window_lengths(clip)) for clip in batch]
         for offset in range(len(batch)):
             first = sum(lengths[:offset])
@@ -104,7 +108,6 @@ def diagnose(limit: int | None) -> dict:
     model, processor = load_salad("embedded:salad", torch.float32)
     llm_tokenizer = processor.tokenizer
     whisper_tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("embedded:whisper-tiny.en"))
-    token_map = model.adapter.token_map
     llm_bpe = llm_tokenizer.backend_tokenizer.model
     results = {"model": "embedded:salad", "sets": {}}
     for name, (references, clips) in clip_sets(limit).items():
@@ -112,9 +115,11 @@ def diagnose(limit: int | None) -> dict:
         for reference, whisper_ids in zip(references, read_clips(model, processor, clips)):
             text = whisper_tokenizer.decode(whisper_ids)
             cascade = llm_tokenizer(text, add_special_tokens=False)["input_ids"]
-            first = token_map[torch.tensor(whisper_ids, dtype=torch.long)].tolist() if whisper_ids else []
             pieces = [whisper_tokenizer.convert_ids_to_tokens(token) for token in whisper_ids]
-            all_pieces = [piece.id for token in pieces for piece in llm_bpe.tokenize(token)]
+            split = [[piece.id for piece in llm_bpe.tokenize(token)] for token in pieces]
+            first = [token_pieces[0] for token_pieces in split if token_pieces]
+            all_pieces = [piece for token_pieces in split for piece in token_pieces]
+            adapter = model.adapter.tokenizers.read(whisper_ids, opens_with_space=True)[0]
             split_tokens.update(token for token in pieces if len(llm_bpe.tokenize(token)) > 1)
             rows.append({
                 "reference": reference,
@@ -124,6 +129,7 @@ def diagnose(limit: int | None) -> dict:
                 "split_tokens": sum(len(llm_bpe.tokenize(token)) > 1 for token in pieces),
                 "first_pieces_errors": edit_distance(first, cascade),
                 "all_pieces_errors": edit_distance(all_pieces, cascade),
+                "adapter_errors": edit_distance(adapter, cascade),
                 "cascade_tokens": len(cascade),
             })  # fmt: skip
         cascade_tokens = sum(row["cascade_tokens"] for row in rows)
@@ -135,21 +141,36 @@ def diagnose(limit: int | None) -> dict:
             "first_pieces_token_error_rate": sum(row["first_pieces_errors"] for row in rows) / cascade_tokens,
             "all_pieces_token_error_rate": sum(row["all_pieces_errors"] for row in rows) / cascade_tokens,
             "clips_read_exactly": sum(row["first_pieces_errors"] == 0 for row in rows) / len(rows),
+            "adapter_token_error_rate": sum(row["adapter_errors"] for row in rows) / cascade_tokens,
+            "adapter_clips_read_exactly": sum(row["adapter_errors"] == 0 for row in rows) / len(rows),
             "most_split_tokens": split_tokens.most_common(15),
             "rows": rows,
         }  # fmt: skip
     return results
 
 
-def top_1(model) -> None:
-    model.adapter.top_k = 1
-
-
-def residual_off(model) -> None:
+def residual_off(model, reference) -> None:
     model.adapter.down_proj.weight.data.zero_()
 
 
-ABLATIONS = {"top-1 instead of the top-8 mixture": top_1, "residual off": residual_off}
+def lora_off(model, reference) -> None:
+    """SmolLM2's own weights back in the LLM in place of the merged LoRA (the audio token's row, which SmolLM2
+    lacks, is kept)."""
+    ours = model.language_model.state_dict()
+    for key, value in reference.state_dict().items():
+        ours[key][: value.shape[0]] = value
+
+
+def residual_and_lora_off(model, reference) -> None:
+    residual_off(model, reference)
+    lora_off(model, reference)
+
+
+ABLATIONS = {
+    "residual off": residual_off,
+    "LoRA off": lora_off,
+    "residual and LoRA off (the untrained model)": residual_and_lora_off,
+}
 
 
 def ablate(voice: str, limit: int | None, dtype: str) -> dict:
@@ -169,7 +190,7 @@ def ablate(voice: str, limit: int | None, dtype: str) -> dict:
     speech_only = replace(args, systems=["salad_speech"])
     for label, change in ABLATIONS.items():
         variant, _ = load_salad("embedded:salad", getattr(torch, dtype))
-        change(variant)
+        change(variant, reference)
         report = evaluate_task(voice, items, variant, processor, reference, speech_only)
         correct[label] = _correct(report, "salad_speech", items)
     return {
@@ -193,14 +214,15 @@ def markdown(results: dict) -> str:
         "of Whisper's transcript, over those ids.",
         "",
         "| set | clips | Whisper WER | Whisper tokens split by the LLM | first pieces: token error rate | "
-        "clips read exactly | all pieces: token error rate |",
-        "|---|---|---|---|---|---|---|",
+        "clips read exactly | all pieces: token error rate | adapter: token error rate | clips read exactly |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, value in results["sets"].items():
         lines.append(
             f"| {name} | {value['clips']} | {100 * value['whisper_wer']:.1f}% | {100 * value['split_token_share']:.1f}% | "
             f"{100 * value['first_pieces_token_error_rate']:.1f}% | {100 * value['clips_read_exactly']:.0f}% | "
-            f"{100 * value['all_pieces_token_error_rate']:.1f}% |"
+            f"{100 * value['all_pieces_token_error_rate']:.1f}% | {100 * value['adapter_token_error_rate']:.1f}% | "
+            f"{100 * value['adapter_clips_read_exactly']:.0f}% |"
         )
     for name, value in results["sets"].items():
         lines += ["", f"## {name}", "", "Most often split: " + ", ".join(

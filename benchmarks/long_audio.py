@@ -56,8 +56,8 @@ def in_model_transcript(
     """The words Whisper's decoder writes inside the model, window by window (what reaches the LLM), and each
     window's token count."""
     inputs = processor(audio=audio, sampling_rate=SR)
-    _, logits, counts = model.transcribe(inputs["input_features"], inputs["input_features_mask"])
-    windows = [logits[w, : counts[w]].argmax(-1).tolist() for w in range(len(counts))]
+    ids, _, counts = model.transcribe(inputs["input_features"], inputs["input_features_mask"])
+    windows = [ids[w, : counts[w]].tolist() for w in range(len(counts))]
     return " ".join(tokenizer.decode(ids).strip() for ids in windows), counts.tolist()
 
 

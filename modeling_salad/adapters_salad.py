@@ -9,12 +9,15 @@ adapter types.
 
 from __future__ import annotations
 
+import bisect
+import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaModel
+from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaModel, PreTrainedTokenizerBase
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
 from transformers.utils import logging
 
@@ -45,12 +48,16 @@ class AudioWindows:
         encoder_states: `[n, frames, d]` the speech encoder's output; zero past each window's end, or, for an
             adapter that `reads_full_windows`, of each window padded with silence to the encoder's full window.
         token_mask: `[n, T]` True on each window's audio-token slots (`SaladConfig.audio_length_spec`).
+        opens_with_space: `[n]`, for an adapter that `writes_text`: True where the window's text opens with a space
+            (it continues the window before it, or takes the place of the space the prompt writes before it);
+            None: none does.
     """
 
     features: torch.Tensor
     feature_lengths: torch.Tensor
     encoder_states: torch.Tensor
     token_mask: torch.Tensor
+    opens_with_space: torch.Tensor | None = None
 
 
 class SaladAdapter(nn.Module):
@@ -62,13 +69,18 @@ class SaladAdapter(nn.Module):
             was trained on such input) rather than trimmed to the window's length.
         cuts_at_quiet_stretches: the processor cuts long clips at their quietest stretch, not at fixed times
             (`AudioLengthSpec.quiet_cuts`), because the adapter transcribes and a word cut in two is lost.
+        writes_text: the adapter hands the LM text tokens of its own, which carry their leading space: the model
+            tells it which windows open with one (`AudioWindows.opens_with_space`), and the adapter needs
+            tokenizers (`tokenizers`), which checkpoints save and load with it.
         frozen_parts: pretrained submodules that never train and are not part of the trained weights.
     """
 
     adapter_type: ClassVar[str]
     reads_full_windows: ClassVar[bool] = False
     cuts_at_quiet_stretches: ClassVar[bool] = False
+    writes_text: ClassVar[bool] = False
     frozen_parts: ClassVar[tuple[str, ...]] = ()
+    tokenizers: TranscriptTokenizers | None = None
 
     @classmethod
     def check_config(cls, config: SaladConfig) -> None:
@@ -224,20 +236,6 @@ class SaladTransformerAdapter(SaladAdapter):
         return self.out_proj(hidden_states), windows.token_mask
 
 
-def mix_token_embeddings(
-    probs: torch.Tensor, token_embeddings: torch.Tensor, top_k: int, rows: torch.Tensor | None = None
-) -> torch.Tensor:
-    """`[n, T, hidden]`: each position's probability-weighted sum of token embeddings, over its `top_k` most
-    probable tokens (renormalized) or, with `top_k=0`, over all. `probs` is `[n, T, vocab]`; token `i`'s embedding is
-    `token_embeddings[rows[i]]` (`token_embeddings[i]` without `rows`), so another vocabulary can be mixed in."""
-    embeddings = token_embeddings.float()
-    if not top_k:
-        return probs @ (embeddings if rows is None else embeddings[rows])
-    top_probs, top_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    top_probs = top_probs / top_probs.sum(-1, keepdim=True).clamp_min(torch.finfo(top_probs.dtype).tiny)
-    return torch.einsum("ntk,ntkd->ntd", top_probs, embeddings[top_ids if rows is None else rows[top_ids]])
-
-
 def right_align(
     embeds: torch.Tensor, counts: torch.Tensor, token_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,25 +257,110 @@ def right_align(
     return aligned * keep[..., None].to(aligned.dtype), keep
 
 
-def whisper_token_map(whisper_tokenizer, llm_tokenizer, num_text_tokens: int) -> torch.Tensor:
-    """For each of Whisper's text tokens, the LM token that starts it: `[num_text_tokens]` LM ids.
+#: Where a SALAD checkpoint keeps the speech model's tokenizer (the LM's is at its root, as the processor saves it).
+SPEECH_TOKENIZER_FOLDER = "speech_tokenizer"
 
-    Both tokenizers are byte-level BPEs over the same byte alphabet, so a Whisper token's string is either an LM
-    token itself or splits into several under the LM's BPE; then its first piece stands for it (the adapter's
-    residual can carry the rest). Single bytes that the LM's alphabet lacks (bytes UTF-8 text never holds, such
-    as 0xC0 or 0xF5-0xFF) map to the LM's unknown token, or its end-of-text token when it has none.
+
+@dataclass
+class TranscriptTokenizers:
+    """The two tokenizers between a speech decoder's tokens and the LM's: the speech model's (`speech`) writes the
+    decoder's tokens out as text, exactly as its ASR pipeline does, and the LM's (`text`) reads that text back as
+    the LM's own tokens, exactly as a cascade of the two models would. Going through text, and not through a map
+    from one vocabulary to the other, is what keeps every word: the LM splits numbers, names and rare words into
+    other pieces than Whisper, and merges pieces across Whisper's token boundaries.
     """
-    llm_model = llm_tokenizer.backend_tokenizer.model
-    vocab = llm_tokenizer.get_vocab()
-    fallback = (
-        llm_tokenizer.unk_token_id if llm_tokenizer.unk_token_id is not None else llm_tokenizer.eos_token_id
-    )
-    token_map = torch.full((num_text_tokens,), fallback, dtype=torch.long)
-    for whisper_id, piece in enumerate(whisper_tokenizer.convert_ids_to_tokens(list(range(num_text_tokens)))):
-        pieces = [vocab[piece]] if piece in vocab else [token.id for token in llm_model.tokenize(piece)]
-        if pieces:
-            token_map[whisper_id] = pieces[0]
-    return token_map
+
+    speech: PreTrainedTokenizerBase
+    text: PreTrainedTokenizerBase
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, config: SaladConfig, subfolder: str = "", **hub_kwargs
+    ) -> TranscriptTokenizers:
+        """Both tokenizers from the SALAD checkpoint of `config` (a folder or a Hub repo; `hub_kwargs` as
+        `from_pretrained`'s). Each is read with its own model's config, so nothing asks to run the checkpoint's
+        code."""
+        speech_folder = f"{subfolder}/{SPEECH_TOKENIZER_FOLDER}" if subfolder else SPEECH_TOKENIZER_FOLDER
+        problem = (
+            f"{name_or_path} holds a model whose adapter writes Whisper's transcript as the LM's tokens, but not both "
+            f"tokenizers it needs: the LM's at its root and the speech model's in {speech_folder}/. Save such a "
+            "model with `save_pretrained` (it writes both), or attach them yourself: "
+            "`model.adapter.tokenizers = TranscriptTokenizers(speech_tokenizer, processor.tokenizer)`."
+        )
+        try:
+            speech = AutoTokenizer.from_pretrained(
+                name_or_path, subfolder=speech_folder, config=config.audio_config, **hub_kwargs
+            )
+            text = AutoTokenizer.from_pretrained(
+                name_or_path, subfolder=subfolder, config=config.text_config, **hub_kwargs
+            )
+        except (OSError, ValueError) as error:
+            raise ValueError(problem) from error
+        # Without its files AutoTokenizer builds an empty tokenizer of the config's type rather than failing.
+        if len(speech) <= config.audio_config.eos_token_id or len(text) <= config.audio_token_id:
+            raise ValueError(problem)
+        return cls(speech=speech, text=text)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        self.text.save_pretrained(save_directory)
+        self.speech.save_pretrained(os.path.join(save_directory, SPEECH_TOKENIZER_FOLDER))
+
+    @cached_property
+    def space_id(self) -> int | None:
+        """The LM's token for a lone space, which a prompt writes before a clip (`"Question: <|audio|>"`); None
+        when the LM writes a lone space otherwise."""
+        ids = self.text(" ", add_special_tokens=False)["input_ids"]
+        return ids[0] if len(ids) == 1 else None
+
+    def opens_with_space_after(self, token_id: int) -> bool:
+        """Whether text written right after the LM token `token_id` opens with a space, as running text does after a
+        word or a mark; not after whitespace, or after an added token (a chat template's markup, padding)."""
+        if token_id in self.text.added_tokens_decoder:
+            return False
+        text = self.text.decode([token_id])
+        return bool(text) and not text[-1].isspace()
+
+    def read(self, speech_ids: list[int], opens_with_space: bool) -> tuple[list[int], list[int]]:
+        """The LM's ids of the transcript `speech_ids`, and, for each, the index in `speech_ids` of the token its
+        text starts in.
+
+        The text is the speech tokenizer's decoding, as the ASR pipeline writes it, without its trailing spaces
+        and, unless `opens_with_space`, without the space Whisper opens a transcript with (the cascade strips both).
+        Special tokens of the LM spelled out in it are read as plain text.
+        """
+        ends = [
+            len(self.speech.decode(speech_ids[: k + 1], skip_special_tokens=True))
+            for k in range(len(speech_ids))
+        ]
+        text = self.speech.decode(speech_ids, skip_special_tokens=True)
+        start = 0 if opens_with_space else len(text) - len(text.lstrip())
+        text = text[start:].rstrip()
+        if not text:
+            return [], []
+        ids, starts = self.lm_tokens(text)
+        sources = [min(bisect.bisect_right(ends, start + first), len(speech_ids) - 1) for first in starts]
+        return ids, sources
+
+    def lm_tokens(self, text: str) -> tuple[list[int], list[int]]:
+        """The LM tokenizer's ids of `text` and the character each starts at, its special and added tokens read as
+        plain text: its own pipeline (normalizer, pre-tokenizer, BPE), without the added-token matching."""
+        backend = self.text.backend_tokenizer
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        splits = (
+            backend.pre_tokenizer.pre_tokenize_str(text)
+            if backend.pre_tokenizer
+            else [(text, (0, len(text)))]
+        )
+        ids, starts = [], []
+        for split, (split_start, _) in splits:
+            tokens = backend.model.tokenize(split)
+            pieces = [token.value for token in tokens]
+            for k, token in enumerate(tokens):
+                ids.append(token.id)
+                before = backend.decoder.decode(pieces[:k]) if backend.decoder else "".join(pieces[:k])
+                starts.append(split_start + len(before))
+        return ids, starts
 
 
 def whisper_prompt_ids(name_or_path: str) -> list[int]:
@@ -290,40 +373,48 @@ def whisper_prompt_ids(name_or_path: str) -> list[int]:
     return [*prompt, generation.no_timestamps_token_id]
 
 
+def pad_right(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    """`[len(rows), longest]` long tensor of the rows, padded with 0 on the right."""
+    length = max(map(len, rows), default=0)
+    padded = [row + [0] * (length - len(row)) for row in rows]
+    return torch.tensor(padded, dtype=torch.long, device=device).reshape(len(rows), length)
+
+
 class WhisperTranscript(NamedTuple):
     """Whisper's greedy transcript of a batch of windows.
 
     Attributes:
+        ids: `[n, T]` the tokens it wrote (Whisper's ids; past each window's count, padding).
         states: `[n, T, d]` the decoder state that chose each token.
-        logits: `[n, T, text_vocab]` that choice's logits over Whisper's text tokens.
         counts: `[n]` each window's number of tokens (the end of text excluded).
     """
 
+    ids: torch.Tensor
     states: torch.Tensor
-    logits: torch.Tensor
     counts: torch.Tensor
 
 
 class SaladWhisperDecoderAdapter(SwiGLUAdapter):
-    """One LM embedding per token of Whisper's own transcript: a 1:1 adapter with a pretrained classifier.
+    """Whisper's own transcript, handed to the LM as the LM's tokenizer writes it, plus a learned residual.
 
-    Whisper's frozen decoder (`decoder`) transcribes each window greedily (`transcribe`); the decoder state that
-    chose each token carries the choice and its alternatives. Each becomes the probability-weighted sum of the LM's
-    input embeddings of its `top_k` most likely tokens (through `token_map`, Whisper token -> LM token), plus a
-    SwiGLU residual of the state, zero at initialization, that training (distillation through the LM) fills in
-    (the mixture is LegoSLM's idea, arXiv 2505.11352, with a classifier trained on 680k hours). The LM reads about
-    one embedding per spoken token from the first step, right-aligned in the window's slots, and the trainable part
-    is small (the residual).
+    Whisper's frozen decoder (`decoder`) transcribes each window greedily (`transcribe`). The transcript is written
+    out as text by Whisper's tokenizer and read back by the LM's (`tokenizers`), so that the LM reads exactly the
+    tokens a cascade of the same two models gives it: nothing is lost between the two vocabularies. Each token's
+    embedding is the LM's own, plus a SwiGLU residual of the decoder state that wrote the Whisper token its text
+    starts in. The residual starts at zero, where the model is that cascade, made differentiable; distillation
+    through the LM fills it in, and the decoder state it reads holds what the transcript does not (how sure
+    Whisper was, and of what else). The tokens are right-aligned in the window's slots, and slots they leave empty
+    are masked out.
     """
 
     adapter_type = "whisper_decoder"
     reads_full_windows = True
     cuts_at_quiet_stretches = True
+    writes_text = True
     frozen_parts = ("decoder",)
 
     def __init__(self, config: SaladConfig):
         super().__init__(config, config.audio_encoder_hidden_size)
-        self.top_k = config.adapter_top_k
         self.prompt_ids = list(config.adapter_decoder_prompt_ids)
         audio_config = config.audio_config
         self.end_id = audio_config.eos_token_id
@@ -332,7 +423,6 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
             for name in ("suppress_tokens", "begin_suppress_tokens")
         )
         self.seconds_per_frame = config.audio_length_spec.feature_hop / config.audio_sampling_rate
-        self.register_buffer("token_map", torch.zeros(self.end_id, dtype=torch.long), persistent=True)
         self.decoder = WhisperDecoder(audio_config)
 
     @classmethod
@@ -351,9 +441,9 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
     @classmethod
     def describe(cls, config: SaladConfig) -> str:
         return (
-            "`whisper_decoder`: Whisper's own frozen decoder transcribes; each token becomes the weighted sum of the "
-            f"LLM's embeddings of its {config.adapter_top_k} most likely tokens plus a SwiGLU residual of width "
-            f"{config.adapter_intermediate_size} (a near-cascade: the words are Whisper's)"
+            "`whisper_decoder`: Whisper's own frozen decoder transcribes, and the LLM reads the transcript as its "
+            "own tokenizer writes it, each token's embedding plus a SwiGLU residual of Whisper's decoder state of "
+            f"width {config.adapter_intermediate_size} (a cascade at initialization, trained end to end)"
         )
 
     @classmethod
@@ -362,23 +452,69 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
 
     def load_pretrained_parts(self, speech_model: nn.Module, audio_encoder: str, tokenizer) -> None:
         self.decoder = speech_model.get_decoder().requires_grad_(False)
-        self.token_map.copy_(
-            whisper_token_map(AutoTokenizer.from_pretrained(audio_encoder), tokenizer, self.token_map.numel())
+        self.tokenizers = TranscriptTokenizers(
+            speech=AutoTokenizer.from_pretrained(audio_encoder), text=tokenizer
         )
 
     def init_weights(self) -> None:
-        # The residual starts at zero: a fresh adapter passes on exactly the mixture of Whisper's choices.
+        # The residual starts at zero: a fresh adapter hands on exactly the LM's embeddings of the transcript.
         nn.init.zeros_(self.down_proj.weight)
 
     def forward(
         self, windows: AudioWindows, token_embeddings: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         transcript = self.transcribe(windows)
-        mixture = mix_token_embeddings(
-            transcript.logits.float().softmax(-1), token_embeddings, self.top_k, rows=self.token_map
+        ids, sources, counts = self.transcript_tokens(transcript, windows)
+        states = transcript.states.gather(1, sources[..., None].expand(-1, -1, transcript.states.shape[-1]))
+        residual = self.mlp(states.to(self.norm.weight.dtype))
+        embeds = token_embeddings[ids].to(residual.dtype) + residual
+        return right_align(embeds, counts, windows.token_mask)
+
+    def transcript_tokens(
+        self, transcript: WhisperTranscript, windows: AudioWindows
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The LM's ids of each window's transcript `[n, L]`, the index of the Whisper token each starts in
+        `[n, L]` (the decoder state its residual reads), and their counts `[n]`.
+
+        A window whose transcript comes to more LM tokens than it has slots is cut at its slots, with a warning
+        that names the limit (a window's slots outnumber the tokens of any speech; see `greedy_transcript`).
+        """
+        tokenizers = self.require_tokenizers()
+        num_windows = transcript.ids.shape[0]
+        opens_with_space = (
+            windows.opens_with_space.tolist()
+            if windows.opens_with_space is not None
+            else [False] * num_windows
         )
-        residual = self.mlp(transcript.states.to(self.norm.weight.dtype))
-        return right_align(mixture.to(residual.dtype) + residual, transcript.counts, windows.token_mask)
+        slots = windows.token_mask.sum(-1).tolist()
+        rows = [
+            tokenizers.read(transcript.ids[i, : transcript.counts[i]].tolist(), opens_with_space[i])
+            for i in range(num_windows)
+        ]
+        over = [i for i, (ids, _) in enumerate(rows) if len(ids) > slots[i]]
+        if over:
+            logger.warning(
+                "The transcript of %d audio window(s) came to more LM tokens (%s) than the window has audio-token "
+                "slots (%s), and was cut there. Ordinary speech does not fill them: this is usually Whisper "
+                "repeating itself. A smaller adapter_stack_factor gives a window more slots.",
+                len(over), ", ".join(str(len(rows[i][0])) for i in over), ", ".join(str(slots[i]) for i in over),
+            )  # fmt: skip
+            for i in over:
+                rows[i] = (rows[i][0][: slots[i]], rows[i][1][: slots[i]])
+        device = transcript.ids.device
+        ids, sources = (pad_right([row[part] for row in rows], device) for part in (0, 1))
+        counts = torch.tensor([len(row[0]) for row in rows], dtype=torch.long, device=device)
+        return ids, sources, counts
+
+    def require_tokenizers(self) -> TranscriptTokenizers:
+        if self.tokenizers is None:
+            raise ValueError(
+                "The 'whisper_decoder' adapter hands the LM Whisper's transcript as the LM's own tokens, through "
+                "Whisper's tokenizer and the LM's, and has none. Load the model with `from_pretrained` from a SALAD "
+                "checkpoint (it holds both), assemble it with `from_pretrained_components`, or attach them: "
+                "`model.adapter.tokenizers = TranscriptTokenizers(speech_tokenizer, processor.tokenizer)`."
+            )
+        return self.tokenizers
 
     def transcribe(self, windows: AudioWindows) -> WhisperTranscript:
         """Greedy transcripts of the windows, window `i` at most its number of audio-token slots long. As Whisper's
@@ -400,7 +536,7 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         input_ids = torch.tensor(self.prompt_ids, device=encoder_states.device).expand(num_windows, -1)
         counts = torch.zeros(num_windows, dtype=torch.long, device=encoder_states.device)
         done = max_tokens <= 0
-        states, logits, cache = [], [], None
+        ids, states, cache = [], [], None
         while not bool(done.all()):
             output = decoder(
                 input_ids=input_ids, encoder_hidden_states=encoder_states, cache=cache, use_cache=True
@@ -412,8 +548,8 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
             input_ids = step_logits.argmax(-1, keepdim=True)
             done = done | (input_ids[:, 0] == self.end_id)
             counts += (~done).long()
+            ids.append(input_ids[:, 0])
             states.append(state)
-            logits.append(step_logits[:, : self.end_id])
             done = done | (counts >= max_tokens)
         cut = (counts >= max_tokens) & (max_tokens > 0) if states else None
         if cut is not None and bool(cut.any()):
@@ -426,8 +562,8 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
             )  # fmt: skip
         if not states:
             hidden = encoder_states.new_zeros(num_windows, 0, decoder.config.d_model)
-            return WhisperTranscript(hidden, encoder_states.new_zeros(num_windows, 0, self.end_id), counts)
-        return WhisperTranscript(torch.stack(states, 1), torch.stack(logits, 1), counts)
+            return WhisperTranscript(counts.new_zeros(num_windows, 0), hidden, counts)
+        return WhisperTranscript(torch.stack(ids, 1), torch.stack(states, 1), counts)
 
     def warn_about_lost_words(self, windows: AudioWindows, counts: torch.Tensor) -> None:
         """Warn about windows that sound like speech but that Whisper's decoder ended after (almost) no tokens."""

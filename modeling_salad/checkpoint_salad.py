@@ -19,22 +19,30 @@ from transformers import (
     WhisperModel,
 )
 
-from .adapters_salad import adapter_class
+from .adapters_salad import TranscriptTokenizers, adapter_class
 from .configuration_salad import MIMI_MODEL_TYPES, SaladConfig
 from .pipeline_salad import ANY_TO_ANY_TASK, PIPELINE_TASK, SaladAnyToAnyPipeline, SaladSpeechToTextPipeline
 from .processing_salad import DEFAULT_AUDIO_TOKEN, add_audio_token
+
+# `from_pretrained` arguments that say where a checkpoint's files are, which its tokenizers are read with too.
+TOKENIZER_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 class SaladCheckpointMixin:
     """How a SALAD model is assembled, saved and loaded (on top of `PreTrainedModel`'s own methods)."""
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """As [`~PreTrainedModel.from_pretrained`]; a checkpoint saved before the adapters had their own module
-        (issue 32) holds the `"whisper_decoder"` adapter's Whisper decoder under `audio_decoder.`, read as
-        `adapter.decoder.`."""
-        kwargs.setdefault("key_mapping", {r"^audio_decoder\.": "adapter.decoder."})
-        return super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As [`~PreTrainedModel.from_pretrained`]; an adapter that `writes_text` gets its tokenizers from the same
+        checkpoint (`TranscriptTokenizers`)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded
+        if model.adapter.writes_text:
+            hub_kwargs = {key: kwargs[key] for key in TOKENIZER_HUB_KWARGS if key in kwargs}
+            model.adapter.tokenizers = TranscriptTokenizers.from_pretrained(
+                pretrained_model_name_or_path, model.config, **hub_kwargs
+            )
+        return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual, and make the folder self-sufficient for `trust_remote_code` users.
@@ -60,7 +68,9 @@ class SaladCheckpointMixin:
                 "type": "multimodal",
             },
         }
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.adapter.writes_text:
+            self.adapter.require_tokenizers().save_pretrained(save_directory)
 
     @classmethod
     def from_pretrained_components(

@@ -19,6 +19,9 @@ from .adapters_salad import ADAPTERS, adapter_class
 #: `conv_kernel`/`conv_stride` in its config (wav2vec2, HuBERT, WavLM, data2vec-audio...).
 WHISPER_MODEL_TYPES = ("whisper", "whisper_encoder")
 MIMI_MODEL_TYPES = ("mimi", "mimi_encoder")
+# Settings of the "whisper_decoder" adapter's top-k mixture of first LM pieces, which the lossless interface replaced
+# (issue 33; `adapter_ctc_top_k` was its name before issue 32). Configs of other adapters saved them too, unread.
+LEGACY_MIXTURE_SETTINGS = ("adapter_top_k", "adapter_ctc_top_k")
 
 
 @dataclass(frozen=True)
@@ -159,10 +162,6 @@ class SaladConfig(PreTrainedConfig):
             Key/value heads of the Transformer adapter (grouped-query attention).
         adapter_rms_norm_eps (`float`, *optional*, defaults to 1e-5):
             Epsilon of the adapter's RMS norms.
-        adapter_top_k (`int`, *optional*, defaults to 8):
-            `"whisper_decoder"` adapter: each transcript token is the weighted sum of the LM embeddings of its
-            `top_k` most probable tokens (0: of the whole vocabulary). Checkpoints saved before it was renamed
-            call it `adapter_ctc_top_k`, which is read as this.
         adapter_decoder_prompt_ids (`list[int]`, *optional*):
             `"whisper_decoder"` adapter: the ids that open Whisper's transcript (start of transcript, and for a
             multilingual Whisper English and "transcribe"; then "no timestamps"). Set by
@@ -204,19 +203,22 @@ class SaladConfig(PreTrainedConfig):
     adapter_num_attention_heads: int = 15
     adapter_num_key_value_heads: int = 5
     adapter_rms_norm_eps: float = 1e-5
-    adapter_top_k: int = 8
     adapter_decoder_prompt_ids: list[int] | None = None
     lora: dict | None = None
     audio_chunk_seconds: float | None = None
 
     def __post_init__(self, **kwargs):
-        if "adapter_ctc_top_k" in kwargs:  # its name before the "ctc" adapter was removed (issue 32)
-            self.adapter_top_k = kwargs.pop("adapter_ctc_top_k")
+        mixture_settings = [key for key in LEGACY_MIXTURE_SETTINGS if kwargs.pop(key, None) is not None]
+        if mixture_settings and self.adapter_type == "whisper_decoder":
+            raise ValueError(
+                f"This whisper_decoder checkpoint sets {mixture_settings[0]}: it was saved before issue 33, when the "
+                "adapter handed the LM a mixture of the first LM pieces of Whisper's likeliest tokens, and its "
+                "residual was trained for that. The adapter now hands the LM the transcript as the LM's tokenizer "
+                "writes it, which that residual was not trained for: retrain it on the same data."
+            )
         super().__post_init__(**kwargs)
         if self.adapter_stack_factor < 1:
             raise ValueError(f"adapter_stack_factor must be >= 1, got {self.adapter_stack_factor}.")
-        if self.adapter_top_k < 0:
-            raise ValueError(f"adapter_top_k must be >= 0 (0: every token), got {self.adapter_top_k}.")
         adapter_class(self.adapter_type).check_config(self)
         if self.lora is not None and not {"r", "lora_alpha"} <= set(self.lora):
             raise ValueError(

@@ -241,7 +241,10 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio embeddings of every valid audio token, concatenated over windows, `[num_audio_tokens, hidden]`,
         and which of them the adapter filled (`[num_audio_tokens]` bool)."""
-        windows = self.encode_windows(input_features, input_features_mask)
+        return self.adapt_windows(self.encode_windows(input_features, input_features_mask))
+
+    def adapt_windows(self, windows: AudioWindows) -> tuple[torch.Tensor, torch.Tensor]:
+        """`audio_embeddings_and_keep` of windows the encoder has read."""
         embeds, keep = self.adapter(windows, self.get_input_embeddings().weight)
         if embeds.shape[1] != windows.token_mask.shape[1]:
             raise RuntimeError(
@@ -264,17 +267,44 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         """
         return self.audio_embeddings_and_keep(input_features, input_features_mask)[0]
 
-    def get_placeholder_mask(self, input_ids: torch.LongTensor, audio_embeds: torch.Tensor) -> torch.Tensor:
+    def get_placeholder_mask(self, input_ids: torch.LongTensor, num_audio_tokens: int) -> torch.Tensor:
         """Where the audio embeddings go; raises when placeholders and embeddings do not pair up one to one."""
         mask = input_ids == self.config.audio_token_id
         num_placeholders = int(mask.sum())
-        if num_placeholders != audio_embeds.shape[0]:
+        if num_placeholders != num_audio_tokens:
             raise ValueError(
                 f"The input has {num_placeholders} audio placeholder tokens (id {self.config.audio_token_id}) but "
-                f"the audio gives {audio_embeds.shape[0]} embeddings. Build inputs with SaladProcessor, which "
+                f"the audio gives {num_audio_tokens} embeddings. Build inputs with SaladProcessor, which "
                 "expands each `<|audio|>` to the clip's token count, and pass all of its outputs."
             )
         return mask
+
+    def spaces_before_windows(
+        self, input_ids: torch.LongTensor, placeholder: torch.Tensor, window_slots: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For an adapter that `writes_text`: which windows' text opens with a space (`[num_windows]`), and the
+        prompt's lone space tokens that text takes the place of (`[batch, seq]`, to be dropped).
+
+        As in running text, a window's text opens with a space after a word or a mark, and where it continues the
+        window before it (a long clip's windows fill consecutive slots); not at the start, after a newline or
+        after a chat template's markup. Where the prompt writes a lone space just before the clip, the text takes
+        it over: `"Question: <|audio|>"` tokenizes as `Question`, `:`, ` `, and with that token dropped the LM
+        reads `Question`, `:`, ` What`, ..., as its tokenizer writes `"Question: What ..."`.
+        """
+        tokenizers = self.adapter.require_tokenizers()
+        batch_index, position = placeholder.nonzero(as_tuple=True)
+        first_slot = window_slots.cumsum(0) - window_slots
+        opens_with_space, absorbed = [], torch.zeros_like(placeholder)
+        for row, column in zip(batch_index[first_slot].tolist(), position[first_slot].tolist()):
+            before = int(input_ids[row, column - 1]) if column else None
+            if before == tokenizers.space_id:
+                absorbed[row, column - 1] = True
+            opens_with_space.append(
+                before == self.config.audio_token_id
+                or before == tokenizers.space_id
+                or (before is not None and tokenizers.opens_with_space_after(before))
+            )
+        return torch.tensor(opens_with_space, device=input_ids.device), absorbed
 
     def embed_inputs(
         self,
@@ -283,7 +313,8 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         input_features_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """LM input embeddings with audio embeddings written at the placeholder positions, and the positions the
-        adapter left empty (`[batch, seq]` bool, True where dropped; None when it filled every slot)."""
+        LM must not read (`[batch, seq]` bool, True where dropped; None when there are none): audio slots the
+        adapter left empty, and, for an adapter that writes text, the prompt's spaces its text takes over."""
         placeholder = input_ids == self.config.audio_token_id
         # The placeholder id may lie past the LM's original vocabulary; its row is never read.
         inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
@@ -295,13 +326,16 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
             return inputs_embeds, None
         if input_features_mask is None:
             raise ValueError("`input_features` needs its `input_features_mask` (the processor returns both).")
-        audio_embeds, keep = self.audio_embeddings_and_keep(input_features, input_features_mask)
-        mask = self.get_placeholder_mask(input_ids, audio_embeds)
+        windows = self.encode_windows(input_features, input_features_mask)
+        window_slots = windows.token_mask.sum(-1)
+        mask = self.get_placeholder_mask(input_ids, int(window_slots.sum()))
+        dropped = torch.zeros_like(mask)
+        if self.adapter.writes_text:
+            windows.opens_with_space, dropped = self.spaces_before_windows(input_ids, mask, window_slots)
+        audio_embeds, keep = self.adapt_windows(windows)
         inputs_embeds = inputs_embeds.masked_scatter(mask[..., None], audio_embeds.to(inputs_embeds.dtype))
-        if keep is None or bool(keep.all()):
-            return inputs_embeds, None
-        dropped = torch.zeros_like(mask).masked_scatter(mask, ~keep)
-        return inputs_embeds, dropped
+        dropped = dropped.masked_scatter(mask, ~keep)
+        return inputs_embeds, dropped if bool(dropped.any()) else None
 
     @staticmethod
     def mask_dropped_positions(

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
-from tokenizers import ByteLevelBPETokenizer
+from tokenizers import ByteLevelBPETokenizer, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     EncodecFeatureExtractor,
     LlamaConfig,
@@ -23,7 +23,13 @@ from transformers import (
     WhisperModel,
 )
 
-from modeling_salad import SaladConfig, SaladForConditionalGeneration, SaladProcessor, add_audio_token
+from modeling_salad import (
+    SaladConfig,
+    SaladForConditionalGeneration,
+    SaladProcessor,
+    TranscriptTokenizers,
+    add_audio_token,
+)
 from trainers.tts.backend import TTSBackend, _EngineOutput
 
 CHATML_TEMPLATE = (
@@ -149,11 +155,33 @@ def build_tiny(family: str = "whisper", adapter_type: str = "mlp", seed: int = 0
 
 DECODER_END = 50  # the tiny Whisper's end of text: ids 0-49 are its text tokens
 DECODER_PROMPT = [51, 52]
+# The tiny Whisper's text tokens, byte-level as Whisper's (`Ġ` is a space): words of CORPUS and pieces of others.
+DECODER_PIECES = [
+    *(f"\u0120{word}" for word in (
+        "the quick brown fox jumps over lazy dog speech and text should be understood alike what is capital of "
+        "france paris one two three four five six seven eight nine ten"
+    ).split()),
+    "?", ".", ",", "\u01204", "2", "\u012042", "\u0120qu", "ick", "s", "ed", "ing", "\u0120", "'t", "\u0120don", "\u01201", "0",
+    "\u0120a", "\u0120an", "\u0120i",
+]  # fmt: skip
+
+
+def make_speech_tokenizer() -> PreTrainedTokenizerFast:
+    """A tiny Whisper tokenizer: `DECODER_PIECES` as ids 0-49, then the end of text and the transcript prompt."""
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
+    vocab = {piece: i for i, piece in enumerate([*DECODER_PIECES, *specials])}
+    assert vocab["<|endoftext|>"] == DECODER_END and [vocab[s] for s in specials[1:]] == DECODER_PROMPT
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    return tokenizer
 
 
 def decoder_tiny(seed: int = 0, **config_kwargs):
-    """A tiny Whisper + LM with a `"whisper_decoder"` adapter: a token map onto the LM's ids and a residual
-    that is not zero, so both paths of the adapter show in its output."""
+    """A tiny Whisper + LM with a `"whisper_decoder"` adapter: its tokenizers (the tiny Whisper's, the LM's) and a
+    residual that is not zero, so both paths of the adapter show in its output."""
     audio_config = {
         **tiny_audio_config("whisper"),
         "eos_token_id": DECODER_END,
@@ -165,11 +193,10 @@ def decoder_tiny(seed: int = 0, **config_kwargs):
         seed=seed,
         audio_config=audio_config,
         adapter_decoder_prompt_ids=DECODER_PROMPT,
-        adapter_top_k=3,
         **config_kwargs,
     )
+    model.adapter.tokenizers = TranscriptTokenizers(speech=make_speech_tokenizer(), text=processor.tokenizer)
     with torch.no_grad():
-        model.adapter.token_map.copy_(torch.arange(DECODER_END) % 40 + 3)
         model.adapter.down_proj.weight.normal_(std=0.02)
     return model, processor
 

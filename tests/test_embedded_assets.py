@@ -5,14 +5,19 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import OTHER_PATH_ULPS, assert_close_in_dtype
 from peft import LoraConfig
 from safetensors.torch import load_file
 
+from eval.scoring import chat_prompt, score_speech_items, score_text_items, text_prompt
+from eval.speech import synthesize_items
+from eval.tasks import load_offline_tasks
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 from trainers.assets import asterisk, embedded_default, load_salad, models
 from trainers.assets.asterisk import SpeechClip, asterisk_prompts, decode_g722, read_asterisk_transcripts
@@ -372,7 +377,6 @@ def test_the_shipped_adapter_is_in_git_as_bf16_within_the_size_budget():
     stored = {key: value for path in shipped for key, value in load_file(path).items()}
     floating = {tensor.dtype for tensor in stored.values() if tensor.is_floating_point()}
     assert floating == {embedded_default.SHIPPED_DTYPE}
-    assert stored["adapter.token_map"].dtype == torch.long  # Whisper token -> SmolLM2 token, exact
 
 
 @pytest.mark.assets
@@ -391,25 +395,33 @@ def test_the_shipped_default_loads_in_one_line_and_hears_recorded_human_speech()
     assert gain["embedded:salad"] > gain["embedded:untrained"] + 1.0
 
 
+def fresh_decoder_model() -> tuple[SaladForConditionalGeneration, SaladProcessor]:
+    """Whisper tiny.en and SmolLM2 with a fresh (untrained, residual at zero) `"whisper_decoder"` adapter."""
+    settings = {"adapter_type": "whisper_decoder", "adapter_stack_factor": 4, "adapter_intermediate_size": 64}
+    model = embedded_default._assemble_embedded(settings).eval()
+    processor = SaladProcessor.from_pretrained_components(
+        str(asset(whisper_tiny_en_path)), str(asset(smollm2_135m_instruct_path)), model.config
+    )
+    return model, processor
+
+
 @pytest.mark.assets
 def test_the_whisper_decoder_adapter_writes_whisper_tiny_ens_own_transcript(tmp_path):
     """Inside SALAD, Whisper's decoder reads each clip as Whisper does (padded to 30 s with silence, its own prompt,
     greedy, its suppressed tokens never written), so its tokens are those of `WhisperForConditionalGeneration.generate`
-    on speech, noise and a fragment alike; each maps to the SmolLM2 token
-    that starts it, and the token map survives export exactly (integers, not bf16)."""
-    from transformers import AutoTokenizer, WhisperForConditionalGeneration, WhisperProcessor
+    on speech, noise and a fragment alike; SmolLM2 reads them as its tokenizer writes Whisper's text, numbers split
+    into digits, and an exported model reads them so too."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    whisper_dir, llm_dir = asset(whisper_tiny_en_path), asset(smollm2_135m_instruct_path)
-    settings = {"adapter_type": "whisper_decoder", "adapter_stack_factor": 4, "adapter_intermediate_size": 64}
-    model = embedded_default._assemble_embedded(settings).eval()
-    processor = SaladProcessor.from_pretrained_components(str(whisper_dir), str(llm_dir), model.config)
+    whisper_dir = asset(whisper_tiny_en_path)
+    model, processor = fresh_decoder_model()
     speech = [clip.audio for clip in sentence_clips(4)]
     noise = 0.1 * np.random.default_rng(0).standard_normal(5 * 16_000).astype(np.float32)
     clips = [*speech, noise, speech[0][: 16_000 // 2]]  # sentences, 5 s of noise, half a second of a sentence
     inputs = processor(audio=clips, sampling_rate=16_000)
     with torch.no_grad():
         encoded = model.encode_windows(inputs["input_features"], inputs["input_features_mask"]).encoder_states
-        _, logits, counts = model.adapter.greedy_transcript(encoded, torch.full((len(clips),), 200))
+        ids, _, counts = model.adapter.greedy_transcript(encoded, torch.full((len(clips),), 200))
     whisper = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
     features = WhisperProcessor.from_pretrained(whisper_dir).feature_extractor(
         clips, sampling_rate=16_000, return_tensors="pt"
@@ -418,13 +430,49 @@ def test_the_whisper_decoder_adapter_writes_whisper_tiny_ens_own_transcript(tmp_
         reference = whisper.generate(features.input_features)
     end = whisper.config.eos_token_id
     for row, tokens in enumerate(reference.tolist()):
-        expected = [token for token in tokens if token < end]
-        assert logits[row, : counts[row]].argmax(-1).tolist() == expected
-    llm_tokenizer = AutoTokenizer.from_pretrained(llm_dir)
-    the = AutoTokenizer.from_pretrained(whisper_dir).convert_tokens_to_ids("\u0120the")
-    assert int(model.adapter.token_map[the]) == llm_tokenizer.convert_tokens_to_ids("\u0120the")
+        assert ids[row, : counts[row]].tolist() == [token for token in tokens if token < end]
+    tokenizers = model.adapter.tokenizers
+    number = tokenizers.speech(" Press 42 now.", add_special_tokens=False)["input_ids"]
+    expected = processor.tokenizer("Press 42 now.", add_special_tokens=False)["input_ids"]
+    assert tokenizers.read(number, opens_with_space=False)[0] == expected
+    assert processor.tokenizer.convert_ids_to_tokens(expected)[1:4] == ["\u0120", "4", "2"]
     model.save_pretrained(tmp_path / "trained")
     shipped = embedded_default.export_embedded_default(tmp_path / "trained", tmp_path / "shipped")
-    assert torch.equal(  # bitwise: integer token ids
-        load_file(shipped / "adapter.safetensors")["adapter.token_map"], model.adapter.token_map
+    reloaded = SaladForConditionalGeneration.from_pretrained(
+        embedded_default.salad_embedded_default_path(shipped)
     )
+    assert reloaded.adapter.tokenizers.read(number, opens_with_space=False)[0] == expected
+
+
+@pytest.mark.assets
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs `apt-get install espeak-ng`")
+def test_a_fresh_decoder_adapter_answers_as_the_cascade_of_its_own_decoder():
+    """Issue 33's lossless interface on the real components: with the residual at zero and no LoRA, SmolLM2 reads a
+    spoken question exactly as a cascade that hands it the same Whisper transcript as text, so on built-in items
+    spoken by a held-out voice both pick the same option, with the same scores."""
+    model, processor = fresh_decoder_model()
+    items = load_offline_tasks()[:4]
+    clips = synthesize_items(items, 16_000, backend="espeak-ng", voice="en-us")
+    transcripts = []
+    for clip in clips:
+        inputs = processor(audio=clip, sampling_rate=16_000)
+        with torch.no_grad():
+            transcript = model.transcribe(inputs["input_features"], inputs["input_features_mask"])
+        spoken = transcript.ids[0, : transcript.counts[0]]
+        transcripts.append(model.adapter.tokenizers.speech.decode(spoken, skip_special_tokens=True).strip())
+    tokenizer = processor.tokenizer
+    with torch.no_grad():
+        speech = score_speech_items(
+            model, processor, items, clips, chat_prompt(text_prompt(processor.audio_token, ""), tokenizer)
+        )
+        cascade = score_text_items(
+            model.language_model, tokenizer, items,
+            [chat_prompt(text_prompt(transcript, ""), tokenizer) for transcript in transcripts],
+        )  # fmt: skip
+    assert all(transcripts)
+    for ours, theirs in zip(speech, cascade):
+        assert ours.choice() == theirs.choice()
+        assert_close_in_dtype(
+            torch.tensor(ours.logprob, dtype=torch.float32), torch.tensor(theirs.logprob, dtype=torch.float32),
+            ulps=OTHER_PATH_ULPS,
+        )  # fmt: skip

@@ -163,8 +163,11 @@ def test_misalignment_is_zero_when_speech_embeddings_equal_text_embeddings(whisp
     samples = next(n for n in range(400, 40000, 160) if processor.length_spec.num_tokens(n) == len(ids))
     monkeypatch.setattr(
         model,
-        "audio_embeddings_and_keep",
-        lambda *a, **k: (model.get_input_embeddings()(torch.tensor(ids)), None),
+        "adapt_windows",
+        lambda *a, **k: (
+            model.get_input_embeddings()(torch.tensor(ids)),
+            torch.ones(len(ids), dtype=torch.bool),
+        ),
     )
     rows = [{"text": transcript, "audio": {"array": tone(samples / 16000), "sampling_rate": 16000}}]
     result = forgetting_and_misalignment(model, processor, rows, continuation="so {transcript}")

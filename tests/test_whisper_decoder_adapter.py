@@ -1,6 +1,7 @@
-"""The `"whisper_decoder"` adapter: Whisper's own decoder transcribes each window, and each transcript token
-becomes one LM embedding (a mixture of the LM's token embeddings plus a trained residual), right-aligned in the
-window's audio-token slots; the LM reads the filled slots as if the empty ones were not there."""
+"""The `"whisper_decoder"` adapter: Whisper's own decoder transcribes each window, the LM's tokenizer reads the
+transcript as text, and each of its tokens becomes one LM embedding (the LM's own, plus a trained residual),
+right-aligned in the window's audio-token slots; the LM reads the filled slots as if the empty ones were not there,
+and a fresh adapter hands it exactly what a cascade of the same two models would."""
 
 from __future__ import annotations
 
@@ -15,21 +16,29 @@ from conftest import (
     DECODER_END as END,
 )
 from conftest import (
-    DECODER_PROMPT as PROMPT,
-)
-from conftest import (
+    DECODER_PIECES,
     OTHER_INSTANCE_ULPS,
     OTHER_PATH_ULPS,
     assert_close_in_dtype,
     backward_through_the_lm,
     decoder_tiny,
+    make_speech_tokenizer,
+    make_tokenizer,
     tone,
+)
+from conftest import (
+    DECODER_PROMPT as PROMPT,
 )
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from modeling_salad import SaladConfig, SaladForConditionalGeneration
-from modeling_salad.adapters_salad import mix_token_embeddings, right_align
+from modeling_salad import SaladConfig, SaladForConditionalGeneration, TranscriptTokenizers
+from modeling_salad.adapters_salad import (
+    SPEECH_TOKENIZER_FOLDER,
+    AudioWindows,
+    WhisperTranscript,
+    right_align,
+)
 
 SR = 16000
 
@@ -60,22 +69,116 @@ def test_right_align_moves_each_windows_tokens_to_the_end_of_its_slots():
     assert aligned[..., 0].tolist() == [[0, 0, 1, 2, 0], [0, 0, 4, 5, 6]]
 
 
-def test_a_fresh_adapter_embeds_the_mixture_of_whisper_choices_exactly():
+def piece_ids(*pieces: str) -> list[int]:
+    return [DECODER_PIECES.index(piece) for piece in pieces]
+
+
+def test_the_lm_reads_whispers_transcript_as_its_own_tokenizer_writes_it():
+    tokenizers = TranscriptTokenizers(speech=make_speech_tokenizer(), text=make_tokenizer())
+    whisper = piece_ids("\u0120what", "\u0120is", "\u0120qu", "ick", "\u012042", "?")
+    ids, sources = tokenizers.read(whisper, opens_with_space=False)
+    assert ids == tokenizers.text("what is quick 42?", add_special_tokens=False)["input_ids"]
+    assert tokenizers.text.decode(ids) == "what is quick 42?"
+    # each LM token reads the state of the Whisper token its text starts in ("quick" starts in "qu")
+    starts = [tokenizers.text.decode(ids[:k]) for k in range(len(ids))]
+    assert sources == [sum(len(tokenizers.speech.decode(whisper[: j + 1]).lstrip()) <= len(start) for j in
+                           range(len(whisper))) for start in starts]  # fmt: skip
+    spaced, _ = tokenizers.read(whisper, opens_with_space=True)
+    assert spaced == tokenizers.text(" what is quick 42?", add_special_tokens=False)["input_ids"]
+    assert tokenizers.read([], opens_with_space=True) == ([], [])
+
+
+def test_special_tokens_spelled_out_in_a_transcript_are_read_as_text():
+    speech = make_speech_tokenizer()
+    speech.add_tokens(["<|audio|>"])  # a Whisper that can spell the LM's placeholder out
+    tokenizers = TranscriptTokenizers(speech=speech, text=make_tokenizer())
+    ids, _ = tokenizers.read([*piece_ids("\u0120the"), speech.convert_tokens_to_ids("<|audio|>")], False)
+    assert tokenizers.text.convert_tokens_to_ids("<|audio|>") not in ids
+    assert tokenizers.text.decode(ids) == "the<|audio|>"
+
+
+def test_a_fresh_adapter_hands_the_lm_exactly_the_tokens_of_the_cascade():
+    """Residual at zero: the LM's input embeddings are exactly those of its tokenizer's ids for the prompt with
+    Whisper's transcript written in place of the clip, and its logits are the LM's on that text."""
     model, processor = decoder_tiny()
-    with torch.no_grad():
-        model.adapter.apply(model._init_weights)  # what from_pretrained_components does: residual at zero
-        model.adapter.token_map.copy_(torch.arange(END) % 40 + 3)
+    end_text_after(model, 3)
+    model.adapter.init_weights()  # what from_pretrained_components does: the residual at zero
     assert model.adapter.down_proj.weight.abs().sum() == 0
-    model.adapter.top_k = 1
-    inputs = processor(audio=tone(1.0, SR), sampling_rate=SR)
-    with torch.no_grad():
-        embeds, keep, token_mask = decoder_embeddings(
-            model, inputs["input_features"], inputs["input_features_mask"]
+    for clip in (tone(1.0, SR), tone(1.6, SR, 500, seed=1)):
+        inputs = processor(text="Question: <|audio|>\nAnswer:", audio=clip, sampling_rate=SR)
+        with torch.no_grad():
+            transcript = model.transcribe(inputs["input_features"], inputs["input_features_mask"])
+            embeds, dropped = model.embed_inputs(
+                inputs["input_ids"], inputs["input_features"], inputs["input_features_mask"]
+            )
+            spoken = model.adapter.tokenizers.speech.decode(transcript.ids[0, : transcript.counts[0]])
+            text = processor.tokenizer(f"Question: {spoken.strip()}\nAnswer:", return_tensors="pt")
+            assert torch.equal(  # bitwise: the same embedding rows, plus a residual of exactly zero
+                embeds[0, ~dropped[0]], model.get_input_embeddings()(text["input_ids"])[0]
+            )
+            assert_close_in_dtype(
+                model(**inputs).logits[0, -1],
+                model.language_model(**text).logits[0, -1],
+                ulps=OTHER_PATH_ULPS,
+            )
+
+
+def test_the_prompts_space_before_a_clip_is_taken_over_and_a_long_clips_windows_follow_each_other():
+    model, processor = decoder_tiny()
+    end_text_after(model, 2)
+    tokenizer = processor.tokenizer
+    space, audio = model.adapter.tokenizers.space_id, processor.audio_token_id
+    for text, opens, absorbed in [
+        ("Question: <|audio|>", [True], 1),
+        ("Question:<|audio|>", [True], 0),  # after a mark, as after a word: running text
+        ("Question:\n<|audio|>", [False], 0),
+        ("<|im_start|><|audio|>", [False], 0),  # after markup
+        ("<|audio|> and <|audio|>", [False, True], 1),
+    ]:
+        inputs = processor(text=text, audio=[tone(0.5, SR)] * text.count("<|audio|>"), sampling_rate=SR)
+        input_ids = inputs["input_ids"]
+        placeholder = input_ids == audio
+        windows = model.encode_windows(inputs["input_features"], inputs["input_features_mask"])
+        opens_with_space, dropped = model.spaces_before_windows(
+            input_ids, placeholder, windows.token_mask.sum(-1)
         )
-        encoded = model.encode_windows(inputs["input_features"], inputs["input_features_mask"]).encoder_states
-        _, logits, counts = model.adapter.greedy_transcript(encoded, token_mask.sum(-1))
-    chosen = model.adapter.token_map[logits[0, : counts[0]].argmax(-1)]
-    torch.testing.assert_close(embeds[keep], model.get_input_embeddings().weight[chosen])
+        assert opens_with_space.tolist() == opens, text
+        assert int(dropped.sum()) == absorbed and bool((input_ids[dropped] == space).all()), text
+    # a 45 s clip is cut into two windows: the second continues the first, with a space
+    inputs = processor(text="Question:\n<|audio|>", audio=tone(45.0, SR), sampling_rate=SR)
+    windows = model.encode_windows(inputs["input_features"], inputs["input_features_mask"])
+    opens_with_space, dropped = model.spaces_before_windows(
+        inputs["input_ids"], inputs["input_ids"] == audio, windows.token_mask.sum(-1)
+    )
+    assert opens_with_space.tolist() == [False, True] and not dropped.any()
+    assert tokenizer.convert_ids_to_tokens([space]) == ["\u0120"]
+
+
+def test_a_transcript_longer_than_its_slots_in_lm_tokens_is_cut_there_with_a_warning(caplog):
+    model, _ = decoder_tiny()
+    whisper = piece_ids("\u012042", "\u012042")  # two Whisper tokens, six LM tokens: " ", "4", "2" twice
+    transcript = WhisperTranscript(
+        ids=torch.tensor([whisper, whisper]), states=torch.zeros(2, 2, 8), counts=torch.tensor([2, 1])
+    )
+    windows = AudioWindows(
+        features=torch.zeros(2, 1, 1), feature_lengths=torch.ones(2, dtype=torch.long), encoder_states=torch.zeros(1),
+        token_mask=torch.tensor([[True] * 4, [True] * 4]), opens_with_space=torch.tensor([True, True]),
+    )  # fmt: skip
+    full = model.adapter.tokenizers.read(whisper, opens_with_space=True)[0]
+    assert len(full) == 6
+    with caplog.at_level(logging.WARNING):
+        ids, sources, counts = model.adapter.transcript_tokens(transcript, windows)
+    assert counts.tolist() == [4, 3] and ids[0].tolist() == full[:4] and sources[0].tolist() == [0, 0, 0, 1]
+    assert ids[1, :3].tolist() == full[:3] and sources[1, :3].tolist() == [0, 0, 0]
+    assert "came to more LM tokens (6) than the window has audio-token slots (4)" in caplog.text
+
+
+def test_a_model_without_its_tokenizers_says_how_to_attach_them():
+    model, processor = decoder_tiny()
+    model.adapter.tokenizers = None
+    inputs = processor(text="Say <|audio|>", audio=tone(0.5, SR), sampling_rate=SR)
+    with pytest.raises(ValueError, match="TranscriptTokenizers"):
+        model(**inputs)
 
 
 def test_transcripts_end_at_the_end_of_text_or_at_the_slots_with_a_warning(caplog):
@@ -87,8 +190,10 @@ def test_transcripts_end_at_the_end_of_text_or_at_the_slots_with_a_warning(caplo
         _, keep, token_mask = decoder_embeddings(
             model, inputs["input_features"], inputs["input_features_mask"]
         )
-    assert token_mask.sum(-1).tolist() == [25, 2]
-    assert keep.sum(-1).tolist() == [3, 2]
+        transcript = model.transcribe(inputs["input_features"], inputs["input_features_mask"])
+    assert token_mask.sum(-1).tolist() == [25, 2] and transcript.counts.tolist() == [3, 2]
+    lm_tokens = len(model.adapter.tokenizers.read(transcript.ids[0, :3].tolist(), opens_with_space=False)[0])
+    assert keep.sum(-1).tolist() == [lm_tokens, 2]
     assert "1 audio window(s) filled all their audio-token slots" in caplog.text
 
 
@@ -125,7 +230,12 @@ def test_the_lm_reads_only_the_filled_slots_in_forward_and_generation():
             embeds, dropped = model.embed_inputs(
                 single["input_ids"], single["input_features"], single["input_features_mask"]
             )
-        assert int((~dropped[0] & (single["input_ids"][0] == processor.audio_token_id)).sum()) == 2
+            transcript = model.transcribe(single["input_features"], single["input_features_mask"])
+        lm_tokens = model.adapter.tokenizers.read(transcript.ids[0, :2].tolist(), opens_with_space=True)[0]
+        assert transcript.counts.tolist() == [2] and lm_tokens
+        assert int((~dropped[0] & (single["input_ids"][0] == processor.audio_token_id)).sum()) == len(
+            lm_tokens
+        )
         reference = model.language_model.generate(inputs_embeds=embeds[:, ~dropped[0]], **kwargs)
         assert generated[row].tolist() == reference[0, -5:].tolist()
     uncached = model.generate(**batch, **kwargs, use_cache=False)[:, batch["input_ids"].shape[1] :]
@@ -153,19 +263,6 @@ def test_forward_equals_the_lm_on_the_sequence_without_the_empty_slots():
             assert output.attention_mask[row].sum() == keep.sum()
 
 
-def test_top_k_mixes_only_the_most_likely_tokens():
-    embeddings = torch.randn(50, 8)
-    probs = torch.softmax(torch.randn(1, 2, 50) * 3, -1)
-    dense = mix_token_embeddings(probs, embeddings, top_k=0)
-    top1 = mix_token_embeddings(probs, embeddings, top_k=1)
-    assert_close_in_dtype(dense, probs @ embeddings, ulps=OTHER_PATH_ULPS)
-    assert torch.equal(top1[0], embeddings[probs[0].argmax(-1)])  # bitwise: one embedding times weight 1.0
-    rows = torch.randperm(50)
-    assert torch.equal(
-        mix_token_embeddings(probs, embeddings, 1, rows=rows)[0], embeddings[rows[probs[0].argmax(-1)]]
-    )
-
-
 def test_only_the_residual_trains_and_the_decoder_gets_no_gradient():
     model, processor = decoder_tiny()
     backward_through_the_lm(model, processor)
@@ -174,16 +271,26 @@ def test_only_the_residual_trains_and_the_decoder_gets_no_gradient():
     assert all(p.grad is None for p in model.adapter.decoder.parameters())
 
 
-def test_save_load_round_trip_keeps_the_decoder_and_the_token_map(tmp_path):
+def test_save_load_round_trip_keeps_the_decoder_and_both_tokenizers(tmp_path):
     model, processor = decoder_tiny()
     model.save_pretrained(tmp_path)
+    assert (tmp_path / SPEECH_TOKENIZER_FOLDER / "tokenizer.json").is_file()
     reloaded = SaladForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert reloaded.adapter.token_map.dtype == torch.long
-    assert torch.equal(reloaded.adapter.token_map, model.adapter.token_map)  # bitwise: integer token ids
     assert reloaded.config.adapter_decoder_prompt_ids == PROMPT
+    whisper = piece_ids("\u0120what", "\u0120is", "\u012042", "?")
+    assert reloaded.adapter.tokenizers.read(whisper, False) == model.adapter.tokenizers.read(whisper, False)
     inputs = processor(text="Say <|audio|>", audio=tone(0.8, SR), sampling_rate=SR)
     with torch.no_grad():
         assert_close_in_dtype(model(**inputs).logits, reloaded(**inputs).logits, ulps=OTHER_INSTANCE_ULPS)
+
+
+def test_a_checkpoint_without_the_speech_tokenizer_is_refused_with_the_fix(tmp_path):
+    model, _ = decoder_tiny()
+    model.save_pretrained(tmp_path)
+    for path in sorted((tmp_path / SPEECH_TOKENIZER_FOLDER).iterdir()):
+        path.unlink()
+    with pytest.raises(ValueError, match=f"{SPEECH_TOKENIZER_FOLDER}/"):
+        SaladForConditionalGeneration.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -250,23 +357,14 @@ def test_a_loud_window_that_comes_out_nearly_empty_is_reported_and_silence_is_no
         assert ("sound like speech" in caplog.text) == reported, audio.size / SR
 
 
-def test_a_checkpoint_saved_before_the_adapters_module_still_loads(tmp_path):
-    """Saved before issue 32: Whisper's decoder under `audio_decoder.`, and `adapter_ctc_top_k` for `adapter_top_k`."""
-    from safetensors.torch import load_file, save_file
-
-    model, processor = decoder_tiny()
+@pytest.mark.parametrize("setting", ["adapter_top_k", "adapter_ctc_top_k"])
+def test_a_checkpoint_of_the_mixture_interface_is_refused_with_the_reason(tmp_path, setting):
+    """Saved before issue 33, a whisper_decoder checkpoint's residual was trained for another input."""
+    model, _ = decoder_tiny()
     model.save_pretrained(tmp_path)
-    weights = load_file(tmp_path / "model.safetensors")
-    save_file(
-        {key.replace("adapter.decoder.", "audio_decoder.", 1): value for key, value in weights.items()},
-        tmp_path / "model.safetensors",
-        metadata={"format": "pt"},
-    )
     config = json.loads((tmp_path / "config.json").read_text())
-    config["adapter_ctc_top_k"] = config.pop("adapter_top_k")
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    assert any(key.startswith("audio_decoder.") for key in load_file(tmp_path / "model.safetensors"))
-    reloaded = SaladForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert reloaded.config.adapter_top_k == 3
-    for key, value in model.state_dict().items():
-        assert torch.equal(reloaded.state_dict()[key], value), key  # bitwise: stored weights, loaded as saved
+    (tmp_path / "config.json").write_text(json.dumps({**config, setting: 8}))
+    with pytest.raises(ValueError, match="saved before issue 33"):
+        SaladForConditionalGeneration.from_pretrained(tmp_path)
+    mlp = SaladConfig(adapter_type="mlp", **{setting: 8})  # other adapters never read it
+    assert not hasattr(mlp, setting)

@@ -86,8 +86,8 @@ def export_embedded_default(checkpoint: str | Path, destination: Path | None = N
                 "can be shipped."
             )
     destination.mkdir(parents=True, exist_ok=True)
-    weights = {  # integer buffers (a "whisper_decoder" adapter's token map) keep their exact values
-        f"adapter.{key}": (value.to(SHIPPED_DTYPE) if value.is_floating_point() else value).contiguous()
+    weights = {
+        f"adapter.{key}": value.to(SHIPPED_DTYPE).contiguous()
         for key, value in model.adapter.trained_state_dict().items()
     }
     weights[AUDIO_TOKEN_ROW] = audio_row.to(SHIPPED_DTYPE).contiguous()

@@ -271,10 +271,6 @@ class SaladModelArguments:
     adapter_num_key_value_heads: int | None = field(
         default=None, metadata={"help": "New model: adapter KV heads."}
     )
-    adapter_top_k: int | None = field(
-        default=None,
-        metadata={"help": "New 'whisper_decoder' adapter: token embeddings mixed per token (0: all)."},
-    )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
 
     def __post_init__(self):

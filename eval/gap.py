@@ -69,10 +69,11 @@ def gap_report(
     speech: str = "salad_speech",
     retention: str = "salad_text",
     prior: str = "prior",
+    cascade: str = "cascade",
     **bootstrap,
 ) -> dict:
-    """Accuracy of each system, the gap, retention gap, speech over the prior and prior agreement: overall and
-    per domain.
+    """Accuracy of each system, the gap, retention gap, speech over the prior, speech minus the cascade and prior
+    agreement: overall and per domain.
 
     `correct[system]` and `choices[system]` hold one entry per item, in the same item order for every system.
     """
@@ -88,6 +89,9 @@ def gap_report(
             # Paired: a model that mostly answers as the prior does differs from it on few items, so the paired
             # interval is far narrower than the two accuracies' intervals side by side.
             out["speech_over_prior"] = paired_difference(subset[speech], subset[prior], **bootstrap)
+        if speech in subset and cascade in subset:
+            # What an end-to-end model must at least match: the ASR + LLM cascade, on the same clips.
+            out["speech_minus_cascade"] = paired_difference(subset[speech], subset[cascade], **bootstrap)
         if speech in choices and prior in choices:
             out["speech_prior_agreement"] = agreement(
                 np.asarray(choices[speech])[indices], np.asarray(choices[prior])[indices]

@@ -26,17 +26,18 @@ def markdown_table(results: dict) -> str:
             )
     lines += [
         "",
-        "| task | gap (base text - SALAD speech) | retention gap | speech - prior (paired) | speech/prior agreement "
-        "| chance |",
-        "|---|---|---|---|---|---|",
+        "| task | gap (base text - SALAD speech) | retention gap | speech - prior (paired) | speech - cascade "
+        "(paired) | speech/prior agreement | chance |",
+        "|---|---|---|---|---|---|---|",
     ]
     for task, report in results["tasks"].items():
         agreement = report.get("speech_prior_agreement")
         agreement = "-" if agreement is None else f"{agreement:.2f}"
         gap, retention = _interval(report.get("gap")), _interval(report.get("retention_gap"))
         over_prior = _interval(report.get("speech_over_prior"))
+        over_cascade = _interval(report.get("speech_minus_cascade"))
         lines.append(
-            f"| {task} | {gap} | {retention} | {over_prior} | {agreement} | {report['chance']:.2f} |"
+            f"| {task} | {gap} | {retention} | {over_prior} | {over_cascade} | {agreement} | {report['chance']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

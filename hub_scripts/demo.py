@@ -96,6 +96,7 @@ def print_evaluation(untrained: dict, shipped: dict) -> None:
     print("    " + prior_verdict(shipped["systems"]))
     for key, label in (
         ("speech_over_prior", "spoken accuracy over the option prior, paired over the same items"),
+        ("speech_minus_cascade", "spoken accuracy minus the cascade of its own parts (Whisper tiny.en -> SmolLM2)"),
         ("gap", "text-speech gap of the shipped model"),
     ):
         if shipped.get(key):
@@ -103,7 +104,8 @@ def print_evaluation(untrained: dict, shipped: dict) -> None:
 
 
 def difference_line(label: str, difference: dict) -> str:
-    """A paired difference of accuracies (the harness's `gap`, `speech_over_prior`) in points, with its interval."""
+    """A paired difference of accuracies (the harness's `gap`, `speech_over_prior`, `speech_minus_cascade`) in
+    points, with its interval."""
     low, high = difference["ci95"]
     return f"{label}: {100 * difference['value']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
 

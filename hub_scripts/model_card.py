@@ -47,6 +47,7 @@ GAP_METRICS = {
     "gap": ("text-speech-gap", "Text-speech gap (base LLM text - SALAD speech)"),
     "retention_gap": ("retention-gap", "Retention gap (base LLM text - SALAD text)"),
     "speech_over_prior": ("speech-over-prior", "SALAD speech over the option prior (paired)"),
+    "speech_minus_cascade": ("speech-minus-cascade", "SALAD speech minus the ASR + LLM cascade (paired)"),
 }
 DISTRIBUTION_METRICS = {
     "forgetting": ("forgetting", "Forgetting F (KL base LLM || SALAD, text, per token)"),
@@ -175,11 +176,11 @@ def accuracy_table(results: Mapping) -> list[str]:
 
 
 def gap_table(results: Mapping) -> list[str]:
-    """The gaps, speech over the prior, prior agreement, cascade WER and F / M per task."""
+    """The gaps, speech over the prior and against the cascade, prior agreement, cascade WER and F / M per task."""
     rows = [
-        "| task | text-speech gap | retention gap | speech - prior (paired) | speech/prior agreement | cascade ASR WER "
-        "| forgetting F | misalignment M |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | text-speech gap | retention gap | speech - prior (paired) | speech - cascade (paired) "
+        "| speech/prior agreement | cascade ASR WER | forgetting F | misalignment M |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for task, report in results["tasks"].items():
         distribution = report.get("distribution") or {}
@@ -187,6 +188,7 @@ def gap_table(results: Mapping) -> list[str]:
             _format_interval(report.get("gap"), signed=True),
             _format_interval(report.get("retention_gap"), signed=True),
             _format_interval(report.get("speech_over_prior"), signed=True),
+            _format_interval(report.get("speech_minus_cascade"), signed=True),
             _number(report.get("speech_prior_agreement"), ".2f"),
             _number(report.get("cascade_wer"), ".3f"),
             _number(distribution.get("forgetting"), ".4f"),

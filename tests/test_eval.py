@@ -132,9 +132,12 @@ def test_gap_report_per_domain_and_prior_agreement():
         "salad_speech": [0, 1, 0, 0],
         "salad_text": [1, 1, 1, 0],
         "prior": [0, 1, 0, 1],
+        "cascade": [1, 1, 0, 0],
     }
     choices = {"salad_speech": [2, 0, 1, 3], "prior": [2, 0, 1, 0]}
     report = gap_report(correct, choices, ["a", "a", "b", "b"])
+    assert report["speech_minus_cascade"]["value"] == pytest.approx(-0.25)  # speech 1/4 right, cascade 2/4
+    assert report["domains"]["b"]["speech_minus_cascade"]["value"] == 0
     assert report["gap"]["value"] == pytest.approx(0.5)
     assert report["retention_gap"]["value"] == 0
     assert report["speech_prior_agreement"] == 0.75
@@ -293,10 +296,11 @@ def test_harness_writes_json_markdown_and_plots(tiny_eval_run):
     assert saved["tasks"]["offline"]["gap"] == report["gap"]
     markdown = (out / "results.md").read_text()
     assert "| offline | salad_speech |" in markdown and "speech - prior (paired)" in markdown
-    difference = report["speech_over_prior"]
-    assert (
-        f"{difference['value']:+.3f} [{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}]" in markdown
-    )
+    assert "speech - cascade (paired)" in markdown
+    for difference in (report["speech_over_prior"], report["speech_minus_cascade"]):
+        assert (
+            f"{difference['value']:+.3f} [{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}]" in markdown
+        )
     assert (out / "accuracy_per_task.png").stat().st_size > 0 and (
         out / "gap_per_domain_offline.png"
     ).exists()

@@ -50,6 +50,7 @@ def expected_metrics(report: dict) -> dict:
     expected[("text-speech-gap", None)] = report["gap"]["value"]
     expected[("retention-gap", None)] = report["retention_gap"]["value"]
     expected[("speech-over-prior", None)] = report["speech_over_prior"]["value"]
+    expected[("speech-minus-cascade", None)] = report["speech_minus_cascade"]["value"]
     expected[("wer", "cascade")] = report["cascade_wer"]
     expected[("forgetting", None)] = report["distribution"]["forgetting"]
     expected[("misalignment", None)] = report["distribution"]["misalignment"]

@@ -96,7 +96,10 @@ def print_evaluation(untrained: dict, shipped: dict) -> None:
     print("    " + prior_verdict(shipped["systems"]))
     for key, label in (
         ("speech_over_prior", "spoken accuracy over the option prior, paired over the same items"),
-        ("speech_minus_cascade", "spoken accuracy minus the cascade of its own parts (Whisper tiny.en -> SmolLM2)"),
+        (
+            "speech_minus_cascade",
+            "spoken accuracy minus the cascade of its own parts (Whisper tiny.en -> SmolLM2)",
+        ),
         ("gap", "text-speech gap of the shipped model"),
     ):
         if shipped.get(key):

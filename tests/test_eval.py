@@ -299,7 +299,8 @@ def test_harness_writes_json_markdown_and_plots(tiny_eval_run):
     assert "speech - cascade (paired)" in markdown
     for difference in (report["speech_over_prior"], report["speech_minus_cascade"]):
         assert (
-            f"{difference['value']:+.3f} [{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}]" in markdown
+            f"{difference['value']:+.3f} [{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}]"
+            in markdown
         )
     assert (out / "accuracy_per_task.png").stat().st_size > 0 and (
         out / "gap_per_domain_offline.png"

@@ -68,9 +68,9 @@ class SaladCheckpointMixin:
                 "type": "multimodal",
             },
         }
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if self.adapter.writes_text:
+        if self.adapter.writes_text:  # first: `push_to_hub=True` uploads the folder inside the call below
             self.adapter.require_tokenizers().save_pretrained(save_directory)
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_pretrained_components(

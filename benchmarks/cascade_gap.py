@@ -41,7 +41,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eval.gap import accuracy_summary, paired_difference
 from eval.harness import EvalArguments, evaluate_task
-from eval.speech import synthesize_items
+from eval.speech import synthesize_items, transcribe
 from eval.tasks import load_offline_tasks
 from trainers.assets import load_salad, resolve_checkpoint
 from trainers.assets.asterisk import asterisk_prompts
@@ -112,7 +112,8 @@ def diagnose(limit: int | None) -> dict:
     results = {"model": "embedded:salad", "sets": {}}
     for name, (references, clips) in clip_sets(limit).items():
         rows, split_tokens = [], Counter()
-        for reference, whisper_ids in zip(references, read_clips(model, processor, clips)):
+        asr = transcribe("embedded:whisper-tiny.en", clips, 16000)
+        for reference, whisper_ids, asr_text in zip(references, read_clips(model, processor, clips), asr):
             text = whisper_tokenizer.decode(whisper_ids)
             cascade = llm_tokenizer(text, add_special_tokens=False)["input_ids"]
             pieces = [whisper_tokenizer.convert_ids_to_tokens(token) for token in whisper_ids]
@@ -124,6 +125,7 @@ def diagnose(limit: int | None) -> dict:
             rows.append({
                 "reference": reference,
                 "whisper": text.strip(),
+                "asr_pipeline": asr_text,
                 "llm_reads": llm_tokenizer.decode(first).strip(),
                 "whisper_tokens": len(whisper_ids),
                 "split_tokens": sum(len(llm_bpe.tokenize(token)) > 1 for token in pieces),
@@ -136,6 +138,7 @@ def diagnose(limit: int | None) -> dict:
         results["sets"][name] = {
             "clips": len(rows),
             "whisper_wer": word_error_rate([row["reference"] for row in rows], [row["whisper"] for row in rows]),
+            "same_transcript_as_asr_pipeline": sum(row["whisper"] == row["asr_pipeline"] for row in rows) / len(rows),
             "whisper_tokens": sum(row["whisper_tokens"] for row in rows),
             "split_token_share": sum(row["split_tokens"] for row in rows) / max(sum(r["whisper_tokens"] for r in rows), 1),
             "first_pieces_token_error_rate": sum(row["first_pieces_errors"] for row in rows) / cascade_tokens,
@@ -149,21 +152,26 @@ def diagnose(limit: int | None) -> dict:
     return results
 
 
-def residual_off(model, reference) -> None:
-    model.adapter.down_proj.weight.data.zero_()
+def residual_off(model, reference) -> bool:
+    """Zero the residual; False where it already is (an untrained model)."""
+    weight = model.adapter.down_proj.weight
+    trained = bool(weight.any())
+    weight.data.zero_()
+    return trained
 
 
-def lora_off(model, reference) -> None:
+def lora_off(model, reference) -> bool:
     """SmolLM2's own weights back in the LLM in place of the merged LoRA (the audio token's row, which SmolLM2
-    lacks, is kept)."""
-    ours = model.language_model.state_dict()
+    lacks, is kept); False where the LLM already holds them (no LoRA was trained)."""
+    ours, changed = model.language_model.state_dict(), False
     for key, value in reference.state_dict().items():
+        changed |= not torch.equal(ours[key][: value.shape[0]], value)
         ours[key][: value.shape[0]] = value
+    return changed
 
 
-def residual_and_lora_off(model, reference) -> None:
-    residual_off(model, reference)
-    lora_off(model, reference)
+def residual_and_lora_off(model, reference) -> bool:
+    return residual_off(model, reference) | lora_off(model, reference)
 
 
 ABLATIONS = {
@@ -188,13 +196,16 @@ def ablate(voice: str, limit: int | None, dtype: str) -> dict:
     base = evaluate_task(voice, items, model, processor, reference, args)
     correct = {"cascade": _correct(base, "cascade", items), "shipped": _correct(base, "salad_speech", items)}
     speech_only = replace(args, systems=["salad_speech"])
+    unchanged = []  # ablations that would switch off what the shipped model does not have: the shipped row
     for label, change in ABLATIONS.items():
         variant, _ = load_salad("embedded:salad", getattr(torch, dtype))
-        change(variant, reference)
+        if not change(variant, reference):
+            unchanged.append(label)
+            continue
         report = evaluate_task(voice, items, variant, processor, reference, speech_only)
         correct[label] = _correct(report, "salad_speech", items)
     return {
-        "voice": voice, "items": len(items), "dtype": dtype,
+        "voice": voice, "items": len(items), "dtype": dtype, "same_as_shipped": unchanged,
         "accuracy": {label: accuracy_summary(values) for label, values in correct.items()},
         "minus_cascade": {label: paired_difference(values, correct["cascade"])
                           for label, values in correct.items() if label != "cascade"},
@@ -213,13 +224,15 @@ def markdown(results: dict) -> str:
         "`python benchmarks/cascade_gap.py diagnose`; token error rates are edit distances to the LLM tokenizer's ids "
         "of Whisper's transcript, over those ids.",
         "",
-        "| set | clips | Whisper WER | Whisper tokens split by the LLM | first pieces: token error rate | "
-        "clips read exactly | all pieces: token error rate | adapter: token error rate | clips read exactly |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| set | clips | Whisper WER | transcript as the ASR pipeline's | Whisper tokens split by the LLM | "
+        "first pieces: token error rate | clips read exactly | all pieces: token error rate | adapter: token error "
+        "rate | clips read exactly |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, value in results["sets"].items():
         lines.append(
-            f"| {name} | {value['clips']} | {100 * value['whisper_wer']:.1f}% | {100 * value['split_token_share']:.1f}% | "
+            f"| {name} | {value['clips']} | {100 * value['whisper_wer']:.1f}% | "
+            f"{100 * value['same_transcript_as_asr_pipeline']:.0f}% | {100 * value['split_token_share']:.1f}% | "
             f"{100 * value['first_pieces_token_error_rate']:.1f}% | {100 * value['clips_read_exactly']:.0f}% | "
             f"{100 * value['all_pieces_token_error_rate']:.1f}% | {100 * value['adapter_token_error_rate']:.1f}% | "
             f"{100 * value['adapter_clips_read_exactly']:.0f}% |"

@@ -3,6 +3,8 @@
     python benchmarks/train_throughput.py                       # every lever, 8 timed steps each
     python benchmarks/train_throughput.py --levers fp32 grouped stack_8 nll_only   # a CPU without bf16 units
     python benchmarks/train_throughput.py --levers nll_only bf16_units --output benchmarks/results/train_throughput_amx.json
+    python benchmarks/train_throughput.py --levers whisper_decoder transcript_cache \
+        --output benchmarks/results/train_throughput_decoder.json   # the shipped adapter, before and after the cache
 
 The levers are cumulative: each one keeps the ones before it and changes one more thing. Each runs in its own
 subprocess on the TTS training rows (`salad-prepare-data --source text_pool --output_dir data/tts`)
@@ -22,6 +24,17 @@ down 10x and more).
 - `bf16_units`: bf16 autocast again, on the ASR step: pays only on a CPU with bf16 matrix units (Intel AMX,
   `amx_bf16` in /proc/cpuinfo), where fp32 leaves them idle.
 
+The shipped `whisper_decoder` adapter has its own chain (issue 33, item 3), both levers in fp32 with rows grouped by
+length, as `configs/embedded-default/stage1-adapter.yaml` trains it (forward KL, shared teacher, frozen LLM):
+
+- `whisper_decoder`: every step runs the frozen Whisper on each audio window (the encoder on 30 s of padded input,
+  the decoder one token at a time), then the residual and the LLM;
+- `transcript_cache`: each window's transcript is computed once and read back from a `TranscriptCache`
+  (`cache_transcripts=True`, the trainer's default): a step runs the residual and the LLM only.
+
+Both train two passes over just enough rows for the timed steps and time the end of the second pass, whose windows
+the cache has all met (every epoch after the first, in a real run).
+
 The first 2 steps of each run are not timed (allocation, dataloader start). Speedups are in seconds of audio
 per second, against the first lever measured (a batch of interleaved rows holds less audio than one of whole utterances, so
 samples per second alone would flatter `nll_only`). Results: `benchmarks/results/train_throughput_cpu.json` and
@@ -40,8 +53,8 @@ from pathlib import Path
 from loss_memory import machine_info  # a sibling script: benchmarks/ is on sys.path when one runs
 
 BASELINE = {
-    "adapter_stack_factor": 4, "bf16": True, "train_sampling_strategy": "random", "alpha": 1.0,
-    "interleave_probability": 0.5,
+    "adapter_type": "mlp", "adapter_stack_factor": 4, "bf16": True, "train_sampling_strategy": "random",
+    "alpha": 1.0, "interleave_probability": 0.5, "cache_transcripts": False,
 }  # fmt: skip
 CHANGES = {
     "baseline": {},
@@ -51,18 +64,29 @@ CHANGES = {
     "nll_only": {"alpha": 0.0, "interleave_probability": 0.0},
     "bf16_units": {"bf16": True},
 }
+# The shipped adapter's chain (issue 33): Stage I as `configs/embedded-default/stage1-adapter.yaml` trains it, then
+# with each audio window's Whisper transcript computed once and read from the cache.
+DECODER_BASELINE = {
+    "adapter_type": "whisper_decoder", "adapter_stack_factor": 4, "bf16": False,
+    "train_sampling_strategy": "group_by_length", "alpha": 1.0, "interleave_probability": 0.5,
+    "cache_transcripts": False,
+}  # fmt: skip
+DECODER_CHANGES = {"whisper_decoder": {}, "transcript_cache": {"cache_transcripts": True}}
+CHAINS = ((BASELINE, CHANGES), (DECODER_BASELINE, DECODER_CHANGES))
+LEVERS = [lever for _, changes in CHAINS for lever in changes]
 BATCH_SIZE = 8
 WARMUP_STEPS = 2
 
 
 def lever_settings(name: str) -> dict:
-    """The settings of lever `name`: the baseline with every change up to and including this one."""
-    settings = dict(BASELINE)
-    for lever, change in CHANGES.items():
-        settings.update(change)
-        if lever == name:
-            return settings
-    raise ValueError(f"Unknown lever {name!r}; choose from {list(CHANGES)}.")
+    """The settings of lever `name`: its chain's baseline with every change up to and including this one."""
+    for baseline, changes in CHAINS:
+        settings = dict(baseline)
+        for lever, change in changes.items():
+            settings.update(change)
+            if lever == name:
+                return settings
+    raise ValueError(f"Unknown lever {name!r}; choose from {LEVERS}.")
 
 
 def run_lever(name: str, steps: int, data_file: str) -> dict:
@@ -82,17 +106,24 @@ def run_lever(name: str, steps: int, data_file: str) -> dict:
     model, processor = load_model_and_processor(
         SaladModelArguments(
             audio_encoder="embedded:whisper-tiny.en", language_model="embedded:smollm2-135m-instruct",
-            adapter_type="mlp", adapter_stack_factor=settings["adapter_stack_factor"], adapter_intermediate_size=1024,
+            adapter_type=settings["adapter_type"], adapter_stack_factor=settings["adapter_stack_factor"],
+            adapter_intermediate_size=1024,
         )
     )  # fmt: skip
+    # The decoder chain trains two passes over just enough rows and times the end of the second: its windows were
+    # all met in the first, as in every epoch after a cached run's first (both of its levers time the same steps).
+    passes = 2 if settings["adapter_type"] == "whisper_decoder" else 1
     args = SaladDistillationConfig(
-        output_dir=tempfile.mkdtemp(), max_steps=steps + WARMUP_STEPS, per_device_train_batch_size=BATCH_SIZE,
+        output_dir=tempfile.mkdtemp(), max_steps=passes * (steps + WARMUP_STEPS), per_device_train_batch_size=BATCH_SIZE,
         continuation="Repeat what was said: {transcript}", interleave_probability=settings["interleave_probability"],
         alpha=settings["alpha"], text_only_ratio=0.0, train_llm="frozen", teacher_mode="shared", bf16=settings["bf16"],
         use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, dataloader_num_workers=1, seed=0,
         learning_rate=1e-3, train_sampling_strategy=settings["train_sampling_strategy"], length_column_name="duration",
+        cache_transcripts=settings["cache_transcripts"],
     )  # fmt: skip
     dataset = build_train_dataset(SaladDataArguments(data_files=[data_file]), args)
+    if passes > 1:
+        dataset = dataset.select(range((steps + WARMUP_STEPS) * BATCH_SIZE))
     stamps: list[tuple[float, float]] = []
 
     class StepClock(TrainerCallback):
@@ -104,7 +135,7 @@ def run_lever(name: str, steps: int, data_file: str) -> dict:
     )
     trainer.add_callback(StepClock())
     trainer.train()
-    (start, audio_start), (end, audio_end) = stamps[WARMUP_STEPS - 1], stamps[-1]
+    (start, audio_start), (end, audio_end) = stamps[-steps - 1], stamps[-1]
     seconds = end - start
     return {
         "lever": name,
@@ -120,7 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--levers", nargs="+", default=list(CHANGES), choices=list(CHANGES))
+    parser.add_argument("--levers", nargs="+", default=list(CHANGES), choices=LEVERS)
     parser.add_argument("--steps", type=int, default=8, help="Timed steps per lever.")
     parser.add_argument("--data_file", default="data/tts/train.jsonl")
     parser.add_argument(

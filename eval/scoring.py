@@ -125,9 +125,7 @@ def score_sequences(
             attention_mask[r, : len(row)] = 1
         inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
         if clips is not None:
-            audio, _ = processor.prepare_audio([clips[i] for i, _ in batch])
-            inputs["input_features"] = torch.from_numpy(audio["input_features"]).to(device, model.dtype)
-            inputs["input_features_mask"] = torch.from_numpy(audio["input_features_mask"]).to(device)
+            inputs.update(audio_inputs(model, processor, clips, [i for i, _ in batch], device))
         hidden, head = hidden_states_and_head(model, inputs)
         for r, (i, k) in enumerate(batch):
             begin, option = len(prompts[i]), options[i][k]
@@ -138,6 +136,33 @@ def score_sequences(
             results[i][0][k] = float(token_logprobs.sum())
             results[i][1][k] = float(token_logprobs.mean())
     return results
+
+
+def audio_inputs(model, processor, clips: Sequence[np.ndarray], items: list[int], device) -> dict:
+    """The audio inputs of a batch of rows, row r hearing `clips[items[r]]` (an item's options share its clip).
+
+    Each distinct clip is prepared once; for a model whose adapter writes Whisper's transcript it is also
+    transcribed once (`whisper_transcript`), not once per option: the transcript depends on the clip alone."""
+    distinct = list(dict.fromkeys(items))
+    audio, _ = processor.prepare_audio([clips[i] for i in distinct])
+    features = torch.from_numpy(audio["input_features"]).to(device, model.dtype)
+    mask = torch.from_numpy(audio["input_features_mask"]).to(device)
+    windows_of_clip = [len(processor.length_spec.window_lengths(clips[i])) for i in distinct]
+    first_window = np.cumsum([0, *windows_of_clip])
+    rows = torch.tensor(
+        [
+            w
+            for i in items
+            for w in range(first_window[distinct.index(i)], first_window[distinct.index(i) + 1])
+        ],
+        device=device,
+    )
+    inputs = {"input_features": features[rows], "input_features_mask": mask[rows]}
+    adapter = getattr(model, "adapter", None)
+    if adapter is not None and adapter.writes_text:
+        transcript = model.transcribe(features, mask)
+        inputs["whisper_transcript"] = type(transcript)(*(part[rows] for part in transcript))
+    return inputs
 
 
 def score_text_items(

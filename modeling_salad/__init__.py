@@ -10,7 +10,7 @@ transformers' own).
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .adapters_salad import ADAPTERS, SaladAdapter, TranscriptTokenizers, adapter_class
+from .adapters_salad import ADAPTERS, SaladAdapter, TranscriptTokenizers, WhisperTranscript, adapter_class
 from .configuration_salad import AudioLengthSpec, SaladConfig
 from .modeling_salad import SaladForConditionalGeneration, SaladPreTrainedModel
 from .pipeline_salad import ANY_TO_ANY_TASK, PIPELINE_TASK, SaladAnyToAnyPipeline, SaladSpeechToTextPipeline
@@ -41,6 +41,7 @@ __all__ = [
     "SaladProcessor",
     "SaladSpeechToTextPipeline",
     "TranscriptTokenizers",
+    "WhisperTranscript",
     "adapter_class",
     "add_audio_token",
     "load_audio",

@@ -47,17 +47,21 @@ class AudioWindows:
         feature_lengths: `[n]` valid frames (or samples) of each window.
         encoder_states: `[n, frames, d]` the speech encoder's output; zero past each window's end, or, for an
             adapter that `reads_full_windows`, of each window padded with silence to the encoder's full window.
+            None where the adapter is handed `transcript` instead.
         token_mask: `[n, T]` True on each window's audio-token slots (`SaladConfig.audio_length_spec`).
         opens_with_space: `[n]`, for an adapter that `writes_text`: True where the window's text opens with a space
             (it continues the window before it, or takes the place of the space the prompt writes before it);
             None: none does.
+        transcript: for an adapter that `writes_text`, the windows' transcripts computed earlier (they depend on
+            the frozen speech model alone, so training caches them); None: the adapter transcribes.
     """
 
     features: torch.Tensor
     feature_lengths: torch.Tensor
-    encoder_states: torch.Tensor
+    encoder_states: torch.Tensor | None
     token_mask: torch.Tensor
     opens_with_space: torch.Tensor | None = None
+    transcript: WhisperTranscript | None = None
 
 
 class SaladAdapter(nn.Module):
@@ -416,11 +420,16 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
     def __init__(self, config: SaladConfig):
         super().__init__(config, config.audio_encoder_hidden_size)
         self.prompt_ids = list(config.adapter_decoder_prompt_ids)
+        self.num_beams = config.adapter_decoder_num_beams
         audio_config = config.audio_config
         self.end_id = audio_config.eos_token_id
-        self.never, self.not_first = (
-            [token for token in getattr(audio_config, name, None) or [] if token <= self.end_id]
+        self.suppressed, self.suppressed_first = (
+            [token for token in getattr(audio_config, name, None) or [] if token < audio_config.vocab_size]
             for name in ("suppress_tokens", "begin_suppress_tokens")
+        )
+        self.never, self.not_first = (
+            [token for token in tokens if token <= self.end_id]
+            for tokens in (self.suppressed, self.suppressed_first)
         )
         self.seconds_per_frame = config.audio_length_spec.feature_hop / config.audio_sampling_rate
         self.decoder = WhisperDecoder(audio_config)
@@ -431,6 +440,10 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
             raise ValueError(
                 "adapter_type='whisper_decoder' reads Whisper's own decoder; the speech encoder here is "
                 f"{config.audio_config.model_type!r}. Use a Whisper checkpoint or another adapter_type."
+            )
+        if config.adapter_decoder_num_beams < 1:
+            raise ValueError(
+                f"adapter_decoder_num_beams must be at least 1 (1: greedy), got {config.adapter_decoder_num_beams}."
             )
         if not config.adapter_decoder_prompt_ids:
             raise ValueError(
@@ -463,7 +476,7 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
     def forward(
         self, windows: AudioWindows, token_embeddings: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        transcript = self.transcribe(windows)
+        transcript = self.transcribe(windows) if windows.transcript is None else windows.transcript
         ids, sources, counts = self.transcript_tokens(transcript, windows)
         states = transcript.states.gather(1, sources[..., None].expand(-1, -1, transcript.states.shape[-1]))
         residual = self.mlp(states.to(self.norm.weight.dtype))
@@ -517,15 +530,97 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         return self.tokenizers
 
     def transcribe(self, windows: AudioWindows) -> WhisperTranscript:
-        """Greedy transcripts of the windows, window `i` at most its number of audio-token slots long. As Whisper's
+        """Transcripts of the windows, window `i` at most its number of audio-token slots long. As Whisper's
         `generate` transcribes: after the no-timestamps prompt (`adapter_decoder_prompt_ids`), never writing its
         `suppress_tokens` (non-speech symbols) and not starting with its `begin_suppress_tokens` (a blank or the end
-        of text). A window that fills its slots without ending is cut there, and one that sounds like speech but
-        comes out (almost) empty is reported, each with a warning."""
+        of text), by beam search (`beam_transcript`) or, with one beam, greedily (`greedy_transcript`). A window
+        that fills its slots without ending is cut there, and one that sounds like speech but comes out (almost)
+        empty is reported, each with a warning."""
+        max_tokens = windows.token_mask.sum(-1)
         with torch.no_grad():
-            transcript = self.greedy_transcript(windows.encoder_states, windows.token_mask.sum(-1))
+            if self.num_beams > 1:
+                transcript = self.beam_transcript(windows.encoder_states, max_tokens)
+            else:
+                transcript = self.greedy_transcript(windows.encoder_states, max_tokens)
+        self.warn_about_cut_windows(transcript.counts, max_tokens)
         self.warn_about_lost_words(windows, transcript.counts)
         return transcript
+
+    def beam_transcript(self, encoder_states: torch.Tensor, max_tokens: torch.Tensor) -> WhisperTranscript:
+        """`transcribe`'s beam search on `[n, frames, d]` encoder states, window `i` at most `max_tokens[i]` long.
+
+        It follows transformers' `generate` step for step (its speech-recognition pipeline searches Whisper's
+        transcripts with 5 beams), so that the LLM reads the transcript a cascade reads: each step keeps the
+        `2 * num_beams` best continuations of all beams by summed log-probability (over the whole vocabulary, the
+        suppressed tokens at -inf), moves those among the best `num_beams` that end the text (or reach the
+        window's limit) to the finished ones, scored by their mean log-probability, and goes on with the best
+        `num_beams` unfinished ones; a window is done once it holds `num_beams` finished transcripts and its best
+        running beam, scored so, cannot beat the worst of them. Only the self-attention cache is reordered: the
+        beams of a window share its cross-attention. The decoder states of the best transcript then come from one
+        pass of the decoder over it."""
+        decoder, beams = self.decoder, self.num_beams
+        num_windows, device = encoder_states.shape[0], encoder_states.device
+        max_tokens = max_tokens.clamp(max=decoder.max_target_positions - len(self.prompt_ids))
+        head = decoder.embed_tokens.weight
+        suppress = torch.zeros(head.shape[0], device=device)
+        suppress[self.suppressed] = float("-inf")
+        suppress_first = suppress.clone()
+        suppress_first[self.suppressed_first] = float("-inf")
+        prompt = torch.tensor(self.prompt_ids, device=device)
+        input_ids = prompt.expand(num_windows * beams, -1)
+        running_scores = torch.zeros(num_windows, beams, device=device)
+        running_scores[:, 1:] = -1e9
+        running = torch.zeros(num_windows, beams, 0, dtype=torch.long, device=device)
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(num_windows)]
+        open_windows = max_tokens > 0
+        window_offsets = torch.arange(num_windows, device=device)[:, None] * beams
+        states_per_beam = encoder_states.repeat_interleave(beams, 0)
+        cache, step = None, 0
+        while bool(open_windows.any()):
+            output = decoder(
+                input_ids=input_ids, encoder_hidden_states=states_per_beam, cache=cache, use_cache=True
+            )
+            cache = output.cache
+            logits = output.last_hidden_state[:, -1].float() @ head.float().T
+            log_probs = logits.log_softmax(-1) + (suppress_first if step == 0 else suppress)
+            totals = (log_probs.view(num_windows, beams, -1) + running_scores[..., None]).flatten(1)
+            top_scores, top_indices = totals.topk(2 * beams, dim=-1)
+            top_beams, top_tokens = top_indices // head.shape[0], top_indices % head.shape[0]
+            step += 1
+            ends = (top_tokens == self.end_id) | (step >= max_tokens[:, None])
+            candidates = torch.cat([running.gather(1, top_beams[..., None].expand(-1, -1, step - 1)),
+                                    top_tokens[..., None]], dim=-1)  # fmt: skip
+            for window in open_windows.nonzero()[:, 0].tolist():
+                for rank in (ends[window, :beams]).nonzero()[:, 0].tolist():
+                    tokens = candidates[window, rank].tolist()
+                    finished[window].append((float(top_scores[window, rank]) / step, tokens))
+                finished[window] = sorted(finished[window], key=lambda hypothesis: -hypothesis[0])[:beams]
+            keep_scores, keep = (top_scores - 1e9 * ends.float()).topk(beams, dim=-1)
+            running = candidates.gather(1, keep[..., None].expand(-1, -1, step))
+            running_scores = keep_scores
+            chosen_beams = top_beams.gather(1, keep)
+            cache.self_attention_cache.reorder_cache((chosen_beams + window_offsets).flatten())
+            input_ids = running[..., -1].reshape(-1, 1)
+            for window in open_windows.nonzero()[:, 0].tolist():
+                full = len(finished[window]) == beams
+                if full and float(running_scores[window, 0]) / step <= finished[window][-1][0]:
+                    open_windows[window] = False
+            open_windows &= ~ends.all(-1)
+        best = [hypotheses[0][1] if hypotheses else [] for hypotheses in finished]
+        return self.transcript_of(encoder_states, best)
+
+    def transcript_of(self, encoder_states: torch.Tensor, rows: list[list[int]]) -> WhisperTranscript:
+        """The `WhisperTranscript` of chosen token rows (each up to and perhaps with the end of text): the decoder
+        state that chose each token, from one teacher-forced pass of the decoder over the prompt and the rows."""
+        counts = [row.index(self.end_id) if self.end_id in row else len(row) for row in rows]
+        device = encoder_states.device
+        ids = pad_right([row[:count] for row, count in zip(rows, counts)], device)
+        prompt = torch.tensor(self.prompt_ids, device=device).expand(len(rows), -1)
+        hidden = self.decoder(
+            input_ids=torch.cat([prompt, ids], dim=1), encoder_hidden_states=encoder_states
+        ).last_hidden_state
+        states = hidden[:, len(self.prompt_ids) - 1 : len(self.prompt_ids) - 1 + ids.shape[1]]
+        return WhisperTranscript(ids, states, torch.tensor(counts, dtype=torch.long, device=device))
 
     def greedy_transcript(self, encoder_states: torch.Tensor, max_tokens: torch.Tensor) -> WhisperTranscript:
         """`transcribe`'s greedy loop on `[n, frames, d]` encoder states, window `i` at most `max_tokens[i]` long."""
@@ -551,8 +646,16 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
             ids.append(input_ids[:, 0])
             states.append(state)
             done = done | (counts >= max_tokens)
-        cut = (counts >= max_tokens) & (max_tokens > 0) if states else None
-        if cut is not None and bool(cut.any()):
+        if not states:
+            hidden = encoder_states.new_zeros(num_windows, 0, decoder.config.d_model)
+            return WhisperTranscript(counts.new_zeros(num_windows, 0), hidden, counts)
+        return WhisperTranscript(torch.stack(ids, 1), torch.stack(states, 1), counts)
+
+    def warn_about_cut_windows(self, counts: torch.Tensor, max_tokens: torch.Tensor) -> None:
+        """Warn about windows whose transcript filled their slots before it ended."""
+        max_tokens = max_tokens.clamp(max=self.decoder.max_target_positions - len(self.prompt_ids))
+        cut = (counts >= max_tokens) & (max_tokens > 0)
+        if bool(cut.any()):
             logger.warning(
                 "%d audio window(s) filled all their audio-token slots (%s) before Whisper's transcript ended, and "
                 "were cut there. Ordinary speech does not fill them: this is usually Whisper repeating itself, or "
@@ -560,10 +663,6 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
                 "smaller adapter_stack_factor (more slots a second) help.",
                 int(cut.sum()), ", ".join(str(int(slots)) for slots in max_tokens[cut]),
             )  # fmt: skip
-        if not states:
-            hidden = encoder_states.new_zeros(num_windows, 0, decoder.config.d_model)
-            return WhisperTranscript(counts.new_zeros(num_windows, 0), hidden, counts)
-        return WhisperTranscript(torch.stack(ids, 1), torch.stack(states, 1), counts)
 
     def warn_about_lost_words(self, windows: AudioWindows, counts: torch.Tensor) -> None:
         """Warn about windows that sound like speech but that Whisper's decoder ended after (almost) no tokens."""

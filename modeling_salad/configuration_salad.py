@@ -19,6 +19,8 @@ from .adapters_salad import ADAPTERS, adapter_class
 #: `conv_kernel`/`conv_stride` in its config (wav2vec2, HuBERT, WavLM, data2vec-audio...).
 WHISPER_MODEL_TYPES = ("whisper", "whisper_encoder")
 MIMI_MODEL_TYPES = ("mimi", "mimi_encoder")
+#: Samples in one of Whisper's STFT windows (its log-mel: 25 ms at 16 kHz, centred on each 10 ms frame).
+WHISPER_N_FFT = 400
 # Settings of the "whisper_decoder" adapter's top-k mixture of first LM pieces, which the lossless interface replaced
 # (issue 33; `adapter_ctc_top_k` was its name before issue 32). Configs of other adapters saved them too, unread.
 LEGACY_MIXTURE_SETTINGS = ("adapter_top_k", "adapter_ctc_top_k")
@@ -28,6 +30,9 @@ LEGACY_MIXTURE_SETTINGS = ("adapter_top_k", "adapter_ctc_top_k")
 class AudioLengthSpec:
     """How a clip of `num_samples` becomes `<|audio|>` tokens, step by step.
 
+    0. `end_samples` of silence are appended to the clip, so that its features hold every frame whose analysis
+       window reaches its last samples (Whisper's extractor pads with 30 s of silence, and its decoder learned
+       to read a clip's sound fading out over those frames, not stopping short of them).
     1. Clips longer than `chunk_samples` are cut into windows of at most `chunk_samples` (the encoder's
        window, e.g. 30 s for Whisper); each window is encoded on its own and the tokens are concatenated. With
        `quiet_cuts` (`window_lengths`, given the audio), each cut moves back to the quietest stretch of the
@@ -52,6 +57,7 @@ class AudioLengthSpec:
     ceil_hop: int = 1
     stack_factor: int = 1
     quiet_cuts: bool = False
+    end_samples: int = 0
 
     @classmethod
     def from_dict(cls, values: dict) -> AudioLengthSpec:
@@ -64,10 +70,15 @@ class AudioLengthSpec:
         values["conv_layers"] = [list(layer) for layer in self.conv_layers]
         return values
 
+    def pad_end(self, audio: np.ndarray) -> np.ndarray:
+        """The clip with its `end_samples` of silence: what the processor cuts into windows."""
+        return np.pad(audio, (0, self.end_samples))
+
     def chunk_lengths(self, num_samples: int) -> list[int]:
-        """Sample counts of the encoder windows a clip is cut into."""
+        """Sample counts of the encoder windows a clip of `num_samples` (with its end silence) is cut into."""
         if num_samples < 1:
             raise ValueError(f"A clip needs at least one sample, got {num_samples}.")
+        num_samples += self.end_samples
         if self.chunk_samples is None or num_samples <= self.chunk_samples:
             return [num_samples]
         full, rest = divmod(num_samples, self.chunk_samples)
@@ -80,10 +91,12 @@ class AudioLengthSpec:
         return self.feature_hop * strides * self.ceil_hop * self.stack_factor
 
     def window_lengths(self, audio: np.ndarray) -> list[int]:
-        """Sample counts of the windows a clip is cut into: `chunk_lengths`, or with `quiet_cuts` each cut at the
-        start of the quietest `token_hop` block (lowest mean square) in the second half of its window."""
-        if not self.quiet_cuts or audio.size <= self.chunk_samples:
+        """Sample counts of the windows a clip (with its end silence) is cut into: `chunk_lengths`, or with
+        `quiet_cuts` each cut at the start of the quietest `token_hop` block (lowest mean square) in the second
+        half of its window."""
+        if not self.quiet_cuts or audio.size + self.end_samples <= self.chunk_samples:
             return self.chunk_lengths(audio.size)
+        audio = self.pad_end(audio)
         hop = self.token_hop
         lengths, start = [], 0
         while audio.size - start > self.chunk_samples:
@@ -115,7 +128,7 @@ class AudioLengthSpec:
     def num_tokens(self, num_samples: int) -> int:
         """Number of `<|audio|>` tokens for a clip of `num_samples` samples at the encoder's sampling rate."""
         if self.quiet_cuts:  # whole token hops in every window but the last, which is at least one hop long
-            return int(self.tokens_from_features(self.features_from_samples(num_samples)))
+            return int(self.tokens_from_features(self.features_from_samples(num_samples + self.end_samples)))
         return sum(
             int(self.tokens_from_features(self.features_from_samples(n)))
             for n in self.chunk_lengths(num_samples)
@@ -166,6 +179,10 @@ class SaladConfig(PreTrainedConfig):
             `"whisper_decoder"` adapter: the ids that open Whisper's transcript (start of transcript, and for a
             multilingual Whisper English and "transcribe"; then "no timestamps"). Set by
             `SaladForConditionalGeneration.from_pretrained_components` from the Whisper checkpoint.
+        adapter_decoder_num_beams (`int`, *optional*, defaults to 5):
+            `"whisper_decoder"` adapter: beams of the decoder's search for each window's transcript. 5 is how
+            transformers' speech-recognition pipeline (and OpenAI's Whisper) transcribes, so that the LLM reads
+            the transcript a cascade of the same models reads; 1 is greedy, faster and often worse.
         lora (`dict`, *optional*):
             LoRA settings of the LLM (`r`, `lora_alpha`, `lora_dropout`, `target_modules`, ... of a
             `peft.LoraConfig`) while it holds LoRA layers; set by `add_lora_to_language_model` and cleared by
@@ -204,6 +221,7 @@ class SaladConfig(PreTrainedConfig):
     adapter_num_key_value_heads: int = 5
     adapter_rms_norm_eps: float = 1e-5
     adapter_decoder_prompt_ids: list[int] | None = None
+    adapter_decoder_num_beams: int = 5
     lora: dict | None = None
     audio_chunk_seconds: float | None = None
 
@@ -269,7 +287,10 @@ class SaladConfig(PreTrainedConfig):
             chunk_samples = min(window, int(chunk_seconds * 16000)) if chunk_seconds else window
             return AudioLengthSpec(
                 feature_hop=hop,
-                min_samples=400,  # one STFT window (n_fft)
+                min_samples=WHISPER_N_FFT,  # one STFT window
+                end_samples=WHISPER_N_FFT // 2
+                + hop
+                - 1,  # to the last frame whose centred window reaches the clip
                 chunk_samples=chunk_samples,
                 conv_layers=((3, 1, 1), (3, 2, 1)),
                 stack_factor=self.adapter_stack_factor,

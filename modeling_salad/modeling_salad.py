@@ -45,6 +45,20 @@ def window_lengths(input_features_mask: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
+def whisper_padded_features(
+    input_features: torch.Tensor, feature_lengths: torch.Tensor, num_frames: int
+) -> torch.Tensor:
+    """`[n, mels, num_frames]` log-mel windows padded with silence, as Whisper's feature extractor gives a clip
+    zero-padded to its full window: each window's frames past its length at its floor. The processor's features
+    already hold the frames into which the clip's sound fades (`AudioLengthSpec.end_samples`), so these equal
+    the extractor's to float rounding."""
+    valid = lengths_to_mask(feature_lengths, input_features.shape[-1])[:, None, :]
+    floor = input_features.masked_fill(~valid, float("-inf")).amax(dim=(1, 2)) - WHISPER_FEATURE_FLOOR
+    padded = floor[:, None, None].expand(-1, input_features.shape[1], num_frames).clone()
+    padded[..., : input_features.shape[-1]] = torch.where(valid, input_features, padded[..., :1])
+    return padded
+
+
 def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each row's trailing padding to its start, so that its last position holds its last real token.
 
@@ -191,11 +205,9 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         """Whisper's encoder on each window padded with silence to its full 30 s, exactly as Whisper transcribes:
         its decoder learned to read such input (from trimmed input it often fails to stop)."""
         encoder = self.audio_tower
-        num_frames = 2 * encoder.config.max_source_positions
-        valid = lengths_to_mask(feature_lengths, input_features.shape[-1])[:, None, :]
-        floor = input_features.masked_fill(~valid, float("-inf")).amax(dim=(1, 2)) - WHISPER_FEATURE_FLOOR
-        padded = floor[:, None, None].expand(-1, input_features.shape[1], num_frames).clone()
-        padded[..., : input_features.shape[-1]] = torch.where(valid, input_features, padded[..., :1])
+        padded = whisper_padded_features(
+            input_features, feature_lengths, 2 * encoder.config.max_source_positions
+        )
         return encoder(padded.to(encoder.conv1.weight.dtype)).last_hidden_state
 
     def _encode_trimmed(
@@ -210,22 +222,49 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         frame_mask = lengths_to_mask(self._conv_lengths(feature_lengths), hidden.shape[1])
         return hidden * frame_mask[..., None].to(hidden.dtype)
 
-    def encode_windows(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> AudioWindows:
+    def encode_windows(
+        self,
+        input_features: torch.Tensor,
+        input_features_mask: torch.Tensor,
+        whisper_transcript: WhisperTranscript | None = None,
+    ) -> AudioWindows:
         """Every audio window through the speech encoder, as the adapter reads it: trimmed to its length, or
-        padded to the encoder's full window for an adapter that `reads_full_windows`."""
+        padded to the encoder's full window for an adapter that `reads_full_windows`. Given the windows'
+        `whisper_transcript` (see `forward`), the encoder is skipped: the adapter reads that instead."""
         feature_lengths = window_lengths(input_features_mask)
-        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.audio_tower.parameters())
-        with torch.set_grad_enabled(grad):
-            if self.adapter.reads_full_windows:
-                encoder_states = self._encode_whisper_padded(input_features, feature_lengths)
-            else:
-                encoder_states = self._encode_trimmed(input_features, input_features_mask, feature_lengths)
+        encoder_states = None
+        if whisper_transcript is not None:
+            self.check_whisper_transcript(whisper_transcript, num_windows=input_features.shape[0])
+        else:
+            grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.audio_tower.parameters())
+            with torch.set_grad_enabled(grad):
+                if self.adapter.reads_full_windows:
+                    encoder_states = self._encode_whisper_padded(input_features, feature_lengths)
+                else:
+                    encoder_states = self._encode_trimmed(
+                        input_features, input_features_mask, feature_lengths
+                    )
         return AudioWindows(
             features=input_features,
             feature_lengths=feature_lengths,
             encoder_states=encoder_states,
             token_mask=self.audio_token_mask(input_features, feature_lengths),
+            transcript=whisper_transcript,
         )
+
+    def check_whisper_transcript(self, transcript: WhisperTranscript, num_windows: int) -> None:
+        """Refuse transcripts handed to an adapter that writes none, or that do not pair up with the windows."""
+        if not self.adapter.writes_text:
+            raise ValueError(
+                f"`whisper_transcript` is for a 'whisper_decoder' adapter; this model's adapter is "
+                f"{self.config.adapter_type!r}, which reads the encoder's states. Pass `input_features` alone."
+            )
+        if transcript.counts.shape[0] != num_windows or transcript.ids.shape[0] != num_windows:
+            raise ValueError(
+                f"`whisper_transcript` holds {transcript.counts.shape[0]} windows' transcripts but "
+                f"`input_features` has {num_windows} windows: pass `model.transcribe(input_features, "
+                "input_features_mask)` of the same features."
+            )
 
     @torch.no_grad()
     def transcribe(
@@ -311,6 +350,7 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         input_ids: torch.LongTensor,
         input_features: torch.Tensor | None = None,
         input_features_mask: torch.Tensor | None = None,
+        whisper_transcript: WhisperTranscript | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """LM input embeddings with audio embeddings written at the placeholder positions, and the positions the
         LM must not read (`[batch, seq]` bool, True where dropped; None when there are none): audio slots the
@@ -319,6 +359,8 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         # The placeholder id may lie past the LM's original vocabulary; its row is never read.
         inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
         if input_features is None:
+            if whisper_transcript is not None:
+                raise ValueError("`whisper_transcript` needs the `input_features` it was computed from.")
             if bool(placeholder.any()):
                 raise ValueError(
                     f"The input has {int(placeholder.sum())} audio placeholder tokens but no `input_features`."
@@ -326,7 +368,7 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
             return inputs_embeds, None
         if input_features_mask is None:
             raise ValueError("`input_features` needs its `input_features_mask` (the processor returns both).")
-        windows = self.encode_windows(input_features, input_features_mask)
+        windows = self.encode_windows(input_features, input_features_mask, whisper_transcript)
         window_slots = windows.token_mask.sum(-1)
         mask = self.get_placeholder_mask(input_ids, int(window_slots.sum()))
         dropped = torch.zeros_like(mask)
@@ -371,6 +413,7 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_last_hidden_state: bool = False,
+        whisper_transcript: WhisperTranscript | None = None,
         **kwargs,
     ) -> SaladCausalLMOutputWithPast | BaseModelOutputWithPast:
         r"""
@@ -378,6 +421,11 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
             Audio windows from [`SaladProcessor`]: log-mel `[n, mels, frames]` or waveforms `[n, samples]`.
         input_features_mask (`torch.Tensor`, *optional*):
             `[n, frames or samples]`, 1 on real input and 0 on padding.
+        whisper_transcript ([`WhisperTranscript`], *optional*):
+            For a `"whisper_decoder"` adapter: `model.transcribe(input_features, input_features_mask)`, computed
+            earlier. The frozen Whisper is then skipped; the features still give each window's slots. The
+            transcript depends on the audio and the frozen Whisper alone, so training computes it once per clip
+            and caches it (`trainers.distillation.transcript_cache`).
         labels (`torch.LongTensor`, *optional*):
             Token ids for the next-token loss; -100 is ignored. Audio placeholder positions should be -100.
         return_last_hidden_state (`bool`, *optional*, defaults to `False`):
@@ -391,7 +439,9 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         dropped = None
         if inputs_embeds is None:
-            inputs_embeds, dropped = self.embed_inputs(input_ids, input_features, input_features_mask)
+            inputs_embeds, dropped = self.embed_inputs(
+                input_ids, input_features, input_features_mask, whisper_transcript
+            )
         elif input_features is not None:
             raise ValueError("`input_features` needs `input_ids` to locate the audio placeholders.")
         if "past_key_values" in kwargs:

@@ -245,8 +245,9 @@ class SaladProcessor(ProcessorMixin):
         for index, clip in enumerate(audio):
             clip = self.validate_clip(clip, index)
             tokens_per_clip.append(self._length_spec.num_tokens(clip.size))
-            start = 0
-            for length in self._length_spec.window_lengths(clip):
+            lengths = self._length_spec.window_lengths(clip)
+            clip, start = self._length_spec.pad_end(clip), 0
+            for length in lengths:
                 windows.append(self._features(clip[start : start + length]))
                 start += length
         longest = max(w.shape[-1] for w in windows)

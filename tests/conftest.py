@@ -181,7 +181,10 @@ def make_speech_tokenizer() -> PreTrainedTokenizerFast:
 
 def decoder_tiny(seed: int = 0, **config_kwargs):
     """A tiny Whisper + LM with a `"whisper_decoder"` adapter: its tokenizers (the tiny Whisper's, the LM's) and a
-    residual that is not zero, so both paths of the adapter show in its output."""
+    residual that is not zero, so both paths of the adapter show in its output. Its decoder searches greedily unless
+    `adapter_decoder_num_beams` says otherwise, so that a test can steer the transcript step by step (the beam
+    search has tests of its own)."""
+    config_kwargs.setdefault("adapter_decoder_num_beams", 1)
     audio_config = {
         **tiny_audio_config("whisper"),
         "eos_token_id": DECODER_END,

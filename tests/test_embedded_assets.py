@@ -408,8 +408,8 @@ def fresh_decoder_model() -> tuple[SaladForConditionalGeneration, SaladProcessor
 @pytest.mark.assets
 def test_the_whisper_decoder_adapter_writes_whisper_tiny_ens_own_transcript(tmp_path):
     """Inside SALAD, Whisper's decoder reads each clip as Whisper does (padded to 30 s with silence, its own prompt,
-    greedy, its suppressed tokens never written), so its tokens are those of `WhisperForConditionalGeneration.generate`
-    on speech, noise and a fragment alike; SmolLM2 reads them as its tokenizer writes Whisper's text, numbers split
+    5 beams as the ASR pipeline searches, its suppressed tokens never written), so its tokens are those of
+    `WhisperForConditionalGeneration.generate` on speech, noise and a fragment alike; SmolLM2 reads them as its tokenizer writes Whisper's text, numbers split
     into digits, and an exported model reads them so too."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -421,13 +421,14 @@ def test_the_whisper_decoder_adapter_writes_whisper_tiny_ens_own_transcript(tmp_
     inputs = processor(audio=clips, sampling_rate=16_000)
     with torch.no_grad():
         encoded = model.encode_windows(inputs["input_features"], inputs["input_features_mask"]).encoder_states
-        ids, _, counts = model.adapter.greedy_transcript(encoded, torch.full((len(clips),), 200))
+        ids, _, counts = model.adapter.beam_transcript(encoded, torch.full((len(clips),), 200))
     whisper = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
     features = WhisperProcessor.from_pretrained(whisper_dir).feature_extractor(
         clips, sampling_rate=16_000, return_tensors="pt"
     )
     with torch.no_grad():
-        reference = whisper.generate(features.input_features)
+        # the ASR pipeline's default search, to the same limit (the noise runs to it)
+        reference = whisper.generate(features.input_features, num_beams=5, max_new_tokens=200)
     end = whisper.config.eos_token_id
     for row, tokens in enumerate(reference.tolist()):
         assert ids[row, : counts[row]].tolist() == [token for token in tokens if token < end]

@@ -10,7 +10,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import OTHER_INSTANCE_ULPS, OTHER_PATH_ULPS, build_tiny, float_tolerance, make_tokenizer, tone
+from conftest import (
+    OTHER_INSTANCE_ULPS,
+    OTHER_PATH_ULPS,
+    build_tiny,
+    decoder_tiny,
+    float_tolerance,
+    make_tokenizer,
+    tone,
+)
 from torch import nn
 from transformers import GenerationConfig
 
@@ -98,7 +106,20 @@ def test_batched_scoring_equals_one_sequence_at_a_time(whisper_salad):
 
 def test_batched_speech_scoring_equals_the_processor_path(whisper_salad):
     """Speech items scored in a batch of mixed-length clips equal one item through the processor's own call."""
-    model, processor = whisper_salad
+    assert_speech_scores_equal_the_processor_path(*whisper_salad)
+
+
+def test_a_clip_is_transcribed_once_for_all_its_options(monkeypatch):
+    """A model that reads Whisper's transcript gets each clip's transcript once per batch (not once per option),
+    and scores as when every option's row transcribes its clip itself."""
+    model, processor = decoder_tiny()
+    calls, transcribe = [], model.transcribe
+    monkeypatch.setattr(model, "transcribe", lambda f, m: calls.append(f.shape[0]) or transcribe(f, m))
+    assert_speech_scores_equal_the_processor_path(model, processor)
+    assert calls == [3, 1]  # 3 items x 2 options in batches of 5: items 0, 0, 1, 1, 2, then 2
+
+
+def assert_speech_scores_equal_the_processor_path(model, processor) -> None:
     items = [MultipleChoiceItem(str(n), "d", "q", ("yes", "no way"), 0) for n in range(3)]
     clips = [tone(0.5 + 0.4 * n, freq=300 + 200 * n, seed=n) for n in range(3)]
     prompt = text_prompt(processor.audio_token, "")

@@ -22,15 +22,19 @@ def test_placeholders_expand_per_clip_in_order(whisper_salad):
         spec.num_tokens(clips[1].size) + spec.num_tokens(clips[2].size),
     ]
     assert inputs["input_features"].shape[0] == 3
-    assert inputs["input_features_mask"].sum(-1).tolist() == [c.size // 160 for c in clips]
+    assert inputs["input_features_mask"].sum(-1).tolist() == [
+        (c.size + spec.end_samples) // 160 for c in clips
+    ]
 
 
 def test_long_audio_is_chunked_not_truncated(whisper_salad):
     _, processor = whisper_salad
     clip = tone(61.0)
     inputs = processor(audio=clip)
-    assert inputs["input_features"].shape[0] == 3  # 30 s + 30 s + 1 s windows
-    assert int(inputs["input_features_mask"].sum()) == clip.size // 160
+    spec = processor.length_spec
+    assert spec.chunk_lengths(clip.size) == [30 * 16000, 30 * 16000, 16000 + spec.end_samples]
+    assert inputs["input_features"].shape[0] == 3  # 30 s + 30 s + 1 s windows, then the clip's end silence
+    assert int(inputs["input_features_mask"].sum()) == sum(n // 160 for n in spec.chunk_lengths(clip.size))
     assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == processor.length_spec.num_tokens(
         clip.size
     )

@@ -290,6 +290,27 @@ def test_text_only_rows_get_a_length_when_training_groups_rows_by_length(tmp_pat
     assert all(isinstance(row["duration"], float) for row in rows)
 
 
+def test_max_train_samples_draws_the_same_rows_whatever_the_seed(tmp_path):
+    """A subset for runs of several epochs: the same rows under every training seed (so their cached transcripts
+    serve every run), drawn from all the files, and refused when larger than the data."""
+    files = []
+    for name in ("a", "b"):
+        files.append(tmp_path / f"{name}.jsonl")
+        files[-1].write_text("".join(json.dumps({"text": f"{name} row {i}", "audio": f"{i}.wav"}) + "\n"
+                                     for i in range(10)))  # fmt: skip
+
+    def texts(seed: int, count: int) -> list[str]:
+        args = SaladDistillationConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], seed=seed)
+        data_args = SaladDataArguments(data_files=[str(f) for f in files], max_train_samples=count)
+        return [row["text"] for row in build_train_dataset(data_args, args)]
+
+    subset = texts(seed=0, count=8)
+    assert len(set(subset)) == 8 and subset == texts(seed=1, count=8)
+    assert {text[0] for text in subset} == {"a", "b"}
+    with pytest.raises(ValueError, match="max_train_samples=21 but the speech data has 20 rows"):
+        texts(seed=0, count=21)
+
+
 def test_speech_rows_without_a_length_are_refused_when_training_groups_rows_by_length(tmp_path):
     """A file whose rows lack `duration` (recorded speech next to TTS rows) would reach the length-grouped sampler
     as nulls and fail there with a bare TypeError; it is refused up front, with the count and what to do."""

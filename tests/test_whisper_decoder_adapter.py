@@ -31,6 +31,8 @@ from conftest import (
 )
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from transformers import GenerationMixin, WhisperFeatureExtractor, WhisperForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
 
 from modeling_salad import SaladConfig, SaladForConditionalGeneration, TranscriptTokenizers
 from modeling_salad.adapters_salad import (
@@ -39,6 +41,7 @@ from modeling_salad.adapters_salad import (
     WhisperTranscript,
     right_align,
 )
+from modeling_salad.modeling_salad import whisper_padded_features
 
 SR = 16000
 
@@ -184,14 +187,14 @@ def test_a_model_without_its_tokenizers_says_how_to_attach_them():
 def test_transcripts_end_at_the_end_of_text_or_at_the_slots_with_a_warning(caplog):
     model, processor = decoder_tiny()
     end_text_after(model, 3)
-    clips = [tone(1.0, SR), tone(0.05, SR, 600, seed=1)]  # 25 slots, and 2: too few for 3 tokens
+    clips = [tone(1.0, SR), tone(0.05, SR, 600, seed=1)]  # 26 slots, and 2: too few for 3 tokens
     inputs = processor(audio=clips, sampling_rate=SR)
     with caplog.at_level(logging.WARNING), torch.no_grad():
         _, keep, token_mask = decoder_embeddings(
             model, inputs["input_features"], inputs["input_features_mask"]
         )
         transcript = model.transcribe(inputs["input_features"], inputs["input_features_mask"])
-    assert token_mask.sum(-1).tolist() == [25, 2] and transcript.counts.tolist() == [3, 2]
+    assert token_mask.sum(-1).tolist() == [26, 2] and transcript.counts.tolist() == [3, 2]
     lm_tokens = len(model.adapter.tokenizers.read(transcript.ids[0, :3].tolist(), opens_with_space=False)[0])
     assert keep.sum(-1).tolist() == [lm_tokens, 2]
     assert "1 audio window(s) filled all their audio-token slots" in caplog.text
@@ -214,6 +217,63 @@ def test_windows_transcribed_in_a_batch_equal_each_alone():
             length = int(token_mask[row].sum())
             assert keep[row, :length].tolist() == alone_keep[0].tolist()
             assert_close_in_dtype(embeds[row, :length], alone[0], ulps=OTHER_PATH_ULPS)
+
+
+def tiny_whisper_like(model) -> WhisperForConditionalGeneration:
+    """transformers' own Whisper with the weights of a tiny SALAD model's encoder and decoder."""
+    whisper = WhisperForConditionalGeneration(model.config.audio_config).eval()
+    whisper.model.encoder.load_state_dict(model.audio_tower.state_dict())
+    whisper.model.decoder.load_state_dict(model.adapter.decoder.state_dict())
+    return whisper
+
+
+def lean_towards_the_end(model, strength: float) -> None:
+    """Make the end of text likelier at every step past the prompt, by `strength` of its embedding."""
+    decoder = model.adapter.decoder
+    with torch.no_grad():
+        decoder.embed_positions.weight[len(PROMPT) :] += strength * decoder.embed_tokens.weight[END]
+        decoder.layer_norm.weight.fill_(1.0)
+
+
+@pytest.mark.parametrize("ending", ["at the slots", "after 3 tokens", "beam by beam"])
+def test_the_beam_search_finds_what_transformers_generate_finds(ending):
+    """With `num_beams` > 1 the decoder searches as `generate` does (the speech-recognition pipeline's 5 beams), with
+    its finished-beam bookkeeping, mean log-probability scores and early stop, so the LLM reads the cascade's
+    transcript: windows that run to their slots (the random decoder rarely ends), that all end after 3 tokens, and
+    whose beams end at different lengths (the best is not the longest: 7 tokens against 9 and 10). The states are
+    the decoder's at each chosen token."""
+    model, processor = decoder_tiny(adapter_decoder_num_beams=4)
+    if ending == "after 3 tokens":
+        end_text_after(model, 3)
+    elif ending == "beam by beam":
+        lean_towards_the_end(model, 0.5)
+    clips = [tone(0.9, SR), tone(0.9, SR, 500, seed=2), tone(0.9, SR, 800, seed=3)]  # equal slots: one limit
+    inputs = processor(audio=clips, sampling_rate=SR, return_tensors="pt")
+    with torch.no_grad():
+        windows = model.encode_windows(inputs["input_features"], inputs["input_features_mask"])
+        slots = windows.token_mask.sum(-1)
+        ours = model.adapter.transcribe(windows)
+        reference = GenerationMixin.generate(
+            tiny_whisper_like(model), encoder_outputs=BaseModelOutput(last_hidden_state=windows.encoder_states),
+            decoder_input_ids=torch.tensor([PROMPT] * len(clips)), num_beams=4, max_new_tokens=int(slots[0]),
+            eos_token_id=END, pad_token_id=END, suppress_tokens=model.adapter.suppressed,
+            begin_suppress_tokens=model.adapter.suppressed_first, do_sample=False, length_penalty=1.0,
+        )  # fmt: skip
+        whisper = tiny_whisper_like(model)
+        reference_states = whisper.model.decoder(
+            input_ids=reference, encoder_hidden_states=windows.encoder_states
+        ).last_hidden_state[:, len(PROMPT) - 1 :]
+    for row, tokens in enumerate(reference[:, len(PROMPT) :].tolist()):
+        expected = tokens[: tokens.index(END)] if END in tokens else tokens
+        assert ours.ids[row, : ours.counts[row]].tolist() == expected
+        # the state behind each token: the decoder's output at the position before it
+        assert_close_in_dtype(
+            ours.states[row, : len(expected)],
+            reference_states[row, : len(expected)],
+            ulps=OTHER_INSTANCE_ULPS,
+        )
+    expected_counts = {"at the slots": int(slots[0]), "after 3 tokens": 3, "beam by beam": 7}[ending]
+    assert ours.counts.tolist() == [expected_counts] * len(clips)
 
 
 def test_the_lm_reads_only_the_filled_slots_in_forward_and_generation():
@@ -313,8 +373,8 @@ def test_config_refuses_a_decoder_adapter_it_cannot_run(kwargs, message):
 )
 @example(seconds=30.0 + 1 / 16000, stack_factor=4, seed=0)
 def test_quiet_cuts_keep_every_clip_at_its_token_count(seconds, stack_factor, seed):
-    """Property: wherever the audio puts the quiet cuts, each window but the last is a whole number of token hops, none
-    is longer than the window, and the clip makes exactly `num_tokens(samples)` tokens, the count the collators and the
+    """Property: wherever the audio puts the quiet cuts, the windows cover the clip and its end silence, each but the
+    last is a whole number of token hops, none is longer than the window, and the clip makes exactly `num_tokens(samples)` tokens, the count the collators and the
     harness use without the audio."""
     spec = decoder_tiny()[0].config.audio_length_spec
     spec = replace(spec, stack_factor=stack_factor)
@@ -324,10 +384,25 @@ def test_quiet_cuts_keep_every_clip_at_its_token_count(seconds, stack_factor, se
         np.float32
     )
     lengths = spec.window_lengths(audio)
-    assert sum(lengths) == audio.size and max(lengths) <= spec.chunk_samples
+    assert sum(lengths) == audio.size + spec.end_samples and max(lengths) <= spec.chunk_samples
     assert all(length % spec.token_hop == 0 for length in lengths[:-1])
     tokens = sum(int(spec.tokens_from_features(spec.features_from_samples(n))) for n in lengths)
     assert tokens == spec.num_tokens(audio.size)
+
+
+def test_whisper_reads_each_clip_as_its_own_feature_extractor_pads_it():
+    """The decoder's input is the extractor's features of the clip zero-padded to 30 s, frame for frame: the frames
+    into which a clip that ends mid-sound fades too (with those frames at silence, the real tiny.en wrote another
+    transcript than its `generate` for 5 of the first 40 built-in questions in espeak-ng `en-us`, e.g. "in the
+    capital city of Australia." for "What is the capital city of Australia?")."""
+    _, processor = decoder_tiny()
+    clips = [tone(0.5, SR), tone(1.237, SR, 300, seed=1), tone(0.01, SR)]  # each ends at full volume
+    inputs = processor(audio=clips, sampling_rate=SR, return_tensors="pt")
+    padded = whisper_padded_features(
+        inputs["input_features"], inputs["input_features_mask"].sum(-1), num_frames=3000
+    )
+    expected = WhisperFeatureExtractor(feature_size=80)(clips, sampling_rate=SR, return_tensors="pt")
+    assert_close_in_dtype(padded, expected["input_features"], ulps=OTHER_INSTANCE_ULPS)
 
 
 def test_long_clips_are_cut_at_their_quietest_stretch():

@@ -32,9 +32,9 @@ EMBEDDED_DEFAULT_TRAIN = "make embedded-default"
 # The shipped weights are stored in bf16: half the bytes in git, at a rounding the adapter's outputs tolerate.
 SHIPPED_DTYPE = torch.bfloat16
 # Part of the assembled default's cache name: bump it when the assembly's output changes for the same weights.
-ASSEMBLY_VERSION = (
-    3  # 2: its processor cuts long clips at quiet stretches; 3: its config names our any-to-any
-)
+# 2: its processor cuts long clips at quiet stretches; 3: its config names our any-to-any; 4: its processor
+# appends a clip's end silence (`AudioLengthSpec.end_samples`)
+ASSEMBLY_VERSION = 4
 
 
 def embedded_default_dir() -> Path:

@@ -55,6 +55,21 @@ class SaladDistillationConfig(TrainingArguments):
         metadata={"help": "How the LLM trains: frozen, lora or full.", "choices": list(LLM_TRAINING)},
     )
     train_audio_encoder: bool = field(default=False, metadata={"help": "Also train the speech encoder."})
+    cache_transcripts: bool = field(
+        default=True,
+        metadata={
+            "help": "With a 'whisper_decoder' adapter and a frozen speech encoder: compute each audio window's "
+            "Whisper transcript once and reuse it (trainers.distillation.transcript_cache), so that a step runs "
+            "only the residual and the LLM. The transcript depends on the audio and the frozen Whisper alone."
+        },
+    )
+    transcript_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder that keeps the cached transcripts across runs (another run on the same rows, another "
+            "stage); default: this run's memory only."
+        },
+    )
     adapter_learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate of the adapter (default: learning_rate)."}
     )
@@ -292,6 +307,14 @@ class SaladDataArguments:
         metadata={"help": "Local speech data files (jsonl/json/csv/parquet) instead of a name."},
     )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train on this many speech rows, drawn from all of them by a fixed seed (0): the same rows "
+            "whatever the training seed, so that runs of several epochs over a subset, and runs with other "
+            "seeds, meet the same clips (and read the transcripts cached for them). Default: every row."
+        },
+    )
     eval_split: str | None = field(
         default=None, metadata={"help": "Split to evaluate on (None: no evaluation)."}
     )

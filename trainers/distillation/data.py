@@ -537,6 +537,23 @@ def check_lengths(speech, column: str) -> None:
         )
 
 
+SUBSET_SEED = 0
+
+
+def speech_subset(speech, count: int, streaming: bool):
+    """`count` rows drawn by a fixed seed (`SaladDataArguments.max_train_samples`): the same subset in every run."""
+    if count < 1:
+        raise ValueError(f"max_train_samples must be at least 1, got {count}.")
+    if streaming:
+        return speech.shuffle(seed=SUBSET_SEED).take(count)
+    if count > len(speech):
+        raise ValueError(
+            f"max_train_samples={count} but the speech data has {len(speech)} rows: lower it, or leave it unset to "
+            "train on every row."
+        )
+    return speech.shuffle(seed=SUBSET_SEED).select(range(count))
+
+
 def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDistillationConfig):
     """Speech rows, with text-only rows interleaved at `text_only_ratio` (sampled, seeded)."""
     if data_args.dataset_name is None and not data_args.data_files:
@@ -545,6 +562,8 @@ def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDisti
         data_args.dataset_name, data_args.data_files, data_args.train_split, data_args.streaming,
         data_args.dataset_config,
     )  # fmt: skip
+    if data_args.max_train_samples is not None:
+        speech = speech_subset(speech, data_args.max_train_samples, data_args.streaming)
     grouped_by = (
         training_args.length_column_name
         if training_args.train_sampling_strategy == "group_by_length"

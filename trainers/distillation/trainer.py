@@ -15,12 +15,13 @@ from peft import LoraConfig
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from modeling_salad import SaladForConditionalGeneration, SaladProcessor
+from modeling_salad import SaladForConditionalGeneration, SaladProcessor, WhisperTranscript
 
 from ..paper import CITATION, PAPER_ARXIV_ID, PAPER_TITLE
 from .config import SaladDistillationConfig
 from .data import SaladDistillationCollator
 from .losses import distillation_loss
+from .transcript_cache import TranscriptCache
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class SaladDistillationTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
+        self.transcript_cache = None
+        if args.cache_transcripts and model.adapter.writes_text and not args.train_audio_encoder:
+            self.transcript_cache = TranscriptCache(model, args.transcript_cache_dir)
         self.teacher = None
         if args.teacher_mode == "separate":
             teacher = teacher_model if teacher_model is not None else copy.deepcopy(model.language_model)
@@ -153,6 +157,15 @@ class SaladDistillationTrainer(Trainer):
                 )
             return outputs.last_hidden_state, unwrapped.get_output_embeddings()
 
+    def cached_transcripts(self, model, inputs) -> WhisperTranscript | None:
+        """The batch's Whisper transcripts from the cache (computing only windows never seen), or None: no cache,
+        or no audio in the batch."""
+        if self.transcript_cache is None or inputs.get("input_features") is None:
+            return None
+        return self.transcript_cache.transcripts(
+            self.accelerator.unwrap_model(model), inputs["input_features"], inputs["input_features_mask"]
+        )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The objective's loss, guarded: a non-finite loss stops the run or drops the batch (`nonfinite_policy`)."""
         result = self.objective_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -177,6 +190,7 @@ class SaladDistillationTrainer(Trainer):
             attention_mask=inputs["attention_mask"],
             input_features=inputs.get("input_features"),
             input_features_mask=inputs.get("input_features_mask"),
+            whisper_transcript=self.cached_transcripts(model, inputs),
             return_last_hidden_state=True,
         ).last_hidden_state
         student_head = self.accelerator.unwrap_model(model).get_output_embeddings()
@@ -374,6 +388,9 @@ class SaladDistillationTrainer(Trainer):
                 logs["skipped_batches"] = counts["skipped_batches"]
             if counts["skipped_steps"]:
                 logs["skipped_steps"] = counts["skipped_steps"]
+            if self.transcript_cache is not None:  # this process's windows, since this run (re)started
+                cache = self.transcript_cache
+                logs["transcript_cache_hit_rate"] = round(cache.hits / max(cache.hits + cache.misses, 1), 3)
         super().log(logs, *args, **kwargs)
 
 

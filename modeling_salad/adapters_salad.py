@@ -385,7 +385,7 @@ def pad_right(rows: list[list[int]], device: torch.device) -> torch.Tensor:
 
 
 class WhisperTranscript(NamedTuple):
-    """Whisper's greedy transcript of a batch of windows.
+    """Whisper's transcript of a batch of windows.
 
     Attributes:
         ids: `[n, T]` the tokens it wrote (Whisper's ids; past each window's count, padding).
@@ -401,9 +401,11 @@ class WhisperTranscript(NamedTuple):
 class SaladWhisperDecoderAdapter(SwiGLUAdapter):
     """Whisper's own transcript, handed to the LM as the LM's tokenizer writes it, plus a learned residual.
 
-    Whisper's frozen decoder (`decoder`) transcribes each window greedily (`transcribe`). The transcript is written
-    out as text by Whisper's tokenizer and read back by the LM's (`tokenizers`), so that the LM reads exactly the
-    tokens a cascade of the same two models gives it: nothing is lost between the two vocabularies. Each token's
+    Whisper's frozen decoder (`decoder`) transcribes each window as its ASR pipeline does, by a 5-beam search
+    (`transcribe`; `adapter_decoder_num_beams`), from input padded as its feature extractor pads it. The
+    transcript is written out as text by Whisper's tokenizer and read back by the LM's (`tokenizers`), so that the
+    LM reads exactly the tokens a cascade of the same two models gives it: nothing is lost between the two
+    vocabularies. Each token's
     embedding is the LM's own, plus a SwiGLU residual of the decoder state that wrote the Whisper token its text
     starts in. The residual starts at zero, where the model is that cascade, made differentiable; distillation
     through the LM fills it in, and the decoder state it reads holds what the transcript does not (how sure

@@ -156,8 +156,8 @@ class SaladConfig(PreTrainedConfig):
             One of `ADAPTERS` (`adapters_salad.py`). `"transformer"`: the paper's stack of causal Transformer
             decoder layers; `"mlp"`: frame stacking followed by a SwiGLU MLP (cheap, Ultravox-style);
             `"whisper_decoder"` (Whisper encoders only): Whisper's own frozen decoder transcribes each window
-            greedily, and every token it writes becomes one LM embedding, the probability-weighted sum of the
-            LM's embeddings of its most likely tokens plus a trained SwiGLU residual of the decoder's state.
+            (`adapter_decoder_num_beams`), and the LM reads the transcript as its own tokenizer writes it, each
+            token's embedding plus a trained SwiGLU residual of the decoder's state.
         adapter_stack_factor (`int`, *optional*, defaults to 4):
             Number of consecutive encoder frames concatenated into one audio token (Whisper's 50 Hz with 4 gives
             12.5 Hz, Mimi's rate). Use 1 for Mimi. A `"whisper_decoder"` adapter uses the audio tokens this gives

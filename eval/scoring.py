@@ -147,7 +147,8 @@ def audio_inputs(model, processor, clips: Sequence[np.ndarray], items: list[int]
     audio, _ = processor.prepare_audio([clips[i] for i in distinct])
     features = torch.from_numpy(audio["input_features"]).to(device, model.dtype)
     mask = torch.from_numpy(audio["input_features_mask"]).to(device)
-    windows_of_clip = [len(processor.length_spec.window_lengths(clips[i])) for i in distinct]
+    spec = processor.length_spec
+    windows_of_clip = [len(spec.window_lengths(processor.validate_clip(clips[i], i))) for i in distinct]
     first_window = np.cumsum([0, *windows_of_clip])
     rows = torch.tensor(
         [

@@ -563,7 +563,7 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         decoder, beams = self.decoder, self.num_beams
         num_windows, device = encoder_states.shape[0], encoder_states.device
         max_tokens = max_tokens.clamp(max=decoder.max_target_positions - len(self.prompt_ids))
-        head = decoder.embed_tokens.weight
+        head = decoder.embed_tokens.weight.float()
         suppress = torch.zeros(head.shape[0], device=device)
         suppress[self.suppressed] = float("-inf")
         suppress_first = suppress.clone()
@@ -583,7 +583,7 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
                 input_ids=input_ids, encoder_hidden_states=states_per_beam, cache=cache, use_cache=True
             )
             cache = output.cache
-            logits = output.last_hidden_state[:, -1].float() @ head.float().T
+            logits = output.last_hidden_state[:, -1].float() @ head.T
             log_probs = logits.log_softmax(-1) + (suppress_first if step == 0 else suppress)
             totals = (log_probs.view(num_windows, beams, -1) + running_scores[..., None]).flatten(1)
             top_scores, top_indices = totals.topk(2 * beams, dim=-1)
@@ -595,7 +595,7 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
             for window in open_windows.nonzero()[:, 0].tolist():
                 for rank in (ends[window, :beams]).nonzero()[:, 0].tolist():
                     tokens = candidates[window, rank].tolist()
-                    finished[window].append((float(top_scores[window, rank]) / step, tokens))
+                    finished[window].append((float(top_scores[window, rank] / step), tokens))
                 finished[window] = sorted(finished[window], key=lambda hypothesis: -hypothesis[0])[:beams]
             keep_scores, keep = (top_scores - 1e9 * ends.float()).topk(beams, dim=-1)
             running = candidates.gather(1, keep[..., None].expand(-1, -1, step))
@@ -605,7 +605,7 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
             input_ids = running[..., -1].reshape(-1, 1)
             for window in open_windows.nonzero()[:, 0].tolist():
                 full = len(finished[window]) == beams
-                if full and float(running_scores[window, 0]) / step <= finished[window][-1][0]:
+                if full and float(running_scores[window, 0] / step) <= finished[window][-1][0]:
                     open_windows[window] = False
             open_windows &= ~ends.all(-1)
         best = [hypotheses[0][1] if hypotheses else [] for hypotheses in finished]

@@ -30,9 +30,10 @@ LEGACY_MIXTURE_SETTINGS = ("adapter_top_k", "adapter_ctc_top_k")
 class AudioLengthSpec:
     """How a clip of `num_samples` becomes `<|audio|>` tokens, step by step.
 
-    0. `end_samples` of silence are appended to the clip, so that its features hold every frame whose analysis
-       window reaches its last samples (Whisper's extractor pads with 30 s of silence, and its decoder learned
-       to read a clip's sound fading out over those frames, not stopping short of them).
+    0. `end_samples` of silence are appended to the clip (as far as its last window has room), so that its
+       features hold every frame whose analysis window reaches its last samples (Whisper's extractor pads with
+       30 s of silence, and its decoder learned to read a clip's sound fading out over those frames, not stopping
+       short of them).
     1. Clips longer than `chunk_samples` are cut into windows of at most `chunk_samples` (the encoder's
        window, e.g. 30 s for Whisper); each window is encoded on its own and the tokens are concatenated. With
        `quiet_cuts` (`window_lengths`, given the audio), each cut moves back to the quietest stretch of the
@@ -70,15 +71,22 @@ class AudioLengthSpec:
         values["conv_layers"] = [list(layer) for layer in self.conv_layers]
         return values
 
+    def end_silence(self, num_samples: int) -> int:
+        """Samples of silence appended to a clip of `num_samples`: `end_samples`, but never more than its last
+        window has room for (a clip of exactly 30 s stays one Whisper window, as Whisper's extractor reads it)."""
+        if self.chunk_samples is None:
+            return self.end_samples
+        return min(self.end_samples, -num_samples % self.chunk_samples)
+
     def pad_end(self, audio: np.ndarray) -> np.ndarray:
-        """The clip with its `end_samples` of silence: what the processor cuts into windows."""
-        return np.pad(audio, (0, self.end_samples))
+        """The clip with its end silence (`end_silence`): what the processor cuts into windows."""
+        return np.pad(audio, (0, self.end_silence(audio.size)))
 
     def chunk_lengths(self, num_samples: int) -> list[int]:
         """Sample counts of the encoder windows a clip of `num_samples` (with its end silence) is cut into."""
         if num_samples < 1:
             raise ValueError(f"A clip needs at least one sample, got {num_samples}.")
-        num_samples += self.end_samples
+        num_samples += self.end_silence(num_samples)
         if self.chunk_samples is None or num_samples <= self.chunk_samples:
             return [num_samples]
         full, rest = divmod(num_samples, self.chunk_samples)
@@ -94,7 +102,7 @@ class AudioLengthSpec:
         """Sample counts of the windows a clip (with its end silence) is cut into: `chunk_lengths`, or with
         `quiet_cuts` each cut at the start of the quietest `token_hop` block (lowest mean square) in the second
         half of its window."""
-        if not self.quiet_cuts or audio.size + self.end_samples <= self.chunk_samples:
+        if not self.quiet_cuts or audio.size + self.end_silence(audio.size) <= self.chunk_samples:
             return self.chunk_lengths(audio.size)
         audio = self.pad_end(audio)
         hop = self.token_hop
@@ -128,7 +136,8 @@ class AudioLengthSpec:
     def num_tokens(self, num_samples: int) -> int:
         """Number of `<|audio|>` tokens for a clip of `num_samples` samples at the encoder's sampling rate."""
         if self.quiet_cuts:  # whole token hops in every window but the last, which is at least one hop long
-            return int(self.tokens_from_features(self.features_from_samples(num_samples + self.end_samples)))
+            padded = num_samples + self.end_silence(num_samples)
+            return int(self.tokens_from_features(self.features_from_samples(padded)))
         return sum(
             int(self.tokens_from_features(self.features_from_samples(n)))
             for n in self.chunk_lengths(num_samples)

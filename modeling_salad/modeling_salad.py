@@ -489,7 +489,9 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         return super().generate(*args, **kwargs)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
-        """Carry the mask of empty audio slots from the prefill into every later step."""
+        """Carry the mask of empty audio slots from the prefill into every later step; a transcript handed in
+        (`whisper_transcript`) served the prefill, like the features it belongs to."""
+        model_kwargs.pop("whisper_transcript", None)
         if getattr(outputs, "attention_mask", None) is not None:
             model_kwargs["attention_mask"] = outputs.attention_mask
             model_kwargs["position_ids"] = outputs.position_ids

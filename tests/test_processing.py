@@ -27,6 +27,16 @@ def test_placeholders_expand_per_clip_in_order(whisper_salad):
     ]
 
 
+def test_the_end_silence_never_opens_another_window(whisper_salad):
+    """A clip gets its end silence only as far as its last window has room: exactly 30 s stays one Whisper
+    window (as Whisper's extractor reads it), 60 s two, and 29.99 s gets the silence that fits."""
+    spec = whisper_salad[1].length_spec
+    window = spec.chunk_samples
+    assert spec.chunk_lengths(window) == [window] and spec.chunk_lengths(2 * window) == [window, window]
+    assert spec.chunk_lengths(window - 100) == [window] and spec.end_silence(window - 100) == 100
+    assert spec.chunk_lengths(16000) == [16000 + spec.end_samples]
+
+
 def test_long_audio_is_chunked_not_truncated(whisper_salad):
     _, processor = whisper_salad
     clip = tone(61.0)

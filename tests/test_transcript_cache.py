@@ -66,16 +66,30 @@ def test_the_cache_runs_whisper_once_per_window_and_keeps_it_on_disk(tmp_path, m
     assert torch.equal(alone.states[0], expected.states[1, : int(expected.counts[1])])
 
 
-def test_another_whisper_never_reads_the_cached_transcripts(tmp_path):
+def test_another_whisper_or_search_never_reads_the_cached_transcripts(tmp_path):
     model, processor = decoder_tiny()
     inputs = clips_and_prompts(processor)
     TranscriptCache(model, tmp_path).transcripts(
         model, inputs["input_features"], inputs["input_features_mask"]
     )
-    other, _ = decoder_tiny(seed=1)
-    cache = TranscriptCache(other, tmp_path)
-    cache.transcripts(other, inputs["input_features"], inputs["input_features_mask"])
-    assert (cache.hits, cache.misses) == (0, 3)
+    for other in (
+        decoder_tiny(seed=1)[0],
+        decoder_tiny(adapter_decoder_num_beams=3)[0],
+    ):  # weights; the search
+        cache = TranscriptCache(other, tmp_path)
+        cache.transcripts(other, inputs["input_features"], inputs["input_features_mask"])
+        assert (cache.hits, cache.misses) == (0, 3)
+
+
+def test_generation_takes_a_transcript_handed_in():
+    model, processor = decoder_tiny()
+    inputs = clips_and_prompts(processor)
+    transcript = model.transcribe(inputs["input_features"], inputs["input_features_mask"])
+    kwargs = {"max_new_tokens": 3, "do_sample": False}
+    with torch.no_grad():
+        handed = model.generate(**inputs, whisper_transcript=transcript, **kwargs)
+        own = model.generate(**inputs, **kwargs)
+    assert torch.equal(handed, own)  # bitwise: the same transcript, the same LM computation
 
 
 def test_transcripts_that_do_not_fit_are_refused():

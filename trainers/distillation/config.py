@@ -312,7 +312,8 @@ class SaladDataArguments:
         metadata={
             "help": "Train on this many speech rows, drawn from all of them by a fixed seed (0): the same rows "
             "whatever the training seed, so that runs of several epochs over a subset, and runs with other "
-            "seeds, meet the same clips (and read the transcripts cached for them). Default: every row."
+            "seeds, meet the same clips (and read the transcripts cached for them); a streamed dataset gives its "
+            "first rows. Default: every row."
         },
     )
     eval_split: str | None = field(

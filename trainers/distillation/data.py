@@ -541,11 +541,12 @@ SUBSET_SEED = 0
 
 
 def speech_subset(speech, count: int, streaming: bool):
-    """`count` rows drawn by a fixed seed (`SaladDataArguments.max_train_samples`): the same subset in every run."""
+    """`count` rows drawn by a fixed seed (`SaladDataArguments.max_train_samples`): the same subset in every run.
+    A stream gives its first `count` rows (a shuffle buffer would draw another subset each epoch)."""
     if count < 1:
         raise ValueError(f"max_train_samples must be at least 1, got {count}.")
     if streaming:
-        return speech.shuffle(seed=SUBSET_SEED).take(count)
+        return speech.take(count)
     if count > len(speech):
         raise ValueError(
             f"max_train_samples={count} but the speech data has {len(speech)} rows: lower it, or leave it unset to "

@@ -25,8 +25,11 @@ from modeling_salad.adapters_salad import pad_right
 
 def frozen_fingerprint(model: SaladForConditionalGeneration) -> str:
     """A hash of what a window's transcript depends on besides its features: Whisper's weights (encoder and
-    decoder, in the dtype they run in) and the prompt the decoder starts from."""
-    digest = hashlib.sha256(repr(model.adapter.prompt_ids).encode())
+    decoder, in the dtype they run in), how the decoder searches (its prompt, beams and suppressed tokens) and how
+    long a window's transcript may be (its slots, from the stack factor)."""
+    adapter = model.adapter
+    search = (adapter.prompt_ids, adapter.num_beams, adapter.suppressed, adapter.suppressed_first)
+    digest = hashlib.sha256(repr((*search, model.config.audio_length_spec.to_dict())).encode())
     for module in (model.audio_tower, model.adapter.decoder):
         for name, tensor in module.state_dict().items():
             digest.update(name.encode())
@@ -43,12 +46,14 @@ def window_key(features: torch.Tensor) -> str:
 
 
 class TranscriptCache:
-    """Each audio window's Whisper transcript, by content: in memory, and in `directory` when one is given.
+    """Each audio window's Whisper transcript, by content: in `directory` when one is given, else in memory.
 
     Args:
         model: the `"whisper_decoder"` model whose frozen Whisper writes the transcripts.
         directory: a folder that keeps them across runs (one file per window, under a subfolder named after the
-            frozen weights' fingerprint, so another Whisper never reads them); None: this run's memory only.
+            fingerprint of the frozen Whisper and its search, so another Whisper never reads them); None: this
+            run's memory, about 1.5 KB per transcript token with Whisper tiny (a million windows of speech take
+            tens of GB: give a folder for data that large).
     """
 
     def __init__(self, model: SaladForConditionalGeneration, directory: str | os.PathLike | None = None):
@@ -83,24 +88,24 @@ class TranscriptCache:
                 fresh = model.transcribe(input_features[missing], input_features_mask[missing])
             for row, i in enumerate(missing):
                 count = int(fresh.counts[row])
-                rows[i] = (fresh.ids[row, :count].cpu(), fresh.states[row, :count].cpu())
+                # copies: a view would keep the whole batch's tensors alive in the cache
+                rows[i] = (fresh.ids[row, :count].cpu().clone(), fresh.states[row, :count].cpu().clone())
                 self.store(keys[i], rows[i])
         return self.assemble(rows, input_features.device)
 
     def lookup(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if key in self.memory:
-            return self.memory[key]
-        path = self.path(key)
-        if path is None or not path.is_file():
-            return None
-        stored = load_file(path)
-        self.memory[key] = (stored["ids"], stored["states"])
-        return self.memory[key]
-
-    def store(self, key: str, row: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self.memory[key] = row
         path = self.path(key)
         if path is None:
+            return self.memory.get(key)
+        if not path.is_file():
+            return None
+        stored = load_file(path)
+        return stored["ids"], stored["states"]
+
+    def store(self, key: str, row: tuple[torch.Tensor, torch.Tensor]) -> None:
+        path = self.path(key)
+        if path is None:
+            self.memory[key] = row
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         # written beside its place and renamed into it: a reader never sees half a file

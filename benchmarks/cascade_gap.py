@@ -14,7 +14,10 @@ For every clip `diagnose` compares, token by token:
 - `first_pieces`: the first LLM piece of each of Whisper's tokens (what the earlier interface was centred on);
 - `all_pieces`: every LLM piece of each Whisper token, token by token (a piece table, without the BPE merges
   across Whisper's token boundaries);
-- `adapter`: what the shipped adapter hands the LLM (the lossless interface: the cascade's ids, by construction).
+- `adapter`: what the shipped adapter hands the LLM (the lossless interface: the cascade's ids, by construction);
+- `asr_pipeline`: the transcript of the cascade's own ASR (transformers' pipeline on the clip), which the model's
+  must equal for the model to read what the cascade reads (it did not, until the processor kept a clip's fading
+  last frames and the decoder searched with the pipeline's 5 beams).
 
 It reports how often each differs from the cascade's ids (token error rate, and the share of clips read exactly),
 which Whisper tokens the LLM splits, and what the LLM read in place of the cascade's text through the first pieces.

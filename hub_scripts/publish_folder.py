@@ -42,6 +42,13 @@ class FolderArguments:
     repo_id: str | None = field(
         default=None, metadata={"help": "Target Hub repository, 'namespace/name' (also named in the card)."}
     )
+    space_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Gradio Space, 'namespace/name', that serves the model: the card links to it, and "
+            "salad-push builds and uploads it."
+        },
+    )
     results: str | None = field(
         default=None,
         metadata={
@@ -77,16 +84,19 @@ class FolderArguments:
     )
 
     def __post_init__(self):
-        if not self.repo_id or self.repo_id.count("/") != 1:
-            raise ValueError(
-                f"--repo_id must be 'namespace/name' (got {self.repo_id!r}); the card's snippets load from it."
-            )
-        try:
-            validate_repo_id(self.repo_id)
-        except HFValidationError as error:
-            raise ValueError(
-                f"--repo_id {self.repo_id!r} is not a valid Hub repository id: {error}"
-            ) from error
+        check_repo_id("--repo_id", self.repo_id, "the card's snippets load from it")
+        if self.space_id is not None:
+            check_repo_id("--space_id", self.space_id, "the Space is created there")
+
+
+def check_repo_id(flag: str, repo_id: str | None, why: str) -> None:
+    """A `ValueError` unless `repo_id` is a valid 'namespace/name' Hub id."""
+    if not repo_id or repo_id.count("/") != 1:
+        raise ValueError(f"{flag} must be 'namespace/name' (got {repo_id!r}); {why}.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"{flag} {repo_id!r} is not a valid Hub repository id: {error}") from error
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -228,6 +238,7 @@ def prepare_folder(
         language=args.language,
         tags=args.tags,
         lora_subfolder=lora_subfolder,
+        space_id=args.space_id,
     )
     card.save(folder / "README.md")
     if results is not None:

@@ -3,6 +3,7 @@
     salad-push --model_name_or_path runs/my-salad --repo_id me/salad-smollm2 --results runs/eval/results.json
     salad-push --model_name_or_path runs/my-salad --repo_id me/salad-smollm2 --dry_run /tmp/to-upload
     salad-push --config configs/push.yaml --create_pr          # flags override the YAML's values
+    salad-push --model_name_or_path runs/my-salad --repo_id me/salad-smollm2 --space_id me/salad-demo
 
 What is uploaded is a folder written here first: weights re-saved as safetensors (sharded past
 `--max_shard_size`, with an index), config and generation config, processor, the remote code and custom
@@ -13,6 +14,11 @@ pull request (`--create_pr`). Remote files are never deleted unless `--delete_pa
 
 The token comes from `hf auth login` or the `HF_TOKEN` environment variable, as for every huggingface_hub
 call; this script neither takes it as a flag (it would land in shell histories) nor prints it.
+
+Space: `--space_id` also builds a Gradio Space that serves the model (`hub_scripts/space/folder.py`: `app.py`,
+pinned `requirements.txt`, a README with Spaces front matter, spoken examples), links the model card to it, and
+uploads it in one commit of its own after the model's. With `--dry_run DIR` it is written to `DIR-space`; there
+`SALAD_MODEL=DIR python app.py` serves the dry-run model folder.
 
 LoRA: a checkpoint whose LLM still holds LoRA layers (a Trainer `checkpoint-N` folder of a `train_llm=lora` run)
 is merged into the LLM by default; `--no_merge_lora` keeps the LoRA apart as a PEFT adapter of the LLM in
@@ -31,6 +37,7 @@ from huggingface_hub.utils import filter_repo_objects
 from trl import TrlParser
 
 from .publish_folder import FolderArguments, load_checkpoint, prepare_folder
+from .space.folder import write_space_folder
 
 
 @dataclass
@@ -70,6 +77,10 @@ class PushArguments(FolderArguments):
             "help": "Remote files to delete in the same commit (globs, e.g. '*.safetensors'); none by default."
         },
     )
+    space_num_examples: int = field(
+        default=4,
+        metadata={"help": "With --space_id: built-in questions spoken as the Space's examples (0 for none)."},
+    )
 
     def __post_init__(self):
         if not self.model_name_or_path:
@@ -91,6 +102,14 @@ def deletions(api: HfApi, args: PushArguments, keep: set[str]) -> list[CommitOpe
     ]
 
 
+def additions(folder: Path, files: list[Path]) -> list[CommitOperationAdd]:
+    """`files` of `folder`, added at their paths relative to it."""
+    return [
+        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=path)
+        for path in files
+    ]
+
+
 def upload(folder: Path, files: list[Path], args: PushArguments, api: HfApi | None = None) -> CommitInfo:
     """Create the repository (and branch) when missing and upload `files` in a single commit.
 
@@ -101,11 +120,8 @@ def upload(folder: Path, files: list[Path], args: PushArguments, api: HfApi | No
     api.create_repo(args.repo_id, private=args.private, exist_ok=True)
     if args.revision and args.revision != "main" and not args.revision.startswith("refs/pr/"):
         api.create_branch(args.repo_id, branch=args.revision, exist_ok=True)
-    additions = [
-        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=path)
-        for path in files
-    ]
-    operations = [*deletions(api, args, {op.path_in_repo for op in additions}), *additions]
+    added = additions(folder, files)
+    operations = [*deletions(api, args, {op.path_in_repo for op in added}), *added]
     return api.create_commit(
         args.repo_id,
         operations,
@@ -113,6 +129,26 @@ def upload(folder: Path, files: list[Path], args: PushArguments, api: HfApi | No
         revision=args.revision,
         create_pr=args.create_pr,
     )
+
+
+def upload_space(
+    folder: Path, files: list[Path], args: PushArguments, api: HfApi | None = None
+) -> CommitInfo:
+    """Create the Gradio Space when missing and upload its folder in a single commit to its main branch."""
+    api = api or HfApi()
+    api.create_repo(args.space_id, repo_type="space", space_sdk="gradio", private=args.private, exist_ok=True)
+    return api.create_commit(
+        args.space_id,
+        additions(folder, files),
+        commit_message=f"Serve {args.repo_id} (salad-push)",
+        repo_type="space",
+    )
+
+
+def space_dry_run_folder(dry_run: str) -> Path:
+    """Where a dry run writes the Space: beside the model's folder, named after it."""
+    path = Path(dry_run)
+    return path.with_name(f"{path.name}-space")
 
 
 def _size(files: list[Path]) -> str:
@@ -123,16 +159,24 @@ def push(args: PushArguments) -> CommitInfo | None:
     """Load the checkpoint, write the folder, and upload it (or, for a dry run, leave it in `args.dry_run`)."""
     if args.dry_run is None and get_token() is None:
         raise ValueError("Not logged in to the Hugging Face Hub: run `hf auth login` or set HF_TOKEN.")
-    if args.dry_run is not None and Path(args.dry_run).exists() and any(Path(args.dry_run).iterdir()):
-        raise ValueError(
-            f"--dry_run {args.dry_run} is not empty: it must hold exactly what would be uploaded."
-        )
+    if args.dry_run is not None:
+        targets = [Path(args.dry_run)] + ([space_dry_run_folder(args.dry_run)] if args.space_id else [])
+        for target in targets:
+            if target.exists() and any(target.iterdir()):
+                raise ValueError(
+                    f"{target} is not empty: a dry run writes exactly what would be uploaded into empty folders."
+                )
     model, processor = load_checkpoint(args.model_name_or_path)
     if args.dry_run is not None:
         folder = Path(args.dry_run)
         files = prepare_folder(model, processor, folder, args)
         print(f"Dry run: wrote {len(files)} files ({_size(files)}) to {folder}; nothing was uploaded.")
         print(f"Check it with: python -m hub_scripts.verify --source {folder}")
+        if args.space_id:
+            space = space_dry_run_folder(args.dry_run)
+            files = write_space_folder(space, args.repo_id, args.space_id, args.space_num_examples)
+            print(f"Dry run: wrote the Space's {len(files)} files ({_size(files)}) to {space}.")
+            print(f"Try it with: cd {space} && SALAD_MODEL={folder.resolve()} python app.py")
         return None
     with tempfile.TemporaryDirectory(prefix="salad-push-") as staging:
         files = prepare_folder(model, processor, staging, args)
@@ -142,6 +186,11 @@ def push(args: PushArguments) -> CommitInfo | None:
     if commit.pr_url:
         print(f"Pull request: {commit.pr_url}")
     print(f"Check it with: python -m hub_scripts.verify --source {args.repo_id} --revision {commit.oid}")
+    if args.space_id:
+        with tempfile.TemporaryDirectory(prefix="salad-space-") as staging:
+            files = write_space_folder(staging, args.repo_id, args.space_id, args.space_num_examples)
+            space_commit = upload_space(Path(staging), files, args)
+        print(f"Uploaded the Space ({len(files)} files) in one commit: {space_commit.commit_url}")
     return commit
 
 

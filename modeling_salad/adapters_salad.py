@@ -521,6 +521,14 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         counts = torch.tensor([len(row[0]) for row in rows], dtype=torch.long, device=device)
         return ids, sources, counts
 
+    def transcript_texts(self, transcript: WhisperTranscript) -> list[str]:
+        """Each window's transcript as text, as Whisper's ASR pipeline writes it (what the LM reads)."""
+        speech = self.require_tokenizers().speech
+        return [
+            speech.decode(ids[:count].tolist(), skip_special_tokens=True).strip()
+            for ids, count in zip(transcript.ids, transcript.counts)
+        ]
+
     def require_tokenizers(self) -> TranscriptTokenizers:
         if self.tokenizers is None:
             raise ValueError(

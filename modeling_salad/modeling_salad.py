@@ -479,13 +479,19 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
 
     def generate(self, *args, **kwargs):
         """[`~GenerationMixin.generate`], after moving a right-padded batch's padding to the left (`left_pad`): the
-        processor pads on the right by default, and a batch must generate what its samples generate one by one."""
+        processor pads on the right by default, and a batch must generate what its samples generate one by one.
+
+        The audio placeholder is never generated (it is added to `suppress_tokens`): it stands for audio, and a
+        written one would have no audio to stand for."""
         if args and isinstance(args[0], torch.Tensor):
             kwargs["input_ids"], args = args[0], args[1:]
         if kwargs.get("input_ids") is not None and kwargs.get("attention_mask") is not None:
             kwargs["input_ids"], kwargs["attention_mask"] = left_pad(
                 kwargs["input_ids"], kwargs["attention_mask"]
             )
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        suppressed = list(kwargs.get("suppress_tokens") or generation_config.suppress_tokens or [])
+        kwargs["suppress_tokens"] = [*suppressed, self.config.audio_token_id]
         return super().generate(*args, **kwargs)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):

@@ -54,6 +54,11 @@ class SaladSpeechToTextPipeline(AudioWindowBatching, Pipeline):
     to mono and resampled to the encoder's rate. An optional `prompt` (text after the audio in the user turn)
     steers the answer; the LLM's chat template is used when it has one.
 
+    An app that takes audio from anyone can ask for stricter checks: `max_audio_seconds` refuses longer clips and
+    `min_peak_dbfs` refuses clips whose loudest sample is quieter (a microphone that recorded nothing), each with a
+    `ValueError` that says so. With a `"whisper_decoder"` adapter, `return_transcript=True` adds what Whisper's
+    decoder wrote (`"transcript"`), which is what the LLM read; the answer is generated from that same transcript.
+
     Example:
 
     ```python
@@ -71,12 +76,26 @@ class SaladSpeechToTextPipeline(AudioWindowBatching, Pipeline):
     _pipeline_calls_generate = True
 
     def _sanitize_parameters(
-        self, prompt=None, sampling_rate=None, max_new_tokens=None, generate_kwargs=None
+        self,
+        prompt=None,
+        sampling_rate=None,
+        max_new_tokens=None,
+        generate_kwargs=None,
+        return_transcript=None,
+        max_audio_seconds=None,
+        min_peak_dbfs=None,
     ):
-        preprocess_params = {"prompt": prompt, "sampling_rate": sampling_rate}
+        preprocess_params = {
+            "prompt": prompt,
+            "sampling_rate": sampling_rate,
+            "max_audio_seconds": max_audio_seconds,
+            "min_peak_dbfs": min_peak_dbfs,
+        }
         forward_params = dict(generate_kwargs or {})
         if max_new_tokens is not None:
             forward_params["max_new_tokens"] = max_new_tokens
+        if return_transcript:
+            forward_params["return_transcript"] = True
         return preprocess_params, forward_params, {}
 
     def __call__(self, inputs, **kwargs):
@@ -101,8 +120,9 @@ class SaladSpeechToTextPipeline(AudioWindowBatching, Pipeline):
             inputs = inputs.detach().cpu().numpy()
         return load_audio(inputs, self.processor.sampling_rate, sampling_rate)
 
-    def preprocess(self, inputs, prompt=None, sampling_rate=None):
+    def preprocess(self, inputs, prompt=None, sampling_rate=None, max_audio_seconds=None, min_peak_dbfs=None):
         audio = self.decode_input(inputs, sampling_rate)
+        check_audio_limits(audio, self.processor.sampling_rate, max_audio_seconds, min_peak_dbfs)
         model_inputs = self.prompt_inputs(audio, prompt)
         context = getattr(self.model.config.text_config, "max_position_embeddings", None)
         length = model_inputs["input_ids"].shape[1]
@@ -130,18 +150,58 @@ class SaladSpeechToTextPipeline(AudioWindowBatching, Pipeline):
             return_tensors="pt",
         )
 
-    def _forward(self, model_inputs, **generate_kwargs):
+    def _forward(self, model_inputs, return_transcript=False, **generate_kwargs):
         prompt_length = model_inputs["input_ids"].shape[1]
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
-        generated = self.model.generate(**model_inputs, **generate_kwargs)
-        return {"generated_ids": generated[:, prompt_length:]}
+        transcript = self.transcript_of(model_inputs) if return_transcript else None
+        generated = self.model.generate(**model_inputs, whisper_transcript=transcript, **generate_kwargs)
+        outputs = {"generated_ids": generated[:, prompt_length:]}
+        if transcript is not None:
+            outputs["transcript"] = " ".join(self.model.adapter.transcript_texts(transcript))
+        return outputs
+
+    def transcript_of(self, model_inputs):
+        """Whisper's transcript of one sample's clip (`return_transcript=True`), computed once: the answer is
+        generated from it too."""
+        if self.model.config.adapter_type != "whisper_decoder":
+            raise ValueError(
+                f"return_transcript=True needs a 'whisper_decoder' adapter, which transcribes inside the model; "
+                f"this model's adapter is {self.model.config.adapter_type!r} and writes no transcript."
+            )
+        if model_inputs["input_ids"].shape[0] != 1:
+            raise ValueError("return_transcript=True works on one clip at a time: call it with batch_size=1.")
+        return self.model.transcribe(model_inputs["input_features"], model_inputs["input_features_mask"])
 
     def postprocess(self, model_outputs):
-        return {
+        answer = {
             "generated_text": self.processor.decode(
                 model_outputs["generated_ids"][0], skip_special_tokens=True
             )
         }
+        if "transcript" in model_outputs:
+            answer["transcript"] = model_outputs["transcript"]
+        return answer
+
+
+def check_audio_limits(
+    audio: np.ndarray, sampling_rate: int, max_seconds: float | None, min_peak_dbfs: float | None
+) -> None:
+    """The stricter checks an app can ask of a clip: no longer than `max_seconds`, and a loudest sample at least
+    `min_peak_dbfs` (decibels relative to full scale, where 1.0 is 0 dBFS)."""
+    seconds = audio.size / sampling_rate
+    if max_seconds is not None and seconds > max_seconds:
+        raise ValueError(
+            f"The clip is {seconds:.1f} s long, past the limit of {max_seconds:g} s: send a shorter clip, or cut "
+            "it into parts and ask about each."
+        )
+    if min_peak_dbfs is not None:
+        peak = float(np.abs(audio).max()) if audio.size else 0.0
+        level = 20 * np.log10(peak) if peak > 0 else -np.inf
+        if level < min_peak_dbfs:
+            raise ValueError(
+                f"The clip is silent: its loudest sample is at {level:.0f} dBFS, below {min_peak_dbfs:g} dBFS. "
+                "Check that the right microphone is selected and not muted, and record again."
+            )
 
 
 class SaladAnyToAnyPipeline(AudioWindowBatching, AnyToAnyPipeline):

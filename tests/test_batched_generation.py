@@ -94,3 +94,22 @@ def test_the_any_to_any_pipeline_batches_chats_with_clips_of_any_length(adapter_
     for batch_size in (1, 3):
         batched = pipe(text=chats, batch_size=batch_size, **kwargs)
         assert [answers[0]["generated_text"] for answers in batched] == alone
+
+
+def test_the_audio_placeholder_is_never_generated():
+    """A model that would write `<|audio|>` (here: its LM head made to prefer it) writes its next choice instead:
+    a written placeholder would stand for audio that is not there, and the next step would have to refuse it."""
+    model, processor = build_tiny("whisper", "mlp")
+    audio_token = model.config.audio_token_id
+    with torch.no_grad():
+        model.get_output_embeddings().weight[audio_token] = (
+            model.get_output_embeddings().weight.abs().max() * 50
+        )
+    inputs = processor(text="Hear <|audio|>", audio=tone(0.5), return_tensors="pt")
+    prompt_length = inputs["input_ids"].shape[1]
+    generated = model.generate(**inputs, max_new_tokens=6, do_sample=False, suppress_tokens=[5])
+    assert audio_token not in generated[0, prompt_length:].tolist()
+    assert 5 not in generated[0, prompt_length:].tolist()  # the caller's own suppressions still hold
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, -1]
+    assert logits.argmax() == audio_token  # without the suppression, the placeholder would have been written

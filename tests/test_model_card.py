@@ -107,6 +107,12 @@ def test_card_body_explains_usage_results_recipe_limits_and_citation(config):
     assert "`transformer`: 2 causal decoder layers" in text
 
 
+def test_the_card_links_to_its_space_only_when_there_is_one(config):
+    linked = build_model_card(REPO, config, space_id="someone/salad-demo").text
+    assert "[someone/salad-demo](https://huggingface.co/spaces/someone/salad-demo)" in linked
+    assert "huggingface.co/spaces" not in build_model_card(REPO, config).text
+
+
 def test_card_without_results_or_recipe_says_so(config):
     card = build_model_card(REPO, config)
     assert card.data.eval_results is None and "model-index" not in card.content

@@ -38,6 +38,7 @@ class FakeHub:
     def __init__(self):
         self.requests: list[httpx2.Request] = []
         self.files: dict[str, bytes] = {".gitattributes": b"*.safetensors filter=lfs\n"}
+        self.space_files: dict[str, bytes] = {}
         self.commits: list[dict] = []
         self.snapshots: dict[str, dict[str, bytes]] = {}
         self.lfs: dict[str, bytes] = {}
@@ -53,10 +54,10 @@ class FakeHub:
                 r"/api/validate-yaml",
                 lambda r: httpx2.Response(200, json={"errors": [], "warnings": []}),
             ),
-            ("POST", r"/api/models/[^/]+/[^/]+/preupload/.+", self.preupload),
-            ("POST", r"/[^/]+/[^/]+\.git/info/lfs/objects/batch", self.lfs_batch),
+            ("POST", r"/api/(models|spaces)/[^/]+/[^/]+/preupload/.+", self.preupload),
+            ("POST", r"(/spaces)?/[^/]+/[^/]+\.git/info/lfs/objects/batch", self.lfs_batch),
             ("PUT", r"/lfs-upload/(?P<oid>[0-9a-f]+)", self.lfs_upload),
-            ("POST", r"/api/models/[^/]+/[^/]+/commit/.+", self.commit),
+            ("POST", r"/api/(?P<kind>models|spaces)/[^/]+/[^/]+/commit/.+", self.commit),
             ("GET", r"/api/models/[^/]+/[^/]+/tree/(?P<revision>[^/]+)", self.tree),
             ("HEAD", r"/[^/]+/[^/]+/resolve/(?P<revision>[^/]+)/(?P<file>.+)", self.resolve),
             ("GET", r"/[^/]+/[^/]+/resolve/(?P<revision>[^/]+)/(?P<file>.+)", self.resolve),
@@ -68,6 +69,10 @@ class FakeHub:
         return httpx2.Response(404, json={"error": f"FakeHub has no route for {request.method} {path}"})
 
     def create_repo(self, request):
+        body = json.loads(request.content)
+        if body.get("type") == "space":
+            space = f"{body['organization']}/{body['name']}"
+            return httpx2.Response(200, json={"url": f"{constants.ENDPOINT}/spaces/{space}", "name": space})
         return httpx2.Response(200, json={"url": f"{constants.ENDPOINT}/{REPO}", "name": REPO})
 
     def preupload(self, request):
@@ -92,18 +97,28 @@ class FakeHub:
         self.lfs[oid] = content
         return httpx2.Response(200)
 
-    def commit(self, request):
+    def commit(self, request, kind="models"):
         lines = [json.loads(line) for line in request.content.splitlines()]
-        commit = {"header": lines[0]["value"], "params": dict(request.url.params), "ops": lines[1:]}
+        commit = {
+            "header": lines[0]["value"],
+            "params": dict(request.url.params),
+            "ops": lines[1:],
+            "kind": kind,
+        }
+        files = self.space_files if kind == "spaces" else self.files
         for op in commit["ops"]:
             value = op["value"]
             if op["key"] == "file":
-                self.files[value["path"]] = base64.b64decode(value["content"])
+                files[value["path"]] = base64.b64decode(value["content"])
             elif op["key"] == "lfsFile":
-                self.files[value["path"]] = self.lfs[value["oid"]]
+                files[value["path"]] = self.lfs[value["oid"]]
             elif op["key"] == "deletedFile":
-                del self.files[value["path"]]
+                del files[value["path"]]
         self.commits.append(commit)
+        if kind == "spaces":
+            space = "/".join(request.url.path.split("/")[3:5])
+            url = f"{constants.ENDPOINT}/spaces/{space}/commit/{'1' * 40}"
+            return httpx2.Response(200, json={"commitUrl": url, "commitOid": "1" * 40})
         oid = hashlib.sha1(json.dumps(sorted(self.files)).encode() + bytes(len(self.commits))).hexdigest()
         self.snapshots[oid] = dict(self.files)
         pr = {"pullRequestUrl": f"{constants.ENDPOINT}/{REPO}/discussions/1"} if commit["params"] else {}
@@ -210,6 +225,26 @@ def test_dry_run_writes_exactly_what_one_commit_uploads(checkpoint, results_file
     assert "in one commit" in out and "--revision" in out
 
 
+def test_the_space_goes_up_in_one_commit_of_its_own_after_the_model(checkpoint, fake_hub, tmp_path):
+    """`--space_id`: the model's commit, then the Space's (created as a Gradio Space), holding what a dry run
+    writes to `DIR-space`, byte for byte; the model card links to it."""
+    space = "someone/salad-demo"
+    args = ["--model_name_or_path", str(checkpoint), "--repo_id", REPO, "--space_id", space]
+    push_module.main([*args, "--space_num_examples", "0", "--dry_run", str(tmp_path / "dry")])
+    assert fake_hub.requests == []
+    dry_space = files_of(tmp_path / "dry-space")
+    assert set(dry_space) == {"app.py", "requirements.txt", "README.md"}
+    assert f"https://huggingface.co/spaces/{space}" in (tmp_path / "dry" / "README.md").read_text()
+
+    push_module.main([*args, "--space_num_examples", "0"])
+    assert [commit["kind"] for commit in fake_hub.commits] == ["models", "spaces"]
+    assert fake_hub.space_files == dry_space
+    assert "app.py" not in fake_hub.files
+    created = [json.loads(r.content) for r in fake_hub.calls("POST", r"/api/repos/create")]
+    assert created[-1]["type"] == "space" and created[-1]["sdk"] == "gradio"
+    assert created[-1]["name"] == space.split("/")[1] and created[-1]["organization"] == space.split("/")[0]
+
+
 def test_flags_reach_the_hub(checkpoint, fake_hub, tmp_path):
     push_module.main(
         ["--model_name_or_path", str(checkpoint), "--repo_id", REPO, "--private", "--revision", "v1",
@@ -285,7 +320,11 @@ def test_pushed_commit_downloads_at_its_pinned_revision(checkpoint, fake_hub, tm
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"repo_id": "no-namespace"}, "namespace/name"), ({"model_name_or_path": None}, "model_name_or_path")],
+    [
+        ({"repo_id": "no-namespace"}, "--repo_id must be 'namespace/name'"),
+        ({"model_name_or_path": None}, "model_name_or_path"),
+        ({"space_id": "no-namespace"}, "--space_id must be 'namespace/name'"),
+    ],
 )
 def test_arguments_are_validated(overrides, message):
     with pytest.raises(ValueError, match=message):

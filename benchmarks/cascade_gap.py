@@ -3,6 +3,8 @@ what the cascade gives it.
 
     python benchmarks/cascade_gap.py diagnose        # writes benchmarks/results/cascade_gap/diagnostic.{json,md}
     python benchmarks/cascade_gap.py ablate --voice en-us   # writes benchmarks/results/cascade_gap/ablation-en-us.json
+    python benchmarks/cascade_gap.py ablate --voice en-us --model runs/x/checkpoint-500 --label x-500 \
+        --no_ablations                                       # a candidate against the cascade: ablation-en-us-x-500.json
 
 The `whisper_decoder` adapter hands the LLM one embedding per LLM token of Whisper's greedy transcript, as the LLM's
 tokenizer writes the transcript's text, plus a trained residual. Until issue 33 it handed over one embedding per
@@ -90,7 +92,8 @@ def read_clips(model, processor, clips: list, batch_size: int = 8) -> list[list[
     transcripts = []
     for start in range(0, len(clips), batch_size):
         batch = clips[start : start + batch_size]
-        inputs = processor.prepare_audio(batch)[0]
+        prepared = processor.prepare_audio(batch)
+        inputs = prepared.inputs
         windows = model.encode_windows(
             torch.from_numpy(inputs["input_features"]), torch.from_numpy(inputs["input_features_mask"])
         )
@@ -98,7 +101,7 @@ def read_clips(model, processor, clips: list, batch_size: int = 8) -> list[list[
         per_window = [
             transcript.ids[row, : int(count)].tolist() for row, count in enumerate(transcript.counts)
         ]
-        lengths = [len(processor.length_spec.window_lengths(clip)) for clip in batch]
+        lengths = prepared.windows_per_clip
         for offset in range(len(batch)):
             first = sum(lengths[:offset])
             transcripts.append(
@@ -184,13 +187,16 @@ ABLATIONS = {
 }
 
 
-def ablate(voice: str, limit: int | None, dtype: str) -> dict:
-    """The shipped model's spoken accuracy with each ablation, and the cascade's, on the same items."""
+def ablate(
+    voice: str, limit: int | None, dtype: str, model_name: str = "embedded:salad", ablations: bool = True
+) -> dict:
+    """The spoken accuracy of `model_name` (the shipped model by default) with each ablation (unless `ablations` is
+    False), and the cascade's, on the same items."""
     items = load_offline_tasks()[:limit]
     backend, name = VOICES[voice]
     args = EvalArguments(tts_backend=backend, tts_voice=name, distribution_metrics=False, dtype=dtype,
                          systems=["cascade", "salad_speech"])  # fmt: skip
-    model, processor = load_salad("embedded:salad", getattr(torch, dtype))
+    model, processor = load_salad(model_name, getattr(torch, dtype))
     # the cascade's reader is SmolLM2 itself (as `configs/paper-cpu/eval.yaml` sets `base_model`), not the shipped
     # model's LLM, which holds merged LoRA
     reference = AutoModelForCausalLM.from_pretrained(
@@ -200,15 +206,15 @@ def ablate(voice: str, limit: int | None, dtype: str) -> dict:
     correct = {"cascade": _correct(base, "cascade", items), "shipped": _correct(base, "salad_speech", items)}
     speech_only = replace(args, systems=["salad_speech"])
     unchanged = []  # ablations that would switch off what the shipped model does not have: the shipped row
-    for label, change in ABLATIONS.items():
-        variant, _ = load_salad("embedded:salad", getattr(torch, dtype))
+    for label, change in ABLATIONS.items() if ablations else ():
+        variant, _ = load_salad(model_name, getattr(torch, dtype))
         if not change(variant, reference):
             unchanged.append(label)
             continue
         report = evaluate_task(voice, items, variant, processor, reference, speech_only)
         correct[label] = _correct(report, "salad_speech", items)
     return {
-        "voice": voice, "items": len(items), "dtype": dtype, "same_as_shipped": unchanged,
+        "model": model_name, "voice": voice, "items": len(items), "dtype": dtype, "same_as_shipped": unchanged,
         "accuracy": {label: accuracy_summary(values) for label, values in correct.items()},
         "minus_cascade": {label: paired_difference(values, correct["cascade"])
                           for label, values in correct.items() if label != "cascade"},
@@ -259,12 +265,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16"], help="ablate: model dtype."
     )
+    parser.add_argument(
+        "--model",
+        default="embedded:salad",
+        help="ablate: the model against the cascade (a checkpoint folder too).",
+    )
+    parser.add_argument(
+        "--label", default=None, help="ablate: names the results file, ablation-VOICE-LABEL.json."
+    )
+    parser.add_argument("--no_ablations", action="store_true", help="ablate: only the model and the cascade.")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.command == "ablate":
         with torch.no_grad():
-            results = ablate(args.voice, args.limit, args.dtype)
-        (RESULTS / f"ablation-{args.voice}.json").write_text(json.dumps(results, indent=1) + "\n")
+            results = ablate(args.voice, args.limit, args.dtype, args.model, not args.no_ablations)
+        name = f"ablation-{args.voice}-{args.label}.json" if args.label else f"ablation-{args.voice}.json"
+        (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")
         for label, summary in results["accuracy"].items():
             difference = results["minus_cascade"].get(label)
             against = (

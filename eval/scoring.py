@@ -144,12 +144,10 @@ def audio_inputs(model, processor, clips: Sequence[np.ndarray], items: list[int]
     Each distinct clip is prepared once; for a model whose adapter writes Whisper's transcript it is also
     transcribed once (`whisper_transcript`), not once per option: the transcript depends on the clip alone."""
     distinct = list(dict.fromkeys(items))
-    audio, _ = processor.prepare_audio([clips[i] for i in distinct])
-    features = torch.from_numpy(audio["input_features"]).to(device, model.dtype)
-    mask = torch.from_numpy(audio["input_features_mask"]).to(device)
-    spec = processor.length_spec
-    windows_of_clip = [len(spec.window_lengths(processor.validate_clip(clips[i], i))) for i in distinct]
-    first_window = np.cumsum([0, *windows_of_clip])
+    prepared = processor.prepare_audio([clips[i] for i in distinct])
+    features = torch.from_numpy(prepared.inputs["input_features"]).to(device, model.dtype)
+    mask = torch.from_numpy(prepared.inputs["input_features_mask"]).to(device)
+    first_window = np.cumsum([0, *prepared.windows_per_clip])
     rows = torch.tensor(
         [
             w

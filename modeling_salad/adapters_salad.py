@@ -546,7 +546,10 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         of text), by beam search (`beam_transcript`) or, with one beam, greedily (`greedy_transcript`). A window
         that fills its slots without ending is cut there, and one that sounds like speech but comes out (almost)
         empty is reported, each with a warning."""
-        max_tokens = windows.token_mask.sum(-1)
+        # a window's slots, and never past what Whisper's decoder can write after its prompt
+        max_tokens = windows.token_mask.sum(-1).clamp(
+            max=self.decoder.max_target_positions - len(self.prompt_ids)
+        )
         with torch.no_grad():
             if self.num_beams > 1:
                 transcript = self.beam_transcript(windows.encoder_states, max_tokens)
@@ -557,7 +560,8 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         return transcript
 
     def beam_transcript(self, encoder_states: torch.Tensor, max_tokens: torch.Tensor) -> WhisperTranscript:
-        """`transcribe`'s beam search on `[n, frames, d]` encoder states, window `i` at most `max_tokens[i]` long.
+        """`transcribe`'s beam search on `[n, frames, d]` encoder states, window `i` at most `max_tokens[i]` long
+        (within the decoder's positions).
 
         It follows transformers' `generate` step for step (its speech-recognition pipeline searches Whisper's
         transcripts with 5 beams), so that the LLM reads the transcript a cascade reads: each step keeps the
@@ -570,7 +574,6 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         pass of the decoder over it."""
         decoder, beams = self.decoder, self.num_beams
         num_windows, device = encoder_states.shape[0], encoder_states.device
-        max_tokens = max_tokens.clamp(max=decoder.max_target_positions - len(self.prompt_ids))
         head = decoder.embed_tokens.weight.float()
         suppress = torch.zeros(head.shape[0], device=device)
         suppress[self.suppressed] = float("-inf")
@@ -633,10 +636,10 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         return WhisperTranscript(ids, states, torch.tensor(counts, dtype=torch.long, device=device))
 
     def greedy_transcript(self, encoder_states: torch.Tensor, max_tokens: torch.Tensor) -> WhisperTranscript:
-        """`transcribe`'s greedy loop on `[n, frames, d]` encoder states, window `i` at most `max_tokens[i]` long."""
+        """`transcribe`'s greedy loop on `[n, frames, d]` encoder states, window `i` at most `max_tokens[i]` long
+        (within the decoder's positions)."""
         decoder = self.decoder
         head = decoder.embed_tokens.weight[: self.end_id + 1]
-        max_tokens = max_tokens.clamp(max=decoder.max_target_positions - len(self.prompt_ids))
         num_windows = encoder_states.shape[0]
         input_ids = torch.tensor(self.prompt_ids, device=encoder_states.device).expand(num_windows, -1)
         counts = torch.zeros(num_windows, dtype=torch.long, device=encoder_states.device)
@@ -663,7 +666,6 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
 
     def warn_about_cut_windows(self, counts: torch.Tensor, max_tokens: torch.Tensor) -> None:
         """Warn about windows whose transcript filled their slots before it ended."""
-        max_tokens = max_tokens.clamp(max=self.decoder.max_target_positions - len(self.prompt_ids))
         cut = (counts >= max_tokens) & (max_tokens > 0)
         if bool(cut.any()):
             logger.warning(

@@ -14,6 +14,7 @@ import io
 from collections.abc import Sequence
 from math import gcd
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from transformers import AutoFeatureExtractor, AutoTokenizer, BatchFeature, ProcessorMixin
@@ -31,6 +32,21 @@ FLOAT_PEAK_LIMIT = 4.0
 # Signed integer PCM is scaled by the narrowest of these full scales that holds its values, whatever the array's
 # dtype: an int64 array of int16 samples is int16 audio, not silence.
 SIGNED_PCM_BITS = (16, 24, 32)
+
+
+class PreparedAudio(NamedTuple):
+    """A batch of clips as the model reads them.
+
+    Attributes:
+        inputs: `input_features` `[windows, ...]` (every window of every clip, in order, right-padded) and their
+            `input_features_mask`, as numpy arrays.
+        tokens_per_clip: each clip's number of audio tokens (its `<|audio|>` placeholders).
+        windows_per_clip: each clip's number of windows (its rows of `input_features`).
+    """
+
+    inputs: dict[str, np.ndarray]
+    tokens_per_clip: list[int]
+    windows_per_clip: list[int]
 
 
 class InvalidAudioError(ValueError):
@@ -239,13 +255,14 @@ class SaladProcessor(ProcessorMixin):
             )
         return features
 
-    def prepare_audio(self, audio: Sequence) -> tuple[dict, list[int]]:
-        """Features of every window of every clip, right-padded, with masks; and each clip's token count."""
-        windows, tokens_per_clip = [], []
+    def prepare_audio(self, audio: Sequence) -> PreparedAudio:
+        """Features of every window of every clip, right-padded, with masks; each clip's token and window counts."""
+        windows, tokens_per_clip, windows_per_clip = [], [], []
         for index, clip in enumerate(audio):
             clip = self.validate_clip(clip, index)
             tokens_per_clip.append(self._length_spec.num_tokens(clip.size))
             lengths = self._length_spec.window_lengths(clip)
+            windows_per_clip.append(len(lengths))
             clip, start = self._length_spec.pad_end(clip), 0
             for length in lengths:
                 windows.append(self._features(clip[start : start + length]))
@@ -255,7 +272,9 @@ class SaladProcessor(ProcessorMixin):
             [np.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, longest - w.shape[-1])]) for w in windows]
         )
         mask = np.stack([np.arange(longest) < w.shape[-1] for w in windows]).astype(np.int64)
-        return {"input_features": features, "input_features_mask": mask}, tokens_per_clip
+        return PreparedAudio(
+            {"input_features": features, "input_features_mask": mask}, tokens_per_clip, windows_per_clip
+        )
 
     def expand_placeholders(self, texts: list[str], tokens_per_clip: list[int]) -> list[str]:
         """Replace the i-th `<|audio|>` of the batch by `tokens_per_clip[i]` copies of it."""
@@ -311,8 +330,9 @@ class SaladProcessor(ProcessorMixin):
         data = {}
         tokens_per_clip: list[int] = []
         if clips:
-            audio_inputs, tokens_per_clip = self.prepare_audio(clips)
-            data.update(audio_inputs)
+            prepared = self.prepare_audio(clips)
+            data.update(prepared.inputs)
+            tokens_per_clip = prepared.tokens_per_clip
         texts = self.expand_placeholders(texts, tokens_per_clip)
         text_inputs = self.tokenizer(texts, padding=padding, return_tensors="np", **kwargs)
         empty = [index for index, row in enumerate(text_inputs["attention_mask"]) if not np.any(row)]
@@ -433,4 +453,4 @@ def _is_single_clip(audio) -> bool:
     return hasattr(audio, "shape")
 
 
-__all__ = ["InvalidAudioError", "SaladProcessor", "add_audio_token", "load_audio", "resample"]
+__all__ = ["InvalidAudioError", "PreparedAudio", "SaladProcessor", "add_audio_token", "load_audio", "resample"]

@@ -443,7 +443,7 @@ def collate_examples(
     }
     clips = [clip for example in examples for clip in example.clips]
     if clips:
-        audio_inputs, _ = processor.prepare_audio(clips)
+        audio_inputs = processor.prepare_audio(clips).inputs
         batch["input_features"] = torch.from_numpy(audio_inputs["input_features"])
         batch["input_features_mask"] = torch.from_numpy(audio_inputs["input_features_mask"])
         batch["speech_seconds"] = torch.tensor(sum(clip.size for clip in clips) / processor.sampling_rate)

@@ -146,7 +146,7 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
 
 def _audio_inputs(processor: SaladProcessor, clips: list[np.ndarray], model) -> dict[str, torch.Tensor]:
     device, dtype = _model_device_dtype(model)
-    audio, _ = processor.prepare_audio(clips)
+    audio = processor.prepare_audio(clips).inputs
     return {
         "input_features": torch.from_numpy(audio["input_features"]).to(device, dtype),
         "input_features_mask": torch.from_numpy(audio["input_features_mask"]).to(device),

@@ -44,6 +44,20 @@ CORPUS = [
 ] * 20
 
 
+# Prepended to a script run in a fresh process: salad's own packages cannot be imported there, as on a machine that
+# only has the model's remote code (a Hub download, a Space).
+BLOCK_SALAD_IMPORTS = """
+import importlib.abc, sys
+
+class BlockSalad(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"modeling_salad", "trainers", "hub_scripts", "eval"}:
+            raise ImportError(f"{name} is blocked: remote code must not need the salad package")
+
+sys.meta_path.insert(0, BlockSalad())
+"""
+
+
 def make_tokenizer() -> PreTrainedTokenizerFast:
     """A small byte-level BPE trained in code, with ChatML specials, a chat template and `<|audio|>`."""
     bpe = ByteLevelBPETokenizer()

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import OTHER_INSTANCE_ULPS, assert_close_in_dtype, build_tiny, decoder_tiny, tone
+from conftest import (
+    BLOCK_SALAD_IMPORTS,
+    OTHER_INSTANCE_ULPS,
+    assert_close_in_dtype,
+    build_tiny,
+    decoder_tiny,
+    tone,
+)
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor, pipeline
 from transformers.pipelines.any_to_any import AnyToAnyPipeline
 
@@ -56,17 +63,10 @@ def test_checkpoint_carries_code_and_auto_map(saved_checkpoint):
     assert "AutoProcessor" in processor_config["auto_map"]
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = BLOCK_SALAD_IMPORTS + textwrap.dedent(
     """
-    import importlib.abc, json, sys
+    import json, sys
     import numpy as np
-
-    class BlockSalad(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"modeling_salad", "trainers", "hub_scripts", "eval"}:
-                raise ImportError(f"{name} is blocked: remote code must not need the salad package")
-
-    sys.meta_path.insert(0, BlockSalad())
     import torch
     from transformers import AutoModel, AutoProcessor, pipeline
 

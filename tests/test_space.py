@@ -10,13 +10,12 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
 import soundfile
-from conftest import build_tiny, decoder_tiny, tone
+from conftest import BLOCK_SALAD_IMPORTS, build_tiny, decoder_tiny, tone
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from huggingface_hub import SpaceCard
@@ -166,19 +165,7 @@ def test_the_silence_threshold_is_the_peak_in_dbfs(tiny_pipe, peak_dbfs, refused
 
 
 # ------------------------------------------------------------------------------------ the published Space
-CLEAN_PROCESS = textwrap.dedent(
-    """
-    import importlib.abc, runpy, sys
-
-    class BlockSalad(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"modeling_salad", "trainers", "hub_scripts", "eval"}:
-                raise ImportError(f"{name} is blocked: a Space has no salad installed")
-
-    sys.meta_path.insert(0, BlockSalad())
-    runpy.run_path("app.py", run_name="__main__")
-    """
-)
+CLEAN_PROCESS = BLOCK_SALAD_IMPORTS + 'import runpy\nrunpy.run_path("app.py", run_name="__main__")\n'
 
 
 @pytest.fixture(scope="module")

@@ -453,4 +453,11 @@ def _is_single_clip(audio) -> bool:
     return hasattr(audio, "shape")
 
 
-__all__ = ["InvalidAudioError", "PreparedAudio", "SaladProcessor", "add_audio_token", "load_audio", "resample"]
+__all__ = [
+    "InvalidAudioError",
+    "PreparedAudio",
+    "SaladProcessor",
+    "add_audio_token",
+    "load_audio",
+    "resample",
+]

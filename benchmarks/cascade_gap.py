@@ -5,6 +5,7 @@ what the cascade gives it.
     python benchmarks/cascade_gap.py ablate --voice en-us   # writes benchmarks/results/cascade_gap/ablation-en-us.json
     python benchmarks/cascade_gap.py ablate --voice en-us --model runs/x/checkpoint-500 --label x-500 \
         --no_ablations                                       # a candidate against the cascade: ablation-en-us-x-500.json
+    python benchmarks/cascade_gap.py curves --run runs/x --label x   # its training curves: curves-x.{json,png}
 
 The `whisper_decoder` adapter hands the LLM one embedding per LLM token of Whisper's greedy transcript, as the LLM's
 tokenizer writes the transcript's text, plus a trained residual. Until issue 33 it handed over one embedding per
@@ -30,6 +31,10 @@ recorded Asterisk prompts (real human speech), the sets of the README's tables.
 switched off one at a time (the residual; the LoRA, i.e. SmolLM2's own weights) and together (the untrained model:
 the cascade of its own decoder), next to the cascade, all on the same items in one run, with the paired difference
 of each against the cascade.
+
+`curves` gathers a training run's logged loss and its probes (`probes.jsonl`: the held-out TTS rows; and
+`answer_probes.jsonl`: the held-out spoken questions) from its newest checkpoint's `trainer_state.json`, and plots
+them: the leading indicators of whether training moves the model away from the cascade it starts as.
 """
 
 from __future__ import annotations
@@ -255,11 +260,62 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+CURVE_PROBES = {
+    "probes.jsonl": ("held-out TTS rows", ("transcript_nll", "content_gain_nll", "transcript_accuracy")),
+    "answer_probes.jsonl": (
+        "held-out spoken questions",
+        ("transcript_nll", "content_gain_nll", "transcript_accuracy"),
+    ),
+}
+
+
+def curves(run: Path) -> dict:
+    """The run's logged training metrics (from its newest checkpoint) and its probes, step by step."""
+    checkpoints = sorted(run.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    if not checkpoints:
+        raise FileNotFoundError(f"{run} holds no checkpoint-N folder with a trainer_state.json.")
+    history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+    logged = [
+        {key: row[key] for key in ("step", "loss", "nll", "transcript_cache_hit_rate") if key in row}
+        for row in history
+        if "loss" in row
+    ]
+    probes = {}
+    for name, (label, keys) in CURVE_PROBES.items():
+        path = run / name
+        if path.is_file():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            probes[label] = [{"step": row["step"], **{key: row[key] for key in keys}} for row in rows]
+    return {"run": str(run), "training": logged, "probes": probes}
+
+
+def plot_curves(results: dict, path: Path) -> None:
+    import matplotlib  # lazily: the optional `eval` extra
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("training: forward KL to the text teacher", "loss", [("", results["training"])])]
+    for metric in ("transcript_nll", "transcript_accuracy"):
+        panels.append((f"probes: {metric}", metric, list(results["probes"].items())))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    for axis, (title, key, series) in zip(axes, panels):
+        for label, rows in series:
+            axis.plot([row["step"] for row in rows], [row[key] for row in rows], marker="." if label else None,
+                      label=label or None)  # fmt: skip
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("step")
+        if any(label for label, _ in series):
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["diagnose", "ablate"])
+    parser.add_argument("command", choices=["diagnose", "ablate", "curves"])
     parser.add_argument("--limit", type=int, default=None, help="Clips per set (default: all).")
     parser.add_argument("--voice", choices=list(VOICES), default="en-us", help="ablate: the held-out voice.")
     parser.add_argument(
@@ -274,8 +330,17 @@ def main(argv: list[str] | None = None) -> None:
         "--label", default=None, help="ablate: names the results file, ablation-VOICE-LABEL.json."
     )
     parser.add_argument("--no_ablations", action="store_true", help="ablate: only the model and the cascade.")
+    parser.add_argument("--run", type=Path, default=None, help="curves: a salad-train output_dir.")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.command == "curves":
+        if args.run is None or args.label is None:
+            parser.error("curves needs --run (a salad-train output_dir) and --label (names the files).")
+        results = curves(args.run)
+        (RESULTS / f"curves-{args.label}.json").write_text(json.dumps(results, indent=1) + "\n")
+        plot_curves(results, RESULTS / f"curves-{args.label}.png")
+        print(f"Wrote {RESULTS / f'curves-{args.label}.json'} and .png")
+        return
     if args.command == "ablate":
         with torch.no_grad():
             results = ablate(args.voice, args.limit, args.dtype, args.model, not args.no_ablations)

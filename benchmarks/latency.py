@@ -4,6 +4,7 @@ where SALAD's first token spends its time.
 
     python benchmarks/latency.py                                   # 20 built-in questions, fp32
     python benchmarks/latency.py --questions 40 --dtype bfloat16 --output benchmarks/results/latency_bf16.json
+    python benchmarks/latency.py --decoder_num_beams 1 --output benchmarks/results/latency_greedy.json
 
 Each question of the built-in set is spoken by the held-out espeak-ng `en-us` voice and asked in the harness's
 frame (`Question: <clip>\nAnswer:`). A system gets the audio as an array and answers greedily with
@@ -85,13 +86,17 @@ def questions(count: int) -> list[np.ndarray]:
     return synthesize_items(load_task("offline", count), 16000, voice="en-us")
 
 
-def run_salad(clips: list[np.ndarray], model_name: str, dtype, new_tokens: int) -> list[dict]:
+def run_salad(
+    clips: list[np.ndarray], model_name: str, dtype, new_tokens: int, num_beams: int | None = None
+) -> list[dict]:
     import torch
 
     from eval.scoring import text_prompt
     from trainers.assets import load_salad
 
     model, processor = load_salad(model_name, dtype)
+    if num_beams is not None:  # the `whisper_decoder` adapter's search, in place of the checkpoint's own
+        model.config.adapter_decoder_num_beams = model.adapter.num_beams = num_beams
     watch = Stopwatch()
     parts = {"encoder": model.audio_tower, "adapter": model.adapter, "llm": model.language_model}
     if "decoder" in model.adapter.frozen_parts:
@@ -169,7 +174,7 @@ def worker(args: argparse.Namespace) -> None:
     dtype = getattr(torch, args.dtype)
     clips = questions(args.questions + 1)
     if args.worker == "salad":
-        measured = run_salad(clips, args.model, dtype, args.new_tokens)
+        measured = run_salad(clips, args.model, dtype, args.new_tokens, args.decoder_num_beams)
     else:
         measured = run_cascade(clips, dtype, args.new_tokens)
     # VmHWM: this process's own peak resident memory (ru_maxrss would carry the parent's peak across fork + exec)
@@ -231,6 +236,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new_tokens", type=int, default=16, help="Tokens generated per answer.")
     parser.add_argument("--model", default="embedded:salad", help="The SALAD checkpoint to time.")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--decoder_num_beams",
+        type=int,
+        default=None,
+        help="SALAD's Whisper decoder searches with this many beams (default: the checkpoint's; 1: greedy). The "
+        "cascade's ASR keeps its pipeline's default.",
+    )
     parser.add_argument("--output", default=str(RESULTS), help="Where the JSON results go.")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -238,12 +250,14 @@ def main(argv: list[str] | None = None) -> None:
         worker(args)
         return
     results = {"command": "python benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "model": args.model, "dtype": args.dtype, "new_tokens": args.new_tokens, "machine": machine(),
+               "model": args.model, "dtype": args.dtype, "new_tokens": args.new_tokens,
+               "decoder_num_beams": args.decoder_num_beams, "machine": machine(),
                "systems": {}}  # fmt: skip
     for system in SYSTEMS:
         completed = subprocess.run(
             [sys.executable, __file__, "--worker", system, "--questions", str(args.questions), "--model",
-             args.model, "--dtype", args.dtype, "--new_tokens", str(args.new_tokens)],
+             args.model, "--dtype", args.dtype, "--new_tokens", str(args.new_tokens),
+             *(["--decoder_num_beams", str(args.decoder_num_beams)] if args.decoder_num_beams else [])],
             capture_output=True, text=True, check=True, cwd=ROOT,
         )  # fmt: skip
         results["systems"][system] = summary(json.loads(completed.stdout.strip().splitlines()[-1]))

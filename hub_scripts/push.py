@@ -37,7 +37,7 @@ from huggingface_hub.utils import filter_repo_objects
 from trl import TrlParser
 
 from .publish_folder import FolderArguments, load_checkpoint, prepare_folder
-from .space.folder import write_space_folder
+from .space.folder import gradio_version, write_space_folder
 
 
 @dataclass
@@ -86,6 +86,23 @@ class PushArguments(FolderArguments):
         if not self.model_name_or_path:
             raise ValueError("--model_name_or_path is required: the SALAD checkpoint folder to publish.")
         super().__post_init__()
+        if self.space_id is not None:
+            self.check_space()
+
+    def check_space(self) -> None:
+        """Before anything is written or uploaded: the Space loads the model's main branch, merged, with the
+        Gradio installed here."""
+        if self.revision not in (None, "main") or self.create_pr:
+            raise ValueError(
+                "--space_id serves the model from its main branch, and this push goes to a branch or a pull "
+                "request: push the model to main first, or leave --space_id out."
+            )
+        if not self.merge_lora:
+            raise ValueError(
+                "--space_id serves the model through its pipeline, which loads the top-level weights: with "
+                "--no_merge_lora they lack the LoRA the adapter was trained with. Leave --no_merge_lora out."
+            )
+        gradio_version()
 
 
 # ------------------------------------------------------------------------------------------------ upload
@@ -147,7 +164,7 @@ def upload_space(
 
 def space_dry_run_folder(dry_run: str) -> Path:
     """Where a dry run writes the Space: beside the model's folder, named after it."""
-    path = Path(dry_run)
+    path = Path(dry_run).resolve()
     return path.with_name(f"{path.name}-space")
 
 

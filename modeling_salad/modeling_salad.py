@@ -489,8 +489,9 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
             kwargs["input_ids"], kwargs["attention_mask"] = left_pad(
                 kwargs["input_ids"], kwargs["attention_mask"]
             )
-        generation_config = kwargs.get("generation_config") or self.generation_config
-        suppressed = list(kwargs.get("suppress_tokens") or generation_config.suppress_tokens or [])
+        suppressed = kwargs.get("suppress_tokens")
+        if suppressed is None:
+            suppressed = (kwargs.get("generation_config") or self.generation_config).suppress_tokens or []
         kwargs["suppress_tokens"] = [*suppressed, self.config.audio_token_id]
         return super().generate(*args, **kwargs)
 

@@ -153,16 +153,16 @@ class SaladSpeechToTextPipeline(AudioWindowBatching, Pipeline):
     def _forward(self, model_inputs, return_transcript=False, **generate_kwargs):
         prompt_length = model_inputs["input_ids"].shape[1]
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
-        transcript = self.transcript_of(model_inputs) if return_transcript else None
+        transcript = self.transcript_of(model_inputs, generate_kwargs) if return_transcript else None
         generated = self.model.generate(**model_inputs, whisper_transcript=transcript, **generate_kwargs)
         outputs = {"generated_ids": generated[:, prompt_length:]}
         if transcript is not None:
             outputs["transcript"] = " ".join(self.model.adapter.transcript_texts(transcript))
         return outputs
 
-    def transcript_of(self, model_inputs):
+    def transcript_of(self, model_inputs, generate_kwargs: dict):
         """Whisper's transcript of one sample's clip (`return_transcript=True`), computed once: the answer is
-        generated from it too."""
+        generated from it too, as one sequence."""
         if self.model.config.adapter_type != "whisper_decoder":
             raise ValueError(
                 f"return_transcript=True needs a 'whisper_decoder' adapter, which transcribes inside the model; "
@@ -170,6 +170,14 @@ class SaladSpeechToTextPipeline(AudioWindowBatching, Pipeline):
             )
         if model_inputs["input_ids"].shape[0] != 1:
             raise ValueError("return_transcript=True works on one clip at a time: call it with batch_size=1.")
+        config = generate_kwargs.get("generation_config") or self.model.generation_config
+        beams = generate_kwargs.get("num_beams", config.num_beams) or 1
+        sequences = generate_kwargs.get("num_return_sequences", config.num_return_sequences) or 1
+        if max(beams, sequences) > 1:
+            raise ValueError(
+                "return_transcript=True generates one answer with one beam: leave num_beams and "
+                "num_return_sequences at 1, or leave return_transcript out."
+            )
         return self.model.transcribe(model_inputs["input_features"], model_inputs["input_features_mask"])
 
     def postprocess(self, model_outputs):

@@ -324,6 +324,9 @@ def test_pushed_commit_downloads_at_its_pinned_revision(checkpoint, fake_hub, tm
         ({"repo_id": "no-namespace"}, "--repo_id must be 'namespace/name'"),
         ({"model_name_or_path": None}, "model_name_or_path"),
         ({"space_id": "no-namespace"}, "--space_id must be 'namespace/name'"),
+        ({"space_id": "someone/demo", "create_pr": True}, "serves the model from its main branch"),
+        ({"space_id": "someone/demo", "revision": "dev"}, "serves the model from its main branch"),
+        ({"space_id": "someone/demo", "merge_lora": False}, "lack the LoRA"),
     ],
 )
 def test_arguments_are_validated(overrides, message):

@@ -135,6 +135,12 @@ def test_the_transcript_is_what_the_llm_read_and_leaves_the_answer_unchanged(tin
     assert with_transcript["transcript"] == " ".join(tiny_pipe.model.adapter.transcript_texts(transcript))
 
 
+@pytest.mark.parametrize("search", [{"num_beams": 2}, {"num_return_sequences": 2, "do_sample": True}])
+def test_a_transcript_serves_one_sequence_and_a_wider_search_is_refused(tiny_pipe, question_wav, search):
+    with pytest.raises(ValueError, match="one answer with one beam"):
+        tiny_pipe(str(question_wav), max_new_tokens=2, return_transcript=True, generate_kwargs=search)
+
+
 def test_a_model_that_writes_no_transcript_is_refused_one_and_the_app_hides_it(question_wav):
     model, processor = build_tiny("whisper", "mlp")
     pipe = SaladSpeechToTextPipeline(model=model, processor=processor)
@@ -192,6 +198,9 @@ def test_the_dry_run_space_folder_is_complete(dry_run):
     card = SpaceCard.load(space / "README.md")
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.sdk_version
     assert card.data.models == ["someone/salad-tiny"]
+    assert (
+        card.data.python_version == f"{sys.version_info.major}.{sys.version_info.minor}"
+    )  # what the pins need
     assert "https://huggingface.co/spaces/someone/salad-tiny-demo" in (model_folder / "README.md").read_text()
     if not (space / app.EXAMPLES_FILE).is_file():
         pytest.skip("no held-out TTS voice (flite or espeak-ng) is installed: the Space got no examples")

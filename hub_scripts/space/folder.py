@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -92,6 +93,8 @@ def space_card(model_id: str, space_id: str) -> SpaceCard:
         title=f"SALAD: {model_id.split('/')[-1]}"[:30],  # the Hub caps a Space's title at 30 characters
         sdk="gradio",
         sdk_version=gradio_version(),
+        # the pins above need the Python they were installed on (the Hub's default may be older)
+        python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
         app_file="app.py",
         models=[model_id],
         tags=["salad", "speech", "audio-text-to-text"],
@@ -119,4 +122,4 @@ def write_space_folder(folder: str | Path, model_id: str, space_id: str, num_exa
     return sorted(path for path in folder.rglob("*") if path.is_file())
 
 
-__all__ = ["requirements", "space_card", "speak_examples", "write_space_folder"]
+__all__ = ["gradio_version", "requirements", "space_card", "speak_examples", "write_space_folder"]

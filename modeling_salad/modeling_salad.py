@@ -7,6 +7,7 @@ interleaved freely in one sequence, several clips per sample.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -489,10 +490,17 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
             kwargs["input_ids"], kwargs["attention_mask"] = left_pad(
                 kwargs["input_ids"], kwargs["attention_mask"]
             )
-        suppressed = kwargs.get("suppress_tokens")
-        if suppressed is None:
-            suppressed = (kwargs.get("generation_config") or self.generation_config).suppress_tokens or []
-        kwargs["suppress_tokens"] = [*suppressed, self.config.audio_token_id]
+        config = kwargs.get("generation_config")
+        if kwargs.get("suppress_tokens") is None and config is not None:
+            # into a copy of the caller's config: generate deprecates a config passed with generation arguments
+            config = copy.copy(config)
+            config.suppress_tokens = [*(config.suppress_tokens or []), self.config.audio_token_id]
+            kwargs["generation_config"] = config
+        else:
+            suppressed = kwargs.get("suppress_tokens")
+            if suppressed is None:
+                suppressed = self.generation_config.suppress_tokens or []
+            kwargs["suppress_tokens"] = [*suppressed, self.config.audio_token_id]
         return super().generate(*args, **kwargs)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):

@@ -4,10 +4,12 @@ compared, not only logits: a right-padded row predicts its first new token from 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import build_tiny, decoder_tiny, tone
-from transformers import pipeline
+from transformers import GenerationMixin, pipeline
 
 from modeling_salad.modeling_salad import left_pad
 from modeling_salad.pipeline_salad import SaladSpeechToTextPipeline
@@ -113,3 +115,32 @@ def test_the_audio_placeholder_is_never_generated():
     with torch.no_grad():
         logits = model(**inputs).logits[0, -1]
     assert logits.argmax() == audio_token  # without the suppression, the placeholder would have been written
+
+
+def test_a_callers_generation_config_keeps_the_placeholder_out_without_a_deprecation(monkeypatch):
+    """With the caller's `generation_config`, the placeholder goes into a copy of it, not into a `suppress_tokens`
+    argument beside it (which `generate` deprecates); the caller's config is left as it was."""
+    model, processor = build_tiny("whisper", "mlp")
+    audio_token = model.config.audio_token_id
+    with torch.no_grad():
+        model.get_output_embeddings().weight[audio_token] = (
+            model.get_output_embeddings().weight.abs().max() * 50
+        )
+    inputs = processor(text="Hear <|audio|>", audio=tone(0.5), return_tensors="pt")
+    config = copy.deepcopy(model.generation_config)
+    config.max_new_tokens, config.do_sample = 4, False
+    received = {}
+    generate = GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):
+        received.update(kwargs)
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    generated = model.generate(**inputs, generation_config=config)
+    assert audio_token not in generated[0, inputs["input_ids"].shape[1] :].tolist()
+    assert "suppress_tokens" not in received
+    assert audio_token in received["generation_config"].suppress_tokens
+    assert (
+        config.suppress_tokens == model.generation_config.suppress_tokens
+    )  # the caller's config is unchanged

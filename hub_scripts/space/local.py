@@ -7,13 +7,13 @@ built-in questions, spoken by a held-out voice, are the examples.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 
 import gradio as gr
 from trl import TrlParser
 
 from modeling_salad import SaladSpeechToTextPipeline
+from trainers.assets.models import cache_dir
 from trainers.assets.registry import load_salad
 
 from .app import build_demo, load_examples
@@ -42,9 +42,9 @@ def build_local_demo(args: SpaceArguments) -> tuple[gr.Blocks, str]:
     """The app on `args.model`, and the folder that holds its examples (Gradio must be allowed to serve it)."""
     model, processor = load_salad(args.model)
     pipe = SaladSpeechToTextPipeline(model=model, processor=processor)
-    examples_dir = tempfile.mkdtemp(prefix="salad-space-")
-    speak_examples(examples_dir, args.num_examples)
-    return build_demo(pipe, args.model, load_examples(examples_dir)), examples_dir
+    examples_dir = cache_dir() / "space-examples"  # beside the TTS cache, rewritten by each launch
+    examples = load_examples(examples_dir) if speak_examples(examples_dir, args.num_examples) else []
+    return build_demo(pipe, args.model, examples), str(examples_dir)
 
 
 def launch_local(args: SpaceArguments, block: bool = True) -> tuple[gr.Blocks, str]:

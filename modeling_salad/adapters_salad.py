@@ -46,8 +46,10 @@ class AudioWindows:
         features: the processor's `input_features`, log-mel `[n, mels, frames]` or waveforms `[n, samples]`.
         feature_lengths: `[n]` valid frames (or samples) of each window.
         encoder_states: `[n, frames, d]` the speech encoder's output; zero past each window's end, or, for an
-            adapter that `reads_full_windows`, of each window padded with silence to the encoder's full window.
-            None where the adapter is handed `transcript` instead.
+            adapter that `reads_full_windows`, of each window padded with silence as Whisper reads it (its full
+            window, or `SaladConfig.adapter_decoder_pad_seconds`). None where the adapter is handed `transcript`.
+        encoder_lengths: `[n]`, for an adapter that `reads_full_windows`: the frames of `encoder_states` that
+            belong to each window (the rest is padding of the batch); None: all of them.
         token_mask: `[n, T]` True on each window's audio-token slots (`SaladConfig.audio_length_spec`).
         opens_with_space: `[n]`, for an adapter that `writes_text`: True where the window's text opens with a space
             (it continues the window before it, or takes the place of the space the prompt writes before it);
@@ -60,6 +62,7 @@ class AudioWindows:
     feature_lengths: torch.Tensor
     encoder_states: torch.Tensor | None
     token_mask: torch.Tensor
+    encoder_lengths: torch.Tensor | None = None
     opens_with_space: torch.Tensor | None = None
     transcript: WhisperTranscript | None = None
 
@@ -398,6 +401,21 @@ class WhisperTranscript(NamedTuple):
     counts: torch.Tensor
 
 
+def merge_transcripts(parts: list[tuple[torch.Tensor, WhisperTranscript]]) -> WhisperTranscript:
+    """One `WhisperTranscript` of the windows of several, each given with the indices of its windows."""
+    num_windows = sum(len(rows) for rows, _ in parts)
+    length = max(part.ids.shape[1] for _, part in parts)
+    first = parts[0][1]
+    ids = first.ids.new_zeros(num_windows, length)
+    states = first.states.new_zeros(num_windows, length, first.states.shape[-1])
+    counts = first.counts.new_zeros(num_windows)
+    for rows, part in parts:
+        ids[rows, : part.ids.shape[1]] = part.ids
+        states[rows, : part.ids.shape[1]] = part.states
+        counts[rows] = part.counts
+    return WhisperTranscript(ids, states, counts)
+
+
 class SaladWhisperDecoderAdapter(SwiGLUAdapter):
     """Whisper's own transcript, handed to the LM as the LM's tokenizer writes it, plus a learned residual.
 
@@ -446,6 +464,12 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         if config.adapter_decoder_num_beams < 1:
             raise ValueError(
                 f"adapter_decoder_num_beams must be at least 1 (1: greedy), got {config.adapter_decoder_num_beams}."
+            )
+        pad_seconds = config.adapter_decoder_pad_seconds
+        if pad_seconds is not None and not pad_seconds > 0:
+            raise ValueError(
+                f"adapter_decoder_pad_seconds must be a positive number of seconds (None: Whisper's full 30 s), "
+                f"got {pad_seconds}."
             )
         if not config.adapter_decoder_prompt_ids:
             raise ValueError(
@@ -550,11 +574,16 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         max_tokens = windows.token_mask.sum(-1).clamp(
             max=self.decoder.max_target_positions - len(self.prompt_ids)
         )
+        search = self.beam_transcript if self.num_beams > 1 else self.greedy_transcript
+        states, lengths = windows.encoder_states, windows.encoder_lengths
         with torch.no_grad():
-            if self.num_beams > 1:
-                transcript = self.beam_transcript(windows.encoder_states, max_tokens)
-            else:
-                transcript = self.greedy_transcript(windows.encoder_states, max_tokens)
+            if lengths is None or bool((lengths == lengths[0]).all()):
+                transcript = search(states if lengths is None else states[:, : lengths[0]], max_tokens)
+            else:  # windows that Whisper reads with different amounts of silence: each length on its own
+                groups = [(lengths == length).nonzero()[:, 0] for length in lengths.unique().tolist()]
+                transcript = merge_transcripts(
+                    [(rows, search(states[rows, : lengths[rows[0]]], max_tokens[rows])) for rows in groups]
+                )
         self.warn_about_cut_windows(transcript.counts, max_tokens)
         self.warn_about_lost_words(windows, transcript.counts)
         return transcript

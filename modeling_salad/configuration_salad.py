@@ -192,6 +192,14 @@ class SaladConfig(PreTrainedConfig):
             `"whisper_decoder"` adapter: beams of the decoder's search for each window's transcript. 5 is how
             transformers' speech-recognition pipeline (and OpenAI's Whisper) transcribes, so that the LLM reads
             the transcript a cascade of the same models reads; 1 is greedy, faster and often worse.
+        adapter_decoder_pad_seconds (`float`, *optional*):
+            `"whisper_decoder"` adapter: how much silence Whisper reads after each window. None (the default):
+            the window padded to Whisper's full 30 s, as its feature extractor pads a clip, so that the transcript
+            is the cascade's. A number `s`: padded with at least `s` seconds of silence, up to the next multiple
+            of `s` seconds (so that windows of similar length share an encoder run), at most 30 s; the encoder
+            and the decoder's cross-attention then read a few seconds instead of 30, a different transcript
+            from the cascade's (Whisper learned on 30 s: with too little silence after the words it fails to
+            stop, and the window's slots cut it).
         lora (`dict`, *optional*):
             LoRA settings of the LLM (`r`, `lora_alpha`, `lora_dropout`, `target_modules`, ... of a
             `peft.LoraConfig`) while it holds LoRA layers; set by `add_lora_to_language_model` and cleared by
@@ -231,6 +239,7 @@ class SaladConfig(PreTrainedConfig):
     adapter_rms_norm_eps: float = 1e-5
     adapter_decoder_prompt_ids: list[int] | None = None
     adapter_decoder_num_beams: int = 5
+    adapter_decoder_pad_seconds: float | None = None
     lora: dict | None = None
     audio_chunk_seconds: float | None = None
 

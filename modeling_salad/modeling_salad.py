@@ -8,6 +8,7 @@ interleaved freely in one sequence, several clips per sample.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -153,10 +154,15 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         """Whisper encoder on variable-length log-mel input, with padded frames masked out.
 
         `WhisperEncoder.forward` insists on 30 s of frames; running its layers ourselves on the real length
-        (positions sliced to it, padding masked) saves up to ~4.5x of encoder compute on short clips.
+        (positions sliced to it, padding masked) saves up to ~4.5x of encoder compute on short clips. Each window
+        comes out as it does alone, whatever the batch pads it to.
         """
         encoder = self.audio_tower
-        hidden = nn.functional.gelu(encoder.conv1(input_features.to(encoder.conv1.weight.dtype)))
+        # zero past each window's frames, in the input and between the convolutions: the convolutions' own zero
+        # padding, so that a window's last frames come out as they do when it is encoded alone
+        frames = lengths_to_mask(feature_lengths, input_features.shape[-1])[:, None, :]
+        features = input_features.masked_fill(~frames, 0.0).to(encoder.conv1.weight.dtype)
+        hidden = nn.functional.gelu(encoder.conv1(features)) * frames
         hidden = nn.functional.gelu(encoder.conv2(hidden)).transpose(1, 2)
         num_positions = hidden.shape[1]
         if num_positions > encoder.embed_positions.num_embeddings:
@@ -202,14 +208,31 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
 
     def _encode_whisper_padded(
         self, input_features: torch.Tensor, feature_lengths: torch.Tensor
-    ) -> torch.Tensor:
-        """Whisper's encoder on each window padded with silence to its full 30 s, exactly as Whisper transcribes:
-        its decoder learned to read such input (from trimmed input it often fails to stop)."""
-        encoder = self.audio_tower
-        padded = whisper_padded_features(
-            input_features, feature_lengths, 2 * encoder.config.max_source_positions
-        )
-        return encoder(padded.to(encoder.conv1.weight.dtype)).last_hidden_state
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whisper's encoder on each window padded with silence as Whisper transcribes it, and the encoder frames
+        of each (`whisper_input_frames`): by default its full 30 s, exactly as its feature extractor pads a clip
+        (its decoder learned to read such input). A window padded less than the batch's longest is masked past
+        its own frames, so that it is encoded as it would be alone."""
+        frames = self.whisper_input_frames(feature_lengths)
+        num_frames = max(int(frames.max()), input_features.shape[-1])
+        padded = whisper_padded_features(input_features, feature_lengths, num_frames)
+        full = 2 * self.audio_tower.config.max_source_positions
+        if bool((frames == full).all()):
+            states = self.audio_tower(padded.to(self.audio_tower.conv1.weight.dtype)).last_hidden_state
+        else:
+            states = self._encode_whisper(padded, frames)
+        return states, self._conv_lengths(frames)
+
+    def whisper_input_frames(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Feature frames Whisper reads for each window: its full 30 s, or, with `adapter_decoder_pad_seconds`
+        (`s`), the window followed by at least `s` seconds of silence, rounded up to a multiple of `s` seconds."""
+        full = 2 * self.audio_tower.config.max_source_positions
+        pad_seconds = self.config.adapter_decoder_pad_seconds
+        if pad_seconds is None:
+            return torch.full_like(feature_lengths, full)
+        frames_per_second = self.config.audio_sampling_rate / self.config.audio_length_spec.feature_hop
+        step = 2 * math.ceil(pad_seconds * frames_per_second / 2)  # even: Whisper's second conv has stride 2
+        return ((feature_lengths + 2 * step - 1) // step * step).clamp(max=full)
 
     def _encode_trimmed(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor, feature_lengths: torch.Tensor
@@ -233,14 +256,16 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         padded to the encoder's full window for an adapter that `reads_full_windows`. Given the windows'
         `whisper_transcript` (see `forward`), the encoder is skipped: the adapter reads that instead."""
         feature_lengths = window_lengths(input_features_mask)
-        encoder_states = None
+        encoder_states = encoder_lengths = None
         if whisper_transcript is not None:
             self.check_whisper_transcript(whisper_transcript, num_windows=input_features.shape[0])
         else:
             grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.audio_tower.parameters())
             with torch.set_grad_enabled(grad):
                 if self.adapter.reads_full_windows:
-                    encoder_states = self._encode_whisper_padded(input_features, feature_lengths)
+                    encoder_states, encoder_lengths = self._encode_whisper_padded(
+                        input_features, feature_lengths
+                    )
                 else:
                     encoder_states = self._encode_trimmed(
                         input_features, input_features_mask, feature_lengths
@@ -249,6 +274,7 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
             features=input_features,
             feature_lengths=feature_lengths,
             encoder_states=encoder_states,
+            encoder_lengths=encoder_lengths,
             token_mask=self.audio_token_mask(input_features, feature_lengths),
             transcript=whisper_transcript,
         )

@@ -75,7 +75,8 @@ def test_another_whisper_or_search_never_reads_the_cached_transcripts(tmp_path):
     for other in (
         decoder_tiny(seed=1)[0],
         decoder_tiny(adapter_decoder_num_beams=3)[0],
-    ):  # weights; the search
+        decoder_tiny(adapter_decoder_pad_seconds=1.0)[0],
+    ):  # weights; the search; what Whisper reads
         cache = TranscriptCache(other, tmp_path)
         cache.transcripts(other, inputs["input_features"], inputs["input_features_mask"])
         assert (cache.hits, cache.misses) == (0, 3)

@@ -41,7 +41,7 @@ from modeling_salad.adapters_salad import (
     WhisperTranscript,
     right_align,
 )
-from modeling_salad.modeling_salad import whisper_padded_features
+from modeling_salad.modeling_salad import whisper_padded_features, window_lengths
 
 SR = 16000
 
@@ -219,6 +219,42 @@ def test_windows_transcribed_in_a_batch_equal_each_alone():
             assert_close_in_dtype(embeds[row, :length], alone[0], ulps=OTHER_PATH_ULPS)
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_with_less_silence_whisper_reads_less_and_a_batch_still_equals_each_window_alone(num_beams):
+    """With `adapter_decoder_pad_seconds` (here 1 s) Whisper reads each window followed by at least that much
+    silence, up to a whole number of seconds: windows of 1.3, 0.7 and 0.2 s are read as 3, 2 and 2 s instead of 30
+    s. Windows read at different lengths share a batch, and each is transcribed as it is alone: its encoder frames
+    are masked past its own length, and the decoder reads each length on its own."""
+    model, processor = decoder_tiny(adapter_decoder_pad_seconds=1.0, adapter_decoder_num_beams=num_beams)
+    lean_towards_the_end(model, 0.3)
+    clips = [tone(1.3, SR), tone(0.7, SR, 500, seed=2), tone(0.2, SR, 800, seed=3)]
+    batch = processor(audio=clips, sampling_rate=SR)
+    assert model.whisper_input_frames(window_lengths(batch["input_features_mask"])).tolist() == [
+        300,
+        200,
+        200,
+    ]
+    with torch.no_grad():
+        windows = model.encode_windows(batch["input_features"], batch["input_features_mask"])
+        transcript = model.adapter.transcribe(windows)
+        assert windows.encoder_states.shape[1] == 150 and windows.encoder_lengths.tolist() == [150, 100, 100]
+        for row, clip in enumerate(clips):
+            single = processor(audio=clip, sampling_rate=SR)
+            alone_windows = model.encode_windows(single["input_features"], single["input_features_mask"])
+            alone = model.adapter.transcribe(alone_windows)
+            length = int(windows.encoder_lengths[row])
+            assert alone_windows.encoder_states.shape[1] == length
+            assert_close_in_dtype(
+                windows.encoder_states[row, :length], alone_windows.encoder_states[0], ulps=OTHER_PATH_ULPS
+            )
+            count = int(alone.counts[0])
+            assert int(transcript.counts[row]) == count and count > 0
+            assert transcript.ids[row, :count].tolist() == alone.ids[0, :count].tolist()
+            assert_close_in_dtype(
+                transcript.states[row, :count], alone.states[0, :count], ulps=OTHER_PATH_ULPS
+            )
+
+
 def tiny_whisper_like(model) -> WhisperForConditionalGeneration:
     """transformers' own Whisper with the weights of a tiny SALAD model's encoder and decoder."""
     whisper = WhisperForConditionalGeneration(model.config.audio_config).eval()
@@ -358,6 +394,7 @@ def test_a_checkpoint_without_the_speech_tokenizer_is_refused_with_the_fix(tmp_p
     [
         ({"adapter_decoder_prompt_ids": None}, "adapter_decoder_prompt_ids"),
         ({"audio_config": {"model_type": "mimi"}, "adapter_decoder_prompt_ids": [1]}, "Whisper checkpoint"),
+        ({"adapter_decoder_prompt_ids": [1], "adapter_decoder_pad_seconds": 0}, "positive number of seconds"),
     ],
 )
 def test_config_refuses_a_decoder_adapter_it_cannot_run(kwargs, message):

@@ -25,10 +25,14 @@ from modeling_salad.adapters_salad import pad_right
 
 def frozen_fingerprint(model: SaladForConditionalGeneration) -> str:
     """A hash of what a window's transcript depends on besides its features: Whisper's weights (encoder and
-    decoder, in the dtype they run in), how the decoder searches (its prompt, beams and suppressed tokens) and how
-    long a window's transcript may be (its slots, from the stack factor)."""
+    decoder, in the dtype they run in), what Whisper reads (the silence after a window) and how the decoder searches
+    (its prompt, beams and suppressed tokens) and how long a window's transcript may be (its slots, from the stack
+    factor)."""
     adapter = model.adapter
     search = (adapter.prompt_ids, adapter.num_beams, adapter.suppressed, adapter.suppressed_first)
+    pad_seconds = model.config.adapter_decoder_pad_seconds
+    if pad_seconds is not None:  # (Whisper's full 30 s, the default, keeps the caches written before this setting)
+        search = (*search, pad_seconds)
     digest = hashlib.sha256(repr((*search, model.config.audio_length_spec.to_dict())).encode())
     for module in (model.audio_tower, model.adapter.decoder):
         for name, tensor in module.state_dict().items():

@@ -5,6 +5,8 @@ what the cascade gives it.
     python benchmarks/cascade_gap.py ablate --voice en-us   # writes benchmarks/results/cascade_gap/ablation-en-us.json
     python benchmarks/cascade_gap.py ablate --voice en-us --model runs/x/checkpoint-500 --label x-500 \
         --no_ablations                                       # a candidate against the cascade: ablation-en-us-x-500.json
+    python benchmarks/cascade_gap.py ablate --voice slt --decoder_pad_seconds 8 --label pad8 --no_ablations
+                                                             # a decoding lever (issue 34): ablation-slt-pad8.json
     python benchmarks/cascade_gap.py curves --run runs/x --label x   # its training curves: curves-x.{json,png}
 
 The `whisper_decoder` adapter hands the LLM one embedding per LLM token of Whisper's greedy transcript, as the LLM's
@@ -47,6 +49,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from decoder_settings import add_decoder_arguments, decoder_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eval.gap import accuracy_summary, paired_difference
@@ -193,15 +196,21 @@ ABLATIONS = {
 
 
 def ablate(
-    voice: str, limit: int | None, dtype: str, model_name: str = "embedded:salad", ablations: bool = True
+    voice: str,
+    limit: int | None,
+    dtype: str,
+    model_name: str = "embedded:salad",
+    ablations: bool = True,
+    overrides: dict | None = None,
 ) -> dict:
-    """The spoken accuracy of `model_name` (the shipped model by default) with each ablation (unless `ablations` is
-    False), and the cascade's, on the same items."""
+    """The spoken accuracy of `model_name` (the shipped model by default; loaded with the config `overrides`) with
+    each ablation (unless `ablations` is False), and the cascade's, on the same items."""
+    overrides = overrides or {}
     items = load_offline_tasks()[:limit]
     backend, name = VOICES[voice]
     args = EvalArguments(tts_backend=backend, tts_voice=name, distribution_metrics=False, dtype=dtype,
                          systems=["cascade", "salad_speech"])  # fmt: skip
-    model, processor = load_salad(model_name, getattr(torch, dtype))
+    model, processor = load_salad(model_name, getattr(torch, dtype), **overrides)
     # the cascade's reader is SmolLM2 itself (as `configs/paper-cpu/eval.yaml` sets `base_model`), not the shipped
     # model's LLM, which holds merged LoRA
     reference = AutoModelForCausalLM.from_pretrained(
@@ -212,14 +221,14 @@ def ablate(
     speech_only = replace(args, systems=["salad_speech"])
     unchanged = []  # ablations that would switch off what the shipped model does not have: the shipped row
     for label, change in ABLATIONS.items() if ablations else ():
-        variant, _ = load_salad(model_name, getattr(torch, dtype))
+        variant, _ = load_salad(model_name, getattr(torch, dtype), **overrides)
         if not change(variant, reference):
             unchanged.append(label)
             continue
         report = evaluate_task(voice, items, variant, processor, reference, speech_only)
         correct[label] = _correct(report, "salad_speech", items)
     return {
-        "model": model_name, "voice": voice, "items": len(items), "dtype": dtype, "same_as_shipped": unchanged,
+        "model": model_name, "decoder_settings": overrides, "voice": voice, "items": len(items), "dtype": dtype, "same_as_shipped": unchanged,
         "accuracy": {label: accuracy_summary(values) for label, values in correct.items()},
         "minus_cascade": {label: paired_difference(values, correct["cascade"])
                           for label, values in correct.items() if label != "cascade"},
@@ -330,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         "--label", default=None, help="ablate: names the results file, ablation-VOICE-LABEL.json."
     )
     parser.add_argument("--no_ablations", action="store_true", help="ablate: only the model and the cascade.")
+    add_decoder_arguments(parser)
     parser.add_argument("--run", type=Path, default=None, help="curves: a salad-train output_dir.")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -343,7 +353,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "ablate":
         with torch.no_grad():
-            results = ablate(args.voice, args.limit, args.dtype, args.model, not args.no_ablations)
+            results = ablate(
+                args.voice, args.limit, args.dtype, args.model, not args.no_ablations, decoder_overrides(args)
+            )
         name = f"ablation-{args.voice}-{args.label}.json" if args.label else f"ablation-{args.voice}.json"
         (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")
         for label, summary in results["accuracy"].items():

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from decoder_settings import add_decoder_arguments, decoder_arguments, decoder_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
@@ -37,23 +38,36 @@ SYSTEMS = ("salad", "cascade")
 
 
 class Stopwatch:
-    """Seconds spent inside each watched module's forward (summed over calls) and the number of calls."""
+    """Seconds spent inside each watched step (summed over calls) and the number of calls: a module's forward
+    (`watch`), or a method that is not one module's forward (`watch_method`)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self._started: dict[str, float] = {}
 
+    def start(self, name: str) -> None:
+        self._started[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - self._started.pop(name)
+        self.calls[name] = self.calls.get(name, 0) + 1
+
     def watch(self, name: str, module) -> None:
-        def start(*_):
-            self._started[name] = time.perf_counter()
+        module.register_forward_pre_hook(lambda *_: self.start(name))
+        module.register_forward_hook(lambda *_: self.stop(name))
 
-        def stop(*_):
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - self._started.pop(name)
-            self.calls[name] = self.calls.get(name, 0) + 1
+    def watch_method(self, name: str, owner, method: str) -> None:
+        original = getattr(owner, method)
 
-        module.register_forward_pre_hook(start)
-        module.register_forward_hook(stop)
+        def timed(*args, **kwargs):
+            self.start(name)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.stop(name)
+
+        setattr(owner, method, timed)
 
     def reset(self) -> None:
         self.seconds, self.calls = {}, {}
@@ -87,18 +101,19 @@ def questions(count: int) -> list[np.ndarray]:
 
 
 def run_salad(
-    clips: list[np.ndarray], model_name: str, dtype, new_tokens: int, num_beams: int | None = None
+    clips: list[np.ndarray], model_name: str, dtype, new_tokens: int, overrides: dict
 ) -> list[dict]:
     import torch
 
     from eval.scoring import text_prompt
     from trainers.assets import load_salad
 
-    model, processor = load_salad(model_name, dtype)
-    if num_beams is not None:  # the `whisper_decoder` adapter's search, in place of the checkpoint's own
-        model.config.adapter_decoder_num_beams = model.adapter.num_beams = num_beams
+    model, processor = load_salad(model_name, dtype, **overrides)
     watch = Stopwatch()
-    parts = {"encoder": model.audio_tower, "adapter": model.adapter, "llm": model.language_model}
+    # the encoder: the features padded as it reads them, then its layers (which a short window runs without the
+    # encoder module's own forward)
+    watch.watch_method("encoder", model, "encode_windows")
+    parts = {"adapter": model.adapter, "llm": model.language_model}
     if "decoder" in model.adapter.frozen_parts:
         parts["whisper_decoder"] = model.adapter.decoder
     for name, module in parts.items():
@@ -174,7 +189,7 @@ def worker(args: argparse.Namespace) -> None:
     dtype = getattr(torch, args.dtype)
     clips = questions(args.questions + 1)
     if args.worker == "salad":
-        measured = run_salad(clips, args.model, dtype, args.new_tokens, args.decoder_num_beams)
+        measured = run_salad(clips, args.model, dtype, args.new_tokens, decoder_overrides(args))
     else:
         measured = run_cascade(clips, dtype, args.new_tokens)
     # VmHWM: this process's own peak resident memory (ru_maxrss would carry the parent's peak across fork + exec)
@@ -236,13 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new_tokens", type=int, default=16, help="Tokens generated per answer.")
     parser.add_argument("--model", default="embedded:salad", help="The SALAD checkpoint to time.")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument(
-        "--decoder_num_beams",
-        type=int,
-        default=None,
-        help="SALAD's Whisper decoder searches with this many beams (default: the checkpoint's; 1: greedy). The "
-        "cascade's ASR keeps its pipeline's default.",
-    )
+    add_decoder_arguments(parser)
     parser.add_argument("--output", default=str(RESULTS), help="Where the JSON results go.")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -251,13 +260,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = {"command": "python benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "model": args.model, "dtype": args.dtype, "new_tokens": args.new_tokens,
-               "decoder_num_beams": args.decoder_num_beams, "machine": machine(),
+               "decoder_settings": decoder_overrides(args), "machine": machine(),
                "systems": {}}  # fmt: skip
     for system in SYSTEMS:
         completed = subprocess.run(
             [sys.executable, __file__, "--worker", system, "--questions", str(args.questions), "--model",
              args.model, "--dtype", args.dtype, "--new_tokens", str(args.new_tokens),
-             *(["--decoder_num_beams", str(args.decoder_num_beams)] if args.decoder_num_beams else [])],
+             *decoder_arguments(args)],
             capture_output=True, text=True, check=True, cwd=ROOT,
         )  # fmt: skip
         results["systems"][system] = summary(json.loads(completed.stdout.strip().splitlines()[-1]))

@@ -5,9 +5,11 @@ and a fresh adapter hands it exactly what a cascade of the same two models would
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +44,7 @@ from modeling_salad.adapters_salad import (
     right_align,
 )
 from modeling_salad.modeling_salad import whisper_padded_features, window_lengths
+from trainers.assets import load_salad
 
 SR = 16000
 
@@ -480,3 +483,26 @@ def test_a_checkpoint_of_the_mixture_interface_is_refused_with_the_reason(tmp_pa
         SaladForConditionalGeneration.from_pretrained(tmp_path)
     mlp = SaladConfig(adapter_type="mlp", **{setting: 8})  # other adapters never read it
     assert not hasattr(mlp, setting)
+
+
+def test_a_benchmark_loads_a_checkpoint_with_its_decoder_settings_in_place_of_the_checkpoints(
+    tmp_path, monkeypatch
+):
+    """The benchmarks' levers (`--decoder_num_beams 3 --decoder_pad_seconds full`) load the checkpoint with those
+    settings (`load_salad(..., **config_overrides)`) and leave the others as saved."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from decoder_settings import add_decoder_arguments, decoder_arguments, decoder_overrides
+
+    model, processor = decoder_tiny(adapter_decoder_pad_seconds=2.0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    parser = argparse.ArgumentParser()
+    add_decoder_arguments(parser)
+    args = parser.parse_args(["--decoder_num_beams", "3", "--decoder_pad_seconds", "full"])
+    overrides = decoder_overrides(args)
+    assert overrides == {"adapter_decoder_num_beams": 3, "adapter_decoder_pad_seconds": None}
+    assert decoder_overrides(parser.parse_args(decoder_arguments(args))) == overrides
+    loaded, _ = load_salad(str(tmp_path), **overrides)
+    assert loaded.adapter.num_beams == 3 and loaded.config.adapter_decoder_pad_seconds is None
+    as_saved, _ = load_salad(str(tmp_path), **decoder_overrides(parser.parse_args([])))
+    assert as_saved.adapter.num_beams == 1 and as_saved.config.adapter_decoder_pad_seconds == 2.0

@@ -73,20 +73,21 @@ def hub_id_of_converted(path: str | Path) -> str | None:
 
 
 def load_salad(
-    name: str, dtype: torch.dtype = torch.float32
+    name: str, dtype: torch.dtype = torch.float32, **config_overrides
 ) -> tuple[SaladForConditionalGeneration, SaladProcessor]:
-    """A SALAD model in eval mode and its processor, from a path, a Hub id, `embedded:salad` or `embedded:untrained`."""
+    """A SALAD model in eval mode and its processor, from a path, a Hub id, `embedded:salad` or `embedded:untrained`;
+    `config_overrides` are `SaladConfig` settings in place of the checkpoint's (`adapter_decoder_num_beams=1`)."""
     if name == UNTRAINED:
         encoder = resolve_checkpoint("embedded:whisper-tiny.en")
         llm = resolve_checkpoint("embedded:smollm2-135m-instruct")
         torch.manual_seed(0)  # the untrained baseline is the same adapter in every run
         model = SaladForConditionalGeneration.from_pretrained_components(
-            encoder, llm, dtype=dtype, **EMBEDDED_ADAPTER
+            encoder, llm, dtype=dtype, **{**EMBEDDED_ADAPTER, **config_overrides}
         )
         return model.eval(), SaladProcessor.from_pretrained_components(encoder, llm, model.config)
     path = resolve_checkpoint(name)
     check_salad_checkpoint(path)
-    model = SaladForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    model = SaladForConditionalGeneration.from_pretrained(path, dtype=dtype, **config_overrides)
     return model.eval(), SaladProcessor.from_pretrained(path)
 
 

@@ -286,6 +286,20 @@ class SaladModelArguments:
     adapter_num_key_value_heads: int | None = field(
         default=None, metadata={"help": "New model: adapter KV heads."}
     )
+    adapter_decoder_num_beams: int | None = field(
+        default=None,
+        metadata={
+            "help": "New model, whisper_decoder adapter: beams of Whisper's search (default 5; 1: greedy)."
+        },
+    )
+    adapter_decoder_pad_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "New model, whisper_decoder adapter: Whisper reads each window followed by at least this many "
+            "seconds of silence (rounded up to a multiple of them) instead of padded to 30 s: faster, and no longer "
+            "the transcript of Whisper's own pipeline (default: 30 s)."
+        },
+    )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
 
     def __post_init__(self):

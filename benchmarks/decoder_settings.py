@@ -16,10 +16,25 @@ def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--decoder_pad_seconds",
+        type=pad_seconds,
         default=None,
         help="Seconds of silence Whisper reads after each window, or `full` (padded to 30 s, as a cascade's ASR "
         "pipeline reads a clip); default: the checkpoint's `adapter_decoder_pad_seconds`.",
     )
+
+
+def pad_seconds(value: str) -> str:
+    """`full`, or a positive number of seconds (checked here, before a worker process loads the model)."""
+    if value != "full":
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = 0.0
+        if not seconds > 0:
+            raise argparse.ArgumentTypeError(
+                f"expected `full` or a positive number of seconds, got {value!r}"
+            )
+    return value
 
 
 def decoder_overrides(args: argparse.Namespace) -> dict:

@@ -602,8 +602,9 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
 
         Cheaper than `generate` where it can be without changing a token: the prompt is read once per window and
         its cache, cross-attention included, is then copied to the window's beams (the cross-attention keys and
-        values over 30 s of frames are most of a step's work, and the beams of a window share them); each beam
-        carries the decoder states of its tokens along, so the chosen transcript needs no second pass.
+        values over the window's frames, 30 s of them by default, are most of a step's work, and the beams of a
+        window share them); each beam carries the decoder states of its tokens along, so the chosen transcript
+        needs no second pass.
         """
         decoder, beams = self.decoder, self.num_beams
         num_windows, device = encoder_states.shape[0], encoder_states.device
@@ -612,18 +613,22 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         suppress[self.suppressed] = float("-inf")
         suppress_first = suppress.clone()
         suppress_first[self.suppressed_first] = float("-inf")
+        open_windows = max_tokens > 0
+        if not bool(open_windows.any()):
+            empty = encoder_states.new_zeros(0, decoder.config.d_model)
+            return self.transcript_of_hypotheses([None] * num_windows, empty)
         prompt = torch.tensor(self.prompt_ids, device=device).expand(num_windows, -1)
         output = decoder(input_ids=prompt, encoder_hidden_states=encoder_states, use_cache=True)
         cache = output.cache
         cache.batch_repeat_interleave(beams)
         hidden = output.last_hidden_state[:, -1].repeat_interleave(beams, 0)
+        width = hidden.shape[-1]
         states_per_beam = encoder_states.repeat_interleave(beams, 0)
         running_scores = torch.zeros(num_windows, beams, device=device)
         running_scores[:, 1:] = -1e9
         running = torch.zeros(num_windows, beams, 0, dtype=torch.long, device=device)
-        running_states = hidden.new_zeros(num_windows, beams, 0, hidden.shape[-1])
+        running_states = hidden.new_zeros(num_windows, beams, 0, width)
         finished: list[list[tuple[float, list[int], torch.Tensor]]] = [[] for _ in range(num_windows)]
-        open_windows = max_tokens > 0
         window_offsets = torch.arange(num_windows, device=device)[:, None] * beams
         step = 0
         while bool(open_windows.any()):
@@ -636,13 +641,12 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
             ends = (top_tokens == self.end_id) | (step >= max_tokens[:, None])
             candidates = torch.cat([running.gather(1, top_beams[..., None].expand(-1, -1, step - 1)),
                                     top_tokens[..., None]], dim=-1)  # fmt: skip
-            width = hidden.shape[-1]
             states_so_far = torch.cat([running_states, hidden.view(num_windows, beams, 1, width)], dim=2)
             candidate_states = states_so_far.gather(1, top_beams[..., None, None].expand(-1, -1, step, width))
             for window in open_windows.nonzero()[:, 0].tolist():
                 for rank in (ends[window, :beams]).nonzero()[:, 0].tolist():
                     hypothesis = (float(top_scores[window, rank] / step), candidates[window, rank].tolist(),
-                                  candidate_states[window, rank])  # fmt: skip
+                                  candidate_states[window, rank].clone())  # fmt: skip
                     finished[window].append(hypothesis)
                 finished[window] = sorted(finished[window], key=lambda hypothesis: -hypothesis[0])[:beams]
             keep_scores, keep = (top_scores - 1e9 * ends.float()).topk(beams, dim=-1)

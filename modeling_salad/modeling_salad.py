@@ -216,22 +216,22 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         frames = self.whisper_input_frames(feature_lengths)
         num_frames = max(int(frames.max()), input_features.shape[-1])
         padded = whisper_padded_features(input_features, feature_lengths, num_frames)
-        full = 2 * self.audio_tower.config.max_source_positions
-        if bool((frames == full).all()):
+        if self.config.adapter_decoder_pad_seconds is None:
             states = self.audio_tower(padded.to(self.audio_tower.conv1.weight.dtype)).last_hidden_state
-        else:
+        else:  # one code path whatever the batch, so that a window reads the same alone and among others
             states = self._encode_whisper(padded, frames)
         return states, self._conv_lengths(frames)
 
     def whisper_input_frames(self, feature_lengths: torch.Tensor) -> torch.Tensor:
         """Feature frames Whisper reads for each window: its full 30 s, or, with `adapter_decoder_pad_seconds`
-        (`s`), the window followed by at least `s` seconds of silence, rounded up to a multiple of `s` seconds."""
+        (`s`), the window followed by at least `s` seconds of silence, rounded up to a multiple of `s` seconds (of
+        `s` rounded up to an even number of frames: Whisper's second convolution has stride 2)."""
         full = 2 * self.audio_tower.config.max_source_positions
         pad_seconds = self.config.adapter_decoder_pad_seconds
         if pad_seconds is None:
             return torch.full_like(feature_lengths, full)
         frames_per_second = self.config.audio_sampling_rate / self.config.audio_length_spec.feature_hop
-        step = 2 * math.ceil(pad_seconds * frames_per_second / 2)  # even: Whisper's second conv has stride 2
+        step = 2 * math.ceil(pad_seconds * frames_per_second / 2)
         return ((feature_lengths + 2 * step - 1) // step * step).clamp(max=full)
 
     def _encode_trimmed(

@@ -68,6 +68,31 @@ def test_batched_equals_one_by_one(family, padding_side, adapter_type):
             assert_close_in_dtype(batch_logits[row][valid], single_logits, ulps=OTHER_PATH_ULPS)
 
 
+def test_whisper_encodes_a_window_in_a_batch_as_alone_whatever_the_parity_of_its_frames():
+    """Whisper's two convolutions read each window's own zero padding in a batch too: with a conv1 bias (real
+    Whisper has one; a tiny model's starts at zero), a short window of an odd or even number of frames beside a
+    longer one gets the encoder states it gets alone (the second convolution's stride 2 reads one frame past an odd
+    window's end)."""
+    model, processor = build_tiny("whisper", "mlp")
+    with torch.no_grad():
+        model.audio_tower.conv1.bias.normal_(std=1.0)
+    parities = set()
+    for seconds in (0.60, 0.61):
+        clips = [tone(seconds, 16000), tone(1.9, 16000, 500, seed=1)]
+        batch = processor(audio=clips, sampling_rate=16000)
+        alone = processor(audio=clips[:1], sampling_rate=16000)
+        parities.add(int(batch["input_features_mask"][0].sum()) % 2)
+        with torch.no_grad():
+            states = model.encode_windows(
+                batch["input_features"], batch["input_features_mask"]
+            ).encoder_states
+            expected = model.encode_windows(
+                alone["input_features"], alone["input_features_mask"]
+            ).encoder_states
+        assert_close_in_dtype(states[0, : expected.shape[1]], expected[0], ulps=OTHER_PATH_ULPS)
+    assert parities == {0, 1}
+
+
 def test_placeholders_match_embeddings_for_boundary_lengths(whisper_salad):
     model, processor = whisper_salad
     spec = model.config.audio_length_spec

@@ -45,6 +45,8 @@ from modeling_salad.adapters_salad import (
 )
 from modeling_salad.modeling_salad import whisper_padded_features, window_lengths
 from trainers.assets import load_salad
+from trainers.distillation.config import SaladModelArguments
+from trainers.distillation.train import load_model_and_processor
 
 SR = 16000
 
@@ -226,21 +228,24 @@ def test_windows_transcribed_in_a_batch_equal_each_alone():
 def test_with_less_silence_whisper_reads_less_and_a_batch_still_equals_each_window_alone(num_beams):
     """With `adapter_decoder_pad_seconds` (here 1 s) Whisper reads each window followed by at least that much
     silence, up to a whole number of seconds: windows of 1.3, 0.7 and 0.2 s are read as 3, 2 and 2 s instead of 30
-    s. Windows read at different lengths share a batch, and each is transcribed as it is alone: its encoder frames
-    are masked past its own length, and the decoder reads each length on its own."""
+    s, and one of 29.5 s as 30 s. Windows read at different lengths share a batch, and each is transcribed as it is
+    alone: its encoder frames are masked past its own length, and the decoder reads each length on its own (two
+    windows of one length, with different slots, end at different steps of one search)."""
     model, processor = decoder_tiny(adapter_decoder_pad_seconds=1.0, adapter_decoder_num_beams=num_beams)
     lean_towards_the_end(model, 0.3)
-    clips = [tone(1.3, SR), tone(0.7, SR, 500, seed=2), tone(0.2, SR, 800, seed=3)]
-    batch = processor(audio=clips, sampling_rate=SR)
-    assert model.whisper_input_frames(window_lengths(batch["input_features_mask"])).tolist() == [
-        300,
-        200,
-        200,
+    clips = [
+        tone(1.3, SR),
+        tone(0.7, SR, 500, seed=2),
+        tone(0.2, SR, 800, seed=3),
+        tone(29.5, SR, 600, seed=4),
     ]
+    batch = processor(audio=clips, sampling_rate=SR)
+    frames = model.whisper_input_frames(window_lengths(batch["input_features_mask"]))
+    assert frames.tolist() == [300, 200, 200, 3000]  # at most Whisper's 30 s
     with torch.no_grad():
         windows = model.encode_windows(batch["input_features"], batch["input_features_mask"])
         transcript = model.adapter.transcribe(windows)
-        assert windows.encoder_states.shape[1] == 150 and windows.encoder_lengths.tolist() == [150, 100, 100]
+        assert windows.encoder_lengths.tolist() == [150, 100, 100, 1500]
         for row, clip in enumerate(clips):
             single = processor(audio=clip, sampling_rate=SR)
             alone_windows = model.encode_windows(single["input_features"], single["input_features_mask"])
@@ -506,3 +511,19 @@ def test_a_benchmark_loads_a_checkpoint_with_its_decoder_settings_in_place_of_th
     assert loaded.adapter.num_beams == 3 and loaded.config.adapter_decoder_pad_seconds is None
     as_saved, _ = load_salad(str(tmp_path), **decoder_overrides(parser.parse_args([])))
     assert as_saved.adapter.num_beams == 1 and as_saved.config.adapter_decoder_pad_seconds == 2.0
+
+
+def test_training_continues_a_checkpoint_with_other_decoding_settings_but_not_another_adapter_shape(tmp_path):
+    """`salad-train --model_name_or_path X --adapter_decoder_pad_seconds 2` trains X on transcripts read so; an
+    adapter setting that shapes weights (`--adapter_stack_factor`) is refused instead of silently ignored."""
+    model, processor = decoder_tiny()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, _ = load_model_and_processor(
+        SaladModelArguments(model_name_or_path=str(tmp_path), adapter_decoder_pad_seconds=2.0)
+    )
+    assert loaded.config.adapter_decoder_pad_seconds == 2.0
+    with pytest.raises(ValueError, match="adapter_stack_factor shape the adapter of a new model"):
+        load_model_and_processor(
+            SaladModelArguments(model_name_or_path=str(tmp_path), adapter_stack_factor=2)
+        )

@@ -34,21 +34,31 @@ RESUME_LATEST = (
 )  # --resume_from_checkpoint values that mean "the newest complete checkpoint"
 
 
+#: Adapter settings that change how Whisper decodes, not the adapter's weights: a checkpoint may train with others.
+DECODING_SETTINGS = {"adapter_decoder_num_beams", "adapter_decoder_pad_seconds"}
+
+
 def load_model_and_processor(
     model_args: SaladModelArguments,
 ) -> tuple[SaladForConditionalGeneration, SaladProcessor]:
-    """The SALAD checkpoint to continue (`load_salad`, the one loader), or a new model assembled from an encoder and
-    an LLM with the `adapter_*` settings given."""
+    """The SALAD checkpoint to continue (`load_salad`, the one loader; Whisper's decoding settings may replace the
+    checkpoint's), or a new model assembled from an encoder and an LLM with the `adapter_*` settings given."""
     dtype = getattr(torch, model_args.dtype)
-    if model_args.model_name_or_path is not None:
-        return load_salad(model_args.model_name_or_path, dtype)
-    audio_encoder = resolve_checkpoint(model_args.audio_encoder)
-    language_model = resolve_checkpoint(model_args.language_model)
     adapter_kwargs = {
         name: value
         for name, value in vars(model_args).items()
         if name.startswith("adapter_") and value is not None
     }
+    if model_args.model_name_or_path is not None:
+        shape = sorted(set(adapter_kwargs) - DECODING_SETTINGS)
+        if shape:
+            raise ValueError(
+                f"{', '.join(shape)} shape the adapter of a new model; {model_args.model_name_or_path} has its own "
+                "adapter. Drop them, or assemble a new model with --audio_encoder and --language_model."
+            )
+        return load_salad(model_args.model_name_or_path, dtype, **adapter_kwargs)
+    audio_encoder = resolve_checkpoint(model_args.audio_encoder)
+    language_model = resolve_checkpoint(model_args.language_model)
     model = SaladForConditionalGeneration.from_pretrained_components(
         audio_encoder, language_model, dtype=dtype, **adapter_kwargs
     )

@@ -31,10 +31,9 @@ def frozen_fingerprint(model: SaladForConditionalGeneration) -> str:
     adapter = model.adapter
     search = (adapter.prompt_ids, adapter.num_beams, adapter.suppressed, adapter.suppressed_first)
     pad_seconds = model.config.adapter_decoder_pad_seconds
-    if (
-        pad_seconds is not None
-    ):  # (Whisper's full 30 s, the default, keeps the caches written before this setting)
-        search = (*search, pad_seconds)
+    # Whisper's full 30 s, the default, keeps the fingerprint of the caches written before this setting existed
+    if pad_seconds is not None:
+        search = (*search, float(pad_seconds))
     digest = hashlib.sha256(repr((*search, model.config.audio_length_spec.to_dict())).encode())
     for module in (model.audio_tower, model.adapter.decoder):
         for name, tensor in module.state_dict().items():

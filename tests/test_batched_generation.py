@@ -98,16 +98,21 @@ def test_the_any_to_any_pipeline_batches_chats_with_clips_of_any_length(adapter_
         assert [answers[0]["generated_text"] for answers in batched] == alone
 
 
+def a_model_that_prefers_the_placeholder():
+    """A tiny model whose LM head makes `<|audio|>` its likeliest next token, its processor, and a prompt with a clip."""
+    model, processor = build_tiny("whisper", "mlp")
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head[model.config.audio_token_id] = head.abs().max() * 50
+    inputs = processor(text="Hear <|audio|>", audio=tone(0.5), return_tensors="pt")
+    return model, processor, inputs
+
+
 def test_the_audio_placeholder_is_never_generated():
     """A model that would write `<|audio|>` (here: its LM head made to prefer it) writes its next choice instead:
     a written placeholder would stand for audio that is not there, and the next step would have to refuse it."""
-    model, processor = build_tiny("whisper", "mlp")
+    model, processor, inputs = a_model_that_prefers_the_placeholder()
     audio_token = model.config.audio_token_id
-    with torch.no_grad():
-        model.get_output_embeddings().weight[audio_token] = (
-            model.get_output_embeddings().weight.abs().max() * 50
-        )
-    inputs = processor(text="Hear <|audio|>", audio=tone(0.5), return_tensors="pt")
     prompt_length = inputs["input_ids"].shape[1]
     generated = model.generate(**inputs, max_new_tokens=6, do_sample=False, suppress_tokens=[5])
     assert audio_token not in generated[0, prompt_length:].tolist()
@@ -120,13 +125,8 @@ def test_the_audio_placeholder_is_never_generated():
 def test_a_callers_generation_config_keeps_the_placeholder_out_without_a_deprecation(monkeypatch):
     """With the caller's `generation_config`, the placeholder goes into a copy of it, not into a `suppress_tokens`
     argument beside it (which `generate` deprecates); the caller's config is left as it was."""
-    model, processor = build_tiny("whisper", "mlp")
+    model, processor, inputs = a_model_that_prefers_the_placeholder()
     audio_token = model.config.audio_token_id
-    with torch.no_grad():
-        model.get_output_embeddings().weight[audio_token] = (
-            model.get_output_embeddings().weight.abs().max() * 50
-        )
-    inputs = processor(text="Hear <|audio|>", audio=tone(0.5), return_tensors="pt")
     config = copy.deepcopy(model.generation_config)
     config.max_new_tokens, config.do_sample = 4, False
     received = {}

@@ -45,7 +45,8 @@ setup(
     extras_require={
         # playwright drives the distribution's Chromium in the Space's browser test (no browser download)
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.12", "playwright>=1.50"],
-        "eval": ["matplotlib>=3.8", "scikit-learn>=1.4"],
+        # mistral-common: the tokenizer and chat format of Voxtral, one of the speech LLMs salad-eval measures
+        "eval": ["matplotlib>=3.8", "scikit-learn>=1.4", "mistral-common[audio]>=1.8"],
         "select": ["sentence-transformers>=3,<7"],
         # the Space's app (`python -m hub_scripts.space`, `salad-push --space_id`); gradio_client comes with it
         "space": ["gradio>=6,<7"],

@@ -4,6 +4,9 @@ Five systems answer the same items by default: `base_text` (the original LLM on 
 `salad_text` (retention), `salad_speech` (question spoken, options read), `cascade` (ASR transcript -> base LLM)
 and `prior` (options with the question left out: the option-prior control). A sixth, `self_cascade`, is a
 diagnostic to ask for: the SALAD model writes down each clip itself, and the base LLM answers that transcript.
+
+The model under test may be any speech LLM (`eval.speech_llms`): `salad_text`, `salad_speech` and `prior` are
+then that model's, in its own chat template, so every results.json has one schema (`--compare` lines them up).
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers.assets import UNTRAINED, load_salad, resolve_checkpoint
 from trainers.distillation.misalignment import forgetting_and_misalignment
 from trainers.distillation.probes import word_error_rate
 
 from .gap import gap_report
-from .report import markdown_table, save_plots
+from .report import compare_results, markdown_table, save_plots
 from .scoring import (
     LoraOffLM,
     chat_prompt,
@@ -33,6 +36,7 @@ from .scoring import (
     text_prompt,
 )
 from .speech import self_transcribe, synthesize_items, transcribe
+from .speech_llms import SpeechLLM, is_salad_checkpoint, speech_llm_forgetting_and_misalignment
 from .tasks import load_offline_tasks, load_task, parse_task_spec
 
 SYSTEMS = ("base_text", "salad_text", "salad_speech", "cascade", "prior", "self_cascade")
@@ -44,15 +48,17 @@ class EvalArguments:
     model: str = field(
         default=UNTRAINED,
         metadata={
-            "help": "SALAD checkpoint (path or Hub id). `embedded:untrained` assembles Whisper tiny.en + a fresh "
+            "help": "SALAD checkpoint or another speech LLM (path or Hub id: qwen2_audio, voxtral, granite_speech, "
+            "phi4_multimodal, any-to-any remote code). `embedded:untrained` assembles Whisper tiny.en + a fresh "
             "adapter + SmolLM2-135M-Instruct from the offline packages (the untrained baseline)."
         },
     )
     base_model: str | None = field(
         default=None,
         metadata={
-            "help": "The original text LLM (reference and F). Default: the SALAD model's own LLM with LoRA off, "
-            "exact when the LLM was frozen or LoRA-tuned; give it for fully fine-tuned LLMs."
+            "help": "The original text LLM (reference, cascade and F). Default for a SALAD model: its own LLM with "
+            "LoRA off, exact when the LLM was frozen or LoRA-tuned; give it for fully fine-tuned LLMs and for "
+            "other speech LLMs (the text LLM they were built from)."
         },
     )
     asr_model: str = field(
@@ -98,6 +104,19 @@ class EvalArguments:
     )
     dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16."})
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap and of the TTS voice choice."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the model's own code from its checkpoint (remote-code speech LLMs such as Ultravox)."
+        },
+    )
+    compare: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "results.json files of earlier runs (any models): write one table and one plot of the gap across "
+            "models and tasks to output_dir, instead of evaluating a model."
+        },
+    )
 
     def __post_init__(self):
         unknown = set(self.systems) - set(SYSTEMS)
@@ -111,16 +130,98 @@ class EvalArguments:
             )
 
 
-def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -> dict:
-    """Every requested system on the items of one task; returns choices, correctness and the report."""
-    tokenizer = processor.tokenizer
+@dataclass
+class TextReader:
+    """A causal LM asked the harness's text prompts with its tokenizer (raw, or in its chat template with `chat`):
+    the base LLM of `base_text` and of the cascades."""
+
+    lm: torch.nn.Module
+    tokenizer: object
+    chat: bool
+    batch_size: int
+
+    def prompt(self, prompt: str) -> str:
+        return chat_prompt(prompt, self.tokenizer) if self.chat else prompt
+
+    def score_text_items(self, items, questions: list[str | None], shots: str) -> list:
+        """Each item's options after its question as text (None: left out, the option prior)."""
+        prompts = [
+            self.prompt(prior_prompt(shots) if question is None else text_prompt(question, shots))
+            for question in questions
+        ]
+        return score_text_items(self.lm, self.tokenizer, items, prompts, self.batch_size)
+
+
+@dataclass
+class SaladUnderTest(TextReader):
+    """A SALAD model: it reads text as a causal LM does, hears through its processor's `<|audio|>` placeholder,
+    repeats what it heard (the self-cascade), and gives F and M from its training pairs."""
+
+    processor: object = None
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.processor.sampling_rate
+
+    def score_speech_items(self, items, clips, shots: str) -> list:
+        prompt = self.prompt(text_prompt(self.processor.audio_token, shots))
+        return score_speech_items(self.lm, self.processor, items, clips, prompt, self.batch_size)
+
+    def self_transcripts(self, items, clips) -> list[str]:
+        return self_transcribe(self.lm, self.processor, items, clips, self.chat)
+
+    def distribution(self, items, clips, reference: TextReader) -> dict:
+        rows = [
+            {"text": item.spoken_text, "audio": {"array": clip, "sampling_rate": self.sampling_rate},
+             "domain": item.domain}
+            for item, clip in zip(items, clips)
+        ]  # fmt: skip
+        base_model = None if isinstance(reference.lm, LoraOffLM) else reference.lm
+        return forgetting_and_misalignment(self.lm, self.processor, rows, base_model=base_model)
+
+
+@dataclass
+class SpeechLLMUnderTest:
+    """Any other speech LLM (`eval.speech_llms`): asked in its own chat template, always."""
+
+    llm: SpeechLLM
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.llm.sampling_rate
+
+    def score_text_items(self, items, questions, shots: str) -> list:
+        return self.llm.score_text_items(items, questions, shots)
+
+    def score_speech_items(self, items, clips, shots: str) -> list:
+        return self.llm.score_speech_items(items, clips, shots)
+
+    def self_transcripts(self, items, clips) -> list[str]:
+        raise ValueError(
+            "`self_cascade` asks a SALAD model to repeat each clip; drop it from --systems here."
+        )
+
+    def distribution(self, items, clips, reference: TextReader | None) -> dict:
+        if reference is None:
+            return speech_llm_forgetting_and_misalignment(self.llm, None, None, items, clips)
+        return speech_llm_forgetting_and_misalignment(
+            self.llm, reference.lm, reference.tokenizer, items, clips
+        )
+
+
+def evaluate_task(name, items, subject, reference: TextReader | None, args: EvalArguments) -> dict:
+    """Every requested system on the items of one task; returns choices, correctness and the report.
+
+    `subject` is the model under test (`SaladUnderTest` or `SpeechLLMUnderTest`): it answers `salad_text`,
+    `salad_speech` and `prior`. `reference` is the base text LLM: it answers `base_text` and reads the cascades'
+    transcripts."""
     fewshot = load_offline_tasks("fewshot")[: args.num_fewshot] if args.num_fewshot else []
     shots = few_shot_block(fewshot)
     needs_audio = {"salad_speech", "cascade", "self_cascade"} & set(args.systems)
     clips = (
         synthesize_items(
             items,
-            processor.sampling_rate,
+            subject.sampling_rate,
             backend=args.tts_backend,
             voice=args.tts_voice,
             cache_dir=args.tts_cache_dir,
@@ -131,30 +232,17 @@ def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -
     )
     transcripts = {}  # per transcript-reading system
     if "cascade" in args.systems:
-        transcripts["cascade"] = transcribe(args.asr_model, clips, processor.sampling_rate)
+        transcripts["cascade"] = transcribe(args.asr_model, clips, subject.sampling_rate)
     if "self_cascade" in args.systems:
-        transcripts["self_cascade"] = self_transcribe(model, processor, items, clips, args.chat)
-
-    def framed(prompt: str) -> str:
-        return chat_prompt(prompt, tokenizer) if args.chat else prompt
-
-    def read_transcripts(system: str) -> list:
-        prompts = [framed(text_prompt(transcript, shots)) for transcript in transcripts[system]]
-        return score_text_items(base_lm, tokenizer, items, prompts, args.batch_size)
-
-    texts = [framed(text_prompt(item.spoken_text, shots)) for item in items]
-    speech_prompt = framed(text_prompt(processor.audio_token, shots))
+        transcripts["self_cascade"] = subject.self_transcripts(items, clips)
+    texts = [item.spoken_text for item in items]
     scorers = {
-        "base_text": lambda: score_text_items(base_lm, tokenizer, items, texts, args.batch_size),
-        "salad_text": lambda: score_text_items(model, tokenizer, items, texts, args.batch_size),
-        "salad_speech": lambda: score_speech_items(
-            model, processor, items, clips, speech_prompt, args.batch_size
-        ),
-        "cascade": lambda: read_transcripts("cascade"),
-        "self_cascade": lambda: read_transcripts("self_cascade"),
-        "prior": lambda: score_text_items(
-            model, tokenizer, items, [framed(prior_prompt(shots))] * len(items), args.batch_size
-        ),
+        "base_text": lambda: reference.score_text_items(items, texts, shots),
+        "salad_text": lambda: subject.score_text_items(items, texts, shots),
+        "salad_speech": lambda: subject.score_speech_items(items, clips, shots),
+        "cascade": lambda: reference.score_text_items(items, transcripts["cascade"], shots),
+        "self_cascade": lambda: reference.score_text_items(items, transcripts["self_cascade"], shots),
+        "prior": lambda: subject.score_text_items(items, [None] * len(items), shots),
     }
     choices, correct = {}, {}
     for system in tqdm(args.systems, desc=f"{name}: systems"):
@@ -168,15 +256,7 @@ def evaluate_task(name, items, model, processor, base_lm, args: EvalArguments) -
     for system, written in transcripts.items():
         report[f"{system}_wer"] = word_error_rate([item.spoken_text for item in items], written)
     if args.distribution_metrics and clips:
-        rows = [
-            {
-                "text": item.spoken_text,
-                "audio": {"array": clip, "sampling_rate": processor.sampling_rate},
-                "domain": item.domain,
-            }
-            for item, clip in zip(items, clips)
-        ]
-        report["distribution"] = forgetting_and_misalignment(model, processor, rows)
+        report["distribution"] = subject.distribution(items, clips, reference)
     report["items"] = [
         {"id": item.id, "domain": item.domain, "answer": item.answer, **{s: choices[s][k] for s in choices}}
         for k, item in enumerate(items)
@@ -197,25 +277,48 @@ def task_sources(specs: list[str]) -> dict[str, str]:
     return sources
 
 
+def load_subject_and_reference(args: EvalArguments) -> tuple:
+    """The model under test and the base text LLM. A SALAD model's reference is its own LLM with LoRA off unless
+    `base_model` names one; another speech LLM has a reference only through `base_model`."""
+    dtype = getattr(torch, args.dtype)
+    base_lm = None
+    if args.base_model is not None:
+        base_path = resolve_checkpoint(args.base_model)
+        base_lm = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).eval()
+    if is_salad_checkpoint(args.model, args.trust_remote_code):
+        model, processor = load_salad(args.model, dtype)
+        reader = (
+            (base_lm, processor.tokenizer) if base_lm is not None else (LoraOffLM(model), processor.tokenizer)
+        )
+        reference = TextReader(*reader, args.chat, args.batch_size)
+        return SaladUnderTest(model, processor.tokenizer, args.chat, args.batch_size, processor), reference
+    needs_base = {"base_text", "cascade"} & set(args.systems)
+    if base_lm is None and needs_base:
+        raise ValueError(
+            f"{args.model} is not a SALAD model, so the systems {sorted(needs_base)} need the text LLM it was built "
+            "from: pass --base_model (e.g. Qwen/Qwen-7B for Qwen2-Audio), or leave them out of --systems."
+        )
+    llm = SpeechLLM.from_pretrained(args.model, dtype, trust_remote_code=args.trust_remote_code)
+    reference = None
+    if base_lm is not None:
+        reference = TextReader(base_lm, AutoTokenizer.from_pretrained(base_path), args.chat, args.batch_size)
+    return SpeechLLMUnderTest(llm), reference
+
+
 def run(args: EvalArguments) -> dict:
     """Every task and system of `args`; writes `results.json`, `results.md` and the plots to `output_dir`."""
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        return compare_results(args.compare, output_dir)
     sources = task_sources(args.tasks)
     items_per_task = {
         name: load_task(source, args.limit) for name, source in sources.items()
     }  # before the model
-    dtype = getattr(torch, args.dtype)
-    model, processor = load_salad(args.model, dtype)
-    base_lm = None
-    if args.base_model is not None:
-        base_lm = AutoModelForCausalLM.from_pretrained(
-            resolve_checkpoint(args.base_model), dtype=dtype
-        ).eval()
-    reference = base_lm if base_lm is not None else LoraOffLM(model)
+    subject, reference = load_subject_and_reference(args)
     results = {"config": asdict(args), "task_sources": sources, "tasks": {}}
     for name, items in items_per_task.items():
-        results["tasks"][name] = evaluate_task(name, items, model, processor, reference, args)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+        results["tasks"][name] = evaluate_task(name, items, subject, reference, args)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (output_dir / "results.md").write_text(markdown_table(results))
     results["plots"] = save_plots(results, output_dir)

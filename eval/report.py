@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,85 @@ def save_plots(results: dict, output_dir: Path) -> list[str]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+COMPARED = (("base_text", "text"), ("salad_text", "model, text"), ("salad_speech", "model, speech"),
+            ("cascade", "cascade"), ("prior", "prior"))  # fmt: skip
+
+
+def load_compared(paths: list[str]) -> dict[str, dict]:
+    """results.json files by a short label each: the model's name, or the file's folder where names repeat."""
+    runs = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"--compare: no results file at {path} (salad-eval writes results.json).")
+        results = json.loads(path.read_text())
+        if "tasks" not in results or "config" not in results:
+            raise ValueError(
+                f"--compare: {path} is not a salad-eval results.json (it has no 'tasks' or 'config')."
+            )
+        runs[str(path)] = results
+    names = [results["config"].get("model", "?") for results in runs.values()]
+    return {
+        name if names.count(name) == 1 else f"{name} ({Path(path).parent.name})": results
+        for name, (path, results) in zip(names, runs.items())
+    }
+
+
+def comparison_table(runs: dict[str, dict]) -> str:
+    """One row per model and task: each system's accuracy, the gap and speech minus the cascade (paired, 95% CI)."""
+    header = ["model", "task", *(label for _, label in COMPARED), "gap (text - speech)", "speech - cascade"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, results in runs.items():
+        for task, report in results["tasks"].items():
+            systems = report["systems"]
+            accuracies = [f"{systems[s]['accuracy']:.3f}" if s in systems else "-" for s, _ in COMPARED]
+            cells = [
+                model,
+                task,
+                *accuracies,
+                _interval(report.get("gap")),
+                _interval(report.get("speech_minus_cascade")),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_comparison_plot(runs: dict[str, dict], path: Path) -> None:
+    """The gap of every model on every task (bars with their paired 95% intervals), as in the paper's Table 3."""
+    import matplotlib  # lazily: the optional `eval` extra
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), which must come first
+
+    tasks = list(dict.fromkeys(task for results in runs.values() for task in results["tasks"]))
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(2 + 1.2 * len(tasks) * max(1, len(runs) / 2), 4))
+    for k, (model, results) in enumerate(runs.items()):
+        gaps = [results["tasks"].get(task, {}).get("gap") for task in tasks]
+        values = [np.nan if gap is None else gap["value"] for gap in gaps]
+        err = np.array(
+            [
+                [0, 0] if gap is None else [gap["value"] - gap["ci95"][0], gap["ci95"][1] - gap["value"]]
+                for gap in gaps
+            ]
+        ).T
+        ax.bar(np.arange(len(tasks)) + k * width, values, width, yerr=err, capsize=3, label=model)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(runs) - 1) / 2, tasks)
+    ax.set_ylabel("text - speech accuracy")
+    ax.set_title("Text-speech gap per model and task (paired 95% bootstrap CI)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare_results(paths: list[str], output_dir: Path) -> dict:
+    """`salad-eval --compare`: `comparison.md` and `comparison.png` in `output_dir` from earlier results files."""
+    runs = load_compared(paths)
+    table = comparison_table(runs)
+    (output_dir / "comparison.md").write_text(table)
+    save_comparison_plot(runs, output_dir / "comparison.png")
+    return {"compared": list(runs), "table": table, "plots": ["comparison.png"]}

@@ -62,14 +62,19 @@ def prior_prompt(shots: str) -> str:
     return f"{shots}Question:\n{ANSWER_CUE}"
 
 
+def user_turn(prompt: str) -> str:
+    """What a `... Question: ...\nAnswer:` prompt asks in a chat's user turn: all before the answer cue, which
+    opens the reply."""
+    if not prompt.endswith(ANSWER_CUE):
+        raise ValueError(f"A prompt framed as a chat must end with {ANSWER_CUE!r}; got ...{prompt[-40:]!r}.")
+    return prompt[: -len(ANSWER_CUE)].rstrip("\n")
+
+
 def chat_prompt(prompt: str, tokenizer) -> str:
     """A `... Question: ...\nAnswer:` prompt in the tokenizer's chat template: all before the cue is the user's
     turn, and the assistant's turn opens with the cue, so each option is scored as the start of its answer."""
-    if not prompt.endswith(ANSWER_CUE):
-        raise ValueError(f"A prompt framed as a chat must end with {ANSWER_CUE!r}; got ...{prompt[-40:]!r}.")
-    user = prompt[: -len(ANSWER_CUE)].rstrip("\n")
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": user_turn(prompt)}], tokenize=False, add_generation_prompt=True
     )
     bos = tokenizer.bos_token
     if bos and rendered.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
@@ -129,13 +134,18 @@ def score_sequences(
         hidden, head = hidden_states_and_head(model, inputs)
         for r, (i, k) in enumerate(batch):
             begin, option = len(prompts[i]), options[i][k]
-            logits = head(hidden[r, begin - 1 : begin - 1 + len(option)]).float()
-            token_logprobs = torch.log_softmax(logits, dim=-1)[
-                torch.arange(len(option)), torch.tensor(option)
-            ]
-            results[i][0][k] = float(token_logprobs.sum())
-            results[i][1][k] = float(token_logprobs.mean())
+            logits = head(hidden[r, begin - 1 : begin - 1 + len(option)])
+            results[i][0][k], results[i][1][k] = option_scores(logits, option)
     return results
+
+
+def option_scores(logits: torch.Tensor, option: list[int]) -> tuple[float, float]:
+    """Sum and mean log-probability of an option's tokens, from the logits of the positions that predict them
+    (`[len(option), vocab]`, any float dtype: the softmax is taken in fp32). Every system scores options here."""
+    token_logprobs = torch.log_softmax(logits.float(), dim=-1)[
+        torch.arange(len(option)), torch.tensor(option)
+    ]
+    return float(token_logprobs.sum()), float(token_logprobs.mean())
 
 
 def audio_inputs(model, processor, clips: Sequence[np.ndarray], items: list[int], device) -> dict:
@@ -170,7 +180,7 @@ def score_text_items(
     """Options after text prompts, for a causal LM or a SALAD model (no audio)."""
     prompt_ids = [tokenizer(prompt)["input_ids"] for prompt in prompts]
     option_ids = [option_token_ids(tokenizer, item.options) for item in items]
-    scores = score_sequences(model, prompt_ids, option_ids, _pad_id(tokenizer), batch_size=batch_size)
+    scores = score_sequences(model, prompt_ids, option_ids, pad_id(tokenizer), batch_size=batch_size)
     return [ItemScores(item.id, sums, means) for item, (sums, means) in zip(items, scores)]
 
 
@@ -191,14 +201,20 @@ def score_speech_items(
     prompt_ids = [processor.tokenizer(text)["input_ids"] for text in prompt_ids]
     option_ids = [option_token_ids(processor.tokenizer, item.options) for item in items]
     scores = score_sequences(
-        model, prompt_ids, option_ids, _pad_id(processor.tokenizer), clips=clips, processor=processor,
+        model, prompt_ids, option_ids, pad_id(processor.tokenizer), clips=clips, processor=processor,
         batch_size=batch_size,
     )  # fmt: skip
     return [ItemScores(item.id, sums, means) for item, (sums, means) in zip(items, scores)]
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+def pad_id(tokenizer) -> int:
+    """The id right padding is written with: any id serves, since padded positions are masked and come after every
+    scored token; the tokenizer's pad or end token where it has one (a tekken file loaded as another class has
+    neither)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
 
 
 class LoraOffLM(torch.nn.Module):

@@ -53,7 +53,7 @@ from decoder_settings import add_decoder_arguments, decoder_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eval.gap import accuracy_summary, paired_difference
-from eval.harness import EvalArguments, evaluate_task
+from eval.harness import EvalArguments, SaladUnderTest, TextReader, evaluate_task
 from eval.speech import synthesize_items, transcribe
 from eval.tasks import load_offline_tasks
 from trainers.assets import load_salad, resolve_checkpoint
@@ -216,7 +216,8 @@ def ablate(
     reference = AutoModelForCausalLM.from_pretrained(
         resolve_checkpoint("embedded:smollm2-135m-instruct"), dtype=getattr(torch, dtype)
     ).eval()
-    base = evaluate_task(voice, items, model, processor, reference, args)
+    reader = TextReader.for_run(reference, processor.tokenizer, args)
+    base = evaluate_task(voice, items, SaladUnderTest.for_run(model, processor, args), reader, args)
     correct = {"cascade": _correct(base, "cascade", items), "shipped": _correct(base, "salad_speech", items)}
     speech_only = replace(args, systems=["salad_speech"])
     unchanged = []  # ablations that would switch off what the shipped model does not have: the shipped row
@@ -225,7 +226,9 @@ def ablate(
         if not change(variant, reference):
             unchanged.append(label)
             continue
-        report = evaluate_task(voice, items, variant, processor, reference, speech_only)
+        report = evaluate_task(
+            voice, items, SaladUnderTest.for_run(variant, processor, args), reader, speech_only
+        )
         correct[label] = _correct(report, "salad_speech", items)
     return {
         "model": model_name, "decoder_settings": overrides, "voice": voice, "items": len(items), "dtype": dtype, "same_as_shipped": unchanged,

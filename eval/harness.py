@@ -140,6 +140,10 @@ class TextReader:
     chat: bool
     batch_size: int
 
+    @classmethod
+    def for_run(cls, lm, tokenizer, args: EvalArguments) -> TextReader:
+        return cls(lm, tokenizer, args.chat, args.batch_size)
+
     def prompt(self, prompt: str) -> str:
         return chat_prompt(prompt, self.tokenizer) if self.chat else prompt
 
@@ -158,6 +162,10 @@ class SaladUnderTest(TextReader):
     repeats what it heard (the self-cascade), and gives F and M from its training pairs."""
 
     processor: object = None
+
+    @classmethod
+    def for_run(cls, model, processor, args: EvalArguments) -> SaladUnderTest:
+        return cls(model, processor.tokenizer, args.chat, args.batch_size, processor)
 
     @property
     def sampling_rate(self) -> int:
@@ -195,11 +203,6 @@ class SpeechLLMUnderTest:
 
     def score_speech_items(self, items, clips, shots: str) -> list:
         return self.llm.score_speech_items(items, clips, shots)
-
-    def self_transcripts(self, items, clips) -> list[str]:
-        raise ValueError(
-            "`self_cascade` asks a SALAD model to repeat each clip; drop it from --systems here."
-        )
 
     def distribution(self, items, clips, reference: TextReader | None) -> dict:
         if reference is None:
@@ -281,28 +284,40 @@ def load_subject_and_reference(args: EvalArguments) -> tuple:
     """The model under test and the base text LLM. A SALAD model's reference is its own LLM with LoRA off unless
     `base_model` names one; another speech LLM has a reference only through `base_model`."""
     dtype = getattr(torch, args.dtype)
-    base_lm = None
+    salad = is_salad_checkpoint(args.model, args.trust_remote_code)
+    if not salad:
+        check_speech_llm_systems(args)
+    base_lm = base_tokenizer = None
     if args.base_model is not None:
         base_path = resolve_checkpoint(args.base_model)
-        base_lm = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).eval()
-    if is_salad_checkpoint(args.model, args.trust_remote_code):
+        base_lm = AutoModelForCausalLM.from_pretrained(
+            base_path, dtype=dtype, trust_remote_code=args.trust_remote_code
+        ).eval()
+        base_tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=args.trust_remote_code)
+    if salad:
         model, processor = load_salad(args.model, dtype)
-        reader = (
-            (base_lm, processor.tokenizer) if base_lm is not None else (LoraOffLM(model), processor.tokenizer)
+        reference = TextReader.for_run(
+            base_lm if base_lm is not None else LoraOffLM(model), processor.tokenizer, args
         )
-        reference = TextReader(*reader, args.chat, args.batch_size)
-        return SaladUnderTest(model, processor.tokenizer, args.chat, args.batch_size, processor), reference
+        return SaladUnderTest.for_run(model, processor, args), reference
+    llm = SpeechLLM.from_pretrained(args.model, dtype, trust_remote_code=args.trust_remote_code)
+    reference = None if base_lm is None else TextReader.for_run(base_lm, base_tokenizer, args)
+    return SpeechLLMUnderTest(llm), reference
+
+
+def check_speech_llm_systems(args: EvalArguments) -> None:
+    """Before any model loads: the systems a speech LLM that is not a SALAD model can answer with these arguments."""
+    if "self_cascade" in args.systems:
+        raise ValueError(
+            f"`self_cascade` asks a SALAD model to repeat each clip, and {args.model} is not one; drop it from "
+            "--systems."
+        )
     needs_base = {"base_text", "cascade"} & set(args.systems)
-    if base_lm is None and needs_base:
+    if args.base_model is None and needs_base:
         raise ValueError(
             f"{args.model} is not a SALAD model, so the systems {sorted(needs_base)} need the text LLM it was built "
             "from: pass --base_model (e.g. Qwen/Qwen-7B for Qwen2-Audio), or leave them out of --systems."
         )
-    llm = SpeechLLM.from_pretrained(args.model, dtype, trust_remote_code=args.trust_remote_code)
-    reference = None
-    if base_lm is not None:
-        reference = TextReader(base_lm, AutoTokenizer.from_pretrained(base_path), args.chat, args.batch_size)
-    return SpeechLLMUnderTest(llm), reference
 
 
 def run(args: EvalArguments) -> dict:

@@ -119,26 +119,37 @@ def load_compared(paths: list[str]) -> dict[str, dict]:
             )
         runs[str(path)] = results
     names = [results["config"].get("model", "?") for results in runs.values()]
-    return {
-        name if names.count(name) == 1 else f"{name} ({Path(path).parent.name})": results
-        for name, (path, results) in zip(names, runs.items())
-    }
+    labels = [
+        name if names.count(name) == 1 else f"{name} ({Path(path).parent.name})"
+        for name, path in zip(names, runs)
+    ]
+    # still the same (two runs in folders of one name): number them, so no run is dropped
+    labels = [label if labels.count(label) == 1 else f"{label} #{k + 1}" for k, label in enumerate(labels)]
+    return dict(zip(labels, runs.values()))
+
+
+def _per_token(distribution: dict, key: str) -> str:
+    return f"{distribution[key]:.4f}" if key in distribution else "-"
 
 
 def comparison_table(runs: dict[str, dict]) -> str:
-    """One row per model and task: each system's accuracy, the gap and speech minus the cascade (paired, 95% CI)."""
-    header = ["model", "task", *(label for _, label in COMPARED), "gap (text - speech)", "speech - cascade"]
+    """One row per model and task: each system's accuracy; the gap, speech minus the prior and minus the cascade
+    (paired, 95% CI); F and M per token. A run without a system or a measure shows `-` there."""
+    header = [
+        "model", "task", *(label for _, label in COMPARED), "gap (text - speech)", "speech - prior",
+        "speech - cascade", "F", "M",
+    ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, results in runs.items():
         for task, report in results["tasks"].items():
-            systems = report["systems"]
-            accuracies = [f"{systems[s]['accuracy']:.3f}" if s in systems else "-" for s, _ in COMPARED]
+            systems, distribution = report["systems"], report.get("distribution") or {}
             cells = [
                 model,
                 task,
-                *accuracies,
-                _interval(report.get("gap")),
-                _interval(report.get("speech_minus_cascade")),
+                *(f"{systems[s]['accuracy']:.3f}" if s in systems else "-" for s, _ in COMPARED),
+                *(_interval(report.get(key)) for key in ("gap", "speech_over_prior", "speech_minus_cascade")),
+                _per_token(distribution, "forgetting"),
+                _per_token(distribution, "misalignment"),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -163,7 +174,8 @@ def save_comparison_plot(runs: dict[str, dict], path: Path) -> None:
                 for gap in gaps
             ]
         ).T
-        ax.bar(np.arange(len(tasks)) + k * width, values, width, yerr=err, capsize=3, label=model)
+        label = model if any(gap is not None for gap in gaps) else f"{model} (no gap: no base_text)"
+        ax.bar(np.arange(len(tasks)) + k * width, values, width, yerr=err, capsize=3, label=label)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(np.arange(len(tasks)) + width * (len(runs) - 1) / 2, tasks)
     ax.set_ylabel("text - speech accuracy")

@@ -61,12 +61,14 @@ class AudioTurn:
     wav_base64: bool = False
 
 
+# How each family's processor takes a clip: an any-to-any content block (`"block"`), the block as a WAV file
+# (`"wav_block"`), or the processor's own audio token in the rendered text (`"marker"`).
 FAMILIES = {
-    "qwen2_audio": AudioTurn(),
-    "voxtral": AudioTurn(wav_base64=True),
-    "granite_speech": AudioTurn(marker="<|audio|>"),
-    "phi4_multimodal": AudioTurn(marker="<|audio|>"),
-    "ultravox": AudioTurn(marker="<|audio|>"),
+    "qwen2_audio": "block",
+    "voxtral": "wav_block",
+    "granite_speech": "marker",
+    "phi4_multimodal": "marker",
+    "ultravox": "marker",
 }
 NOT_SUPPORTED = {
     "qwen2_5_omni": "its checkpoint loads as a model that also speaks; its text half (the thinker) needs a loading "
@@ -74,9 +76,11 @@ NOT_SUPPORTED = {
 }
 INTERFACE = (
     "a checkpoint whose processor takes audio and text in (an `{'type': 'audio'}` block in `apply_chat_template`, "
-    "or an audio marker in the text that `processor(text=..., audio=...)` expands) and whose model returns "
+    "or an audio token in the text that `processor(text=..., audio=...)` expands) and whose model returns "
     "next-token logits"
 )
+# Inputs some processors return with an entry per token, which the scoring path would have to extend.
+PER_TOKEN_INPUTS = {"token_type_ids", "mm_token_type_ids", "position_ids"}
 # The Auto classes a speech LLM loads with, first match wins: in-tree audio LLMs are multimodal LMs; remote code
 # registers what its authors chose (Ultravox: `AutoModel`).
 MODEL_AUTO_CLASSES = (
@@ -86,43 +90,59 @@ MODEL_AUTO_CLASSES = (
 )
 
 
+def cannot_measure(model_type: str, why: str) -> ValueError:
+    return ValueError(
+        f"salad-eval cannot measure a {model_type!r} model: {why}. It measures SALAD checkpoints and the speech LLM "
+        f"families {sorted(FAMILIES)}, and any other model that is {INTERFACE}. A text LLM becomes a SALAD speech "
+        "LLM with `salad-build --audio_encoder ... --language_model ...`."
+    )
+
+
 def is_salad_checkpoint(name: str, trust_remote_code: bool = False) -> bool:
     """Whether `salad-eval --model name` names a SALAD model (an `embedded:` name, or a config of model type
-    `salad`); read from the config alone, before any weights load."""
+    `salad`), read from the config alone, before any weights load. Names that load nothing count as SALAD names:
+    `load_salad` says what is wrong with them."""
     if name.startswith(EMBEDDED_PREFIX):
         return True
     path = Path(name).expanduser()
     if path.is_dir():
         config = path / CONFIG_NAME
-        return config.is_file() and json.loads(config.read_text()).get("model_type") == SaladConfig.model_type
-    if not path.exists() and name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        try:  # a Hub id: its config says what it is
-            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError):
-            return True  # load_salad reports why the name cannot be loaded
-        return config.model_type == SaladConfig.model_type
-    return True
+        return (
+            not config.is_file() or json.loads(config.read_text()).get("model_type") == SaladConfig.model_type
+        )
+    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return True
+    try:  # a Hub id: its config says what it is
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise ValueError(f"{name} runs code of its own: pass --trust_remote_code to allow it.") from error
+        return True
+    except OSError:
+        return True
+    return config.model_type == SaladConfig.model_type
+
+
+def audio_marker(processor) -> str | None:
+    """The token a processor expands into a clip's audio tokens (`audio_token`; Ultravox: `audio_placeholder`)."""
+    marker = getattr(processor, "audio_token", None) or getattr(processor, "audio_placeholder", None)
+    return marker if isinstance(marker, str) and marker else None
 
 
 def audio_turn_of(config, processor) -> AudioTurn:
     """The family's `AudioTurn`; a family not listed is taken when its processor follows one of the two
     conventions, and refused with the supported families and the interface otherwise."""
-    if config.model_type in FAMILIES:
-        return FAMILIES[config.model_type]
     if config.model_type in NOT_SUPPORTED:
-        raise ValueError(
-            f"salad-eval cannot measure a {config.model_type!r} model: {NOT_SUPPORTED[config.model_type]}."
-        )
-    if getattr(processor, "chat_template", None) and hasattr(processor, "feature_extractor"):
-        return AudioTurn()
-    marker = getattr(processor, "audio_token", None) or getattr(processor, "audio_placeholder", None)
-    if isinstance(marker, str) and marker:
-        return AudioTurn(marker=marker)
-    raise ValueError(
-        f"salad-eval cannot hear with a {config.model_type!r} model: it supports SALAD checkpoints and the speech "
-        f"LLM families {sorted(FAMILIES)}, and otherwise needs {INTERFACE}. A text LLM becomes a SALAD speech "
-        "LLM with `salad-build --audio_encoder ... --language_model ...`."
-    )
+        raise cannot_measure(config.model_type, NOT_SUPPORTED[config.model_type])
+    convention = FAMILIES.get(config.model_type)
+    if convention is None:
+        follows_blocks = getattr(processor, "chat_template", None) and hasattr(processor, "feature_extractor")
+        convention = "block" if follows_blocks else "marker"
+    if convention != "marker":
+        return AudioTurn(wav_base64=convention == "wav_block")
+    if audio_marker(processor) is None:
+        raise cannot_measure(config.model_type, "its processor takes no audio")
+    return AudioTurn(marker=audio_marker(processor))
 
 
 def clip_as_wav_base64(clip: np.ndarray, sampling_rate: int) -> str:
@@ -150,7 +170,7 @@ class SpeechLLM:
             if type(config) in auto_class._model_mapping or auto_name in getattr(config, "auto_map", {}):
                 model = auto_class.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
                 return cls(model.eval(), processor, audio_turn)
-        raise ValueError(f"No Auto class loads a {config.model_type!r} model; salad-eval needs {INTERFACE}.")
+        raise cannot_measure(config.model_type, "no Auto class loads it")
 
     @property
     def sampling_rate(self) -> int:
@@ -160,29 +180,47 @@ class SpeechLLM:
     def turn_inputs(self, user: str, clip: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Inputs of a chat whose user turn is `user` followed by `clip` (when given), ready for the reply: a batch
         of one, with the processor's audio tensors."""
-        messages = [{"role": "user", "content": [{"type": "text", "text": user}]}]
         if self.audio_turn.marker is not None:
-            if clip is not None:
-                messages[0]["content"][0]["text"] += self.audio_turn.marker
+            text = user if clip is None else user + self.audio_turn.marker
             rendered = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": messages[0]["content"][0]["text"]}],
-                tokenize=False,
-                add_generation_prompt=True,
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
             audio = {} if clip is None else {"audio": clip}
             inputs = self.processor(text=rendered, **audio, add_special_tokens=False, return_tensors="pt")
         else:
+            content = [{"type": "text", "text": user}]
             if clip is not None:
-                block = (
+                content.append(
                     {"type": "audio", "base64": clip_as_wav_base64(clip, self.sampling_rate)}
                     if self.audio_turn.wav_base64
                     else {"type": "audio", "audio": clip}
                 )
-                messages[0]["content"].append(block)
             inputs = self.processor.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+                [{"role": "user", "content": content}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
             )
-        return {key: value for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+        inputs = {key: value for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+        self.check_inputs(inputs, clip is not None)
+        return inputs
+
+    def check_inputs(self, inputs: dict[str, torch.Tensor], heard: bool) -> None:
+        """The scoring path appends the answer to `input_ids` and `attention_mask` and repeats the other tensors,
+        which are the clip's: a tensor with an entry per token would come out one answer short, and a clip must
+        have come through at all."""
+        per_token = sorted(PER_TOKEN_INPUTS & set(inputs))
+        if per_token:
+            raise ValueError(
+                f"The processor returns {per_token}, with an entry per token; salad-eval appends the answer to "
+                "`input_ids` and `attention_mask` only, so it cannot score this model yet."
+            )
+        if heard and set(inputs) <= {"input_ids", "attention_mask"}:
+            raise ValueError(
+                "The processor returned no audio tensors for a turn holding a clip: its chat template or its call "
+                f"dropped the audio. salad-eval needs {INTERFACE}."
+            )
 
     def prompt_inputs(self, prompt: str, clip: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """A harness prompt (`... Question: ...\\nAnswer:`) asked in the chat: `user_turn` of it, then the reply
@@ -245,10 +283,8 @@ class SpeechLLM:
 
 
 def writes_the_same_ids(tokenizer, other, texts: Sequence[str]) -> bool:
-    """Whether two tokenizers have one vocabulary for what F compares: the same size and the same ids for `texts`
-    (a Hub checkpoint's tokenizer may load as another class than its speech LLM's, e.g. tekken files)."""
-    if len(tokenizer) != len(other):
-        return False
+    """Whether two tokenizers write the same ids for `texts`, which is what F compares the two LLMs on (a speech
+    LLM's tokenizer adds audio tokens; a Hub checkpoint's may load as another class, e.g. from tekken files)."""
     return all(
         tokenizer(text, add_special_tokens=False)["input_ids"]
         == other(text, add_special_tokens=False)["input_ids"]
@@ -276,7 +312,11 @@ def speech_llm_forgetting_and_misalignment(
         if same_tokenizer:
             ids = torch.tensor([read["input_ids"][0].tolist() + reply], device=base_lm.device)
             base_logits = base_lm(input_ids=ids).logits[0, -len(reply) - 1 : -1]
-            forgetting = divergence_per_position(text_logits, base_logits)  # KL(Q || P) on text
+            # over the ids both know: a speech LLM adds audio tokens, and heads may be padded to other widths
+            shared = min(base_logits.shape[-1], text_logits.shape[-1])
+            forgetting = divergence_per_position(
+                text_logits[:, :shared], base_logits[:, :shared]
+            )  # KL(Q || P)
         sums[item.domain] += [float(forgetting.sum()), float(misalignment.sum()), len(reply)]
     total = sum(sums.values())
     per_domain = {d: {"misalignment": s[1] / s[2], "tokens": int(s[2])} for d, s in sums.items()}

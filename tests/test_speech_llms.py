@@ -20,6 +20,7 @@ from eval.run import main
 from eval.scoring import ANSWER_CUE, option_token_ids
 from eval.speech_llms import SpeechLLM, audio_turn_of, clip_as_wav_base64, is_salad_checkpoint
 from eval.tasks import load_offline_tasks
+from hub_scripts.model_card import eval_results_from_gap_report
 
 
 @pytest.fixture(scope="module")
@@ -50,46 +51,79 @@ def recorded_tasks(tmp_path_factory):
     return tasks
 
 
-def documented_inputs(family: str, processor, clip: np.ndarray) -> dict:
-    """The family's inputs for `Question: <clip>` as its model card builds them, independently of `SpeechLLM`."""
+def documented_inputs(family: str, processor, question: str | None, clip: np.ndarray | None) -> dict:
+    """The family's inputs for `Question: <question or clip>` as its model card builds them, independently of
+    `SpeechLLM` (by the other of the two conventions where the family allows both)."""
+    text = "Question: " + (question or "")
     if family == "qwen2_audio":  # the chat template renders the audio markers; the processor expands them
-        conversation = [
-            {"role": "user", "content": [{"type": "text", "text": "Question: "}, {"type": "audio"}]}
-        ]
-        text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return processor(text=text, audio=[clip], return_tensors="pt")
+        content = [{"type": "text", "text": text}, *([{"type": "audio"}] if clip is not None else [])]
+        rendered = processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        return processor(text=rendered, audio=None if clip is None else [clip], return_tensors="pt")
     if family == "granite_speech":
-        text = processor.tokenizer.apply_chat_template(
-            [{"role": "user", "content": "Question: <|audio|>"}], tokenize=False, add_generation_prompt=True
+        rendered = processor.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text + ("<|audio|>" if clip is not None else "")}],
+            tokenize=False,
+            add_generation_prompt=True,
         )
-        return processor(
-            text=text, audio=torch.from_numpy(clip), add_special_tokens=False, return_tensors="pt"
-        )
-    block = {"type": "audio", "base64": clip_as_wav_base64(clip, 16000)}
-    conversation = [{"role": "user", "content": [{"type": "text", "text": "Question: "}, block]}]
+        audio = None if clip is None else torch.from_numpy(clip)
+        return processor(text=rendered, audio=audio, add_special_tokens=False, return_tensors="pt")
+    content = [{"type": "text", "text": text}]
+    if clip is not None:
+        content.append({"type": "audio", "base64": clip_as_wav_base64(clip, 16000)})
     return processor.apply_chat_template(
-        conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True, return_dict=True
     )
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_an_option_scores_its_log_probability_after_the_heard_question(family, tiny_speech_llms):
+HEARD_AND_READ = [
+    *((family, "heard", 0.9) for family in FAMILIES),
+    *((family, "read", None) for family in FAMILIES),
+    ("voxtral", "heard", 31.0),  # two 30 s chunks, each option's row holding both, in order
+]
+
+
+@pytest.mark.parametrize(("family", "question", "seconds"), HEARD_AND_READ)
+def test_an_option_scores_its_log_probability_after_the_question(family, question, seconds, tiny_speech_llms):
     """The scoring path against a hand computation on one item: the family's own inputs, the cue and the option
     appended, one unpadded forward pass, the option tokens' log-probabilities summed (and averaged)."""
     llm = SpeechLLM.from_pretrained(str(tiny_speech_llms[family][0]))
-    item, clip = load_offline_tasks()[0], tone(0.9)
-    scores = llm.score_speech_items([item], [clip], shots="")[0]
-    inputs = dict(documented_inputs(family, llm.processor, clip))
+    item = load_offline_tasks()[0]
+    if question == "heard":
+        clip = tone(seconds)
+        scores = llm.score_speech_items([item], [clip], shots="")[0]
+        inputs = dict(documented_inputs(family, llm.processor, None, clip))
+    else:
+        scores = llm.score_text_items([item], [item.spoken_text], shots="")[0]
+        inputs = dict(documented_inputs(family, llm.processor, item.spoken_text, None))
     cue = llm.tokenizer(ANSWER_CUE, add_special_tokens=False)["input_ids"]
     for k, option in enumerate(option_token_ids(llm.tokenizer, item.options)):
-        ids = torch.tensor([inputs["input_ids"][0].tolist() + cue + option])
-        audio = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
+        ids = torch.tensor([list(inputs["input_ids"][0]) + cue + option])
+        audio = {
+            key: value
+            for key, value in inputs.items()
+            if key not in ("input_ids", "attention_mask") and isinstance(value, torch.Tensor)
+        }
         with torch.no_grad():
             logits = llm.model(input_ids=ids, attention_mask=torch.ones_like(ids), **audio).logits[0]
         predicting = logits[ids.shape[1] - len(option) - 1 : -1].log_softmax(-1)
         by_hand = predicting[torch.arange(len(option)), torch.tensor(option)]
         assert_close_in_dtype(scores.logprob[k], by_hand.sum(), ulps=OTHER_PATH_ULPS)
         assert_close_in_dtype(scores.logprob_norm[k], by_hand.mean(), ulps=OTHER_PATH_ULPS)
+
+
+def test_a_turn_whose_clip_did_not_come_through_or_with_per_token_inputs_is_refused(tiny_speech_llms):
+    llm = SpeechLLM.from_pretrained(str(tiny_speech_llms["qwen2_audio"][0]))
+    ids = {
+        "input_ids": torch.ones(1, 5, dtype=torch.long),
+        "attention_mask": torch.ones(1, 5, dtype=torch.long),
+    }
+    with pytest.raises(ValueError, match="returned no audio tensors for a turn holding a clip"):
+        llm.check_inputs(ids, heard=True)
+    llm.check_inputs(ids, heard=False)
+    with pytest.raises(ValueError, match=r"returns \['token_type_ids'\], with an entry per token"):
+        llm.check_inputs({**ids, "token_type_ids": torch.zeros(1, 5)}, heard=False)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -126,6 +160,9 @@ def test_salad_eval_measures_the_gap_of_another_speech_llm(
     assert distribution["misalignment"] > 0 and distribution["forgetting"] > 0  # two different random LLMs
     assert set(distribution["domains"]) == {item.domain for item in items}
     assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy_per_task.png").exists()
+    metrics = {m.metric_name for m in eval_results_from_gap_report(results)}  # what the model card reads
+    assert {"Accuracy (SALAD, spoken question)", "Accuracy (ASR + base LLM, spoken question)"} <= metrics
+    assert any("misalignment" in name.lower() for name in metrics)
 
 
 def test_without_a_base_llm_the_speech_llm_answers_alone_and_f_says_why_it_is_absent(
@@ -161,7 +198,8 @@ def test_models_that_cannot_hear_are_refused_with_the_families_and_the_interface
     component_checkpoints, recorded_tasks, tmp_path
 ):
     with pytest.raises(
-        ValueError, match="cannot hear with a 'llama' model.*granite_speech.*qwen2_audio.*voxtral"
+        ValueError,
+        match="cannot measure a 'llama' model: its processor takes no audio.*granite_speech.*qwen2_audio.*voxtral.*returns next-token logits",
     ):
         main([
             "--model", str(component_checkpoints / "llm"), "--systems", "salad_speech", "--tasks",
@@ -222,11 +260,25 @@ def test_compare_writes_one_table_and_one_plot_across_models(tmp_path):
     ]
     assert len(rows) == 2
     assert "| embedded:salad | offline | 1.000 | - | 0.833 | 0.833 | - | +0.167 [" in rows[0]
-    assert (
-        "| Qwen/Qwen2-Audio-7B-Instruct | offline | 1.000 | - | 0.000 | 0.833 | - | +1.000 [+1.000, +1.000]"
-        in rows[1]
-    )
+    assert rows[1].startswith(
+        "| Qwen/Qwen2-Audio-7B-Instruct | offline | 1.000 | - | 0.000 | 0.833 | - | +1.000 [+1.000, +1.000] | - |"
+        " -0.833 ["
+    )  # no prior in these runs; speech minus the cascade
+    assert rows[1].endswith("| - | - |")  # no F or M measured
     assert (out / "comparison.png").stat().st_size > 0
+
+
+def test_compare_keeps_every_run_of_one_model(tmp_path):
+    """Two runs of one model in folders of one name are numbered, not merged."""
+    paths = []
+    for k in range(2):
+        (tmp_path / f"run{k}" / "eval").mkdir(parents=True)
+        paths.append(tmp_path / f"run{k}" / "eval" / "results.json")
+        paths[-1].write_text(json.dumps(results_of("embedded:salad", [k == 0] * 6)))
+    main(["--compare", *map(str, paths), "--output_dir", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    assert "| embedded:salad (eval) #1 | offline | 1.000 | - | 1.000 |" in table
+    assert "| embedded:salad (eval) #2 | offline | 1.000 | - | 0.000 |" in table
 
 
 def test_compare_names_files_that_are_no_results(tmp_path):

@@ -11,6 +11,7 @@ the built-in questions spoken by a held-out voice:
 
     python benchmarks/whisper_padding.py --voice en-us --pad_seconds 4 6 8   # alone on the machine
     python benchmarks/whisper_padding.py --voice slt --pad_seconds 4 6 8
+    python benchmarks/whisper_padding.py --voice en-us --pad_seconds --reference OLD.json --output NEW.json
 
 Results: `benchmarks/results/whisper_padding-VOICE.json` (with every transcript). Accuracy on the questions is
 `cascade_gap.py ablate --decoder_pad_seconds S`.
@@ -56,7 +57,13 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--voice", choices=list(VOICES), default="en-us")
-    parser.add_argument("--pad_seconds", type=float, nargs="+", default=[4.0, 6.0, 8.0])
+    parser.add_argument("--pad_seconds", type=float, nargs="*", default=[4.0, 6.0, 8.0])
+    parser.add_argument(
+        "--reference",
+        help="An earlier results file of this script: how many 30 s transcripts are the same as its (a change to the "
+        "decoder's search that should change no token is checked so).",
+    )
+    parser.add_argument("--output", help="Results file (default: results/whisper_padding-VOICE.json).")
     parser.add_argument("--limit", type=int, default=None, help="Questions (default: all 338).")
     parser.add_argument("--model", default="embedded:salad")
     args = parser.parse_args(argv)
@@ -79,6 +86,11 @@ def main(argv: list[str] | None = None) -> None:
         }
         for label, run in runs.items()
     }
+    if args.reference:
+        earlier = json.loads(Path(args.reference).read_text())["runs"]["full"]["texts"]
+        if len(earlier) != len(full):
+            raise ValueError(f"{args.reference} holds {len(earlier)} transcripts, this run {len(full)}.")
+        summary["full"]["identical_to_reference"] = sum(a == b for a, b in zip(full, earlier))
     results = {
         "model": args.model,
         "voice": args.voice,
@@ -86,8 +98,12 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "runs": runs,
     }
-    output = RESULTS / f"whisper_padding-{args.voice}.json"
+    output = Path(args.output) if args.output else RESULTS / f"whisper_padding-{args.voice}.json"
     output.write_text(json.dumps(results, indent=1) + "\n")
+    if args.reference:
+        print(
+            f"30 s transcripts identical to {args.reference}: {summary['full']['identical_to_reference']}/{len(items)}"
+        )
     for label, row in summary.items():
         print(f"{label}: identical {row['identical_to_full']}/{len(items)}, cut {row['cut_at_slots']}, "
               f"WER {100 * row['wer']:.1f}%, {row['seconds_per_clip_median']:.3f} s a clip")  # fmt: skip

@@ -380,6 +380,14 @@ def whisper_prompt_ids(name_or_path: str) -> list[int]:
     return [*prompt, generation.no_timestamps_token_id]
 
 
+def vocabulary_logits(states: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """`states @ head.T` in fp32 (`[n, vocab]` from `[n, d]` states and a `[vocab, d]` head), computed as
+    `(head @ states.T).T`: the same products summed in another order, so equal within fp32 rounding. CPU BLAS runs
+    the few rows of a decoding step several times faster with the large weight as the left operand (Whisper's
+    51,865-token head is most of a beam step's time otherwise; `benchmarks/latency.py`)."""
+    return (head.float() @ states.float().T).T
+
+
 def pad_right(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     """`[len(rows), longest]` long tensor of the rows, padded with 0 on the right."""
     length = max(map(len, rows), default=0)
@@ -632,7 +640,7 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         window_offsets = torch.arange(num_windows, device=device)[:, None] * beams
         step = 0
         while bool(open_windows.any()):
-            logits = hidden.float() @ head.T
+            logits = vocabulary_logits(hidden, head)
             log_probs = logits.log_softmax(-1) + (suppress_first if step == 0 else suppress)
             totals = (log_probs.view(num_windows, beams, -1) + running_scores[..., None]).flatten(1)
             top_scores, top_indices = totals.topk(2 * beams, dim=-1)
@@ -701,7 +709,7 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
             )
             cache = output.cache
             state = output.last_hidden_state[:, -1]
-            step_logits = state.float() @ head.float().T
+            step_logits = vocabulary_logits(state, head)
             step_logits[:, self.never if states else self.never + self.not_first] = float("-inf")
             input_ids = step_logits.argmax(-1, keepdim=True)
             done = done | (input_ids[:, 0] == self.end_id)

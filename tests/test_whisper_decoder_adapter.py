@@ -42,6 +42,7 @@ from modeling_salad.adapters_salad import (
     AudioWindows,
     WhisperTranscript,
     right_align,
+    vocabulary_logits,
 )
 from modeling_salad.modeling_salad import whisper_padded_features, window_lengths
 from trainers.assets import load_salad
@@ -527,3 +528,14 @@ def test_training_continues_a_checkpoint_with_other_decoding_settings_but_not_an
         load_model_and_processor(
             SaladModelArguments(model_name_or_path=str(tmp_path), adapter_stack_factor=2)
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vocabulary_logits_are_the_states_times_the_head_in_fp32(dtype):
+    """The decoder's logits with the weight as the left operand: the products of `states @ head.T`, summed in another
+    order, so equal to them in fp32 within rounding, for a model in any dtype, shape `[rows, vocab]`."""
+    generator = torch.Generator().manual_seed(0)
+    states, head = (torch.randn(shape, generator=generator).to(dtype) for shape in ((5, 48), (300, 48)))
+    logits = vocabulary_logits(states, head)
+    assert logits.shape == (5, 300) and logits.dtype == torch.float32
+    assert_close_in_dtype(logits, states.float() @ head.float().T, ulps=OTHER_PATH_ULPS)

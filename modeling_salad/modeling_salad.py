@@ -426,6 +426,28 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
         return attention_mask, position_ids
 
+    @staticmethod
+    def drop_positions(
+        inputs_embeds: torch.Tensor, dropped: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.LongTensor, torch.LongTensor]:
+        """The prompt without its `dropped` positions (and its padding): each row's other positions in order, the
+        rows left-padded to the longest, with the attention mask and positions of that shorter prompt. The LM then
+        computes only what it reads; its last position, and what follows it in the cache, come out as with the
+        dropped positions masked (`mask_dropped_positions`), within float rounding."""
+        batch = dropped.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(dropped, dtype=torch.long)
+        kept = attention_mask.bool() & ~dropped
+        counts = kept.sum(-1)
+        width = int(counts.max())
+        rows = torch.arange(batch, device=dropped.device)[:, None].expand_as(kept)[kept]
+        columns = ((width - counts)[:, None] + kept.long().cumsum(-1) - 1)[kept]
+        embeds = inputs_embeds.new_zeros(batch, width, inputs_embeds.shape[-1])
+        embeds[rows, columns] = inputs_embeds[kept]
+        mask = torch.zeros(batch, width, dtype=torch.long, device=dropped.device)
+        mask[rows, columns] = 1
+        return embeds, mask, (mask.cumsum(-1) - 1).clamp_min(0)
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -460,7 +482,9 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
             chunks from hidden states (cross-modal distillation) never need the full `[batch, seq, vocab]` logits.
 
         Audio slots the adapter leaves empty are masked out of attention and skipped by the positions; the
-        output's `attention_mask`/`position_ids` say which were, and `generate` carries them on.
+        output's `attention_mask`/`position_ids` say which were, and `generate` carries them on. A prefill that
+        fills an empty `cache` and keeps one position's logits (as `generate`'s does) leaves them out altogether:
+        the cache then holds the shorter prompt, and the returned mask and positions are its, to be carried on.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -476,10 +500,19 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         full_position_ids = None
         if dropped is not None:
             past_length = cache.get_seq_length() if cache is not None else 0
-            attention_mask, full_position_ids = self.mask_dropped_positions(
-                dropped, attention_mask, past_length
-            )
-            position_ids = full_position_ids[:, -inputs_embeds.shape[1] :]
+            prefill_for_next_token = logits_to_keep == 1 and labels is None and not return_last_hidden_state
+            if cache is not None and past_length == 0 and prefill_for_next_token:
+                # a prefill that fills a cache and wants the next token only (`generate`): the LM never computes
+                # the dropped positions, and the cache and the mask carried on hold the shorter prompt
+                inputs_embeds, attention_mask, position_ids = self.drop_positions(
+                    inputs_embeds, dropped, attention_mask
+                )
+                full_position_ids = position_ids
+            else:
+                attention_mask, full_position_ids = self.mask_dropped_positions(
+                    dropped, attention_mask, past_length
+                )
+                position_ids = full_position_ids[:, -inputs_embeds.shape[1] :]
         if return_last_hidden_state:
             return self.language_model.get_decoder()(
                 inputs_embeds=inputs_embeds,

@@ -33,7 +33,12 @@ from conftest import (
 )
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from transformers import GenerationMixin, WhisperFeatureExtractor, WhisperForConditionalGeneration
+from transformers import (
+    DynamicCache,
+    GenerationMixin,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+)
 from transformers.modeling_outputs import BaseModelOutput
 
 from modeling_salad import SaladConfig, SaladForConditionalGeneration, TranscriptTokenizers
@@ -539,3 +544,32 @@ def test_vocabulary_logits_are_the_states_times_the_head_in_fp32(dtype):
     logits = vocabulary_logits(states, head)
     assert logits.shape == (5, 300) and logits.dtype == torch.float32
     assert_close_in_dtype(logits, states.float() @ head.float().T, ulps=OTHER_PATH_ULPS)
+
+
+def test_the_prefill_leaves_empty_slots_out_and_generates_what_masking_them_generates():
+    """`generate`'s prefill (an empty cache, one position's logits) computes only the positions the LM reads: its
+    cache holds the prompt without the empty audio slots, its next-token logits equal those of the masked prompt
+    within fp32 rounding, and a batch of clips with different numbers of empty slots generates the same tokens
+    either way (asked with `logits_to_keep=0`, the prefill masks the slots instead)."""
+    model, processor = decoder_tiny()
+    end_text_after(model, 3)
+    clips = [tone(seconds, SR, 300 + 100 * k, seed=k) for k, seconds in enumerate((1.0, 2.5, 0.6))]
+    prompts = ["Say <|audio|> now", "<|audio|>", "the quick brown fox says <|audio|> and one two three"]
+    batch = processor(text=prompts, audio=clips, sampling_rate=SR, padding_side="left")  # as generate pads
+    with torch.no_grad():
+        _, dropped = model.embed_inputs(
+            batch["input_ids"], batch["input_features"], batch["input_features_mask"]
+        )
+        read = (batch["attention_mask"].bool() & ~dropped).sum(-1)
+        assert (
+            len(set(read.tolist())) == 3 and int(dropped.sum()) > 0
+        )  # rows of different lengths once dropped
+        cache = DynamicCache(config=model.config.get_text_config())
+        short = model(**batch, cache=cache, use_cache=True, logits_to_keep=1)
+        masked = model(**batch, use_cache=True, logits_to_keep=1)
+        assert cache.get_seq_length() == int(read.max()) < batch["input_ids"].shape[1]
+        assert short.attention_mask.sum(-1).tolist() == read.tolist()
+        assert_close_in_dtype(short.logits, masked.logits, ulps=OTHER_PATH_ULPS)
+        generated = model.generate(**batch, max_new_tokens=6, do_sample=False)
+        masked_generated = model.generate(**batch, max_new_tokens=6, do_sample=False, logits_to_keep=0)
+    assert generated.tolist() == masked_generated.tolist()  # bitwise: token ids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,10 +12,13 @@ from conftest import OTHER_INSTANCE_ULPS, build_tiny, decoder_tiny, float_tolera
 from datasets import Dataset
 from test_trainer import config, speech_rows
 
+from trainers.distillation import probes
 from trainers.distillation.probes import (
     AlignmentProbeCallback,
     ProbeRow,
     RepeatPrompt,
+    choice_accuracy,
+    choice_options,
     load_probe_rows,
     run_probes,
     word_error_rate,
@@ -136,3 +140,37 @@ def test_answer_probes_score_the_answer_in_the_harness_frame(tmp_path):
     path.write_text(json.dumps({**row, "continuation": "\nAnswer: something else"}) + "\n")
     with pytest.raises(ValueError, match="does not end with the answer"):
         load_probe_rows(str(path), 2, 16000)
+
+
+def test_choice_options_take_the_next_rows_answers_and_skip_repeats():
+    rows = [replace(row, answer=answer) for row, answer in zip(question_probe_rows() * 2, "ABACDE")]
+    assert choice_options(rows, 3) == [
+        ["A", "B", "C"], ["B", "A", "C"], ["A", "C", "D"], ["C", "D", "E"], ["D", "E", "A"], ["E", "A", "B"]
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="needs 6 distinct answers among the probe rows; they have 5"):
+        choice_options(rows, 6)
+
+
+def test_choice_accuracy_picks_by_the_mean_log_probability_per_token(monkeypatch):
+    """The row's own answer (option 0) against the others by NLL per token, not summed: row 0's answer costs more in
+    all (6 nats) but less per token (2) than its distractors (4 over 1), row 1's loses per token (3 against 1)."""
+    rows = question_probe_rows()[:2]
+    per_option = {0: [(6.0, 0, 3), (4.0, 0, 1)], 1: [(3.0, 0, 1), (2.0, 0, 2)]}
+    asked = []
+
+    def scored(model, processor, batch, batch_size):
+        asked.extend(row.answer for row in batch)
+        return per_option[0] + per_option[1]
+
+    monkeypatch.setattr(probes, "target_scores", scored)
+    assert choice_accuracy(None, None, rows, num_options=2) == 0.5
+    assert asked == ["A heavy cloth", "A small boat", "A small boat", "A heavy cloth"]
+
+
+def test_answer_probes_report_the_choice_accuracy_and_repeat_probes_do_not():
+    model, processor = build_tiny("whisper", "mlp")
+    answers = run_probes(model, processor, question_probe_rows())
+    assert 0.0 <= answers["choice_accuracy"] <= 1.0 and answers["choice_chance"] == 0.25
+    two = run_probes(model, processor, question_probe_rows()[:2])  # two distinct answers: a 2-way choice
+    assert two["choice_chance"] == 0.5
+    assert "choice_accuracy" not in run_probes(model, processor, probe_rows(), with_generation=False)

@@ -13,7 +13,9 @@ Rows that carry their own `prompt`, `continuation` and `answer` (spoken question
 `salad-prepare-data --source definition_questions`) are answer probes instead: the prompt, the clip
 and the continuation up to its answer (`Question: <|audio|>\nAnswer:`, the harness's frame), then the answer's
 tokens scored, against the same shuffled-audio control. The gain there is what the clip tells the LLM about the
-answer, the step from hearing the words to using them.
+answer, the step from hearing the words to using them. `choice_accuracy` asks them as the harness asks its items:
+the row's own answer against three other rows' answers (`choice_chance`: 1/4), picked by mean log-probability
+per token.
 
 `AlignmentProbeCallback` runs them every `probe_steps` optimizer steps and logs them with the losses;
 `python -m trainers.distillation.probes --model ... --rows data/tts/eval.jsonl` runs them once and writes JSON.
@@ -38,6 +40,7 @@ from trainers.assets import load_salad
 from .data import decode_row_audio
 
 REPEAT_CUE = " Repeat what was said:"
+CHOICE_OPTIONS = 4
 
 
 @dataclass(frozen=True)
@@ -154,17 +157,17 @@ def _audio_inputs(processor: SaladProcessor, clips: list[np.ndarray], model) -> 
 
 
 @torch.no_grad()
-def transcript_scores(
+def target_scores(
     model: SaladForConditionalGeneration,
     processor: SaladProcessor,
     rows: list[ProbeRow],
     batch_size: int = 8,
     prompt: RepeatPrompt = RepeatPrompt(),
-) -> tuple[float, float]:
-    """Teacher-forced NLL (nats/token) and top-1 accuracy of each row's target (its transcript, or an answer
-    probe's answer) after its clip."""
+) -> list[tuple[float, int, int]]:
+    """Each row's target (its transcript, or an answer probe's answer) teacher-forced after its clip: the summed NLL
+    (nats), the tokens predicted top-1, and the target's length."""
     tokenizer = processor.tokenizer
-    nll_sum, hits, count = 0.0, 0, 0
+    scores = []
     device, _ = _model_device_dtype(model)
     for batch in _batches(rows, batch_size):
         sequences, spans = [], []
@@ -191,10 +194,60 @@ def transcript_scores(
         for index, (begin, length) in enumerate(spans):
             logits = head(hidden[index, begin - 1 : begin - 1 + length]).float()
             targets = input_ids[index, begin : begin + length].to(logits.device)
-            nll_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
-            hits += int((logits.argmax(-1) == targets).sum())
-            count += length
-    return nll_sum / count, hits / count
+            nll = float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            scores.append((nll, int((logits.argmax(-1) == targets).sum()), length))
+    return scores
+
+
+def transcript_scores(
+    model: SaladForConditionalGeneration,
+    processor: SaladProcessor,
+    rows: list[ProbeRow],
+    batch_size: int = 8,
+    prompt: RepeatPrompt = RepeatPrompt(),
+) -> tuple[float, float]:
+    """Teacher-forced NLL (nats/token) and top-1 accuracy of the rows' targets after their clips, over all tokens."""
+    nll_sum, hits, count = np.sum(target_scores(model, processor, rows, batch_size, prompt), axis=0)
+    return float(nll_sum / count), float(hits / count)
+
+
+def choice_options(rows: list[ProbeRow], num_options: int) -> list[list[str]]:
+    """Each answer probe's options, its own answer first: the answers of the rows after it (cyclically), skipping
+    any that repeat one already taken, as the distractors."""
+    answers = [row.answer for row in rows]
+    if len(set(answers)) < num_options:
+        raise ValueError(
+            f"A {num_options}-way choice needs {num_options} distinct answers among the probe rows; they have "
+            f"{len(set(answers))}: probe more rows."
+        )
+    options = []
+    for index, answer in enumerate(answers):
+        chosen = [answer]
+        for other in answers[index + 1 :] + answers[:index]:
+            if len(chosen) == num_options:
+                break
+            if other not in chosen:
+                chosen.append(other)
+        options.append(chosen)
+    return options
+
+
+def choice_accuracy(
+    model: SaladForConditionalGeneration,
+    processor: SaladProcessor,
+    rows: list[ProbeRow],
+    num_options: int = 4,
+    batch_size: int = 8,
+) -> float:
+    """The answer probes as the harness asks its items: each row's clip, then each of `num_options` answers
+    (`choice_options`) scored by its mean log-probability per token; the share of rows whose own answer wins. A
+    leading indicator of the harness's spoken accuracy, on held-out questions of the training distribution (chance
+    is `1 / num_options`)."""
+    options = choice_options(rows, num_options)
+    asked = [replace(row, answer=option) for row, row_options in zip(rows, options) for option in row_options]
+    scores = target_scores(model, processor, asked, batch_size)
+    mean_logprob = np.array([-nll / length for nll, _, length in scores]).reshape(len(rows), num_options)
+    return float((mean_logprob.argmax(-1) == 0).mean())
 
 
 @torch.no_grad()
@@ -255,6 +308,11 @@ def run_probes(
             "transcript_accuracy": accuracy,
             "control_accuracy": control_accuracy,
         }
+        if all(row.answer is not None for row in rows):
+            # four options as the built-in set mostly has, fewer where the rows hold fewer distinct answers
+            num_options = min(CHOICE_OPTIONS, len({row.answer for row in rows}))
+            results["choice_accuracy"] = choice_accuracy(model, processor, rows, num_options)
+            results["choice_chance"] = 1 / num_options
         references = [row.text for row in rows]
         if with_generation and all(row.answer is None for row in rows):
             repeats = greedy_repeats(model, processor, rows, prompt=prompt)

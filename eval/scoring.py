@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from modeling_salad import SaladForConditionalGeneration
+from trainers.distillation.probes import audio_inputs
 
 from .tasks import MultipleChoiceItem
 
@@ -146,32 +147,6 @@ def option_scores(logits: torch.Tensor, option: list[int]) -> tuple[float, float
         torch.arange(len(option)), torch.tensor(option)
     ]
     return float(token_logprobs.sum()), float(token_logprobs.mean())
-
-
-def audio_inputs(model, processor, clips: Sequence[np.ndarray], items: list[int], device) -> dict:
-    """The audio inputs of a batch of rows, row r hearing `clips[items[r]]` (an item's options share its clip).
-
-    Each distinct clip is prepared once; for a model whose adapter writes Whisper's transcript it is also
-    transcribed once (`whisper_transcript`), not once per option: the transcript depends on the clip alone."""
-    distinct = list(dict.fromkeys(items))
-    prepared = processor.prepare_audio([clips[i] for i in distinct])
-    features = torch.from_numpy(prepared.inputs["input_features"]).to(device, model.dtype)
-    mask = torch.from_numpy(prepared.inputs["input_features_mask"]).to(device)
-    first_window = np.cumsum([0, *prepared.windows_per_clip])
-    rows = torch.tensor(
-        [
-            w
-            for i in items
-            for w in range(first_window[distinct.index(i)], first_window[distinct.index(i) + 1])
-        ],
-        device=device,
-    )
-    inputs = {"input_features": features[rows], "input_features_mask": mask[rows]}
-    adapter = getattr(model, "adapter", None)
-    if adapter is not None and adapter.writes_text:
-        transcript = model.transcribe(features, mask)
-        inputs["whisper_transcript"] = type(transcript)(*(part[rows] for part in transcript))
-    return inputs
 
 
 def score_text_items(

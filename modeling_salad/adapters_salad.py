@@ -697,7 +697,7 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         """`transcribe`'s greedy loop on `[n, frames, d]` encoder states, window `i` at most `max_tokens[i]` long
         (within the decoder's positions)."""
         decoder = self.decoder
-        head = decoder.embed_tokens.weight[: self.end_id + 1]
+        head = decoder.embed_tokens.weight[: self.end_id + 1].float()  # once, not at every step
         num_windows = encoder_states.shape[0]
         input_ids = torch.tensor(self.prompt_ids, device=encoder_states.device).expand(num_windows, -1)
         counts = torch.zeros(num_windows, dtype=torch.long, device=encoder_states.device)

@@ -174,3 +174,23 @@ def test_answer_probes_report_the_choice_accuracy_and_repeat_probes_do_not():
     two = run_probes(model, processor, question_probe_rows()[:2])  # two distinct answers: a 2-way choice
     assert two["choice_chance"] == 0.5
     assert "choice_accuracy" not in run_probes(model, processor, probe_rows(), with_generation=False)
+
+
+def test_the_choice_probe_transcribes_each_question_once_and_scores_as_alone(monkeypatch):
+    """A question's four options are rows of one batch that hear one clip: Whisper transcribes it once for them (two
+    questions per batch of 8), and each option scores as it does in a batch of its own."""
+    model, processor = decoder_tiny()
+    rows = question_probe_rows()
+    options = [replace(row, answer=option) for row, row_options in zip(rows, choice_options(rows, 4))
+               for option in row_options]  # fmt: skip
+    calls, transcribe = [], model.transcribe
+    monkeypatch.setattr(model, "transcribe", lambda f, m: calls.append(f.shape[0]) or transcribe(f, m))
+    with torch.no_grad():
+        together = probes.target_scores(model, processor, options, batch_size=8)
+        assert calls == [2, 2]
+        alone = [probes.target_scores(model, processor, [row], batch_size=1)[0] for row in options]
+    assert [(hits, length) for _, hits, length in together] == [(hits, length) for _, hits, length in alone]
+    torch.testing.assert_close(
+        torch.tensor([nll for nll, _, _ in together]), torch.tensor([nll for nll, _, _ in alone]),
+        **float_tolerance(torch.float32, OTHER_INSTANCE_ULPS),
+    )  # fmt: skip

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -147,13 +148,30 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return parameter.device, parameter.dtype
 
 
-def _audio_inputs(processor: SaladProcessor, clips: list[np.ndarray], model) -> dict[str, torch.Tensor]:
-    device, dtype = _model_device_dtype(model)
-    audio = processor.prepare_audio(clips).inputs
-    return {
-        "input_features": torch.from_numpy(audio["input_features"]).to(device, dtype),
-        "input_features_mask": torch.from_numpy(audio["input_features_mask"]).to(device),
-    }
+def audio_inputs(model, processor, clips: Sequence[np.ndarray], items: list[int], device) -> dict:
+    """The audio inputs of a batch of rows, row r hearing `clips[items[r]]` (an item's options share its clip).
+
+    Each distinct clip is prepared once; for a model whose adapter writes Whisper's transcript it is also
+    transcribed once (`whisper_transcript`), not once per option: the transcript depends on the clip alone."""
+    distinct = list(dict.fromkeys(items))
+    prepared = processor.prepare_audio([clips[i] for i in distinct])
+    features = torch.from_numpy(prepared.inputs["input_features"]).to(device, model.dtype)
+    mask = torch.from_numpy(prepared.inputs["input_features_mask"]).to(device)
+    first_window = np.cumsum([0, *prepared.windows_per_clip])
+    rows = torch.tensor(
+        [
+            w
+            for i in items
+            for w in range(first_window[distinct.index(i)], first_window[distinct.index(i) + 1])
+        ],
+        device=device,
+    )
+    inputs = {"input_features": features[rows], "input_features_mask": mask[rows]}
+    adapter = getattr(model, "adapter", None)
+    if adapter is not None and adapter.writes_text:
+        transcript = model.transcribe(features, mask)
+        inputs["whisper_transcript"] = type(transcript)(*(part[rows] for part in transcript))
+    return inputs
 
 
 @torch.no_grad()
@@ -177,6 +195,10 @@ def target_scores(
             prompt_ids = before + audio + after
             sequences.append(prompt_ids + target)
             spans.append((len(prompt_ids), len(target)))
+        # rows that hear one clip (a question's options) share it: it is prepared, and transcribed, once
+        clips = [row.audio for row in batch]
+        first_row = {}
+        clip_rows = [first_row.setdefault(id(clip), k) for k, clip in enumerate(clips)]
         longest = max(len(sequence) for sequence in sequences)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
@@ -187,7 +209,7 @@ def target_scores(
         hidden = model(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
-            **_audio_inputs(processor, [row.audio for row in batch], model),
+            **audio_inputs(model, processor, clips, clip_rows, device),
             return_last_hidden_state=True,
         ).last_hidden_state
         head = model.get_output_embeddings()

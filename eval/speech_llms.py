@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import inspect
 import io
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,10 +27,10 @@ import numpy as np
 import soundfile as sf
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMultimodalLM, AutoProcessor
-from transformers.utils import CONFIG_NAME
 
 from modeling_salad import SaladConfig
 from trainers.assets import EMBEDDED_PREFIX, resolve_checkpoint
+from trainers.assets.registry import folder_model_type, is_hub_id
 from trainers.distillation.losses import divergence_per_position
 
 from .scoring import (
@@ -106,11 +105,8 @@ def is_salad_checkpoint(name: str, trust_remote_code: bool = False) -> bool:
         return True
     path = Path(name).expanduser()
     if path.is_dir():
-        config = path / CONFIG_NAME
-        return (
-            not config.is_file() or json.loads(config.read_text()).get("model_type") == SaladConfig.model_type
-        )
-    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return folder_model_type(path) in (None, SaladConfig.model_type)
+    if path.exists() or not is_hub_id(name):
         return True
     try:  # a Hub id: its config says what it is
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)

@@ -91,13 +91,27 @@ def load_salad(
     return model.eval(), SaladProcessor.from_pretrained(path)
 
 
+def folder_model_type(path: Path) -> str | None:
+    """The `model_type` in a local checkpoint folder's config (None without a config)."""
+    config = path / CONFIG_NAME
+    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether a name that is no local folder reads as a Hub model id (`namespace/name`)."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return not name.startswith((".", "/", "~")) and name.count("/") == 1
+
+
 def check_salad_checkpoint(name: str) -> None:
     """Before any weights load: a local folder must be a SALAD checkpoint; a name that is neither a folder nor
     a Hub id (`namespace/name`) is an error that says so, instead of the Hub client's "Repo id must be..."."""
     path = Path(name).expanduser()
     if path.is_dir():
-        config = path / CONFIG_NAME
-        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        model_type = folder_model_type(path)
         if model_type != SaladConfig.model_type:
             found = f"a {model_type!r} checkpoint" if model_type else f"no {CONFIG_NAME}"
             raise ValueError(
@@ -105,15 +119,10 @@ def check_salad_checkpoint(name: str) -> None:
                 "`salad-build --audio_encoder ... --language_model ...` (or `from_pretrained_components`)."
             )
         return
-    missing = FileNotFoundError(
-        f"No checkpoint at {name}: no such folder, and not a Hub id (namespace/name)."
-    )
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        raise missing from None
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise missing
+    if not is_hub_id(name):
+        raise FileNotFoundError(
+            f"No checkpoint at {name}: no such folder, and not a Hub id (namespace/name)."
+        )
     if constants.HF_HUB_OFFLINE:
         raise FileNotFoundError(
             f"No folder {name} here, and HF_HUB_OFFLINE=1, so the Hub id {name} cannot be fetched."

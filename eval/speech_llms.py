@@ -32,6 +32,7 @@ from modeling_salad import SaladConfig
 from trainers.assets import EMBEDDED_PREFIX, resolve_checkpoint
 from trainers.assets.registry import folder_model_type, is_hub_id
 from trainers.distillation.losses import divergence_per_position
+from trainers.distillation.misalignment import forgetting_per_position
 
 from .scoring import (
     ANSWER_CUE,
@@ -308,11 +309,7 @@ def speech_llm_forgetting_and_misalignment(
         if same_tokenizer:
             ids = torch.tensor([read["input_ids"][0].tolist() + reply], device=base_lm.device)
             base_logits = base_lm(input_ids=ids).logits[0, -len(reply) - 1 : -1]
-            # over the ids both know: a speech LLM adds audio tokens, and heads may be padded to other widths
-            shared = min(base_logits.shape[-1], text_logits.shape[-1])
-            forgetting = divergence_per_position(
-                text_logits[:, :shared], base_logits[:, :shared]
-            )  # KL(Q || P)
+            forgetting = forgetting_per_position(text_logits, base_logits)
         sums[item.domain] += [float(forgetting.sum()), float(misalignment.sum()), len(reply)]
     total = sum(sums.values())
     per_domain = {d: {"misalignment": s[1] / s[2], "tokens": int(s[2])} for d, s in sums.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -205,6 +206,18 @@ def test_forgetting_against_a_different_base_model_is_positive(whisper_salad):
     other = build_tiny("whisper", "mlp", seed=1)[0].language_model
     rows = [{"text": "a b c d", "audio": {"array": tone(0.5), "sampling_rate": 16000}}]
     assert forgetting_and_misalignment(model, processor, rows, base_model=other)["forgetting"] > 0
+
+
+def test_forgetting_against_the_text_llm_a_salad_model_was_built_from():
+    """A SALAD model's LM has one more row than its text LLM (`<|audio|>`): F compares the ids both have, and is 0
+    against the text LLM itself while the LM is unchanged (the demo's `--base_model` run)."""
+    model, processor = build_tiny("whisper", "mlp")
+    text_llm = copy.deepcopy(model.language_model)
+    text_llm.resize_token_embeddings(model.language_model.get_output_embeddings().weight.shape[0] - 1)
+    rows = [{"text": "a b c d", "audio": {"array": tone(0.5), "sampling_rate": 16000}}]
+    assert forgetting_and_misalignment(model, processor, rows, base_model=text_llm)[
+        "forgetting"
+    ] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_jsonl_loader_reports_the_malformed_line(tmp_path):

@@ -58,7 +58,7 @@ def forgetting_and_misalignment(
         if with_forgetting:
             base_hidden, base_head = _base_hidden_states(model, base_model, batch)
             base_logits = base_head(base_hidden.flatten(0, 1)[batch["teacher_index"]])
-            forgetting = divergence_per_position(text_logits, base_logits)  # KL(Q || P) on text
+            forgetting = forgetting_per_position(text_logits, base_logits)
         else:
             forgetting = torch.full_like(text_logits[:, 0], float("nan"))
         misalignment = divergence_per_position(speech_logits, text_logits)  # KL(P_text || P_speech)
@@ -77,6 +77,14 @@ def forgetting_and_misalignment(
         "tokens": int(total[2]),
         "domains": dict(sorted(per_domain.items())),
     }
+
+
+def forgetting_per_position(text_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
+    """KL(Q || P) at each position, the base LLM's distribution Q against the speech model's P on the same text,
+    over the ids both heads have: a speech model adds audio tokens (SALAD's `<|audio|>` row), which text never
+    predicts, and heads may be padded to other widths."""
+    shared = min(text_logits.shape[-1], base_logits.shape[-1])
+    return divergence_per_position(text_logits[:, :shared], base_logits[:, :shared])
 
 
 def _base_hidden_states(model, base_model, batch) -> tuple[torch.Tensor, torch.nn.Module]:

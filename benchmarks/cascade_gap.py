@@ -5,8 +5,11 @@ what the cascade gives it.
     python benchmarks/cascade_gap.py ablate --voice en-us   # writes benchmarks/results/cascade_gap/ablation-en-us.json
     python benchmarks/cascade_gap.py ablate --voice en-us --model runs/x/checkpoint-500 --label x-500 \
         --no_ablations                                       # a candidate against the cascade: ablation-en-us-x-500.json
+    python benchmarks/cascade_gap.py ablate --voice en-us --model runs/x/checkpoint-500 --label x-500-parts \
+        --ablations residual_off lora_off                    # which trained part costs what
     python benchmarks/cascade_gap.py ablate --voice slt --decoder_pad_seconds 8 --label pad8 --no_ablations
                                                              # a decoding lever (issue 34): ablation-slt-pad8.json
+    python benchmarks/cascade_gap.py nbest --voice en-us   # SmolLM2 reads all of Whisper's beams: nbest-en-us.json
     python benchmarks/cascade_gap.py curves --run runs/x --label x   # its training curves: curves-x.{json,png}
 
 The `whisper_decoder` adapter hands the LLM one embedding per LLM token of Whisper's greedy transcript, as the LLM's
@@ -34,6 +37,10 @@ switched off one at a time (the residual; the LoRA, i.e. SmolLM2's own weights) 
 the cascade of its own decoder), next to the cascade, all on the same items in one run, with the paired difference
 of each against the cascade.
 
+`nbest` asks whether the room to beat the cascade lies in what Whisper's search throws away: SmolLM2 reads each of
+the hypotheses the 5-beam search finishes with, and each option's probability is averaged over them, weighted by
+Whisper's probability of each.
+
 `curves` gathers a training run's logged loss and its probes (`probes.jsonl`: the held-out TTS rows; and
 `answer_probes.jsonl`: the held-out spoken questions) from its newest checkpoint's `trainer_state.json`, and plots
 them: the leading indicators of whether training moves the model away from the cascade it starts as.
@@ -48,12 +55,14 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from decoder_settings import add_decoder_arguments, decoder_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eval.gap import accuracy_summary, paired_difference
 from eval.harness import EvalArguments, SaladUnderTest, TextReader, evaluate_task
+from eval.scoring import few_shot_block
 from eval.speech import synthesize_items, transcribe
 from eval.tasks import load_offline_tasks
 from trainers.assets import load_salad, resolve_checkpoint
@@ -193,6 +202,8 @@ ABLATIONS = {
     "LoRA off": lora_off,
     "residual and LoRA off (the untrained model)": residual_and_lora_off,
 }
+#: `--ablations` names of the `ABLATIONS`.
+ABLATION_NAMES = dict(zip(("residual_off", "lora_off", "both_off"), ABLATIONS))
 
 
 def ablate(
@@ -200,11 +211,11 @@ def ablate(
     limit: int | None,
     dtype: str,
     model_name: str = "embedded:salad",
-    ablations: bool = True,
+    ablations: list[str] | None = None,
     overrides: dict | None = None,
 ) -> dict:
     """The spoken accuracy of `model_name` (the shipped model by default; loaded with the config `overrides`) with
-    each ablation (unless `ablations` is False), and the cascade's, on the same items."""
+    each of `ablations` (labels of `ABLATIONS`; None: all of them), and the cascade's, on the same items."""
     overrides = overrides or {}
     items = load_offline_tasks()[:limit]
     backend, name = VOICES[voice]
@@ -221,7 +232,8 @@ def ablate(
     correct = {"cascade": _correct(base, "cascade", items), "shipped": _correct(base, "salad_speech", items)}
     speech_only = replace(args, systems=["salad_speech"])
     unchanged = []  # ablations that would switch off what the shipped model does not have: the shipped row
-    for label, change in ABLATIONS.items() if ablations else ():
+    for label in list(ABLATIONS) if ablations is None else ablations:
+        change = ABLATIONS[label]
         variant, _ = load_salad(model_name, getattr(torch, dtype), **overrides)
         if not change(variant, reference):
             unchanged.append(label)
@@ -236,6 +248,84 @@ def ablate(
         "minus_cascade": {label: paired_difference(values, correct["cascade"])
                           for label, values in correct.items() if label != "cascade"},
         "cascade_wer": base.get("cascade_wer"),
+    }  # fmt: skip
+
+
+def nbest_hypotheses(model, processor, clips: list) -> list[list[tuple[float, str]]]:
+    """Each clip's finished beam hypotheses as (summed log-probability, text), best first: the search the adapter
+    runs, all of whose hypotheses a cascade throws away but the first."""
+    adapter, hypotheses = model.adapter, []
+    speech = adapter.require_tokenizers().speech
+    for clip in clips:
+        prepared = processor.prepare_audio([clip])
+        if prepared.windows_per_clip != [1]:
+            raise ValueError(
+                "nbest reads clips of one window (the built-in set's are all shorter than 30 s)."
+            )
+        inputs = prepared.inputs
+        windows = model.encode_windows(
+            torch.from_numpy(inputs["input_features"]), torch.from_numpy(inputs["input_features_mask"])
+        )
+        states = windows.encoder_states
+        if windows.encoder_lengths is not None:
+            states = states[:, : int(windows.encoder_lengths[0])]
+        max_tokens = windows.token_mask.sum(-1).clamp(
+            max=adapter.decoder.max_target_positions - len(adapter.prompt_ids)
+        )
+        finished = adapter.beam_hypotheses(states, max_tokens)[0]
+        hypotheses.append(
+            [(score * len(tokens), speech.decode(tokens, skip_special_tokens=True).strip())
+             for score, tokens, _ in finished]
+        )  # fmt: skip
+    return hypotheses
+
+
+def option_posteriors(scores) -> np.ndarray:
+    """The options' probabilities given one reading: a softmax of their length-normalized scores, the scores the
+    harness picks the option by (so the argmax is the harness's choice)."""
+    return torch.tensor(scores.logprob_norm, dtype=torch.float64).softmax(-1).numpy()
+
+
+def nbest(voice: str, limit: int | None, dtype: str, temperature: float) -> dict:
+    """The cascade that reads all of Whisper's beam hypotheses: each option's probability is its mean over the
+    hypotheses, weighted by each hypothesis's probability under Whisper (its summed log-probability, divided by
+    `temperature`, softmaxed over the clip's hypotheses). The top hypothesis alone is the cascade."""
+    items = load_offline_tasks()[:limit]
+    backend, name = VOICES[voice]
+    args = EvalArguments(tts_backend=backend, tts_voice=name, dtype=dtype)
+    model, processor = load_salad("embedded:salad", getattr(torch, dtype))
+    reference = AutoModelForCausalLM.from_pretrained(
+        resolve_checkpoint("embedded:smollm2-135m-instruct"), dtype=getattr(torch, dtype)
+    ).eval()
+    reader = TextReader.for_run(reference, processor.tokenizer, args)
+    clips = synthesize_items(items, processor.sampling_rate, backend=backend, voice=name)
+    hypotheses = nbest_hypotheses(model, processor, clips)
+    pairs = [(index, text) for index, clip_hypotheses in enumerate(hypotheses) for _, text in clip_hypotheses]
+    shots = few_shot_block(load_offline_tasks("fewshot")[: args.num_fewshot] if args.num_fewshot else [])
+    scores = reader.score_text_items([items[index] for index, _ in pairs], [text for _, text in pairs], shots)
+    posteriors = iter(option_posteriors(score) for score in scores)
+    correct = {"cascade": [], "N-best": [], "N-best, uniform weights": []}
+    agree, rows = 0, []
+    for item, clip_hypotheses in zip(items, hypotheses):
+        per_hypothesis = np.stack([next(posteriors) for _ in clip_hypotheses])
+        logprobs = torch.tensor([logprob for logprob, _ in clip_hypotheses], dtype=torch.float64)
+        weights = (logprobs / temperature).softmax(-1).numpy()
+        mixed = {"cascade": per_hypothesis[0], "N-best": weights @ per_hypothesis,
+                 "N-best, uniform weights": per_hypothesis.mean(0)}  # fmt: skip
+        for label, probabilities in mixed.items():
+            correct[label].append(int(np.argmax(probabilities)) == item.answer)
+        agree += len({text for _, text in clip_hypotheses}) == 1
+        rows.append({"id": item.id, "answer": item.answer, "hypotheses": [text for _, text in clip_hypotheses],
+                     "weights": weights.round(4).tolist(),
+                     **{label: int(np.argmax(p)) for label, p in mixed.items()}})  # fmt: skip
+    return {
+        "voice": voice, "items": len(items), "dtype": dtype, "temperature": temperature,
+        "hypotheses_per_clip": float(np.mean([len(h) for h in hypotheses])),
+        "clips_whose_hypotheses_all_read_alike": agree,
+        "accuracy": {label: accuracy_summary(values) for label, values in correct.items()},
+        "minus_cascade": {label: paired_difference(values, correct["cascade"])
+                          for label, values in correct.items() if label != "cascade"},
+        "rows": rows,
     }  # fmt: skip
 
 
@@ -323,11 +413,32 @@ def plot_curves(results: dict, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def selected_ablations(args: argparse.Namespace) -> list[str] | None:
+    """The labels of the ablations `ablate` runs: none (`--no_ablations`), those named, or all (None)."""
+    if args.no_ablations:
+        return []
+    return None if args.ablations is None else [ABLATION_NAMES[name] for name in args.ablations]
+
+
+def print_accuracies(results: dict) -> None:
+    for label, summary in results["accuracy"].items():
+        difference = results["minus_cascade"].get(label)
+        against = (
+            ""
+            if difference is None
+            else (
+                f", minus cascade {100 * difference['value']:+.1f} "
+                f"[{100 * difference['ci95'][0]:+.1f}, {100 * difference['ci95'][1]:+.1f}]"
+            )
+        )
+        print(f"{label}: {100 * summary['accuracy']:.1f}%{against}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["diagnose", "ablate", "curves"])
+    parser.add_argument("command", choices=["diagnose", "ablate", "nbest", "curves"])
     parser.add_argument("--limit", type=int, default=None, help="Clips per set (default: all).")
     parser.add_argument("--voice", choices=list(VOICES), default="en-us", help="ablate: the held-out voice.")
     parser.add_argument(
@@ -342,7 +453,14 @@ def main(argv: list[str] | None = None) -> None:
         "--label", default=None, help="ablate: names the results file, ablation-VOICE-LABEL.json."
     )
     parser.add_argument("--no_ablations", action="store_true", help="ablate: only the model and the cascade.")
+    parser.add_argument(
+        "--ablations", nargs="+", choices=list(ABLATION_NAMES), default=None,
+        help="ablate: only these ablations (default: all of them).",
+    )  # fmt: skip
     add_decoder_arguments(parser)
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="nbest: divides the hypotheses' log-probabilities."
+    )
     parser.add_argument("--run", type=Path, default=None, help="curves: a salad-train output_dir.")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -354,24 +472,26 @@ def main(argv: list[str] | None = None) -> None:
         plot_curves(results, RESULTS / f"curves-{args.label}.png")
         print(f"Wrote {RESULTS / f'curves-{args.label}.json'} and .png")
         return
+    if args.command == "nbest":
+        with torch.no_grad():
+            results = nbest(args.voice, args.limit, args.dtype, args.temperature)
+        name = f"nbest-{args.voice}.json" if args.limit is None else f"nbest-{args.voice}-{args.limit}.json"
+        (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")
+        print_accuracies(results)
+        return
     if args.command == "ablate":
         with torch.no_grad():
             results = ablate(
-                args.voice, args.limit, args.dtype, args.model, not args.no_ablations, decoder_overrides(args)
+                args.voice,
+                args.limit,
+                args.dtype,
+                args.model,
+                selected_ablations(args),
+                decoder_overrides(args),
             )
         name = f"ablation-{args.voice}-{args.label}.json" if args.label else f"ablation-{args.voice}.json"
         (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")
-        for label, summary in results["accuracy"].items():
-            difference = results["minus_cascade"].get(label)
-            against = (
-                ""
-                if difference is None
-                else (
-                    f", minus cascade {100 * difference['value']:+.1f} "
-                    f"[{100 * difference['ci95'][0]:+.1f}, {100 * difference['ci95'][1]:+.1f}]"
-                )
-            )
-            print(f"{label}: {100 * summary['accuracy']:.1f}%{against}")
+        print_accuracies(results)
         return
     with torch.no_grad():
         results = diagnose(args.limit)

@@ -15,9 +15,10 @@ frame (`Question: <clip>\nAnswer:`). A system gets the audio as an array and ans
 - tokens per second after the first.
 
 The first question only warms up (it is not counted). Peak memory is the process's own peak RSS (`VmHWM`).
-SALAD's TTFT is then split by module hooks into the processor (features), the speech encoder, Whisper's decoder
-(the `whisper_decoder` adapter's transcript, with its number of steps), the rest of the adapter, and the LLM's
-prefill; the cascade's into its ASR and its LLM. Results go to `benchmarks/results/latency.json`.
+SALAD's TTFT is then split by hooks into the processor (features), the speech encoder, Whisper's search for the
+`whisper_decoder` adapter's transcript (`transcribe_windows`: the decoder's steps, counted apart too, the vocabulary
+logits and the search's bookkeeping, and a window's 30 s re-read where a short read failed to stop), the adapter's
+embeddings, and the LLM's prefill; the cascade's into its ASR and its LLM. Results go to `benchmarks/results/latency.json`.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def run_salad(
     # encoder module's own forward)
     watch.watch_method("encoder", model, "encode_windows")
     parts = {"adapter": model.adapter, "llm": model.language_model}
-    if "decoder" in model.adapter.frozen_parts:
+    if model.adapter.writes_text:  # Whisper's search, its decoder's calls among it
+        watch.watch_method("whisper_search", model, "transcribe_windows")
         parts["whisper_decoder"] = model.adapter.decoder
     for name, module in parts.items():
         watch.watch(name, module)
@@ -138,8 +140,8 @@ def run_salad(
             "ttft": first - start,
             "tokens_per_second": (len(clock.stamps) - 1) / (clock.stamps[-1] - first),
             "processor": features - start,
-            "prefill_seconds": prefill["seconds"],  # module sums up to the first token (the adapter's include
-            "prefill_calls": prefill["calls"],  # Whisper's decoder)
+            "prefill_seconds": prefill["seconds"],  # sums up to the first token (Whisper's search includes its
+            "prefill_calls": prefill["calls"],  # decoder's calls, and the encoder's 30 s re-reads where it retries)
             "seconds_of_audio": clip.size / 16000,
         })  # fmt: skip
     return measured

@@ -4,8 +4,9 @@ padding. With `adapter_decoder_pad_seconds` it reads the window plus a few secon
 the built-in questions spoken by a held-out voice:
 
 - transcripts identical to the 30 s ones;
-- windows whose transcript ran to their audio-token slots without ending (Whisper failing to stop: with too little
-  silence after the words it loops or makes words up, and only the slots stop it);
+- windows whose short read failed to stop (with too little silence after the words Whisper writes the sentence
+  again, or runs on to the window's audio-token slots), which the model then reads again over 30 s
+  (`transcribe_windows`), and windows whose final transcript still ran to their slots;
 - word error rate against the text that was spoken (`trainers.distillation.probes.word_error_rate`);
 - seconds per clip of the encoder and the decoder's search (median).
 
@@ -38,18 +39,25 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def transcribe_all(model, processor, clips: list[np.ndarray]) -> dict:
-    """Each clip's transcript inside the model, whether it ran to its slots, and the seconds it took."""
-    texts, cut, seconds = [], [], []
+    """Each clip's transcript inside the model (`transcribe_windows`: with a short read, read again over 30 s where
+    Whisper failed to stop), whether it ran to its slots, the seconds it took, and whether the short read failed
+    to stop (so was read again; always False at 30 s)."""
+    texts, cut, seconds, retried = [], [], [], []
     for clip in clips:
         inputs = processor(text=text_prompt(processor.audio_token, ""), audio=clip, sampling_rate=16000)
         features, mask = inputs["input_features"], inputs["input_features_mask"]
         start = time.perf_counter()
         windows = model.encode_windows(features, mask)
-        transcript = model.adapter.transcribe(windows)
+        transcript = model.transcribe_windows(windows)
         seconds.append(time.perf_counter() - start)
         texts.append(" ".join(model.adapter.transcript_texts(transcript)))
         cut.append(bool((transcript.counts >= windows.token_mask.sum(-1)).any()))
-    return {"texts": texts, "cut": cut, "seconds": seconds}
+        short_read = model.config.adapter_decoder_pad_seconds is not None
+        failed = short_read and bool(
+            model.adapter.failed_to_stop(model.adapter.search(windows), windows).any()
+        )
+        retried.append(failed)
+    return {"texts": texts, "cut": cut, "seconds": seconds, "read_again_over_30_s": retried}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         label: {
             "identical_to_full": sum(a == b for a, b in zip(run["texts"], full)),
             "cut_at_slots": sum(run["cut"]),
+            "read_again_over_30_s": sum(run["read_again_over_30_s"]),
             "wer": word_error_rate(spoken, run["texts"]),
             "seconds_per_clip_median": float(np.median(run["seconds"])),
         }
@@ -106,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     for label, row in summary.items():
         print(f"{label}: identical {row['identical_to_full']}/{len(items)}, cut {row['cut_at_slots']}, "
+              f"read again over 30 s {row['read_again_over_30_s']}, "
               f"WER {100 * row['wer']:.1f}%, {row['seconds_per_clip_median']:.3f} s a clip")  # fmt: skip
     print(f"-> {output}")
 

@@ -31,6 +31,9 @@ logger = logging.get_logger(__name__)
 # one token per `WHISPER_SILENT_SECONDS_PER_TOKEN` has most likely lost its words, and is reported.
 WHISPER_LOUD_FRAME_MARGIN = 1.0
 WHISPER_SILENT_SECONDS_PER_TOKEN = 2.0
+#: Whisper tokens in a row whose second occurrence in a transcript marks it as Whisper failing to stop
+#: (`SaladWhisperDecoderAdapter.failed_to_stop`).
+REPEAT_NGRAM = 4
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -384,8 +387,13 @@ def vocabulary_logits(states: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     """`states @ head.T` in fp32 (`[n, vocab]` from `[n, d]` states and a `[vocab, d]` head), computed as
     `(head @ states.T).T`: the same products summed in another order, so equal within fp32 rounding. CPU BLAS runs
     the few rows of a decoding step several times faster with the large weight as the left operand (Whisper's
-    51,865-token head is most of a beam step's time otherwise; `benchmarks/latency.py`)."""
-    return (head.float() @ states.float().T).T
+    51,865-token head is most of a beam step's time otherwise; `benchmarks/latency.py`). A single row goes in
+    twice: one row takes BLAS's matrix-vector kernel, about 4x slower on this head than its matrix-matrix kernel on
+    two (8 ms against 2 ms a greedy step on a 2-core EPYC)."""
+    states = states.float()
+    if states.shape[0] == 1:
+        return (head.float() @ states.repeat(2, 1).T)[:, :1].T
+    return (head.float() @ states.T).T
 
 
 def pad_right(rows: list[list[int]], device: torch.device) -> torch.Tensor:
@@ -407,6 +415,11 @@ class WhisperTranscript(NamedTuple):
     ids: torch.Tensor
     states: torch.Tensor
     counts: torch.Tensor
+
+
+def select_windows(transcript: WhisperTranscript, rows: torch.Tensor) -> WhisperTranscript:
+    """The transcript of windows `rows` of a batch's."""
+    return WhisperTranscript(transcript.ids[rows], transcript.states[rows], transcript.counts[rows])
 
 
 def merge_transcripts(parts: list[tuple[torch.Tensor, WhisperTranscript]]) -> WhisperTranscript:
@@ -572,16 +585,23 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         return self.tokenizers
 
     def transcribe(self, windows: AudioWindows) -> WhisperTranscript:
-        """Transcripts of the windows, window `i` at most its number of audio-token slots long. As Whisper's
-        `generate` transcribes: after the no-timestamps prompt (`adapter_decoder_prompt_ids`), never writing its
-        `suppress_tokens` (non-speech symbols) and not starting with its `begin_suppress_tokens` (a blank or the end
-        of text), by beam search (`beam_transcript`) or, with one beam, greedily (`greedy_transcript`). A window
-        that fills its slots without ending is cut there, and one that sounds like speech but comes out (almost)
-        empty is reported, each with a warning."""
-        # a window's slots, and never past what Whisper's decoder can write after its prompt
-        max_tokens = windows.token_mask.sum(-1).clamp(
-            max=self.decoder.max_target_positions - len(self.prompt_ids)
-        )
+        """`search`, and a warning about each window that filled its slots without ending (cut there) or that
+        sounds like speech but came out (almost) empty."""
+        transcript = self.search(windows)
+        self.warn_about(transcript, windows)
+        return transcript
+
+    def max_tokens(self, windows: AudioWindows) -> torch.Tensor:
+        """`[n]` the most tokens each window's transcript may have: its slots, and never more than Whisper's
+        decoder can write after its prompt."""
+        return windows.token_mask.sum(-1).clamp(max=self.decoder.max_target_positions - len(self.prompt_ids))
+
+    def search(self, windows: AudioWindows) -> WhisperTranscript:
+        """Transcripts of the windows, window `i` at most `max_tokens` long. As Whisper's `generate` transcribes:
+        after the no-timestamps prompt (`adapter_decoder_prompt_ids`), never writing its `suppress_tokens`
+        (non-speech symbols) and not starting with its `begin_suppress_tokens` (a blank or the end of text), by
+        beam search (`beam_transcript`) or, with one beam, greedily (`greedy_transcript`)."""
+        max_tokens = self.max_tokens(windows)
         search = self.beam_transcript if self.num_beams > 1 else self.greedy_transcript
         states, lengths = windows.encoder_states, windows.encoder_lengths
         with torch.no_grad():
@@ -592,11 +612,32 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
                 transcript = merge_transcripts(
                     [(rows, search(states[rows, : lengths[rows[0]]], max_tokens[rows])) for rows in groups]
                 )
-        self.warn_about_cut_windows(transcript.counts, max_tokens)
-        self.warn_about_lost_words(windows, transcript.counts)
         return transcript
 
+    def failed_to_stop(self, transcript: WhisperTranscript, windows: AudioWindows) -> torch.Tensor:
+        """`[n]` True where Whisper failed to stop: the transcript ran to the window's slots, or some
+        `REPEAT_NGRAM` tokens of it come twice (with little silence after the words, Whisper tends to write the
+        sentence again; one sentence of speech seldom repeats that many tokens)."""
+        max_tokens = self.max_tokens(windows)
+        failed = (transcript.counts >= max_tokens) & (max_tokens > 0)
+        for row, (ids, count) in enumerate(zip(transcript.ids.tolist(), transcript.counts.tolist())):
+            ngrams = [tuple(ids[start : start + REPEAT_NGRAM]) for start in range(count - REPEAT_NGRAM + 1)]
+            failed[row] |= len(set(ngrams)) < len(ngrams)
+        return failed
+
+    def warn_about(self, transcript: WhisperTranscript, windows: AudioWindows) -> None:
+        self.warn_about_cut_windows(transcript.counts, self.max_tokens(windows))
+        self.warn_about_lost_words(windows, transcript.counts)
+
     def beam_transcript(self, encoder_states: torch.Tensor, max_tokens: torch.Tensor) -> WhisperTranscript:
+        """The best hypothesis of each window's beam search (`beam_hypotheses`)."""
+        hypotheses = self.beam_hypotheses(encoder_states, max_tokens)
+        best = [window[0] if window else None for window in hypotheses]
+        return self.transcript_of_hypotheses(best, encoder_states.new_zeros(0, self.decoder.config.d_model))
+
+    def beam_hypotheses(
+        self, encoder_states: torch.Tensor, max_tokens: torch.Tensor
+    ) -> list[list[tuple[float, list[int], torch.Tensor]]]:
         """`transcribe`'s beam search on `[n, frames, d]` encoder states, window `i` at most `max_tokens[i]` long
         (within the decoder's positions).
 
@@ -613,6 +654,10 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         values over the window's frames, 30 s of them by default, are most of a step's work, and the beams of a
         window share them); each beam carries the decoder states of its tokens along, so the chosen transcript
         needs no second pass.
+
+        Returns each window's finished hypotheses, best first (at most `num_beams`; none for a window without
+        slots): its score (mean log-probability), its tokens (with the end of text where it ended), the decoder
+        state that chose each.
         """
         decoder, beams = self.decoder, self.num_beams
         num_windows, device = encoder_states.shape[0], encoder_states.device
@@ -623,8 +668,7 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         suppress_first[self.suppressed_first] = float("-inf")
         open_windows = max_tokens > 0
         if not bool(open_windows.any()):
-            empty = encoder_states.new_zeros(0, decoder.config.d_model)
-            return self.transcript_of_hypotheses([None] * num_windows, empty)
+            return [[] for _ in range(num_windows)]
         prompt = torch.tensor(self.prompt_ids, device=device).expand(num_windows, -1)
         output = decoder(input_ids=prompt, encoder_hidden_states=encoder_states, use_cache=True)
         cache = output.cache
@@ -675,8 +719,7 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
                     use_cache=True,
                 )  # fmt: skip
                 hidden = output.last_hidden_state[:, -1]
-        best = [hypotheses[0] if hypotheses else None for hypotheses in finished]
-        return self.transcript_of_hypotheses(best, hidden.new_zeros(0, hidden.shape[-1]))
+        return finished
 
     def transcript_of_hypotheses(
         self, hypotheses: list[tuple[float, list[int], torch.Tensor] | None], empty_states: torch.Tensor

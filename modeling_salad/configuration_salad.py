@@ -197,9 +197,11 @@ class SaladConfig(PreTrainedConfig):
             the window padded to Whisper's full 30 s, as its feature extractor pads a clip, so that the transcript
             is the cascade's. A number `s`: padded with at least `s` seconds of silence, up to the next multiple
             of `s` seconds (so that windows of similar length share an encoder run), at most 30 s; the encoder
-            and the decoder's cross-attention then read a few seconds instead of 30, a different transcript
-            from the cascade's (Whisper learned on 30 s: with too little silence after the words it fails to
-            stop, and the window's slots cut it).
+            and the decoder's cross-attention then read a few seconds instead of 30, several times faster. Whisper
+            learned on 30 s, and with too little silence after the words it sometimes fails to stop (it writes
+            the sentence again, or runs on to the window's slots): such a window is read again over 30 s
+            (`SaladForConditionalGeneration.transcribe_windows`). Other windows may come out a little different
+            from the cascade's transcript (a capital, a punctuation mark, now and then a word).
         lora (`dict`, *optional*):
             LoRA settings of the LLM (`r`, `lora_alpha`, `lora_dropout`, `target_modules`, ... of a
             `peft.LoraConfig`) while it holds LoRA layers; set by `add_lora_to_language_model` and cleared by

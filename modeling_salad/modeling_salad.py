@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -25,7 +25,15 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import logging
 
-from .adapters_salad import AudioWindows, SaladAdapter, WhisperTranscript, adapter_class, lengths_to_mask
+from .adapters_salad import (
+    AudioWindows,
+    SaladAdapter,
+    WhisperTranscript,
+    adapter_class,
+    lengths_to_mask,
+    merge_transcripts,
+    select_windows,
+)
 from .checkpoint_salad import SaladCheckpointMixin
 from .configuration_salad import SaladConfig
 from .lora_salad import SaladLoraMixin, inject_lora, lora_config_from_settings
@@ -207,27 +215,26 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         )
 
     def _encode_whisper_padded(
-        self, input_features: torch.Tensor, feature_lengths: torch.Tensor
+        self, input_features: torch.Tensor, feature_lengths: torch.Tensor, pad_seconds: float | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Whisper's encoder on each window padded with silence as Whisper transcribes it, and the encoder frames
         of each (`whisper_input_frames`): by default its full 30 s, exactly as its feature extractor pads a clip
         (its decoder learned to read such input). A window padded less than the batch's longest is masked past
         its own frames, so that it is encoded as it would be alone."""
-        frames = self.whisper_input_frames(feature_lengths)
+        frames = self.whisper_input_frames(feature_lengths, pad_seconds)
         num_frames = max(int(frames.max()), input_features.shape[-1])
         padded = whisper_padded_features(input_features, feature_lengths, num_frames)
-        if self.config.adapter_decoder_pad_seconds is None:
+        if pad_seconds is None:
             states = self.audio_tower(padded.to(self.audio_tower.conv1.weight.dtype)).last_hidden_state
         else:  # one code path whatever the batch, so that a window reads the same alone and among others
             states = self._encode_whisper(padded, frames)
         return states, self._conv_lengths(frames)
 
-    def whisper_input_frames(self, feature_lengths: torch.Tensor) -> torch.Tensor:
-        """Feature frames Whisper reads for each window: its full 30 s, or, with `adapter_decoder_pad_seconds`
-        (`s`), the window followed by at least `s` seconds of silence, rounded up to a multiple of `s` seconds (of
-        `s` rounded up to an even number of frames: Whisper's second convolution has stride 2)."""
+    def whisper_input_frames(self, feature_lengths: torch.Tensor, pad_seconds: float | None) -> torch.Tensor:
+        """Feature frames Whisper reads for each window: its full 30 s (`pad_seconds` None), or the window
+        followed by at least `pad_seconds` (`s`) of silence, rounded up to a multiple of `s` seconds (of `s` rounded
+        up to an even number of frames: Whisper's second convolution has stride 2)."""
         full = 2 * self.audio_tower.config.max_source_positions
-        pad_seconds = self.config.adapter_decoder_pad_seconds
         if pad_seconds is None:
             return torch.full_like(feature_lengths, full)
         frames_per_second = self.config.audio_sampling_rate / self.config.audio_length_spec.feature_hop
@@ -264,7 +271,7 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
             with torch.set_grad_enabled(grad):
                 if self.adapter.reads_full_windows:
                     encoder_states, encoder_lengths = self._encode_whisper_padded(
-                        input_features, feature_lengths
+                        input_features, feature_lengths, self.config.adapter_decoder_pad_seconds
                     )
                 else:
                     encoder_states = self._encode_trimmed(
@@ -300,7 +307,34 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         """The transcript of each window that an adapter reading Whisper's decoder (`"whisper_decoder"`) hands the
         LM, each at most its audio-token slots long; windows that sound like speech but come out (almost) empty
         are reported. Other adapters write no transcript and raise a `ValueError`."""
-        return self.adapter.transcribe(self.encode_windows(input_features, input_features_mask))
+        return self.transcribe_windows(self.encode_windows(input_features, input_features_mask))
+
+    def transcribe_windows(self, windows: AudioWindows) -> WhisperTranscript:
+        """`transcribe` of windows the encoder has read.
+
+        With `adapter_decoder_pad_seconds`, Whisper reads a window followed by a few seconds of silence rather
+        than its full 30 s, several times faster, but with so little silence after the words it sometimes fails
+        to stop: it writes the sentence again, or runs on to the window's slots. A window whose transcript does
+        either (`SaladWhisperDecoderAdapter.failed_to_stop`) is read again as by default, padded to 30 s: the
+        LM never reads such a loop, and the short read costs time only where it failed."""
+        adapter = self.adapter
+        transcript = adapter.search(windows)
+        if self.config.adapter_decoder_pad_seconds is not None:
+            failed = adapter.failed_to_stop(transcript, windows)
+            if bool(failed.any()):
+                rows, kept = failed.nonzero()[:, 0], (~failed).nonzero()[:, 0]
+                features, lengths = windows.features[rows], windows.feature_lengths[rows]
+                with torch.no_grad():  # a transcript's tokens and states are the frozen Whisper's alone
+                    states, encoder_lengths = self._encode_whisper_padded(features, lengths, pad_seconds=None)
+                again = replace(
+                    windows, features=features, feature_lengths=lengths, encoder_states=states,
+                    encoder_lengths=encoder_lengths, token_mask=windows.token_mask[rows], opens_with_space=None,
+                )  # fmt: skip
+                transcript = merge_transcripts(
+                    [(rows, adapter.search(again)), (kept, select_windows(transcript, kept))]
+                )
+        adapter.warn_about(transcript, windows)
+        return transcript
 
     def audio_embeddings_and_keep(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor
@@ -311,6 +345,8 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
 
     def adapt_windows(self, windows: AudioWindows) -> tuple[torch.Tensor, torch.Tensor]:
         """`audio_embeddings_and_keep` of windows the encoder has read."""
+        if self.adapter.writes_text and windows.transcript is None:
+            windows = replace(windows, transcript=self.transcribe_windows(windows))
         embeds, keep = self.adapter(windows, self.get_input_embeddings().weight)
         if embeds.shape[1] != windows.token_mask.shape[1]:
             raise RuntimeError(

@@ -246,7 +246,7 @@ def test_with_less_silence_whisper_reads_less_and_a_batch_still_equals_each_wind
         tone(29.5, SR, 600, seed=4),
     ]
     batch = processor(audio=clips, sampling_rate=SR)
-    frames = model.whisper_input_frames(window_lengths(batch["input_features_mask"]))
+    frames = model.whisper_input_frames(window_lengths(batch["input_features_mask"]), pad_seconds=1.0)
     assert frames.tolist() == [300, 200, 200, 3000]  # at most Whisper's 30 s
     with torch.no_grad():
         windows = model.encode_windows(batch["input_features"], batch["input_features_mask"])
@@ -267,6 +267,49 @@ def test_with_less_silence_whisper_reads_less_and_a_batch_still_equals_each_wind
             assert_close_in_dtype(
                 transcript.states[row, :count], alone.states[0, :count], ulps=OTHER_PATH_ULPS
             )
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_a_window_whisper_fails_to_stop_on_short_silence_is_read_again_over_30_s(num_beams):
+    """With `adapter_decoder_pad_seconds`, a window whose short read runs to its slots is read again as by default
+    (30 s): its transcript is the 30 s model's, while a window of the same batch whose short read ended keeps it.
+    Here the decoder ends after 4 tokens: the 0.1 s window has fewer slots and is cut, the 2 s window is not."""
+    model, processor = decoder_tiny(adapter_decoder_pad_seconds=1.0, adapter_decoder_num_beams=num_beams)
+    full, _ = decoder_tiny(adapter_decoder_num_beams=num_beams)
+    end_text_after(model, 4)
+    full.load_state_dict(model.state_dict())
+    clips = [tone(0.1, SR), tone(2.0, SR, 500, seed=2)]
+    batch = processor(audio=clips, sampling_rate=SR)
+    with torch.no_grad():
+        windows = model.encode_windows(batch["input_features"], batch["input_features_mask"])
+        short = model.adapter.search(windows)
+        slots = model.adapter.max_tokens(windows)
+        assert model.adapter.failed_to_stop(short, windows).tolist() == [True, False]
+        assert int(short.counts[0]) == int(slots[0]) < 4 == int(short.counts[1])
+        transcript = model.transcribe(batch["input_features"], batch["input_features_mask"])
+        again = full.transcribe(batch["input_features"], batch["input_features_mask"])
+    count = int(again.counts[0])
+    assert int(transcript.counts[0]) == count
+    assert transcript.ids[0, :count].tolist() == again.ids[0, :count].tolist()
+    assert_close_in_dtype(transcript.states[0, :count], again.states[0, :count], ulps=OTHER_PATH_ULPS)
+    assert not torch.allclose(transcript.states[0, :count], short.states[0, :count])  # it was read again
+    assert transcript.ids[1, :4].tolist() == short.ids[1, :4].tolist() and int(transcript.counts[1]) == 4
+    assert_close_in_dtype(transcript.states[1, :4], short.states[1, :4], ulps=OTHER_PATH_ULPS)
+
+
+def test_a_transcript_that_repeats_four_tokens_failed_to_stop():
+    """Whisper writing its sentence again on short silence shows as a run of `REPEAT_NGRAM` tokens that comes
+    twice; three repeated tokens, or a repeat past the transcript's end (padding), do not count."""
+    model, _ = decoder_tiny()
+    ids = torch.tensor(
+        [[5, 6, 7, 8, 9, 5, 6, 7, 8, 0], [5, 6, 7, 8, 9, 5, 6, 7, 0, 0], [5, 6, 7, 8, 5, 6, 7, 8, 0, 0]]
+    )
+    transcript = WhisperTranscript(ids, torch.zeros(3, 10, 4), torch.tensor([9, 8, 4]))
+    windows = AudioWindows(
+        features=torch.zeros(3, 4, 8), feature_lengths=torch.full((3,), 8), encoder_states=None,
+        token_mask=torch.ones(3, 12, dtype=torch.bool),
+    )  # fmt: skip
+    assert model.adapter.failed_to_stop(transcript, windows).tolist() == [True, False, False]
 
 
 def tiny_whisper_like(model) -> WhisperForConditionalGeneration:
@@ -535,14 +578,16 @@ def test_training_continues_a_checkpoint_with_other_decoding_settings_but_not_an
         )
 
 
+@pytest.mark.parametrize("rows", [1, 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_vocabulary_logits_are_the_states_times_the_head_in_fp32(dtype):
+def test_vocabulary_logits_are_the_states_times_the_head_in_fp32(dtype, rows):
     """The decoder's logits with the weight as the left operand: the products of `states @ head.T`, summed in another
-    order, so equal to them in fp32 within rounding, for a model in any dtype, shape `[rows, vocab]`."""
+    order, so equal to them in fp32 within rounding, for a model in any dtype, shape `[rows, vocab]`; one row (a
+    greedy step) too, which goes through the matrix-matrix product twice over."""
     generator = torch.Generator().manual_seed(0)
-    states, head = (torch.randn(shape, generator=generator).to(dtype) for shape in ((5, 48), (300, 48)))
+    states, head = (torch.randn(shape, generator=generator).to(dtype) for shape in ((rows, 48), (300, 48)))
     logits = vocabulary_logits(states, head)
-    assert logits.shape == (5, 300) and logits.dtype == torch.float32
+    assert logits.shape == (rows, 300) and logits.dtype == torch.float32
     assert_close_in_dtype(logits, states.float() @ head.float().T, ulps=OTHER_PATH_ULPS)
 
 

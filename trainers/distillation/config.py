@@ -297,7 +297,8 @@ class SaladModelArguments:
         metadata={
             "help": "whisper_decoder adapter, of a new model or in place of the checkpoint's: Whisper reads each "
             "window followed by at least this many seconds of silence (rounded up to a multiple of them) instead "
-            "of padded to 30 s: faster, and no longer the transcript of Whisper's own pipeline (default: 30 s)."
+            "of padded to 30 s, and again over 30 s where it then fails to stop: faster, and no longer always the "
+            "transcript of Whisper's own pipeline (default: 30 s)."
         },
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})

@@ -31,9 +31,11 @@ def frozen_fingerprint(model: SaladForConditionalGeneration) -> str:
     adapter = model.adapter
     search = (adapter.prompt_ids, adapter.num_beams, adapter.suppressed, adapter.suppressed_first)
     pad_seconds = model.config.adapter_decoder_pad_seconds
-    # Whisper's full 30 s, the default, keeps the fingerprint of the caches written before this setting existed
+    # Whisper's full 30 s, the default, keeps the fingerprint of the caches written before this setting existed;
+    # a short read is retried over 30 s where Whisper fails to stop (`transcribe_windows`), since the caches
+    # written before that came in were keyed without the retry
     if pad_seconds is not None:
-        search = (*search, float(pad_seconds))
+        search = (*search, float(pad_seconds), "retried over 30 s")
     digest = hashlib.sha256(repr((*search, model.config.audio_length_spec.to_dict())).encode())
     for module in (model.audio_tower, model.adapter.decoder):
         for name, tensor in module.state_dict().items():

@@ -60,7 +60,7 @@ demo-fast: $(STAMP) system-packages
 embedded-default: $(STAMP)
 	$(BIN)/python -m hub_scripts.build --audio_encoder embedded:whisper-tiny.en \
 		--language_model embedded:smollm2-135m-instruct --adapter_type whisper_decoder --adapter_stack_factor 4 \
-		--adapter_intermediate_size 1024 --output_dir runs/embedded-default/init
+		--adapter_intermediate_size 1024 --adapter_decoder_pad_seconds 4 --output_dir runs/embedded-default/init
 	$(BIN)/python -m hub_scripts.export_embedded_default --checkpoint runs/embedded-default/init
 
 # SALAD's Stage I distillation of the residual (200 steps), then LoRA on SmolLM2 (300 steps), on the CPU, from the

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import os
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, reduce
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
@@ -423,16 +423,19 @@ def select_windows(transcript: WhisperTranscript, rows: torch.Tensor) -> Whisper
 
 
 def merge_transcripts(parts: list[tuple[torch.Tensor, WhisperTranscript]]) -> WhisperTranscript:
-    """One `WhisperTranscript` of the windows of several, each given with the indices of its windows."""
+    """One `WhisperTranscript` of the windows of several, each given with the indices of its windows. The states
+    come out in the widest of the parts' dtypes: under autocast, Whisper's own encoder (a 30 s read) and our layer
+    loop (a short read) hand the decoder states of different dtypes."""
     num_windows = sum(len(rows) for rows, _ in parts)
     length = max(part.ids.shape[1] for _, part in parts)
     first = parts[0][1]
+    dtype = reduce(torch.promote_types, (part.states.dtype for _, part in parts))
     ids = first.ids.new_zeros(num_windows, length)
-    states = first.states.new_zeros(num_windows, length, first.states.shape[-1])
+    states = first.states.new_zeros(num_windows, length, first.states.shape[-1], dtype=dtype)
     counts = first.counts.new_zeros(num_windows)
     for rows, part in parts:
         ids[rows, : part.ids.shape[1]] = part.ids
-        states[rows, : part.ids.shape[1]] = part.states
+        states[rows, : part.ids.shape[1]] = part.states.to(dtype)
         counts[rows] = part.counts
     return WhisperTranscript(ids, states, counts)
 

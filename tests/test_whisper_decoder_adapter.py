@@ -297,6 +297,19 @@ def test_a_window_whisper_fails_to_stop_on_short_silence_is_read_again_over_30_s
     assert_close_in_dtype(transcript.states[1, :4], short.states[1, :4], ulps=OTHER_PATH_ULPS)
 
 
+def test_a_window_read_again_under_bf16_autocast_joins_the_batch_in_one_dtype():
+    """Under bf16 autocast (the trainer's on a CPU with bf16 units) the 30 s read goes through Whisper's own encoder
+    and the short read through our layer loop, whose states come out in different dtypes; the windows read again
+    and those kept still make one transcript (`make demo` failed here after its training step)."""
+    model, processor = decoder_tiny(adapter_decoder_pad_seconds=1.0, adapter_decoder_num_beams=3)
+    end_text_after(model, 4)
+    batch = processor(audio=[tone(0.1, SR), tone(2.0, SR, 500, seed=2)], sampling_rate=SR)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        transcript = model.transcribe(batch["input_features"], batch["input_features_mask"])
+    assert transcript.counts[1] == 4 and transcript.states.dtype == torch.float32
+    assert torch.isfinite(transcript.states).all()
+
+
 def test_a_transcript_that_repeats_four_tokens_failed_to_stop():
     """Whisper writing its sentence again on short silence shows as a run of `REPEAT_NGRAM` tokens that comes
     twice; three repeated tokens, or a repeat past the transcript's end (padding), do not count."""

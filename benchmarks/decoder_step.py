@@ -1,0 +1,160 @@
+"""What one step of Whisper's search inside the shipped model costs, part by part, and how much of it is reading
+weights from memory: the floor under the `whisper_decoder` adapter's time to first token on this machine.
+
+    python benchmarks/decoder_step.py        # alone on the machine; writes benchmarks/results/decoder_step.json
+
+Each step of the search runs Whisper's decoder on one new token per beam (its cache holding the prompt, the tokens
+so far and the cross-attention keys and values over the window's frames), projects the beams' states onto Whisper's
+51,865-token vocabulary (`vocabulary_logits`), and picks the next beams (log-softmax and top-k). Each part is timed
+here for 1, 2 and 5 rows (greedy, and the shipped 5 beams) on a window of the built-in questions' median length
+(2.6 s of speech, read with the shipped 4-8 s of silence after it), in fp32 as the model runs it. Where a part's time
+hardly grows with its rows, it is bound by reading its weights, not by arithmetic: the decoder's linear layers are
+also timed alone in fp32 and as bf16 copies (half the bytes), and the JSON gives the bytes each part reads a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from latency import machine
+from torch import nn
+
+from modeling_salad.adapters_salad import vocabulary_logits
+from trainers.assets import load_salad
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "decoder_step.json"
+ROWS = (1, 2, 5)
+MEDIAN_QUESTION_SECONDS = 2.6
+
+
+def milliseconds(step, repeats: int) -> float:
+    """Median wall time of `step()` in ms over `repeats` calls, after 3 that warm up."""
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def encoder_positions(model, seconds: float) -> int:
+    """Whisper encoder positions of a window of `seconds` of speech, padded as the shipped model reads it."""
+    frames_per_second = model.config.audio_sampling_rate / model.config.audio_length_spec.feature_hop
+    lengths = torch.tensor([round(seconds * frames_per_second)])
+    frames = model.whisper_input_frames(lengths, model.config.adapter_decoder_pad_seconds)
+    return int(frames[0]) // 2  # Whisper's second convolution has stride 2
+
+
+def decoder_step_ms(decoder, prompt_ids: list[int], rows: int, positions: int, repeats: int) -> float:
+    """One cached decoder step for `rows` beams, 8 tokens into the transcript."""
+    encoder_states = torch.randn(rows, positions, decoder.config.d_model)
+    prompt = torch.tensor(prompt_ids + [440] * 8).expand(rows, -1)
+    cache = decoder(input_ids=prompt, encoder_hidden_states=encoder_states, use_cache=True).cache
+    next_ids = torch.full((rows, 1), 440)
+
+    def step():
+        decoder(input_ids=next_ids, encoder_hidden_states=encoder_states, cache=cache, use_cache=True)
+        cache.self_attention_cache.crop(-1)  # every call sees the same cache length
+
+    return milliseconds(step, repeats)
+
+
+def step_linear_layers(decoder) -> list[nn.Linear]:
+    """The decoder's linear layers that every step runs: all but the cross-attention's key and value projections
+    (computed once, over the frames, with the prompt)."""
+    return [
+        module
+        for name, module in decoder.named_modules()
+        if isinstance(module, nn.Linear) and not name.endswith(("encoder_attn.k_proj", "encoder_attn.v_proj"))
+    ]
+
+
+def linear_layers_ms(decoder, rows: int, dtype: torch.dtype, repeats: int) -> float:
+    """The linear layers of a step alone, once each on `rows` rows, with weights in `dtype`."""
+    layers = [
+        (module.weight.to(dtype), None if module.bias is None else module.bias.to(dtype))
+        for module in step_linear_layers(decoder)
+    ]
+    inputs = {
+        width: torch.randn(rows, width, dtype=dtype) for width in {weight.shape[1] for weight, _ in layers}
+    }
+
+    def step():
+        for weight, bias in layers:
+            torch.nn.functional.linear(
+                inputs[weight.shape[1]], weight, None if bias is None else bias.to(dtype)
+            )
+
+    return milliseconds(step, repeats)
+
+
+def step_parts_ms(
+    decoder, prompt_ids: list[int], rows: int, positions: int, repeats: int
+) -> dict[str, float]:
+    """Each part of a search step for `rows` beams, in ms."""
+    head = decoder.embed_tokens.weight
+    states = torch.randn(rows, decoder.config.d_model)
+    logits = vocabulary_logits(states, head)
+    return {
+        "decoder_step": decoder_step_ms(decoder, prompt_ids, rows, positions, repeats),
+        "decoder_linear_layers_fp32": linear_layers_ms(decoder, rows, torch.float32, repeats),
+        "decoder_linear_layers_bf16_weights": linear_layers_ms(decoder, rows, torch.bfloat16, repeats),
+        "vocabulary_logits": milliseconds(partial(vocabulary_logits, states, head), repeats),
+        "log_softmax_and_top_k": milliseconds(partial(pick_beams, logits, rows), repeats),
+    }
+
+
+def pick_beams(logits: torch.Tensor, rows: int) -> torch.Tensor:
+    """A step's choice of continuations: the `2 * rows` best of all rows' log-probabilities."""
+    return logits.log_softmax(-1).flatten().topk(2 * rows).indices
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="embedded:salad", help="The SALAD checkpoint whose Whisper to time."
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=200, help="Timed calls per measurement (the median is kept)."
+    )
+    parser.add_argument("--output", default=str(RESULTS), help="Where the JSON results go.")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    model, _ = load_salad(args.model, torch.float32)
+    adapter = model.adapter
+    decoder = adapter.decoder
+    head = decoder.embed_tokens.weight
+    positions = encoder_positions(model, MEDIAN_QUESTION_SECONDS)
+    linear_bytes = sum(module.weight.numel() * 4 for module in step_linear_layers(decoder))
+    results = {
+        "command": "python benchmarks/decoder_step.py",
+        "model": args.model,
+        "machine": machine(),
+        "encoder_positions": positions,
+        "bytes_read_per_step_mb": {
+            "decoder_linear_weights_fp32": linear_bytes / 2**20,
+            "cross_attention_keys_values_per_row": decoder.config.decoder_layers * 2 * positions
+            * decoder.config.d_model * 4 / 2**20,
+            "vocabulary_head_fp32": head.numel() * 4 / 2**20,
+        },
+        "ms": {},
+    }  # fmt: skip
+    for rows in ROWS:
+        results["ms"][str(rows)] = step_parts_ms(decoder, adapter.prompt_ids, rows, positions, args.repeats)
+    Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -52,11 +52,10 @@ def transcribe_all(model, processor, clips: list[np.ndarray]) -> dict:
         seconds.append(time.perf_counter() - start)
         texts.append(" ".join(model.adapter.transcript_texts(transcript)))
         cut.append(bool((transcript.counts >= windows.token_mask.sum(-1)).any()))
-        short_read = model.config.adapter_decoder_pad_seconds is not None
-        failed = short_read and bool(
-            model.adapter.failed_to_stop(model.adapter.search(windows), windows).any()
+        failed = model.adapter.failed_to_stop(model.adapter.search(windows), windows) & model.read_short(
+            windows
         )
-        retried.append(failed)
+        retried.append(bool(failed.any()))
     return {"texts": texts, "cut": cut, "seconds": seconds, "read_again_over_30_s": retried}
 
 

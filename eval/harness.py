@@ -35,12 +35,15 @@ from .scoring import (
     score_text_items,
     text_prompt,
 )
-from .speech import self_transcribe, synthesize_items, transcribe
+from .speech import own_whisper_transcribe, self_transcribe, synthesize_items, transcribe
 from .speech_llms import SpeechLLM, is_salad_checkpoint, speech_llm_forgetting_and_misalignment
 from .tasks import load_offline_tasks, load_task, parse_task_spec
 
 SYSTEMS = ("base_text", "salad_text", "salad_speech", "cascade", "prior", "self_cascade")
 DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "self_cascade")  # it generates per item: asked for by name
+DEFAULT_ASR_MODEL = (
+    "embedded:whisper-tiny.en"  # the cascade's ASR for a model that does not hear with Whisper's decoder
+)
 
 
 @dataclass
@@ -61,8 +64,13 @@ class EvalArguments:
             "other speech LLMs (the text LLM they were built from)."
         },
     )
-    asr_model: str = field(
-        default="embedded:whisper-tiny.en", metadata={"help": "Whisper checkpoint of the cascade's ASR."}
+    asr_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Whisper checkpoint of the cascade's ASR pipeline. None: for a SALAD model whose adapter reads "
+            "Whisper's own decoder, that Whisper, read over 30 s as its pipeline reads a clip (the cascade of the "
+            f"model's own parts, the pipeline's tokens, faster); for any other model, {DEFAULT_ASR_MODEL}."
+        },
     )
     tasks: list[str] = field(
         default_factory=lambda: ["offline"],
@@ -212,6 +220,14 @@ class SpeechLLMUnderTest:
         )
 
 
+def cascade_transcripts(subject, clips, args: EvalArguments) -> list[str]:
+    """The cascade's transcripts of the clips: Whisper's ASR pipeline on `args.asr_model`, or by default the SALAD
+    model's own Whisper (`own_whisper_transcribe`) where its adapter reads Whisper's decoder."""
+    if args.asr_model is None and isinstance(subject, SaladUnderTest) and subject.lm.adapter.writes_text:
+        return own_whisper_transcribe(subject.lm, subject.processor, clips, args.batch_size)
+    return transcribe(args.asr_model or DEFAULT_ASR_MODEL, clips, subject.sampling_rate)
+
+
 def evaluate_task(name, items, subject, reference: TextReader | None, args: EvalArguments) -> dict:
     """Every requested system on the items of one task; returns choices, correctness and the report.
 
@@ -235,7 +251,7 @@ def evaluate_task(name, items, subject, reference: TextReader | None, args: Eval
     )
     transcripts = {}  # per transcript-reading system
     if "cascade" in args.systems:
-        transcripts["cascade"] = transcribe(args.asr_model, clips, subject.sampling_rate)
+        transcripts["cascade"] = cascade_transcripts(subject, clips, args)
     if "self_cascade" in args.systems:
         transcripts["self_cascade"] = subject.self_transcripts(items, clips)
     texts = [item.spoken_text for item in items]

@@ -258,10 +258,13 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         input_features: torch.Tensor,
         input_features_mask: torch.Tensor,
         whisper_transcript: WhisperTranscript | None = None,
+        full_windows: bool = False,
     ) -> AudioWindows:
-        """Every audio window through the speech encoder, as the adapter reads it: trimmed to its length, or
-        padded to the encoder's full window for an adapter that `reads_full_windows`. Given the windows'
-        `whisper_transcript` (see `forward`), the encoder is skipped: the adapter reads that instead."""
+        """Every audio window through the speech encoder, as the adapter reads it: trimmed to its length, or, for
+        an adapter that `reads_full_windows`, padded with `adapter_decoder_pad_seconds` of silence (with
+        `full_windows`, or that setting None: to the encoder's full 30 s, as Whisper's ASR pipeline reads a clip).
+        Given the windows' `whisper_transcript` (see `forward`), the encoder is skipped: the adapter reads that
+        instead."""
         feature_lengths = window_lengths(input_features_mask)
         encoder_states = encoder_lengths = None
         if whisper_transcript is not None:
@@ -270,8 +273,9 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
             grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.audio_tower.parameters())
             with torch.set_grad_enabled(grad):
                 if self.adapter.reads_full_windows:
+                    pad_seconds = None if full_windows else self.config.adapter_decoder_pad_seconds
                     encoder_states, encoder_lengths = self._encode_whisper_padded(
-                        input_features, feature_lengths, self.config.adapter_decoder_pad_seconds
+                        input_features, feature_lengths, pad_seconds
                     )
                 else:
                     encoder_states = self._encode_trimmed(
@@ -302,39 +306,53 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
 
     @torch.no_grad()
     def transcribe(
-        self, input_features: torch.Tensor, input_features_mask: torch.Tensor
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor, full_windows: bool = False
     ) -> WhisperTranscript:
         """The transcript of each window that an adapter reading Whisper's decoder (`"whisper_decoder"`) hands the
         LM, each at most its audio-token slots long; windows that sound like speech but come out (almost) empty
-        are reported. Other adapters write no transcript and raise a `ValueError`."""
-        return self.transcribe_windows(self.encode_windows(input_features, input_features_mask))
+        are reported. Other adapters write no transcript and raise a `ValueError`.
+
+        With `full_windows`, Whisper reads every window over its full 30 s whatever `adapter_decoder_pad_seconds`
+        says: the tokens of Whisper's own ASR pipeline (`generate` with 5 beams) on a clip of one window, the
+        transcript of the cascade made of the model's parts, in about 60% of the pipeline's time."""
+        return self.transcribe_windows(
+            self.encode_windows(input_features, input_features_mask, full_windows=full_windows)
+        )
 
     def transcribe_windows(self, windows: AudioWindows) -> WhisperTranscript:
         """`transcribe` of windows the encoder has read.
 
         With `adapter_decoder_pad_seconds`, Whisper reads a window followed by a few seconds of silence rather
         than its full 30 s, several times faster, but with so little silence after the words it sometimes fails
-        to stop: it writes the sentence again, or runs on to the window's slots. A window whose transcript does
-        either (`SaladWhisperDecoderAdapter.failed_to_stop`) is read again as by default, padded to 30 s: the
-        LM never reads such a loop, and the short read costs time only where it failed."""
+        to stop: it writes the sentence again, or runs on to the window's slots. A window read short whose
+        transcript does either (`SaladWhisperDecoderAdapter.failed_to_stop`) is read again as by default, padded
+        to 30 s: the LM never reads such a loop, and the short read costs time only where it failed."""
         adapter = self.adapter
         transcript = adapter.search(windows)
-        if self.config.adapter_decoder_pad_seconds is not None:
-            failed = adapter.failed_to_stop(transcript, windows)
-            if bool(failed.any()):
-                rows, kept = failed.nonzero()[:, 0], (~failed).nonzero()[:, 0]
-                features, lengths = windows.features[rows], windows.feature_lengths[rows]
-                with torch.no_grad():  # a transcript's tokens and states are the frozen Whisper's alone
-                    states, encoder_lengths = self._encode_whisper_padded(features, lengths, pad_seconds=None)
-                again = replace(
-                    windows, features=features, feature_lengths=lengths, encoder_states=states,
-                    encoder_lengths=encoder_lengths, token_mask=windows.token_mask[rows], opens_with_space=None,
-                )  # fmt: skip
-                transcript = merge_transcripts(
-                    [(rows, adapter.search(again)), (kept, select_windows(transcript, kept))]
-                )
+        failed = adapter.failed_to_stop(transcript, windows) & self.read_short(windows)
+        if bool(failed.any()):
+            rows, kept = failed.nonzero()[:, 0], (~failed).nonzero()[:, 0]
+            features, lengths = windows.features[rows], windows.feature_lengths[rows]
+            with torch.no_grad():  # a transcript's tokens and states are the frozen Whisper's alone
+                states, encoder_lengths = self._encode_whisper_padded(features, lengths, pad_seconds=None)
+            again = replace(
+                windows, features=features, feature_lengths=lengths, encoder_states=states,
+                encoder_lengths=encoder_lengths, token_mask=windows.token_mask[rows], opens_with_space=None,
+            )  # fmt: skip
+            transcript = merge_transcripts(
+                [(rows, adapter.search(again)), (kept, select_windows(transcript, kept))]
+            )
         adapter.warn_about(transcript, windows)
         return transcript
+
+    def read_short(self, windows: AudioWindows) -> torch.Tensor:
+        """`[n]` True where Whisper read a window with less than its full 30 s (so a 30 s read can differ)."""
+        full = self.audio_tower.config.max_source_positions
+        if windows.encoder_lengths is None:
+            return torch.full_like(
+                windows.feature_lengths, windows.encoder_states.shape[1] < full, dtype=torch.bool
+            )
+        return windows.encoder_lengths < full
 
     def audio_embeddings_and_keep(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor

@@ -16,7 +16,7 @@ from peft import LoraConfig
 from safetensors.torch import load_file
 
 from eval.scoring import chat_prompt, score_speech_items, score_text_items, text_prompt
-from eval.speech import synthesize_items
+from eval.speech import own_whisper_transcribe, synthesize_items, transcribe
 from eval.tasks import load_offline_tasks
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 from trainers.assets import asterisk, embedded_default, load_salad, models
@@ -443,6 +443,22 @@ def test_the_whisper_decoder_adapter_writes_whisper_tiny_ens_own_transcript(tmp_
         embedded_default.salad_embedded_default_path(shipped)
     )
     assert reloaded.adapter.tokenizers.read(number, opens_with_space=False)[0] == expected
+
+
+@pytest.mark.assets
+def test_the_harness_cascade_through_the_shipped_models_whisper_is_the_asr_pipelines():
+    """The harness's default cascade for the shipped model (its Whisper read over 30 s, several clips a batch,
+    `own_whisper_transcribe`) writes what Whisper tiny.en's ASR pipeline writes, clip for clip: the cascade made of
+    the model's parts, though the model itself reads its clips with 4-8 s of silence. Where Whisper runs on (on
+    noise here), the model's transcript stops at the window's audio-token slots, the pipeline's at 448 tokens."""
+    model, processor = load_salad("embedded:salad", torch.float32)
+    assert model.config.adapter_decoder_pad_seconds is not None
+    noise = 0.1 * np.random.default_rng(0).standard_normal(3 * 16_000).astype(np.float32)
+    clips = [*(clip.audio for clip in sentence_clips(3)), noise]
+    own = own_whisper_transcribe(model, processor, clips, batch_size=3)
+    pipeline = transcribe("embedded:whisper-tiny.en", clips, 16_000)
+    assert own[:3] == pipeline[:3]
+    assert pipeline[3].startswith(own[3]) and len(own[3]) < len(pipeline[3])
 
 
 @pytest.mark.assets

@@ -297,6 +297,25 @@ def test_a_window_whisper_fails_to_stop_on_short_silence_is_read_again_over_30_s
     assert_close_in_dtype(transcript.states[1, :4], short.states[1, :4], ulps=OTHER_PATH_ULPS)
 
 
+def test_full_windows_reads_every_window_over_30_s_as_the_cascade_does():
+    """`transcribe(..., full_windows=True)` of a model that reads short is the 30 s model's transcript (the
+    cascade's), computed the same way, and a window already read over 30 s is never read again."""
+    model, processor = decoder_tiny(adapter_decoder_pad_seconds=1.0, adapter_decoder_num_beams=3)
+    full, _ = decoder_tiny(adapter_decoder_num_beams=3)
+    end_text_after(model, 4)
+    full.load_state_dict(model.state_dict())
+    batch = processor(audio=[tone(0.1, SR), tone(2.0, SR, 500, seed=2)], sampling_rate=SR)
+    features, mask = batch["input_features"], batch["input_features_mask"]
+    with torch.no_grad():
+        assert model.read_short(model.encode_windows(features, mask)).tolist() == [True, True]
+        windows = model.encode_windows(features, mask, full_windows=True)
+        assert not model.read_short(windows).any()
+        transcript = model.transcribe(features, mask, full_windows=True)
+        expected = full.transcribe(features, mask)
+    assert torch.equal(transcript.counts, expected.counts) and torch.equal(transcript.ids, expected.ids)
+    assert torch.equal(transcript.states, expected.states)
+
+
 def test_a_window_read_again_under_bf16_autocast_joins_the_batch_in_one_dtype():
     """Under bf16 autocast (the trainer's on a CPU with bf16 units) the 30 s read goes through Whisper's own encoder
     and the short read through our layer loop, whose states come out in different dtypes; the windows read again

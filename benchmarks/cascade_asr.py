@@ -5,7 +5,7 @@ batches (`own_whisper_transcribe`, the harness's default for a model that hears 
     python benchmarks/cascade_asr.py     # alone on the machine; writes benchmarks/results/cascade_asr.json
 
 Both are timed from the arrays to the texts, in one process, after one clip that warms each up; the JSON also says on
-how many clips the two texts are the same.
+how many clips the two texts are the same, and lists those where they differ.
 """
 
 from __future__ import annotations
@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> None:
         },
         "speedup": pipeline_seconds / own_seconds,
         "same_text": sum(a == b for a, b in zip(own, pipeline)),
+        "different": [
+            {"question": index + 1, "own_whisper": a, "asr_pipeline": b}
+            for index, (a, b) in enumerate(zip(own, pipeline))
+            if a != b
+        ],
     }
     Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))

@@ -269,10 +269,7 @@ def nbest_hypotheses(model, processor, clips: list) -> list[list[tuple[float, st
         states = windows.encoder_states
         if windows.encoder_lengths is not None:
             states = states[:, : int(windows.encoder_lengths[0])]
-        max_tokens = windows.token_mask.sum(-1).clamp(
-            max=adapter.decoder.max_target_positions - len(adapter.prompt_ids)
-        )
-        finished = adapter.beam_hypotheses(states, max_tokens)[0]
+        finished = adapter.beam_hypotheses(states, adapter.max_tokens(windows))[0]
         hypotheses.append(
             [(score * len(tokens), speech.decode(tokens, skip_special_tokens=True).strip())
              for score, tokens, _ in finished]

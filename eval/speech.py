@@ -63,13 +63,12 @@ def transcribe(asr_model: str, clips: list[np.ndarray], sampling_rate: int) -> l
 
 def own_whisper_transcribe(model, processor, clips: list[np.ndarray], batch_size: int) -> list[str]:
     """The cascade's first half for a SALAD model whose adapter reads Whisper's own decoder: that Whisper
-    transcribes each clip over its full 30 s, as its ASR pipeline reads a clip (`model.transcribe(...,
-    full_windows=True)`: on a clip of one window the pipeline's tokens, tested), `batch_size` clips at a time. The
-    cascade made of the model's own parts, at a fraction of the pipeline's time: the search's steps read
-    Whisper's weights once for the whole batch. A clip of several windows gets their transcripts joined. Where
-    Whisper runs on (noise, a loop), a window's transcript stops at its audio-token slots, as the model reads it,
-    where the pipeline's runs to Whisper's 448 tokens; the model warns of each such window."""
-    texts = []
+    transcribes each clip as its ASR pipeline does, over its full 30 s (`encode_windows(..., full_windows=True)`)
+    and up to the decoder's 448 positions rather than the window's slots (on a clip of one window, the pipeline's
+    tokens, tested), `batch_size` clips at a time. The cascade made of the model's own parts, at a fraction of the
+    pipeline's time: the search's steps read Whisper's weights once for the whole batch. A clip of several windows
+    gets their transcripts joined."""
+    adapter, texts = model.adapter, []
     for start in tqdm(
         range(0, len(clips), batch_size), desc="cascade ASR (the model's Whisper)", leave=False
     ):
@@ -78,10 +77,12 @@ def own_whisper_transcribe(model, processor, clips: list[np.ndarray], batch_size
             torch.from_numpy(prepared.inputs[key]) for key in ("input_features", "input_features_mask")
         )
         with torch.no_grad():
-            windows = model.adapter.transcript_texts(model.transcribe(features, mask, full_windows=True))
+            windows = model.encode_windows(features, mask, full_windows=True)
+            limit = torch.full_like(windows.feature_lengths, adapter.decoder_max_tokens)
+            per_window = adapter.transcript_texts(adapter.search(windows, max_tokens=limit))
         for count in prepared.windows_per_clip:
-            texts.append(" ".join(text for text in windows[:count] if text))
-            windows = windows[count:]
+            texts.append(" ".join(text for text in per_window[:count] if text))
+            per_window = per_window[count:]
     return texts
 
 

@@ -597,14 +597,20 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
     def max_tokens(self, windows: AudioWindows) -> torch.Tensor:
         """`[n]` the most tokens each window's transcript may have: its slots, and never more than Whisper's
         decoder can write after its prompt."""
-        return windows.token_mask.sum(-1).clamp(max=self.decoder.max_target_positions - len(self.prompt_ids))
+        return windows.token_mask.sum(-1).clamp(max=self.decoder_max_tokens)
 
-    def search(self, windows: AudioWindows) -> WhisperTranscript:
-        """Transcripts of the windows, window `i` at most `max_tokens` long. As Whisper's `generate` transcribes:
-        after the no-timestamps prompt (`adapter_decoder_prompt_ids`), never writing its `suppress_tokens`
-        (non-speech symbols) and not starting with its `begin_suppress_tokens` (a blank or the end of text), by
-        beam search (`beam_transcript`) or, with one beam, greedily (`greedy_transcript`)."""
-        max_tokens = self.max_tokens(windows)
+    @property
+    def decoder_max_tokens(self) -> int:
+        """The most tokens Whisper's decoder writes after its prompt (its positions; its ASR pipeline's limit)."""
+        return self.decoder.max_target_positions - len(self.prompt_ids)
+
+    def search(self, windows: AudioWindows, max_tokens: torch.Tensor | None = None) -> WhisperTranscript:
+        """Transcripts of the windows, window `i` at most `max_tokens[i]` long (default: `max_tokens(windows)`, as
+        many as its slots). As Whisper's `generate` transcribes: after the no-timestamps prompt
+        (`adapter_decoder_prompt_ids`), never writing its `suppress_tokens` (non-speech symbols) and not starting
+        with its `begin_suppress_tokens` (a blank or the end of text), by beam search (`beam_transcript`) or, with
+        one beam, greedily (`greedy_transcript`)."""
+        max_tokens = self.max_tokens(windows) if max_tokens is None else max_tokens
         search = self.beam_transcript if self.num_beams > 1 else self.greedy_transcript
         states, lengths = windows.encoder_states, windows.encoder_lengths
         with torch.no_grad():

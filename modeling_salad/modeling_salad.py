@@ -306,18 +306,12 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
 
     @torch.no_grad()
     def transcribe(
-        self, input_features: torch.Tensor, input_features_mask: torch.Tensor, full_windows: bool = False
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor
     ) -> WhisperTranscript:
         """The transcript of each window that an adapter reading Whisper's decoder (`"whisper_decoder"`) hands the
         LM, each at most its audio-token slots long; windows that sound like speech but come out (almost) empty
-        are reported. Other adapters write no transcript and raise a `ValueError`.
-
-        With `full_windows`, Whisper reads every window over its full 30 s whatever `adapter_decoder_pad_seconds`
-        says: the tokens of Whisper's own ASR pipeline (`generate` with 5 beams) on a clip of one window, the
-        transcript of the cascade made of the model's parts, in about 60% of the pipeline's time."""
-        return self.transcribe_windows(
-            self.encode_windows(input_features, input_features_mask, full_windows=full_windows)
-        )
+        are reported. Other adapters write no transcript and raise a `ValueError`."""
+        return self.transcribe_windows(self.encode_windows(input_features, input_features_mask))
 
     def transcribe_windows(self, windows: AudioWindows) -> WhisperTranscript:
         """`transcribe` of windows the encoder has read.

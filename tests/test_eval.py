@@ -472,20 +472,26 @@ def test_cascade_transcribes_real_speech(asr_model, path):
 
 def test_the_default_cascade_of_a_whisper_decoder_model_is_its_own_whisper_read_over_30_s(tiny_harness):
     """With no `asr_model`, a SALAD model that hears through Whisper's decoder gets the cascade of its own parts: its
-    Whisper reads each clip over 30 s (`full_windows`, whatever its short read), each clip as alone though batched;
-    no ASR pipeline is loaded. A given `asr_model`, or a model that does not hear so, gets the pipeline."""
+    Whisper reads each clip over 30 s (`full_windows`, whatever its short read) and up to the decoder's positions,
+    as its ASR pipeline does, not the window's slots (the tiny decoder runs past them here), each clip as alone
+    though batched; no ASR pipeline is loaded. A given `asr_model`, or a model that does not hear so, gets the
+    pipeline."""
     model, processor = decoder_tiny(adapter_decoder_pad_seconds=1.0, adapter_decoder_num_beams=3)
     subject = harness.SaladUnderTest(model, processor.tokenizer, False, 2, processor)
     clips = [tone(0.4, 16000), tone(1.5, 16000, 500, seed=2), tone(0.8, 16000, 300, seed=3)]
     texts = harness.cascade_transcripts(subject, clips, EvalArguments(batch_size=2))
-    expected = []
+    expected, past_the_slots = [], []
     for clip in clips:
         inputs = processor(audio=clip, sampling_rate=16000)
-        transcript = model.transcribe(
+        windows = model.encode_windows(
             inputs["input_features"], inputs["input_features_mask"], full_windows=True
         )
+        transcript = model.adapter.search(
+            windows, max_tokens=torch.tensor([model.adapter.decoder_max_tokens])
+        )
+        past_the_slots.append(int(transcript.counts[0]) > int(windows.token_mask.sum()))
         expected.append(" ".join(model.adapter.transcript_texts(transcript)))
-    assert texts == expected and any(expected) and tiny_harness.transcribed == []
+    assert texts == expected and any(expected) and any(past_the_slots) and tiny_harness.transcribed == []
     harness.cascade_transcripts(subject, clips, EvalArguments(asr_model="embedded:whisper-tiny.en"))
     mlp, mlp_processor = build_tiny("whisper")
     harness.cascade_transcripts(

@@ -298,7 +298,7 @@ def test_a_window_whisper_fails_to_stop_on_short_silence_is_read_again_over_30_s
 
 
 def test_full_windows_reads_every_window_over_30_s_as_the_cascade_does():
-    """`transcribe(..., full_windows=True)` of a model that reads short is the 30 s model's transcript (the
+    """`encode_windows(..., full_windows=True)` of a model that reads short gives the 30 s model's transcript (the
     cascade's), computed the same way, and a window already read over 30 s is never read again."""
     model, processor = decoder_tiny(adapter_decoder_pad_seconds=1.0, adapter_decoder_num_beams=3)
     full, _ = decoder_tiny(adapter_decoder_num_beams=3)
@@ -310,7 +310,7 @@ def test_full_windows_reads_every_window_over_30_s_as_the_cascade_does():
         assert model.read_short(model.encode_windows(features, mask)).tolist() == [True, True]
         windows = model.encode_windows(features, mask, full_windows=True)
         assert not model.read_short(windows).any()
-        transcript = model.transcribe(features, mask, full_windows=True)
+        transcript = model.transcribe_windows(windows)
         expected = full.transcribe(features, mask)
     assert torch.equal(transcript.counts, expected.counts) and torch.equal(transcript.ids, expected.ids)
     assert torch.equal(transcript.states, expected.states)

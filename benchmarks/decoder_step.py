@@ -89,9 +89,7 @@ def linear_layers_ms(decoder, rows: int, dtype: torch.dtype, repeats: int) -> fl
 
     def step():
         for weight, bias in layers:
-            torch.nn.functional.linear(
-                inputs[weight.shape[1]], weight, None if bias is None else bias.to(dtype)
-            )
+            nn.functional.linear(inputs[weight.shape[1]], weight, bias)
 
     return milliseconds(step, repeats)
 

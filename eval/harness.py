@@ -41,9 +41,8 @@ from .tasks import load_offline_tasks, load_task, parse_task_spec
 
 SYSTEMS = ("base_text", "salad_text", "salad_speech", "cascade", "prior", "self_cascade")
 DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "self_cascade")  # it generates per item: asked for by name
-DEFAULT_ASR_MODEL = (
-    "embedded:whisper-tiny.en"  # the cascade's ASR for a model that does not hear with Whisper's decoder
-)
+# the cascade's ASR for a model that does not hear through Whisper's decoder
+DEFAULT_ASR_MODEL = "embedded:whisper-tiny.en"
 
 
 @dataclass

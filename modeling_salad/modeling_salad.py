@@ -341,12 +341,10 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
 
     def read_short(self, windows: AudioWindows) -> torch.Tensor:
         """`[n]` True where Whisper read a window with less than its full 30 s (so a 30 s read can differ)."""
-        full = self.audio_tower.config.max_source_positions
-        if windows.encoder_lengths is None:
-            return torch.full_like(
-                windows.feature_lengths, windows.encoder_states.shape[1] < full, dtype=torch.bool
-            )
-        return windows.encoder_lengths < full
+        lengths = windows.encoder_lengths
+        if lengths is None:  # every frame of the states belongs to every window
+            lengths = torch.full_like(windows.feature_lengths, windows.encoder_states.shape[1])
+        return lengths < self.audio_tower.config.max_source_positions
 
     def audio_embeddings_and_keep(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor

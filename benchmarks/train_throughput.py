@@ -3,8 +3,8 @@
     python benchmarks/train_throughput.py                       # every lever, 8 timed steps each
     python benchmarks/train_throughput.py --levers fp32 grouped stack_8 nll_only   # a CPU without bf16 units
     python benchmarks/train_throughput.py --levers nll_only bf16_units --output benchmarks/results/train_throughput_amx.json
-    python benchmarks/train_throughput.py --levers whisper_decoder transcript_cache \
-        --output benchmarks/results/train_throughput_decoder.json   # the shipped adapter, before and after the cache
+    python benchmarks/train_throughput.py --levers whisper_decoder transcript_cache teacher_cache \
+        --output benchmarks/results/train_throughput_decoder.json   # the shipped adapter, before and after the caches
 
 The levers are cumulative: each one keeps the ones before it and changes one more thing. Each runs in its own
 subprocess on the TTS training rows (`salad-prepare-data --source text_pool --output_dir data/tts`)
@@ -30,7 +30,11 @@ length, as `configs/embedded-default/stage1-adapter.yaml` trains it (forward KL,
 - `whisper_decoder`: every step runs the frozen Whisper on each audio window (the encoder on 30 s of padded input,
   the decoder one token at a time), then the residual and the LLM;
 - `transcript_cache`: each window's transcript is computed once and read back from a `TranscriptCache`
-  (`cache_transcripts=True`, the trainer's default): a step runs the residual and the LLM only.
+  (`cache_transcripts=True`, the trainer's default): a step runs the residual and the LLM only;
+- `teacher_cache`: the frozen teacher's states at each row's supervised positions are computed once and read back
+  from a `TeacherCache` (`cache_teacher_states=True`): a step runs the student only;
+- `decoder_bf16`: the same step under bf16 autocast, for a CPU with bf16 units (`avx512_bf16` or `amx_bf16` in
+  /proc/cpuinfo; elsewhere bf16 matmuls are emulated and take minutes).
 
 Both train two passes over just enough rows for the timed steps and time the end of the second pass, whose windows
 the cache has all met (every epoch after the first, in a real run).
@@ -69,9 +73,14 @@ CHANGES = {
 DECODER_BASELINE = {
     "adapter_type": "whisper_decoder", "adapter_stack_factor": 4, "bf16": False,
     "train_sampling_strategy": "group_by_length", "alpha": 1.0, "interleave_probability": 0.5,
-    "cache_transcripts": False,
+    "cache_transcripts": False, "cache_teacher_states": False,
 }  # fmt: skip
-DECODER_CHANGES = {"whisper_decoder": {}, "transcript_cache": {"cache_transcripts": True}}
+DECODER_CHANGES = {
+    "whisper_decoder": {},
+    "transcript_cache": {"cache_transcripts": True},
+    "teacher_cache": {"cache_teacher_states": True},
+    "decoder_bf16": {"bf16": True},
+}
 CHAINS = ((BASELINE, CHANGES), (DECODER_BASELINE, DECODER_CHANGES))
 LEVERS = [lever for _, changes in CHAINS for lever in changes]
 BATCH_SIZE = 8
@@ -120,6 +129,7 @@ def run_lever(name: str, steps: int, data_file: str) -> dict:
         use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, dataloader_num_workers=1, seed=0,
         learning_rate=1e-3, train_sampling_strategy=settings["train_sampling_strategy"], length_column_name="duration",
         cache_transcripts=settings["cache_transcripts"],
+        cache_teacher_states=settings.get("cache_teacher_states", False),
     )  # fmt: skip
     dataset = build_train_dataset(SaladDataArguments(data_files=[data_file]), args)
     if passes > 1:

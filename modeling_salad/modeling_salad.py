@@ -494,6 +494,27 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         mask[rows, columns] = 1
         return embeds, mask, (mask.cumsum(-1) - 1).clamp_min(0)
 
+    def last_hidden_state_without(
+        self,
+        inputs_embeds: torch.Tensor,
+        dropped: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """The LM's final hidden states `[batch, seq, hidden]` computed on the prompt without its `dropped`
+        positions and its padding (`drop_positions`), then put back in the input's layout, zero where a position was
+        left out. Training and scoring read the states of text positions only, and the empty audio slots are most
+        of a clip's slots: the LM, forward and backward, then computes about half the positions of a spoken row. The
+        states equal those of the masked sequence (`mask_dropped_positions`) within float rounding."""
+        embeds, mask, position_ids = self.drop_positions(inputs_embeds, dropped, attention_mask)
+        hidden = self.language_model.get_decoder()(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs
+        ).last_hidden_state
+        kept = ~dropped if attention_mask is None else attention_mask.bool() & ~dropped
+        full = hidden.new_zeros(*dropped.shape, hidden.shape[-1])
+        full[kept] = hidden[mask.bool()]  # both list the kept positions row by row, in order
+        return BaseModelOutputWithPast(last_hidden_state=full)
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -530,7 +551,9 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
         Audio slots the adapter leaves empty are masked out of attention and skipped by the positions; the
         output's `attention_mask`/`position_ids` say which were, and `generate` carries them on. A prefill that
         fills an empty `cache` and keeps one position's logits (as `generate`'s does) leaves them out altogether:
-        the cache then holds the shorter prompt, and the returned mask and positions are its, to be carried on.
+        the cache then holds the shorter prompt, and the returned mask and positions are its, to be carried on. So
+        does `return_last_hidden_state` without a cache (training, scoring), whose states come back in the input's
+        layout, zero at the positions left out (`last_hidden_state_without`).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -554,6 +577,9 @@ class SaladForConditionalGeneration(SaladLoraMixin, SaladPreTrainedModel, Genera
                     inputs_embeds, dropped, attention_mask
                 )
                 full_position_ids = position_ids
+            elif return_last_hidden_state and cache is None:
+                # training and scoring: the hidden states of the positions the LM reads, in the input's layout
+                return self.last_hidden_state_without(inputs_embeds, dropped, attention_mask, **kwargs)
             else:
                 attention_mask, full_position_ids = self.mask_dropped_positions(
                     dropped, attention_mask, past_length

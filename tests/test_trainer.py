@@ -127,7 +127,7 @@ def test_shared_teacher_is_the_original_llm_under_lora(tmp_path):
     )
     trainer.train()
     batch = trainer.data_collator(speech_rows()[:2])
-    hidden, _ = trainer.teacher_hidden_states(model, batch)
+    hidden = trainer.teacher_hidden_states(model, batch["teacher_input_ids"], batch["teacher_attention_mask"])
     with torch.no_grad():
         expected = reference.get_decoder()(
             input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]

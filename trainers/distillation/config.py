@@ -70,6 +70,15 @@ class SaladDistillationConfig(TrainingArguments):
             "stage); default: this run's memory only."
         },
     )
+    cache_teacher_states: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the frozen teacher's final hidden states at each row's supervised positions once and "
+            "reuse them in later epochs (trainers.distillation.teacher_cache): a step then runs the student alone. "
+            "Exact: the teacher never trains. In memory, 4 bytes per hidden unit per supervised token (2.3 GB per "
+            "million tokens with SmolLM2-135M): for runs that see their rows more than once."
+        },
+    )
     adapter_learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate of the adapter (default: learning_rate)."}
     )
@@ -299,6 +308,13 @@ class SaladModelArguments:
             "window followed by at least this many seconds of silence (rounded up to a multiple of them) instead "
             "of padded to 30 s, and again over 30 s where it then fails to stop: faster, and no longer always the "
             "transcript of Whisper's own pipeline (default: 30 s)."
+        },
+    )
+    adapter_residual_gate: str | None = field(
+        default=None,
+        metadata={
+            "help": "whisper_decoder adapter, of a new model or in place of the checkpoint's: 'uncertainty' scales "
+            "each token's residual by one minus Whisper's probability of the token (default: none)."
         },
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})

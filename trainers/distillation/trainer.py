@@ -21,6 +21,7 @@ from ..paper import CITATION, PAPER_ARXIV_ID, PAPER_TITLE
 from .config import SaladDistillationConfig
 from .data import SaladDistillationCollator
 from .losses import distillation_loss
+from .teacher_cache import TeacherCache
 from .transcript_cache import TranscriptCache
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class SaladDistillationTrainer(Trainer):
         self.transcript_cache = None
         if args.cache_transcripts and model.adapter.writes_text and not args.train_audio_encoder:
             self.transcript_cache = TranscriptCache(model, args.transcript_cache_dir)
+        self.teacher_cache = TeacherCache() if args.cache_teacher_states and args.alpha > 0 else None
         self.teacher = None
         if args.teacher_mode == "separate":
             teacher = teacher_model if teacher_model is not None else copy.deepcopy(model.language_model)
@@ -140,22 +142,35 @@ class SaladDistillationTrainer(Trainer):
             count = self.accelerator.gather(count).sum()
         return count
 
-    def teacher_hidden_states(self, model, inputs) -> tuple[torch.Tensor, torch.nn.Module]:
-        """Final hidden states of the teacher on the all-text inputs, and its LM head."""
+    def teacher_hidden_states(
+        self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Final hidden states of the frozen teacher on all-text rows, `[batch, seq, hidden]`."""
         with torch.no_grad():
             if self.teacher is not None:
-                outputs = self.teacher.get_decoder()(
-                    input_ids=inputs["teacher_input_ids"], attention_mask=inputs["teacher_attention_mask"]
-                )
-                return outputs.last_hidden_state, self.teacher.get_output_embeddings()
-            unwrapped = self.accelerator.unwrap_model(model)
-            with unwrapped.lora_disabled():
-                outputs = model(
-                    input_ids=inputs["teacher_input_ids"],
-                    attention_mask=inputs["teacher_attention_mask"],
-                    return_last_hidden_state=True,
-                )
-            return outputs.last_hidden_state, unwrapped.get_output_embeddings()
+                return self.teacher.get_decoder()(
+                    input_ids=input_ids, attention_mask=attention_mask
+                ).last_hidden_state
+            with self.accelerator.unwrap_model(model).lora_disabled():
+                return model(
+                    input_ids=input_ids, attention_mask=attention_mask, return_last_hidden_state=True
+                ).last_hidden_state
+
+    def teacher_states(self, model, inputs) -> tuple[torch.Tensor, torch.nn.Module]:
+        """The teacher's final hidden states at the supervised positions, `[tokens, hidden]` (from the cache where
+        a row was seen before), and its LM head."""
+        head = (self.teacher or self.accelerator.unwrap_model(model)).get_output_embeddings()
+        ids, mask, index = (
+            inputs["teacher_input_ids"],
+            inputs["teacher_attention_mask"],
+            inputs["teacher_index"],
+        )
+        if self.teacher_cache is None:
+            return self.teacher_hidden_states(model, ids, mask).flatten(0, 1)[index], head
+        states = self.teacher_cache.states(
+            lambda rows: self.teacher_hidden_states(model, ids[rows], mask[rows]), ids, mask, index
+        )
+        return states, head
 
     def cached_transcripts(self, model, inputs) -> WhisperTranscript | None:
         """The batch's Whisper transcripts from the cache (computing only windows never seen), or None: no cache,
@@ -183,7 +198,7 @@ class SaladDistillationTrainer(Trainer):
     def objective_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # At alpha = 0 the loss is the transcript's NLL alone (an ASR stage): no teacher forward pass.
         teacher_hidden, teacher_head = (
-            self.teacher_hidden_states(model, inputs) if self.args.alpha > 0 else (None, None)
+            self.teacher_states(model, inputs) if self.args.alpha > 0 else (None, None)
         )
         student_hidden = model(
             input_ids=inputs["input_ids"],
@@ -196,7 +211,7 @@ class SaladDistillationTrainer(Trainer):
         student_head = self.accelerator.unwrap_model(model).get_output_embeddings()
         output = distillation_loss(
             student_hidden.flatten(0, 1)[inputs["student_index"]],
-            None if teacher_hidden is None else teacher_hidden.flatten(0, 1)[inputs["teacher_index"]],
+            teacher_hidden,
             student_head.weight,
             None if teacher_head is None else teacher_head.weight,
             inputs["target_ids"],
@@ -388,9 +403,10 @@ class SaladDistillationTrainer(Trainer):
                 logs["skipped_batches"] = counts["skipped_batches"]
             if counts["skipped_steps"]:
                 logs["skipped_steps"] = counts["skipped_steps"]
-            if self.transcript_cache is not None:  # this process's windows, since this run (re)started
-                cache = self.transcript_cache
-                logs["transcript_cache_hit_rate"] = round(cache.hits / max(cache.hits + cache.misses, 1), 3)
+            # this process's windows and rows, since this run (re)started
+            for name, cache in (("transcript", self.transcript_cache), ("teacher", self.teacher_cache)):
+                if cache is not None:
+                    logs[f"{name}_cache_hit_rate"] = round(cache.hits / max(cache.hits + cache.misses, 1), 3)
         super().log(logs, *args, **kwargs)
 
 

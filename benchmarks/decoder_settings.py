@@ -1,6 +1,5 @@
-"""The `whisper_decoder` adapter's settings that hold no weights (how Whisper decodes, what scales the residual) as
-command-line levers of the benchmarks (`latency.py`, `cascade_gap.py`): the checkpoint's own unless given, so that
-one lever at a time can be timed and scored."""
+"""The `whisper_decoder` adapter's decoding settings as command-line levers of the benchmarks (`latency.py`,
+`cascade_gap.py`): the checkpoint's own unless given, so that one lever at a time can be timed and scored."""
 
 from __future__ import annotations
 
@@ -21,13 +20,6 @@ def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Seconds of silence Whisper reads after each window, or `full` (padded to 30 s, as a cascade's ASR "
         "pipeline reads a clip); default: the checkpoint's `adapter_decoder_pad_seconds`.",
-    )
-    parser.add_argument(
-        "--residual_gate",
-        choices=["none", "uncertainty"],
-        default=None,
-        help="What scales the residual token by token (`none`, or `uncertainty`: one minus Whisper's probability "
-        "of the token); default: the checkpoint's `adapter_residual_gate`.",
     )
 
 
@@ -53,8 +45,6 @@ def decoder_overrides(args: argparse.Namespace) -> dict:
     if args.decoder_pad_seconds is not None:
         full = args.decoder_pad_seconds == "full"
         overrides["adapter_decoder_pad_seconds"] = None if full else float(args.decoder_pad_seconds)
-    if args.residual_gate is not None:
-        overrides["adapter_residual_gate"] = None if args.residual_gate == "none" else args.residual_gate
     return overrides
 
 
@@ -62,7 +52,7 @@ def decoder_arguments(args: argparse.Namespace) -> list[str]:
     """The given settings as command-line arguments again (for a worker process)."""
     return [
         item
-        for name in ("decoder_num_beams", "decoder_pad_seconds", "residual_gate")
+        for name in ("decoder_num_beams", "decoder_pad_seconds")
         if getattr(args, name) is not None
         for item in (f"--{name}", str(getattr(args, name)))
     ]

@@ -197,7 +197,7 @@ def main() -> None:
     report = {
         "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
         "machine": machine_info("cpu"),
-        "bf16_matrix_units": "amx_bf16" in Path("/proc/cpuinfo").read_text(),
+        "bf16_units": sorted({"avx512_bf16", "amx_bf16"} & set(Path("/proc/cpuinfo").read_text().split())),
         "batch_size": BATCH_SIZE,
         "results": results,
     }

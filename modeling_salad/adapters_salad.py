@@ -34,8 +34,6 @@ WHISPER_SILENT_SECONDS_PER_TOKEN = 2.0
 #: Whisper tokens in a row whose second occurrence in a transcript marks it as Whisper failing to stop
 #: (`SaladWhisperDecoderAdapter.failed_to_stop`).
 REPEAT_NGRAM = 4
-#: What may scale the `"whisper_decoder"` adapter's residual token by token (`SaladConfig.adapter_residual_gate`).
-RESIDUAL_GATES = (None, "uncertainty")
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -478,7 +476,6 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
             for tokens in (self.suppressed, self.suppressed_first)
         )
         self.seconds_per_frame = config.audio_length_spec.feature_hop / config.audio_sampling_rate
-        self.residual_gate = config.adapter_residual_gate
         self.decoder = WhisperDecoder(audio_config)
 
     @classmethod
@@ -497,10 +494,6 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
             raise ValueError(
                 f"adapter_decoder_pad_seconds must be a positive number of seconds (None: Whisper's full 30 s), "
                 f"got {pad_seconds}."
-            )
-        if config.adapter_residual_gate not in RESIDUAL_GATES:
-            raise ValueError(
-                f"adapter_residual_gate must be one of {RESIDUAL_GATES}, got {config.adapter_residual_gate!r}."
             )
         if not config.adapter_decoder_prompt_ids:
             raise ValueError(
@@ -537,20 +530,8 @@ class SaladWhisperDecoderAdapter(SwiGLUAdapter):
         ids, sources, counts = self.transcript_tokens(transcript, windows)
         states = transcript.states.gather(1, sources[..., None].expand(-1, -1, transcript.states.shape[-1]))
         residual = self.mlp(states.to(self.norm.weight.dtype))
-        if self.residual_gate == "uncertainty":
-            residual = residual * (1 - self.token_probabilities(transcript)).gather(1, sources)[..., None]
         embeds = token_embeddings[ids].to(residual.dtype) + residual
         return right_align(embeds, counts, windows.token_mask)
-
-    @torch.no_grad()
-    def token_probabilities(self, transcript: WhisperTranscript) -> torch.Tensor:
-        """`[n, T]`: the probability Whisper's decoder gave each token it wrote, from the state that chose it,
-        among its text tokens and the end of text (what its search picks from). Past a window's count: padding."""
-        head = self.decoder.embed_tokens.weight[: self.end_id + 1]
-        states = transcript.states.flatten(0, 1)
-        log_probs = vocabulary_logits(states, head).log_softmax(-1)
-        ids = transcript.ids.flatten().clamp_max(self.end_id)[:, None]
-        return log_probs.gather(1, ids).exp().view_as(transcript.ids).to(transcript.states.dtype)
 
     def transcript_tokens(
         self, transcript: WhisperTranscript, windows: AudioWindows

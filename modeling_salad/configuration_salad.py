@@ -202,12 +202,6 @@ class SaladConfig(PreTrainedConfig):
             the sentence again, or runs on to the window's slots): such a window is read again over 30 s
             (`SaladForConditionalGeneration.transcribe_windows`). Other windows may come out a little different
             from the cascade's transcript (a capital, a punctuation mark, now and then a word).
-        adapter_residual_gate (`str`, *optional*):
-            `"whisper_decoder"` adapter: what scales each token's residual. None (the default): nothing, the residual
-            is added as the MLP writes it. `"uncertainty"`: `1 - p`, where `p` is the probability Whisper's decoder
-            gave the token it wrote (among its text tokens and the end of text); where Whisper is sure, the LM
-            reads the cascade's embedding nearly unchanged, and the residual can add what the decoder state holds
-            only where Whisper hesitated.
         lora (`dict`, *optional*):
             LoRA settings of the LLM (`r`, `lora_alpha`, `lora_dropout`, `target_modules`, ... of a
             `peft.LoraConfig`) while it holds LoRA layers; set by `add_lora_to_language_model` and cleared by
@@ -248,7 +242,6 @@ class SaladConfig(PreTrainedConfig):
     adapter_decoder_prompt_ids: list[int] | None = None
     adapter_decoder_num_beams: int = 5
     adapter_decoder_pad_seconds: float | None = None
-    adapter_residual_gate: str | None = None
     lora: dict | None = None
     audio_chunk_seconds: float | None = None
 
@@ -265,11 +258,6 @@ class SaladConfig(PreTrainedConfig):
         if self.adapter_stack_factor < 1:
             raise ValueError(f"adapter_stack_factor must be >= 1, got {self.adapter_stack_factor}.")
         adapter_class(self.adapter_type).check_config(self)
-        if self.adapter_residual_gate is not None and self.adapter_type != "whisper_decoder":
-            raise ValueError(
-                f"adapter_residual_gate scales the residual of a 'whisper_decoder' adapter; this config's adapter "
-                f"is {self.adapter_type!r}. Leave it unset."
-            )
         if self.lora is not None and not {"r", "lora_alpha"} <= set(self.lora):
             raise ValueError(
                 f"lora must hold at least `r` and `lora_alpha` (a peft.LoraConfig's), got {self.lora}."

@@ -23,7 +23,6 @@ from conftest import (
     OTHER_PATH_ULPS,
     assert_close_in_dtype,
     backward_through_the_lm,
-    build_tiny,
     decoder_tiny,
     make_speech_tokenizer,
     make_tokenizer,
@@ -701,56 +700,3 @@ def test_the_prefill_leaves_empty_slots_out_and_generates_what_masking_them_gene
         generated = model.generate(**batch, max_new_tokens=6, do_sample=False)
         masked_generated = model.generate(**batch, max_new_tokens=6, do_sample=False, logits_to_keep=0)
     assert generated.tolist() == masked_generated.tolist()  # bitwise: token ids
-
-
-def test_the_uncertainty_gate_scales_each_tokens_residual_by_one_minus_whispers_probability_of_it():
-    """`adapter_residual_gate="uncertainty"`: each LM token's residual is the ungated one times `1 - p`, with `p` the
-    probability Whisper's decoder gave the Whisper token it starts in, as teacher-forced Whisper computes it."""
-    ungated, processor = decoder_tiny(adapter_decoder_num_beams=5)
-    gated, _ = decoder_tiny(adapter_decoder_num_beams=5, adapter_residual_gate="uncertainty")
-    for model in (ungated, gated):
-        end_text_after(model, 4)
-    inputs = processor(text="Hear <|audio|>", audio=tone(1.3, SR, 500, seed=1), sampling_rate=SR)
-    with torch.no_grad():
-        windows = ungated.encode_windows(inputs["input_features"], inputs["input_features_mask"])
-        transcript = ungated.adapter.transcribe(windows)
-        ids, sources, counts = ungated.adapter.transcript_tokens(transcript, windows)
-        count = int(transcript.counts[0])
-        assert count >= 2 and int(counts[0]) >= count
-        # Whisper teacher-forced on its own transcript: the probability of each token it wrote
-        forced = torch.tensor([[*PROMPT, *transcript.ids[0, :count].tolist()]])
-        frames = (
-            windows.encoder_states.shape[1]
-            if windows.encoder_lengths is None
-            else int(windows.encoder_lengths[0])
-        )
-        encoder_states = windows.encoder_states[:1, :frames]
-        states = ungated.adapter.decoder(
-            input_ids=forced, encoder_hidden_states=encoder_states
-        ).last_hidden_state
-        head = ungated.adapter.decoder.embed_tokens.weight[: END + 1]
-        expected = (
-            (states[0, len(PROMPT) - 1 : -1] @ head.T)
-            .softmax(-1)
-            .gather(1, forced[0, len(PROMPT) :, None])[:, 0]
-        )
-        probabilities = gated.adapter.token_probabilities(transcript)[0, :count]
-        assert_close_in_dtype(probabilities, expected, ulps=OTHER_PATH_ULPS)
-        assert float(probabilities.min()) > 0 and float(probabilities.max()) < 1
-        embeddings = ungated.get_input_embeddings().weight
-        plain, _ = ungated.adapter(windows, embeddings)
-        scaled, _ = gated.adapter(windows, embeddings)
-    slots = windows.token_mask[0].sum()
-    tokens = embeddings[ids[0, : counts[0]]]
-    filled = slice(int(slots - counts[0]), int(slots))  # right-aligned in the window's slots
-    gate = (1 - probabilities)[sources[0, : counts[0]]][:, None]
-    assert_close_in_dtype(
-        scaled[0, filled] - tokens, gate * (plain[0, filled] - tokens), ulps=OTHER_PATH_ULPS
-    )
-
-
-def test_a_residual_gate_that_does_not_exist_or_has_no_residual_to_scale_is_refused():
-    with pytest.raises(ValueError, match="adapter_residual_gate must be one of"):
-        decoder_tiny(adapter_residual_gate="confidence")
-    with pytest.raises(ValueError, match="Leave it unset"):
-        build_tiny("whisper", "mlp", adapter_residual_gate="uncertainty")

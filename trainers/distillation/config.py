@@ -310,13 +310,6 @@ class SaladModelArguments:
             "transcript of Whisper's own pipeline (default: 30 s)."
         },
     )
-    adapter_residual_gate: str | None = field(
-        default=None,
-        metadata={
-            "help": "whisper_decoder adapter, of a new model or in place of the checkpoint's: 'uncertainty' scales "
-            "each token's residual by one minus Whisper's probability of the token (default: none)."
-        },
-    )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
 
     def __post_init__(self):

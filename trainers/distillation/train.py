@@ -34,19 +34,14 @@ RESUME_LATEST = (
 )  # --resume_from_checkpoint values that mean "the newest complete checkpoint"
 
 
-#: Adapter settings that hold no weights (how Whisper decodes, what scales the residual): a checkpoint may train
-#: with others.
-SETTINGS_WITHOUT_WEIGHTS = {
-    "adapter_decoder_num_beams",
-    "adapter_decoder_pad_seconds",
-    "adapter_residual_gate",
-}
+#: Adapter settings that change how Whisper decodes, not the adapter's weights: a checkpoint may train with others.
+DECODING_SETTINGS = {"adapter_decoder_num_beams", "adapter_decoder_pad_seconds"}
 
 
 def load_model_and_processor(
     model_args: SaladModelArguments,
 ) -> tuple[SaladForConditionalGeneration, SaladProcessor]:
-    """The SALAD checkpoint to continue (`load_salad`, the one loader; settings without weights may replace the
+    """The SALAD checkpoint to continue (`load_salad`, the one loader; Whisper's decoding settings may replace the
     checkpoint's), or a new model assembled from an encoder and an LLM with the `adapter_*` settings given."""
     dtype = getattr(torch, model_args.dtype)
     adapter_kwargs = {
@@ -55,7 +50,7 @@ def load_model_and_processor(
         if name.startswith("adapter_") and value is not None
     }
     if model_args.model_name_or_path is not None:
-        shape = sorted(set(adapter_kwargs) - SETTINGS_WITHOUT_WEIGHTS)
+        shape = sorted(set(adapter_kwargs) - DECODING_SETTINGS)
         if shape:
             raise ValueError(
                 f"{', '.join(shape)} shape the adapter of a new model; {model_args.model_name_or_path} has its own "

@@ -1,0 +1,214 @@
+"""Experiment 29 (issue 33): distillation over the choice the harness makes, not over the answer's tokens.
+
+    python benchmarks/alignment/choice_distillation.py --output_dir runs/lossless/choice-s0 \
+        --max_steps 200 --decay_steps 40      # about 11 s a step on 2 cores: each row is scored with 4 options
+    python benchmarks/cascade_gap.py ablate --voice en-us --model runs/lossless/choice-s0/checkpoint-200 \
+        --label choice-s0-200 --no_ablations
+
+Experiments 23-28 trained the `whisper_decoder` residual by SALAD's token-level forward KL to SmolLM2 reading the
+true words, and every one lowered the held-out content gain: on spoken questions the answers' NLL fell, but the
+control's (the same answer after another question's clip) fell more. The residual learned what answers look like,
+which the KL rewards wherever Whisper misheard (the student, unsure, spreads its mass as the teacher's answer does).
+
+This keeps experiment 27 (the residual alone, the LLM frozen, the spoken definition questions in the harness's
+`Question: ...\\nAnswer:` frame, every row seen once, steps of 8 rows from the shipped model, the same learning
+rate and warmup) and changes one thing, the objective: each row's own answer and three other rows' answers are scored
+as the harness scores options (mean log-probability per token), by the teacher after the question's text and by the
+student after its clip, and the loss is the KL from the teacher's distribution over the four options to the
+student's. What every option shares (that it reads like a definition) cancels in that distribution, so only what
+tells the options apart is rewarded. A research script, not part of the package: if it beats the cascade, the
+objective moves into the trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from transformers import get_wsd_schedule
+
+from trainers.assets import load_salad
+from trainers.distillation.data import decode_row_audio
+from trainers.distillation.probes import (
+    ProbeRow,
+    RepeatPrompt,
+    choice_accuracy,
+    choice_options,
+    load_probe_rows,
+    question_fields,
+    run_probes,
+)
+from trainers.distillation.transcript_cache import TranscriptCache
+
+OPTIONS = 4
+
+
+def training_rows(path: str, count: int, seed: int, sampling_rate: int) -> list[ProbeRow]:
+    """`count` spoken questions drawn by `seed`, each with its question frame and answer."""
+    with open(path) as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    random.Random(seed).shuffle(rows)
+    return [
+        ProbeRow(row["text"], decode_row_audio(row["audio"], sampling_rate), **question_fields(row, path))
+        for row in rows[:count]
+    ]
+
+
+def padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(sequences), max(map(len, sequences))), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence)
+        mask[row, : len(sequence)] = 1
+    return ids, mask
+
+
+def mean_logprobs(
+    hidden: torch.Tensor, head: torch.nn.Module, ids: torch.Tensor, spans: list
+) -> torch.Tensor:
+    """Each sequence's mean log-probability per token of its scored span `(begin, length)`, as the harness scores."""
+    scores = []
+    for row, (begin, length) in enumerate(spans):
+        logits = head(hidden[row, begin - 1 : begin - 1 + length]).float()
+        scores.append(logits.log_softmax(-1).gather(1, ids[row, begin : begin + length, None]).mean())
+    return torch.stack(scores)
+
+
+def option_scores(
+    model, processor, cache: TranscriptCache, rows: list[ProbeRow]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[rows, OPTIONS]` mean log-probabilities of each row's options (its own answer first): the teacher's after
+    the question's text (no gradient), the student's after its clip."""
+    tokenizer, pad = processor.tokenizer, processor.tokenizer.pad_token_id
+    asked = [
+        replace(row, answer=option)
+        for row, options in zip(rows, choice_options(rows, OPTIONS))
+        for option in options
+    ]
+    student, teacher, student_spans, teacher_spans = [], [], [], []
+    for row in asked:
+        before, after, target = row.parts(processor, RepeatPrompt())
+        audio = [processor.audio_token_id] * processor.length_spec.num_tokens(row.audio.size)
+        text = tokenizer(row.prompt + row.text + row.cue, add_special_tokens=False)["input_ids"]
+        for sequences, spans, prefix in (
+            (student, student_spans, before + audio + after),
+            (teacher, teacher_spans, text),
+        ):
+            sequences.append(prefix + target)
+            spans.append((len(prefix), len(target)))
+    prepared = processor.prepare_audio([row.audio for row in rows])
+    if any(count != 1 for count in prepared.windows_per_clip):
+        raise ValueError(
+            "A question longer than one audio window; this script expects short spoken questions."
+        )
+    features = torch.from_numpy(prepared.inputs["input_features"])
+    mask = torch.from_numpy(prepared.inputs["input_features_mask"])
+    transcript = cache.transcripts(model, features, mask)
+    per_option = torch.arange(len(rows)).repeat_interleave(OPTIONS)
+    ids, attention = padded(student, pad)
+    hidden = model(
+        input_ids=ids, attention_mask=attention, input_features=features[per_option],
+        input_features_mask=mask[per_option], whisper_transcript=type(transcript)(*(p[per_option] for p in transcript)),
+        return_last_hidden_state=True,
+    ).last_hidden_state  # fmt: skip
+    head = model.get_output_embeddings()
+    student_scores = mean_logprobs(hidden, head, ids, student_spans).view(len(rows), OPTIONS)
+    with torch.no_grad():
+        ids, attention = padded(teacher, pad)
+        hidden = model.language_model.get_decoder()(input_ids=ids, attention_mask=attention).last_hidden_state
+        teacher_scores = mean_logprobs(hidden, head, ids, teacher_spans).view(len(rows), OPTIONS)
+    return teacher_scores, student_scores
+
+
+def choice_kl(teacher_scores: torch.Tensor, student_scores: torch.Tensor) -> torch.Tensor:
+    """KL from the teacher's distribution over each row's options to the student's, averaged over rows."""
+    teacher = teacher_scores.log_softmax(-1)
+    return (teacher.exp() * (teacher - student_scores.log_softmax(-1))).sum(-1).mean()
+
+
+def probe(model, processor, answer_rows: list[ProbeRow], choice_rows: list[ProbeRow], step: int) -> dict:
+    results = run_probes(model, processor, answer_rows, with_generation=False)
+    model.eval()
+    with torch.no_grad():
+        wide = choice_accuracy(model, processor, choice_rows, OPTIONS)
+    model.train()
+    return {
+        "step": step,
+        **{k: round(v, 4) for k, v in results.items()},
+        f"choice_accuracy_{len(choice_rows)}": wide,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="runs/embedded-default/init", help="The shipped model, as built.")
+    parser.add_argument("--data_file", default="data/questions/train.jsonl")
+    parser.add_argument("--probe_file", default="data/questions/eval.jsonl")
+    parser.add_argument("--output_dir", default="runs/lossless/choice-s0")
+    parser.add_argument("--transcript_cache_dir", default="runs/transcript-cache")
+    parser.add_argument("--max_steps", type=int, default=300)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--warmup_steps", type=int, default=20)
+    parser.add_argument("--decay_steps", type=int, default=60)
+    parser.add_argument("--probe_steps", type=int, default=50)
+    parser.add_argument("--save_steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    model, processor = load_salad(args.model)
+    model.requires_grad_(False)
+    residual = [p for name, p in model.adapter.named_parameters() if not name.startswith("decoder.")]
+    for parameter in residual:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(residual, lr=args.learning_rate, weight_decay=0.01)
+    schedule = get_wsd_schedule(
+        optimizer, num_warmup_steps=args.warmup_steps, num_decay_steps=args.decay_steps,
+        num_training_steps=args.max_steps, decay_type="linear",
+    )  # fmt: skip
+    cache = TranscriptCache(model, args.transcript_cache_dir)
+    rate = processor.sampling_rate
+    rows = training_rows(args.data_file, args.max_steps * args.batch_size, args.seed, rate)
+    answer_rows = load_probe_rows(args.probe_file, 16, rate)  # the trainer's answer probes (`probe_num_rows`)
+    choice_rows = load_probe_rows(args.probe_file, 96, rate)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    log = (output / "log.jsonl").open("a")
+
+    def write(entry: dict) -> None:
+        print(entry, flush=True)
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+
+    write(probe(model, processor, answer_rows, choice_rows, 0))
+    model.train()
+    for step in range(1, args.max_steps + 1):
+        started = time.perf_counter()
+        batch = rows[(step - 1) * args.batch_size : step * args.batch_size]
+        teacher_scores, student_scores = option_scores(model, processor, cache, batch)
+        loss = choice_kl(teacher_scores, student_scores)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(residual, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        teacher_right = float((teacher_scores.argmax(-1) == 0).float().mean())
+        student_right = float((student_scores.argmax(-1) == 0).float().mean())
+        write({"step": step, "loss": round(loss.item(), 4), "teacher_right": teacher_right,
+               "student_right": student_right, "lr": schedule.get_last_lr()[0],
+               "seconds": round(time.perf_counter() - started, 2)})  # fmt: skip
+        if step % args.probe_steps == 0:
+            write(probe(model, processor, answer_rows, choice_rows, step))
+        if step % args.save_steps == 0:
+            model.save_pretrained(output / f"checkpoint-{step}")
+            processor.save_pretrained(output / f"checkpoint-{step}")
+
+
+if __name__ == "__main__":
+    main()

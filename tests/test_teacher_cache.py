@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import OTHER_PATH_ULPS, build_tiny, decoder_tiny, float_tolerance
-from datasets import Dataset
-from test_trainer import config, speech_rows
+from test_trainer import config, logged, speech_rows, train_on_speech_rows
 
 from trainers.distillation.data import pad_sequences
 from trainers.distillation.teacher_cache import TeacherCache
-from trainers.distillation.trainer import SaladDistillationTrainer
 
 EMBEDDINGS = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
 
@@ -66,11 +64,7 @@ def test_training_on_cached_teacher_states_trains_as_training_without_them(tmp_p
             tmp_path / str(cache_teacher_states), max_steps=9, train_llm=train_llm,
             cache_teacher_states=cache_teacher_states,
         )  # fmt: skip
-        trainer = SaladDistillationTrainer(
-            model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(speech_rows())
-        )
-        trainer.train()
-        return trainer, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        return train_on_speech_rows(model, processor, args)
 
     cached, cached_losses = run(True)
     uncached, losses = run(False)
@@ -79,5 +73,5 @@ def test_training_on_cached_teacher_states_trains_as_training_without_them(tmp_p
     # a row's all-text version depends on its text and the seed alone: rows of the same text share an entry
     rows, distinct = 9 * 3, len({row["text"] for row in speech_rows()})
     assert (cached.teacher_cache.hits, cached.teacher_cache.misses) == (rows - distinct, distinct)
-    logged = [entry["teacher_cache_hit_rate"] for entry in cached.state.log_history if "loss" in entry]
-    assert logged[0] == 0.0 and logged[-1] == pytest.approx((rows - distinct) / rows, abs=1e-3)
+    rates = logged(cached, "teacher_cache_hit_rate")
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx((rows - distinct) / rows, abs=1e-3)

@@ -51,6 +51,20 @@ def config(tmp_path, **overrides) -> SaladDistillationConfig:
     return SaladDistillationConfig(**values)
 
 
+def train_on_speech_rows(model, processor, args) -> tuple[SaladDistillationTrainer, list[float]]:
+    """The trainer after training `model` on `speech_rows()`, and the losses it logged."""
+    trainer = SaladDistillationTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(speech_rows())
+    )
+    trainer.train()
+    return trainer, logged(trainer, "loss")
+
+
+def logged(trainer: SaladDistillationTrainer, key: str) -> list[float]:
+    """Every value of `key` in the training logs (the entries that report a loss)."""
+    return [entry[key] for entry in trainer.state.log_history if "loss" in entry]
+
+
 def parameters(module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in module.named_parameters()}
 
@@ -190,18 +204,12 @@ def test_loss_implementations_train_alike(tmp_path):
     """The same 4 steps (same seed, full fine-tuning: the LM head trains too) with each `loss_implementation`
     give the same losses (rtol 1e-4) and weights (atol 1e-4; at lr 1e-2 Adam's normalization turns the float
     summation-order differences of tiny gradients into weight differences of about 3e-5)."""
-    rows = Dataset.from_list(speech_rows())
 
     def run(implementation):
         model, processor = build_tiny("whisper", "mlp")
         args = config(tmp_path / implementation, max_steps=4, train_llm="full", teacher_mode="separate",
                       loss_implementation=implementation, loss_chunk_size=5)  # fmt: skip
-        trainer = SaladDistillationTrainer(
-            model=model, args=args, processing_class=processor, train_dataset=rows
-        )
-        trainer.train()
-        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        return losses, model
+        return train_on_speech_rows(model, processor, args)[1], model
 
     reference_losses, reference = run("materialized")
     for implementation in ("fused", "recompute"):

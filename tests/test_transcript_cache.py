@@ -6,10 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import OTHER_PATH_ULPS, build_tiny, decoder_tiny, float_tolerance, tone
-from datasets import Dataset
-from test_trainer import config, speech_rows
+from test_trainer import config, logged, train_on_speech_rows
 
-from trainers.distillation.trainer import SaladDistillationTrainer
 from trainers.distillation.transcript_cache import TranscriptCache
 
 SR = 16000
@@ -118,11 +116,7 @@ def test_training_on_cached_transcripts_trains_as_training_without_them(tmp_path
     def run(cache_transcripts: bool):
         model, processor = decoder_tiny()
         args = config(tmp_path / str(cache_transcripts), max_steps=6, cache_transcripts=cache_transcripts)
-        trainer = SaladDistillationTrainer(
-            model=model, args=args, processing_class=processor, train_dataset=Dataset.from_list(speech_rows())
-        )
-        trainer.train()
-        return trainer, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        return train_on_speech_rows(model, processor, args)
 
     cached, cached_losses = run(True)
     _, losses = run(False)
@@ -130,5 +124,5 @@ def test_training_on_cached_transcripts_trains_as_training_without_them(tmp_path
     assert (
         cached.transcript_cache.hits == cached.transcript_cache.misses > 0
     )  # epoch 2 repeats epoch 1's windows
-    logged = [entry["transcript_cache_hit_rate"] for entry in cached.state.log_history if "loss" in entry]
-    assert logged[0] == 0.0 and logged[-1] == 0.5
+    rates = logged(cached, "transcript_cache_hit_rate")
+    assert rates[0] == 0.0 and rates[-1] == 0.5

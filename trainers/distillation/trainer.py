@@ -159,7 +159,8 @@ class SaladDistillationTrainer(Trainer):
     def teacher_states(self, model, inputs) -> tuple[torch.Tensor, torch.nn.Module]:
         """The teacher's final hidden states at the supervised positions, `[tokens, hidden]` (from the cache where
         a row was seen before), and its LM head."""
-        head = (self.teacher or self.accelerator.unwrap_model(model)).get_output_embeddings()
+        teacher = self.teacher if self.teacher is not None else self.accelerator.unwrap_model(model)
+        head = teacher.get_output_embeddings()
         ids, mask, index = (
             inputs["teacher_input_ids"],
             inputs["teacher_attention_mask"],

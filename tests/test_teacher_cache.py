@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import OTHER_PATH_ULPS, build_tiny, decoder_tiny, float_tolerance
+from conftest import (
+    OTHER_INSTANCE_ULPS,
+    OTHER_PATH_ULPS,
+    assert_close_in_dtype,
+    build_tiny,
+    decoder_tiny,
+    float_tolerance,
+)
 from test_trainer import config, logged, speech_rows, train_on_speech_rows
 
 from trainers.distillation.data import pad_sequences
@@ -39,13 +46,13 @@ def test_the_cache_gives_the_batchs_states_and_runs_the_teacher_only_on_rows_nev
     first = ([[5, 6, 7, 8], [9, 10]], [[1, 2, 3], [1]])
     ids, mask, index = batch(*first, side="right")
     states = cache.states(teacher(ids, mask), ids, mask, index)
-    torch.testing.assert_close(states, context_sums(ids, mask).flatten(0, 1)[index], rtol=0, atol=0)
+    assert_close_in_dtype(states, context_sums(ids, mask).flatten(0, 1)[index], ulps=OTHER_INSTANCE_ULPS)
     # the same rows left-padded to another width, beside a new row and a seen row read at other positions
     second = ([[1, 2, 3, 4, 11, 12], [9, 10], [5, 6, 7, 8], [5, 6, 7, 8]], [[5], [1], [1, 2, 3], [2]])
     ids, mask, index = batch(*second, side="left")
     states = cache.states(teacher(ids, mask), ids, mask, index)
-    # bitwise: the stand-in teacher adds the same numbers in the same order whatever the padding
-    torch.testing.assert_close(states, context_sums(ids, mask).flatten(0, 1)[index], rtol=0, atol=0)
+    # the cached rows were summed in another batch's layout, which the CPU may vectorize differently
+    assert_close_in_dtype(states, context_sums(ids, mask).flatten(0, 1)[index], ulps=OTHER_INSTANCE_ULPS)
     assert asked == [[0, 1], [0, 3]]
     assert (cache.hits, cache.misses) == (2, 4)
 

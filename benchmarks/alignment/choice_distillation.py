@@ -33,7 +33,7 @@ import torch
 from transformers import get_wsd_schedule
 
 from trainers.assets import load_salad
-from trainers.distillation.data import decode_row_audio
+from trainers.distillation.data import decode_row_audio, pad_sequences
 from trainers.distillation.probes import (
     ProbeRow,
     RepeatPrompt,
@@ -57,15 +57,6 @@ def training_rows(path: str, count: int, seed: int, sampling_rate: int) -> list[
         ProbeRow(row["text"], decode_row_audio(row["audio"], sampling_rate), **question_fields(row, path))
         for row in rows[:count]
     ]
-
-
-def padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.full((len(sequences), max(map(len, sequences))), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence)
-        mask[row, : len(sequence)] = 1
-    return ids, mask
 
 
 def mean_logprobs(
@@ -92,15 +83,12 @@ def option_scores(
     ]
     student, teacher, student_spans, teacher_spans = [], [], [], []
     for row in asked:
-        before, after, target = row.parts(processor, RepeatPrompt())
-        audio = [processor.audio_token_id] * processor.length_spec.num_tokens(row.audio.size)
+        sequence, (begin, length) = row.sequence(processor, RepeatPrompt())
+        student.append(sequence)
+        student_spans.append((begin, length))
         text = tokenizer(row.prompt + row.text + row.cue, add_special_tokens=False)["input_ids"]
-        for sequences, spans, prefix in (
-            (student, student_spans, before + audio + after),
-            (teacher, teacher_spans, text),
-        ):
-            sequences.append(prefix + target)
-            spans.append((len(prefix), len(target)))
+        teacher.append(text + sequence[begin:])
+        teacher_spans.append((len(text), length))
     prepared = processor.prepare_audio([row.audio for row in rows])
     if any(count != 1 for count in prepared.windows_per_clip):
         raise ValueError(
@@ -110,7 +98,7 @@ def option_scores(
     mask = torch.from_numpy(prepared.inputs["input_features_mask"])
     transcript = cache.transcripts(model, features, mask)
     per_option = torch.arange(len(rows)).repeat_interleave(OPTIONS)
-    ids, attention = padded(student, pad)
+    ids, attention, _ = pad_sequences(student, pad, "right")
     hidden = model(
         input_ids=ids, attention_mask=attention, input_features=features[per_option],
         input_features_mask=mask[per_option], whisper_transcript=type(transcript)(*(p[per_option] for p in transcript)),
@@ -119,7 +107,7 @@ def option_scores(
     head = model.get_output_embeddings()
     student_scores = mean_logprobs(hidden, head, ids, student_spans).view(len(rows), OPTIONS)
     with torch.no_grad():
-        ids, attention = padded(teacher, pad)
+        ids, attention, _ = pad_sequences(teacher, pad, "right")
         hidden = model.language_model.get_decoder()(input_ids=ids, attention_mask=attention).last_hidden_state
         teacher_scores = mean_logprobs(hidden, head, ids, teacher_spans).view(len(rows), OPTIONS)
     return teacher_scores, student_scores

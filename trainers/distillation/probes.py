@@ -38,7 +38,7 @@ from trl import TrlParser
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 from trainers.assets import load_salad
 
-from .data import decode_row_audio
+from .data import decode_row_audio, pad_sequences
 
 REPEAT_CUE = " Repeat what was said:"
 CHOICE_OPTIONS = 4
@@ -95,6 +95,14 @@ class ProbeRow:
             tokenizer(part, add_special_tokens=False)["input_ids"] for part in (before, after)
         )
         return before_ids, after_ids, target
+
+    def sequence(self, processor: SaladProcessor, prompt: RepeatPrompt) -> tuple[list[int], tuple[int, int]]:
+        """The row's ids as the model reads them (the clip as its audio-token slots, then the target), and the
+        target's span `(begin, length)`."""
+        before, after, target = self.parts(processor, prompt)
+        audio = [processor.audio_token_id] * processor.length_spec.num_tokens(self.audio.size)
+        prompt_ids = before + audio + after
+        return prompt_ids + target, (len(prompt_ids), len(target))
 
 
 def question_fields(row: dict, where: str) -> dict:
@@ -188,24 +196,13 @@ def target_scores(
     scores = []
     device, _ = _model_device_dtype(model)
     for batch in _batches(rows, batch_size):
-        sequences, spans = [], []
-        for row in batch:
-            before, after, target = row.parts(processor, prompt)
-            audio = [processor.audio_token_id] * processor.length_spec.num_tokens(row.audio.size)
-            prompt_ids = before + audio + after
-            sequences.append(prompt_ids + target)
-            spans.append((len(prompt_ids), len(target)))
+        sequences, spans = zip(*(row.sequence(processor, prompt) for row in batch))
         # rows that hear one clip (a question's options) share it: it is prepared, and transcribed, once
         clips = [row.audio for row in batch]
         first_row = {}
         clip_rows = [first_row.setdefault(id(clip), k) for k, clip in enumerate(clips)]
-        longest = max(len(sequence) for sequence in sequences)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for index, sequence in enumerate(sequences):
-            input_ids[index, : len(sequence)] = torch.tensor(sequence)
-            attention_mask[index, : len(sequence)] = 1
+        input_ids, attention_mask, _ = pad_sequences(list(sequences), pad, "right")
         hidden = model(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),

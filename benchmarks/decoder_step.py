@@ -10,11 +10,14 @@ here for 1, 2 and 5 rows (greedy, and the shipped 5 beams) on a window of the bu
 (2.6 s of speech, read with the shipped 4-8 s of silence after it), in fp32 as the model runs it. Where a part's time
 hardly grows with its rows, it is bound by reading its weights, not by arithmetic: the decoder's linear layers are
 also timed alone in fp32 and as bf16 copies (half the bytes), and the JSON gives the bytes each part reads a step.
+Two levers of issue 34 are timed on the whole step too: transformers' eager attention in place of SDPA, and the
+decoder loaded in bf16.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from functools import partial
@@ -54,8 +57,10 @@ def encoder_positions(model, seconds: float) -> int:
 
 
 def decoder_step_ms(decoder, prompt_ids: list[int], rows: int, positions: int, repeats: int) -> float:
-    """One cached decoder step for `rows` beams, 8 tokens into the transcript."""
-    encoder_states = torch.randn(rows, positions, decoder.config.d_model)
+    """One cached decoder step for `rows` beams, 8 tokens into the transcript, in the decoder's dtype."""
+    encoder_states = torch.randn(
+        rows, positions, decoder.config.d_model, dtype=decoder.embed_tokens.weight.dtype
+    )
     prompt = torch.tensor(prompt_ids + [440] * 8).expand(rows, -1)
     cache = decoder(input_ids=prompt, encoder_hidden_states=encoder_states, use_cache=True).cache
     next_ids = torch.full((rows, 1), 440)
@@ -94,15 +99,29 @@ def linear_layers_ms(decoder, rows: int, dtype: torch.dtype, repeats: int) -> fl
     return milliseconds(step, repeats)
 
 
+def decoder_variants(decoder) -> dict[str, nn.Module]:
+    """The decoder as shipped and as two levers would run it whole: transformers' eager attention in place of
+    SDPA, and every weight in bf16 (attention and layer norms included, as `dtype=torch.bfloat16` loads it). The
+    copy shares one copied config among its layers, so setting its attention there switches every layer."""
+    eager = copy.deepcopy(decoder)
+    eager.config._attn_implementation = "eager"
+    return {"decoder_step": decoder, "decoder_step_eager_attention": eager,
+            "decoder_step_bf16": copy.deepcopy(decoder).to(torch.bfloat16)}  # fmt: skip
+
+
 def step_parts_ms(
-    decoder, prompt_ids: list[int], rows: int, positions: int, repeats: int
+    variants: dict[str, nn.Module], prompt_ids: list[int], rows: int, positions: int, repeats: int
 ) -> dict[str, float]:
     """Each part of a search step for `rows` beams, in ms."""
+    decoder = variants["decoder_step"]
     head = decoder.embed_tokens.weight
     states = torch.randn(rows, decoder.config.d_model)
     logits = vocabulary_logits(states, head)
     return {
-        "decoder_step": decoder_step_ms(decoder, prompt_ids, rows, positions, repeats),
+        **{
+            name: decoder_step_ms(variant, prompt_ids, rows, positions, repeats)
+            for name, variant in variants.items()
+        },
         "decoder_linear_layers_fp32": linear_layers_ms(decoder, rows, torch.float32, repeats),
         "decoder_linear_layers_bf16_weights": linear_layers_ms(decoder, rows, torch.bfloat16, repeats),
         "vocabulary_logits": milliseconds(partial(vocabulary_logits, states, head), repeats),
@@ -133,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     adapter = model.adapter
     decoder = adapter.decoder
     head = decoder.embed_tokens.weight
+    variants = decoder_variants(decoder)
     positions = encoder_positions(model, MEDIAN_QUESTION_SECONDS)
     linear_bytes = sum(module.weight.numel() * 4 for module in step_linear_layers(decoder))
     results = {
@@ -149,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         "ms": {},
     }  # fmt: skip
     for rows in ROWS:
-        results["ms"][str(rows)] = step_parts_ms(decoder, adapter.prompt_ids, rows, positions, args.repeats)
+        results["ms"][str(rows)] = step_parts_ms(variants, adapter.prompt_ids, rows, positions, args.repeats)
     Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
 

@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from peft import LoraConfig
 from transformers import get_wsd_schedule
 
 from trainers.assets import load_salad
@@ -71,10 +72,11 @@ def mean_logprobs(
 
 
 def option_scores(
-    model, processor, cache: TranscriptCache, rows: list[ProbeRow]
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model, processor, cache: TranscriptCache, rows: list[ProbeRow], with_text: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """`[rows, OPTIONS]` mean log-probabilities of each row's options (its own answer first): the teacher's after
-    the question's text (no gradient), the student's after its clip."""
+    the question's text (no gradient; the LLM with LoRA off), the student's after its clip, and `with_text` the
+    student's after the question's text (the LLM with its LoRA: the term that keeps it a text LLM)."""
     tokenizer, pad = processor.tokenizer, processor.tokenizer.pad_token_id
     asked = [
         replace(row, answer=option)
@@ -106,11 +108,15 @@ def option_scores(
     ).last_hidden_state  # fmt: skip
     head = model.get_output_embeddings()
     student_scores = mean_logprobs(hidden, head, ids, student_spans).view(len(rows), OPTIONS)
-    with torch.no_grad():
-        ids, attention, _ = pad_sequences(teacher, pad, "right")
+    ids, attention, _ = pad_sequences(teacher, pad, "right")
+    with torch.no_grad(), model.lora_disabled():
         hidden = model.language_model.get_decoder()(input_ids=ids, attention_mask=attention).last_hidden_state
         teacher_scores = mean_logprobs(hidden, head, ids, teacher_spans).view(len(rows), OPTIONS)
-    return teacher_scores, student_scores
+    text_scores = None
+    if with_text:
+        hidden = model.language_model.get_decoder()(input_ids=ids, attention_mask=attention).last_hidden_state
+        text_scores = mean_logprobs(hidden, head, ids, teacher_spans).view(len(rows), OPTIONS)
+    return teacher_scores, student_scores, text_scores
 
 
 def choice_kl(teacher_scores: torch.Tensor, student_scores: torch.Tensor) -> torch.Tensor:
@@ -147,6 +153,14 @@ def main() -> None:
     parser.add_argument("--probe_steps", type=int, default=50)
     parser.add_argument("--save_steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--lora_r", type=int, default=0, help="LoRA rank on SmolLM2's linear layers (0: LLM frozen)."
+    )
+    parser.add_argument("--lora_learning_rate", type=float, default=2e-4)
+    parser.add_argument(
+        "--text_weight", type=float, default=1.0,
+        help="With LoRA, the weight of the same KL for the LLM reading the question's text (keeps text accuracy).",
+    )  # fmt: skip
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -155,7 +169,17 @@ def main() -> None:
     residual = [p for name, p in model.adapter.named_parameters() if not name.startswith("decoder.")]
     for parameter in residual:
         parameter.requires_grad_(True)
-    optimizer = torch.optim.AdamW(residual, lr=args.learning_rate, weight_decay=0.01)
+    groups = [{"params": residual, "lr": args.learning_rate}]
+    if args.lora_r:
+        model.add_lora_to_language_model(
+            LoraConfig(
+                r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", lora_dropout=0.0
+            )
+        )
+        lora = [p for p in model.language_model.parameters() if p.requires_grad]
+        groups.append({"params": lora, "lr": args.lora_learning_rate})
+    trained = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     schedule = get_wsd_schedule(
         optimizer, num_warmup_steps=args.warmup_steps, num_decay_steps=args.decay_steps,
         num_training_steps=args.max_steps, decay_type="linear",
@@ -179,16 +203,21 @@ def main() -> None:
     for step in range(1, args.max_steps + 1):
         started = time.perf_counter()
         batch = rows[(step - 1) * args.batch_size : step * args.batch_size]
-        teacher_scores, student_scores = option_scores(model, processor, cache, batch)
-        loss = choice_kl(teacher_scores, student_scores)
+        teacher_scores, student_scores, text_scores = option_scores(
+            model, processor, cache, batch, with_text=bool(args.lora_r)
+        )
+        speech_loss = choice_kl(teacher_scores, student_scores)
+        text_loss = choice_kl(teacher_scores, text_scores) if text_scores is not None else torch.zeros(())
+        loss = speech_loss + args.text_weight * text_loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(residual, 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         teacher_right = float((teacher_scores.argmax(-1) == 0).float().mean())
         student_right = float((student_scores.argmax(-1) == 0).float().mean())
-        write({"step": step, "loss": round(loss.item(), 4), "teacher_right": teacher_right,
+        write({"step": step, "loss": round(speech_loss.item(), 4), "text_loss": round(text_loss.item(), 4),
+               "teacher_right": teacher_right,
                "student_right": student_right, "lr": schedule.get_last_lr()[0],
                "seconds": round(time.perf_counter() - started, 2)})  # fmt: skip
         if step % args.probe_steps == 0:

@@ -18,6 +18,13 @@ student after its clip, and the loss is the KL from the teacher's distribution o
 student's. What every option shares (that it reads like a definition) cancels in that distribution, so only what
 tells the options apart is rewarded. A research script, not part of the package: if it beats the cascade, the
 objective moves into the trainer.
+
+Experiment 30 adds LoRA on SmolLM2 (`--lora_r 8`), so that the LLM itself can learn to read Whisper's errors, with the
+same KL for the LLM reading the question's text next to it (`--text_weight`), against the teacher with LoRA off, so
+that it stays the text LLM it was:
+
+    python benchmarks/alignment/choice_distillation.py --output_dir runs/lossless/choice-lora-s0 --lora_r 8 \
+        --max_steps 200 --decay_steps 40      # about 16 s a step
 """
 
 from __future__ import annotations

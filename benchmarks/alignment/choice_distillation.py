@@ -24,7 +24,7 @@ same KL for the LLM reading the question's text next to it (`--text_weight`), ag
 that it stays the text LLM it was:
 
     python benchmarks/alignment/choice_distillation.py --output_dir runs/lossless/choice-lora-s0 --lora_r 8 \
-        --max_steps 200 --decay_steps 40      # about 16 s a step
+        --max_steps 200 --decay_steps 40      # about 16-24 s a step; add --resume to go on from a checkpoint
 """
 
 from __future__ import annotations
@@ -54,6 +54,17 @@ from trainers.distillation.probes import (
 from trainers.distillation.transcript_cache import TranscriptCache
 
 OPTIONS = 4
+TRAINING_STATE = "training_state.pt"
+
+
+def latest_checkpoint(output: Path) -> Path:
+    """The output folder's `checkpoint-N` of the highest N that holds its training state, for `--resume`."""
+    saved = [path for path in output.glob("checkpoint-*") if (path / TRAINING_STATE).exists()]
+    if not saved:
+        raise ValueError(
+            f"--resume: no checkpoint with {TRAINING_STATE} in {output}; run without --resume first."
+        )
+    return max(saved, key=lambda path: int(path.name.split("-")[1]))
 
 
 def training_rows(path: str, count: int, seed: int, sampling_rate: int) -> list[ProbeRow]:
@@ -161,6 +172,10 @@ def main() -> None:
     parser.add_argument("--save_steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--resume", action="store_true",
+        help="Go on from the output folder's latest checkpoint that holds its training state (same arguments).",
+    )  # fmt: skip
+    parser.add_argument(
         "--lora_r", type=int, default=0, help="LoRA rank on SmolLM2's linear layers (0: LLM frozen)."
     )
     parser.add_argument("--lora_learning_rate", type=float, default=2e-4)
@@ -170,20 +185,25 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
 
+    output = Path(args.output_dir)
+    resume = latest_checkpoint(output) if args.resume else None
     torch.manual_seed(args.seed)
-    model, processor = load_salad(args.model)
+    model, processor = load_salad(str(resume or args.model))  # a checkpoint re-creates its LoRA layers
     model.requires_grad_(False)
     residual = [p for name, p in model.adapter.named_parameters() if not name.startswith("decoder.")]
     for parameter in residual:
         parameter.requires_grad_(True)
     groups = [{"params": residual, "lr": args.learning_rate}]
     if args.lora_r:
-        model.add_lora_to_language_model(
-            LoraConfig(
-                r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", lora_dropout=0.0
+        if not model.has_lora():
+            model.add_lora_to_language_model(
+                LoraConfig(
+                    r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", lora_dropout=0.0
+                )
             )
-        )
-        lora = [p for p in model.language_model.parameters() if p.requires_grad]
+        lora = [p for name, p in model.language_model.named_parameters() if "lora_" in name]
+        for parameter in lora:
+            parameter.requires_grad_(True)
         groups.append({"params": lora, "lr": args.lora_learning_rate})
     trained = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
@@ -196,7 +216,6 @@ def main() -> None:
     rows = training_rows(args.data_file, args.max_steps * args.batch_size, args.seed, rate)
     answer_rows = load_probe_rows(args.probe_file, 16, rate)  # the trainer's answer probes (`probe_num_rows`)
     choice_rows = load_probe_rows(args.probe_file, 96, rate)
-    output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     log = (output / "log.jsonl").open("a")
 
@@ -205,9 +224,18 @@ def main() -> None:
         log.write(json.dumps(entry) + "\n")
         log.flush()
 
-    write(probe(model, processor, answer_rows, choice_rows, 0))
+    done = 0
+    if resume is not None:
+        state = torch.load(resume / TRAINING_STATE)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        done = state["step"]
+        print(f"Resuming from {resume} (step {done}).", flush=True)
+    else:
+        write(probe(model, processor, answer_rows, choice_rows, 0))
     model.train()
-    for step in range(1, args.max_steps + 1):
+    for step in range(done + 1, args.max_steps + 1):
         started = time.perf_counter()
         batch = rows[(step - 1) * args.batch_size : step * args.batch_size]
         teacher_scores, student_scores, text_scores = option_scores(
@@ -230,8 +258,12 @@ def main() -> None:
         if step % args.probe_steps == 0:
             write(probe(model, processor, answer_rows, choice_rows, step))
         if step % args.save_steps == 0:
-            model.save_pretrained(output / f"checkpoint-{step}")
-            processor.save_pretrained(output / f"checkpoint-{step}")
+            checkpoint = output / f"checkpoint-{step}"
+            model.save_pretrained(checkpoint)
+            processor.save_pretrained(checkpoint)
+            state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step,
+                     "rng": torch.get_rng_state()}  # fmt: skip
+            torch.save(state, checkpoint / TRAINING_STATE)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from trainers.distillation.probes import (
     question_fields,
     run_probes,
 )
+from trainers.distillation.train import complete_checkpoints
 from trainers.distillation.transcript_cache import TranscriptCache
 
 OPTIONS = 4
@@ -58,13 +59,13 @@ TRAINING_STATE = "training_state.pt"
 
 
 def latest_checkpoint(output: Path) -> Path:
-    """The output folder's `checkpoint-N` of the highest N that holds its training state, for `--resume`."""
-    saved = [path for path in output.glob("checkpoint-*") if (path / TRAINING_STATE).exists()]
+    """The output folder's newest checkpoint that holds its training state, for `--resume`."""
+    saved = complete_checkpoints(output, state_name=TRAINING_STATE)
     if not saved:
         raise ValueError(
             f"--resume: no checkpoint with {TRAINING_STATE} in {output}; run without --resume first."
         )
-    return max(saved, key=lambda path: int(path.name.split("-")[1]))
+    return saved[-1]
 
 
 def training_rows(path: str, count: int, seed: int, sampling_rate: int) -> list[ProbeRow]:

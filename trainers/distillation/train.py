@@ -66,15 +66,16 @@ def load_model_and_processor(
     return model, processor
 
 
-def complete_checkpoints(output_dir: str | Path) -> list[Path]:
-    """`checkpoint-N` folders of a run that hold their trainer state and weights, oldest first. (The trainer
-    renames a checkpoint into place only once it is written; this also skips incomplete ones of older runs.)"""
+def complete_checkpoints(output_dir: str | Path, state_name: str = TRAINER_STATE_NAME) -> list[Path]:
+    """`checkpoint-N` folders of a run that hold their training state (`state_name`: the Trainer's, or a research
+    script's own) and weights, oldest first. (The trainer renames a checkpoint into place only once it is written;
+    this also skips incomplete ones of older runs.)"""
     folder = Path(output_dir)
     found = []
     for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else []:
         step = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
         weights = any((path / name).is_file() for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME))
-        if step.isdigit() and (path / TRAINER_STATE_NAME).is_file() and weights:
+        if step.isdigit() and (path / state_name).is_file() and weights:
             found.append((int(step), path))
     return [path for _, path in sorted(found)]
 

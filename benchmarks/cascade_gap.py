@@ -11,6 +11,8 @@ what the cascade gives it.
                                                              # a decoding lever (issue 34): ablation-slt-pad8.json
     python benchmarks/cascade_gap.py nbest --voice en-us   # SmolLM2 reads all of Whisper's beams: nbest-en-us.json
     python benchmarks/cascade_gap.py curves --run runs/x --label x   # its training curves: curves-x.{json,png}
+    python benchmarks/cascade_gap.py seeds --results ablation-en-us-x-s{0,1,2}-500.json \
+        --baseline ablation-en-us-shipped.json --label x-500    # a recipe's seeds together: seeds-en-us-x-500.json
 
 The `whisper_decoder` adapter hands the LLM one embedding per LLM token of Whisper's greedy transcript, as the LLM's
 tokenizer writes the transcript's text, plus a trained residual. Until issue 33 it handed over one embedding per
@@ -40,6 +42,10 @@ of each against the cascade.
 `nbest` asks whether the room to beat the cascade lies in what Whisper's search throws away: SmolLM2 reads each of
 the hypotheses the 5-beam search finishes with, and each option's probability is averaged over them, weighted by
 Whisper's probability of each.
+
+`seeds` puts the `ablate` results of one recipe's seeds together (each holds its per-item answers): each seed's
+difference from the cascade, and the paired difference of their per-item mean, against the cascade and against the
+model they started from.
 
 `curves` gathers a training run's logged loss and its probes (`probes.jsonl`: the held-out TTS rows; and
 `answer_probes.jsonl`: the held-out spoken questions) from its newest checkpoint's `trainer_state.json`, and plots
@@ -248,7 +254,50 @@ def ablate(
         "minus_cascade": {label: paired_difference(values, correct["cascade"])
                           for label, values in correct.items() if label != "cascade"},
         "cascade_wer": base.get("cascade_wer"),
+        "correct_by_item": {label: "".join("1" if value else "0" for value in values)
+                            for label, values in correct.items()},
     }  # fmt: skip
+
+
+def read_correct(results: dict, label: str) -> np.ndarray:
+    """`[items]` 1.0 where `label` (`cascade`, `shipped` or an ablation) answered the item right, from an `ablate`
+    result (`correct_by_item`: one character per item of the built-in set, in its order)."""
+    if "correct_by_item" not in results:
+        raise ValueError(
+            f"{results.get('model')} on {results.get('voice')}: this result predates per-item results; run "
+            "`cascade_gap.py ablate` on it again."
+        )
+    return np.array([float(flag) for flag in results["correct_by_item"][label]])
+
+
+def over_seeds(runs: list[dict], baseline: dict | None = None) -> dict:
+    """Seeds of one recipe on one voice (`ablate` results of each seed's checkpoint), against the cascade and, where
+    given, against `baseline` (the model they started from): each seed's paired difference, their spread, and the
+    paired difference of the mean over seeds per item, whose interval counts the items' draw once (the seeds'
+    training noise averaged out rather than mistaken for items')."""
+    voices = {run["voice"] for run in runs} | ({baseline["voice"]} if baseline else set())
+    if len(voices) != 1 or len({run["items"] for run in runs}) != 1:
+        raise ValueError(f"Seeds must share a voice and items; got voices {sorted(voices)}.")
+    cascade = read_correct(runs[0], "cascade")
+    if any((read_correct(run, "cascade") != cascade).any() for run in runs):
+        raise ValueError("The runs' cascades differ: they were not measured on the same clips and harness.")
+    per_seed = np.stack([read_correct(run, "shipped") for run in runs])
+    differences = [float(seed.mean() - cascade.mean()) for seed in per_seed]
+    results = {
+        "voice": voices.pop(),
+        "models": [run["model"] for run in runs],
+        "accuracy_per_seed": [float(seed.mean()) for seed in per_seed],
+        "minus_cascade_per_seed": differences,
+        "minus_cascade_spread": [min(differences), max(differences)],
+        "mean_over_seeds": accuracy_summary(per_seed.mean(0)),
+        "mean_over_seeds_minus_cascade": paired_difference(per_seed.mean(0), cascade),
+    }
+    if baseline is not None:
+        results["baseline"] = baseline["model"]
+        results["mean_over_seeds_minus_baseline"] = paired_difference(
+            per_seed.mean(0), read_correct(baseline, "shipped")
+        )
+    return results
 
 
 def nbest_hypotheses(model, processor, clips: list) -> list[list[tuple[float, str]]]:
@@ -417,17 +466,30 @@ def selected_ablations(args: argparse.Namespace) -> list[str] | None:
     return None if args.ablations is None else [ABLATION_NAMES[name] for name in args.ablations]
 
 
+def read_result(name: str) -> dict:
+    """An `ablate` result by its file name in `RESULTS`, or by its path."""
+    path = Path(name) if Path(name).exists() else RESULTS / name
+    return json.loads(path.read_text())
+
+
+def interval(difference: dict) -> str:
+    low, high = difference["ci95"]
+    return f"{100 * difference['value']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def print_seeds(results: dict) -> None:
+    per_seed = ", ".join(f"{100 * value:+.1f}" for value in results["minus_cascade_per_seed"])
+    print(f"{results['voice']}: minus cascade per seed {per_seed}")
+    print(f"mean over seeds {100 * results['mean_over_seeds']['accuracy']:.1f}%, minus cascade "
+          f"{interval(results['mean_over_seeds_minus_cascade'])}")  # fmt: skip
+    if "mean_over_seeds_minus_baseline" in results:
+        print(f"minus {results['baseline']} {interval(results['mean_over_seeds_minus_baseline'])}")
+
+
 def print_accuracies(results: dict) -> None:
     for label, summary in results["accuracy"].items():
         difference = results["minus_cascade"].get(label)
-        against = (
-            ""
-            if difference is None
-            else (
-                f", minus cascade {100 * difference['value']:+.1f} "
-                f"[{100 * difference['ci95'][0]:+.1f}, {100 * difference['ci95'][1]:+.1f}]"
-            )
-        )
+        against = "" if difference is None else f", minus cascade {interval(difference)}"
         print(f"{label}: {100 * summary['accuracy']:.1f}%{against}")
 
 
@@ -435,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["diagnose", "ablate", "nbest", "curves"])
+    parser.add_argument("command", choices=["diagnose", "ablate", "nbest", "curves", "seeds"])
     parser.add_argument("--limit", type=int, default=None, help="Clips per set (default: all).")
     parser.add_argument("--voice", choices=list(VOICES), default="en-us", help="ablate: the held-out voice.")
     parser.add_argument(
@@ -459,8 +521,27 @@ def main(argv: list[str] | None = None) -> None:
         "--temperature", type=float, default=1.0, help="nbest: divides the hypotheses' log-probabilities."
     )
     parser.add_argument("--run", type=Path, default=None, help="curves: a salad-train output_dir.")
+    parser.add_argument(
+        "--results", nargs="+", default=None,
+        help="seeds: `ablate` results of each seed (file names in benchmarks/results/cascade_gap/, or paths).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline", default=None, help="seeds: the `ablate` result of the model the seeds started from."
+    )
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.command == "seeds":
+        if not args.results or args.label is None:
+            parser.error("seeds needs --results (one `ablate` result per seed) and --label (names the file).")
+        results = over_seeds(
+            [read_result(name) for name in args.results],
+            read_result(args.baseline) if args.baseline else None,
+        )
+        path = RESULTS / f"seeds-{results['voice']}-{args.label}.json"
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        print_seeds(results)
+        print(f"Wrote {path}")
+        return
     if args.command == "curves":
         if args.run is None or args.label is None:
             parser.error("curves needs --run (a salad-train output_dir) and --label (names the files).")

@@ -1,0 +1,59 @@
+"""benchmarks/cascade_gap.py: a recipe's seeds put together from their per-item `ablate` results."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def cascade_gap(monkeypatch):
+    # the script imports its sibling decoder_settings, as when run
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("cascade_gap")
+
+
+def ablate_result(model: str, shipped: str, cascade: str = "1100", voice: str = "en-us") -> dict:
+    """What `ablate --no_ablations` writes for `model`: its answers and the cascade's, one character per item."""
+    return {
+        "model": model,
+        "voice": voice,
+        "items": len(cascade),
+        "correct_by_item": {"cascade": cascade, "shipped": shipped},
+    }
+
+
+def test_seeds_are_averaged_per_item_before_the_paired_difference(cascade_gap):
+    seeds = [ablate_result("s0", "1110"), ablate_result("s1", "1101"), ablate_result("s2", "0110")]
+    results = cascade_gap.over_seeds(seeds, baseline=ablate_result("shipped", "1100"))
+    assert results["accuracy_per_seed"] == pytest.approx([0.75, 0.75, 0.5])
+    assert results["minus_cascade_per_seed"] == pytest.approx([0.25, 0.25, 0.0])
+    assert results["minus_cascade_spread"] == pytest.approx([0.0, 0.25])
+    # per item: (2/3, 1, 2/3, 1/3) against the cascade's (1, 1, 0, 0)
+    assert results["mean_over_seeds"]["accuracy"] == pytest.approx(2 / 3)
+    assert results["mean_over_seeds_minus_cascade"]["value"] == pytest.approx(2 / 3 - 1 / 2)
+    assert results["mean_over_seeds_minus_baseline"]["value"] == pytest.approx(2 / 3 - 1 / 2)
+    low, high = results["mean_over_seeds_minus_cascade"]["ci95"]
+    assert low <= 1 / 6 <= high
+
+
+def test_seeds_measured_against_different_cascades_are_refused(cascade_gap):
+    seeds = [ablate_result("s0", "1110"), ablate_result("s1", "1101", cascade="1000")]
+    with pytest.raises(ValueError, match="cascades differ"):
+        cascade_gap.over_seeds(seeds)
+
+
+def test_seeds_of_different_voices_are_refused(cascade_gap):
+    seeds = [ablate_result("s0", "1110"), ablate_result("s1", "1101", voice="slt")]
+    with pytest.raises(ValueError, match="share a voice"):
+        cascade_gap.over_seeds(seeds)
+
+
+def test_a_result_without_per_item_answers_names_the_rerun(cascade_gap):
+    old = {"model": "runs/x/checkpoint-200", "voice": "slt", "items": 4}
+    with pytest.raises(ValueError, match="run `cascade_gap.py ablate` on it again"):
+        cascade_gap.over_seeds([old])

@@ -10,8 +10,10 @@ here for 1, 2 and 5 rows (greedy, and the shipped 5 beams) on a window of the bu
 (2.6 s of speech, read with the shipped 4-8 s of silence after it), in fp32 as the model runs it. Where a part's time
 hardly grows with its rows, it is bound by reading its weights, not by arithmetic: the decoder's linear layers are
 also timed alone in fp32 and as bf16 copies (half the bytes), and the JSON gives the bytes each part reads a step.
-Two levers of issue 34 are timed on the whole step too: transformers' eager attention in place of SDPA, and the
-decoder loaded in bf16.
+Four levers of issue 34 are timed on the whole step too: transformers' eager attention in place of SDPA, the
+decoder loaded in bf16, `torch.compile` of the decoder on the dynamic cache the search uses, and a static cache
+(preallocated to Whisper's 448 positions, as transformers compiles generation) without and with `torch.compile`.
+A compiled variant's compilation happens in its warm-up calls, which are not timed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 from latency import machine
 from torch import nn
+from transformers.cache_utils import EncoderDecoderCache, StaticCache
 
 from modeling_salad.adapters_salad import vocabulary_logits
 from trainers.assets import load_salad
@@ -34,6 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "decoder_step.json"
 ROWS = (1, 2, 5)
 MEDIAN_QUESTION_SECONDS = 2.6
+#: the results' names of the steps timed on a static cache, and the `decoder_variants` each runs
+STATIC_CACHE_VARIANTS = {
+    "decoder_step_static_cache": "decoder_step",
+    "decoder_step_static_cache_compiled": "decoder_step_compiled_static",
+}
 
 
 def milliseconds(step, repeats: int) -> float:
@@ -72,6 +80,32 @@ def decoder_step_ms(decoder, prompt_ids: list[int], rows: int, positions: int, r
     return milliseconds(step, repeats)
 
 
+def static_decoder_step_ms(decoder, prompt_ids: list[int], rows: int, positions: int, repeats: int) -> float:
+    """`decoder_step_ms` with a static cache: the self-attention's preallocated to Whisper's positions, the
+    cross-attention's to the window's frames. Every call writes the same position, so it sees the same cache."""
+    config = copy.deepcopy(decoder.config)
+    config.num_hidden_layers = config.decoder_layers
+    cache = EncoderDecoderCache(
+        StaticCache(config=config, max_cache_len=config.max_target_positions),
+        StaticCache(config=config, max_cache_len=positions),
+    )
+    encoder_states = torch.randn(
+        rows, positions, decoder.config.d_model, dtype=decoder.embed_tokens.weight.dtype
+    )
+    prompt = torch.tensor(prompt_ids + [440] * 8).expand(rows, -1)
+    decoder(input_ids=prompt, encoder_hidden_states=encoder_states, cache=cache, use_cache=True)
+    next_ids = torch.full((rows, 1), 440)
+    position = torch.full((rows, 1), prompt.shape[1])
+
+    def step():
+        decoder(
+            input_ids=next_ids, encoder_hidden_states=encoder_states, cache=cache, use_cache=True,
+            position_ids=position,
+        )  # fmt: skip
+
+    return milliseconds(step, repeats)
+
+
 def step_linear_layers(decoder) -> list[nn.Linear]:
     """The decoder's linear layers that every step runs: all but the cross-attention's key and value projections
     (computed once, over the frames, with the prompt)."""
@@ -100,13 +134,17 @@ def linear_layers_ms(decoder, rows: int, dtype: torch.dtype, repeats: int) -> fl
 
 
 def decoder_variants(decoder) -> dict[str, nn.Module]:
-    """The decoder as shipped and as two levers would run it whole: transformers' eager attention in place of
-    SDPA, and every weight in bf16 (attention and layer norms included, as `dtype=torch.bfloat16` loads it). The
-    copy shares one copied config among its layers, so setting its attention there switches every layer."""
+    """The decoder as shipped and as the levers would run it whole: transformers' eager attention in place of SDPA,
+    every weight in bf16 (attention and layer norms included, as `dtype=torch.bfloat16` loads it), `torch.compile`
+    with shapes marked dynamic (the search's cache grows every step), and `torch.compile` for a static cache
+    (`_static`: timed on one only). The copy shares one copied config among its layers, so setting its attention
+    there switches every layer."""
     eager = copy.deepcopy(decoder)
     eager.config._attn_implementation = "eager"
     return {"decoder_step": decoder, "decoder_step_eager_attention": eager,
-            "decoder_step_bf16": copy.deepcopy(decoder).to(torch.bfloat16)}  # fmt: skip
+            "decoder_step_bf16": copy.deepcopy(decoder).to(torch.bfloat16),
+            "decoder_step_compiled": torch.compile(copy.deepcopy(decoder), dynamic=True),
+            "decoder_step_compiled_static": torch.compile(copy.deepcopy(decoder))}  # fmt: skip
 
 
 def step_parts_ms(
@@ -121,6 +159,11 @@ def step_parts_ms(
         **{
             name: decoder_step_ms(variant, prompt_ids, rows, positions, repeats)
             for name, variant in variants.items()
+            if not name.endswith("_static")
+        },
+        **{
+            name: static_decoder_step_ms(variants[variant], prompt_ids, rows, positions, repeats)
+            for name, variant in STATIC_CACHE_VARIANTS.items()
         },
         "decoder_linear_layers_fp32": linear_layers_ms(decoder, rows, torch.float32, repeats),
         "decoder_linear_layers_bf16_weights": linear_layers_ms(decoder, rows, torch.bfloat16, repeats),
@@ -148,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
+    # the compiled variants share transformers' forward wrapper, whose graphs (prompt and step, per row count) count
+    # against one limit, past which dynamo would time the uncompiled forward
+    torch._dynamo.config.recompile_limit = 64
     model, _ = load_salad(args.model, torch.float32)
     adapter = model.adapter
     decoder = adapter.decoder

@@ -11,6 +11,8 @@ what the cascade gives it.
                                                              # a decoding lever (issue 34): ablation-slt-pad8.json
     python benchmarks/cascade_gap.py nbest --voice en-us   # SmolLM2 reads all of Whisper's beams: nbest-en-us.json
     python benchmarks/cascade_gap.py curves --run runs/x --label x   # its training curves: curves-x.{json,png}
+    python benchmarks/cascade_gap.py room --voice en-us --results ablation-en-us-shipped.json \
+        --text_results text-x.json       # where text and cascade part: room-en-us.json
     python benchmarks/cascade_gap.py seeds --results ablation-en-us-x-s{0,1,2}-500.json \
         --baseline ablation-en-us-shipped.json --label x-500    # a recipe's seeds together: seeds-en-us-x-500.json
 
@@ -47,6 +49,12 @@ Whisper's probability of each.
 difference from the cascade, and the paired difference of their per-item mean, against the cascade and against the
 model they started from.
 
+`room` asks where the points between the text LLM and the cascade lie: it splits the items by whether Whisper
+(read over 30 s, the cascade's text: `results/whisper_padding-VOICE.json`) heard their words exactly, and counts in
+each group the items the text LLM gets right and the cascade wrong, and the other way round, next to the accuracy of
+the models of `--results` (`ablate` results, whose cascade column it takes too) and the text LLM's (`--text_results`:
+a `salad-eval` results file with the `base_text` system). It lists the items the cascade loses.
+
 `curves` gathers a training run's logged loss and its probes (`probes.jsonl`: the held-out TTS rows; and
 `answer_probes.jsonl`: the held-out spoken questions) from its newest checkpoint's `trainer_state.json`, and plots
 them: the leading indicators of whether training moves the model away from the cascade it starts as.
@@ -73,7 +81,7 @@ from eval.speech import synthesize_items, transcribe
 from eval.tasks import load_offline_tasks
 from trainers.assets import load_salad, resolve_checkpoint
 from trainers.assets.asterisk import asterisk_prompts
-from trainers.distillation.probes import word_error_rate
+from trainers.distillation.probes import normalize_words, word_error_rate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cascade_gap"
 VOICES = {"en-us": ("espeak-ng", "en-us"), "slt": ("flite", "slt")}
@@ -270,6 +278,14 @@ def read_correct(results: dict, label: str) -> np.ndarray:
     return np.array([float(flag) for flag in results["correct_by_item"][label]])
 
 
+def shared_cascade(runs: list[dict]) -> np.ndarray:
+    """The cascade's per-item answers that `ablate` results share, or a `ValueError` where they differ."""
+    cascade = read_correct(runs[0], "cascade")
+    if any((read_correct(run, "cascade") != cascade).any() for run in runs):
+        raise ValueError("The runs' cascades differ: they were not measured on the same clips and harness.")
+    return cascade
+
+
 def over_seeds(runs: list[dict], baseline: dict | None = None) -> dict:
     """Seeds of one recipe on one voice (`ablate` results of each seed's checkpoint), against the cascade and, where
     given, against `baseline` (the model they started from): each seed's paired difference, their spread, and the
@@ -278,9 +294,7 @@ def over_seeds(runs: list[dict], baseline: dict | None = None) -> dict:
     voices = {run["voice"] for run in runs} | ({baseline["voice"]} if baseline else set())
     if len(voices) != 1 or len({run["items"] for run in runs}) != 1:
         raise ValueError(f"Seeds must share a voice and items; got voices {sorted(voices)}.")
-    cascade = read_correct(runs[0], "cascade")
-    if any((read_correct(run, "cascade") != cascade).any() for run in runs):
-        raise ValueError("The runs' cascades differ: they were not measured on the same clips and harness.")
+    cascade = shared_cascade(runs)
     per_seed = np.stack([read_correct(run, "shipped") for run in runs])
     differences = [float(seed.mean() - cascade.mean()) for seed in per_seed]
     results = {
@@ -298,6 +312,47 @@ def over_seeds(runs: list[dict], baseline: dict | None = None) -> dict:
             per_seed.mean(0), read_correct(baseline, "shipped")
         )
     return results
+
+
+def heard_exactly(items, transcripts: list[str]) -> list[bool]:
+    """Per item, whether Whisper's transcript has the spoken words exactly (`normalize_words`: case and punctuation
+    aside, as the WER counts them; a numeral for a spelled-out number counts as misheard)."""
+    if len(transcripts) != len(items):
+        raise ValueError(f"{len(transcripts)} transcripts for {len(items)} items: not the same set.")
+    return [
+        normalize_words(item.spoken_text) == normalize_words(text) for item, text in zip(items, transcripts)
+    ]
+
+
+def room(
+    items, transcripts: list[str], text: list[bool], cascade: list[bool], models: dict[str, list[bool]]
+) -> dict:
+    """Where the points between the text LLM and the cascade lie: the items split by whether Whisper heard their
+    words exactly (`heard_exactly`), and in each group how often the text LLM is right where the cascade is wrong
+    and the other way round (the cascade's net loss is the first count less the second), next to the accuracy of
+    each of `models` (label: per-item right or wrong). Lists the items the cascade loses, with what Whisper wrote."""
+    heard = heard_exactly(items, transcripts)
+    groups = {"heard exactly": [k for k, h in enumerate(heard) if h],
+              "misheard": [k for k, h in enumerate(heard) if not h]}  # fmt: skip
+    systems = {"text": text, "cascade": cascade, **models}
+    return {
+        "groups": {
+            name: {
+                "items": len(rows),
+                "text_right_cascade_wrong": sum(text[k] and not cascade[k] for k in rows),
+                "cascade_right_text_wrong": sum(cascade[k] and not text[k] for k in rows),
+                "accuracy": {label: float(np.mean([values[k] for k in rows])) for label, values in systems.items()},
+            }
+            for name, rows in groups.items()
+            if rows
+        },
+        "lost_by_the_cascade": [
+            {"id": items[k].id, "spoken": items[k].spoken_text, "whisper": transcripts[k], "heard_exactly": heard[k],
+             **{label: bool(values[k]) for label, values in models.items()}}
+            for k in range(len(items))
+            if text[k] and not cascade[k]
+        ],
+    }  # fmt: skip
 
 
 def nbest_hypotheses(model, processor, clips: list) -> list[list[tuple[float, str]]]:
@@ -477,6 +532,34 @@ def interval(difference: dict) -> str:
     return f"{100 * difference['value']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
+def room_of_results(voice: str, runs: list[dict], text_results: dict) -> dict:
+    """`room` from saved results: the cascade's and the models' per-item answers from `ablate` results on `voice`,
+    the text LLM's from a salad-eval results file, Whisper's 30 s transcripts from `whisper_padding.py`'s."""
+    if any(run["voice"] != voice for run in runs):
+        raise ValueError(f"room --voice {voice}: every --results file must be measured on {voice}.")
+    items = load_offline_tasks()
+    scored = text_results["tasks"]["offline"]["items"]
+    if [row["id"] for row in scored] != [item.id for item in items]:
+        raise ValueError("--text_results was not scored on the built-in set in its order.")
+    padding = json.loads((RESULTS.parent / f"whisper_padding-{voice}.json").read_text())
+    models = {run["model"]: [bool(v) for v in read_correct(run, "shipped")] for run in runs}
+    results = room(
+        items,
+        padding["runs"]["full"]["texts"],
+        [row["base_text"] == row["answer"] for row in scored],
+        [bool(v) for v in shared_cascade(runs)],
+        models,
+    )
+    return {"voice": voice, **results}
+
+
+def print_room(results: dict) -> None:
+    for name, group in results["groups"].items():
+        accuracies = ", ".join(f"{label} {100 * value:.1f}%" for label, value in group["accuracy"].items())
+        print(f"{results['voice']}, {name} ({group['items']} items): text right and cascade wrong "
+              f"{group['text_right_cascade_wrong']}, the other way {group['cascade_right_text_wrong']}; {accuracies}")  # fmt: skip
+
+
 def print_seeds(results: dict) -> None:
     per_seed = ", ".join(f"{100 * value:+.1f}" for value in results["minus_cascade_per_seed"])
     print(f"{results['voice']}: minus cascade per seed {per_seed}")
@@ -497,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["diagnose", "ablate", "nbest", "curves", "seeds"])
+    parser.add_argument("command", choices=["diagnose", "ablate", "nbest", "curves", "seeds", "room"])
     parser.add_argument("--limit", type=int, default=None, help="Clips per set (default: all).")
     parser.add_argument("--voice", choices=list(VOICES), default="en-us", help="ablate: the held-out voice.")
     parser.add_argument(
@@ -528,8 +611,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--baseline", default=None, help="seeds: the `ablate` result of the model the seeds started from."
     )
+    parser.add_argument(
+        "--text_results", default=None, help="room: a salad-eval results file with the `base_text` system."
+    )
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.command == "room":
+        if not args.results or not args.text_results:
+            parser.error(
+                "room needs --results (`ablate` results) and --text_results (a salad-eval results file)."
+            )
+        results = room_of_results(
+            args.voice, [read_result(name) for name in args.results], read_result(args.text_results)
+        )
+        path = RESULTS / f"room-{args.voice}.json"
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        print_room(results)
+        print(f"Wrote {path}")
+        return
     if args.command == "seeds":
         if not args.results or args.label is None:
             parser.error("seeds needs --results (one `ablate` result per seed) and --label (names the file).")

@@ -57,3 +57,41 @@ def test_a_result_without_per_item_answers_names_the_rerun(cascade_gap):
     old = {"model": "runs/x/checkpoint-200", "voice": "slt", "items": 4}
     with pytest.raises(ValueError, match="run `cascade_gap.py ablate` on it again"):
         cascade_gap.over_seeds([old])
+
+
+class Item:
+    """The part of a `MultipleChoiceItem` that `room` reads."""
+
+    def __init__(self, id: str, spoken_text: str):
+        self.id, self.spoken_text = id, spoken_text
+
+
+def test_room_splits_the_cascades_losses_by_whether_whisper_heard_the_words(cascade_gap):
+    items = [Item("a", "What is fifteen minus seven?"), Item("b", "Which desert covers North Africa?"),
+             Item("c", "Which animal has a long neck?"), Item("d", "What is a baby cow called?")]  # fmt: skip
+    transcripts = [
+        "What is 15 minus 7?",  # a numeral for a spelled-out number: misheard, as the WER counts it
+        "which desert covers north africa.",  # case and punctuation aside: heard exactly
+        "We can't even live famous for a long neck.",
+        "What is a baby cow called?",
+    ]
+    text = [True, True, True, False]
+    cascade = [False, False, True, True]
+    results = cascade_gap.room(items, transcripts, text, cascade, {"model": [True, False, False, True]})
+    heard, misheard = results["groups"]["heard exactly"], results["groups"]["misheard"]
+    assert (heard["items"], heard["text_right_cascade_wrong"], heard["cascade_right_text_wrong"]) == (2, 1, 1)
+    assert (
+        misheard["items"],
+        misheard["text_right_cascade_wrong"],
+        misheard["cascade_right_text_wrong"],
+    ) == (2, 1, 0)
+    assert misheard["accuracy"] == {"text": 1.0, "cascade": 0.5, "model": 0.5}
+    assert [(row["id"], row["heard_exactly"], row["model"]) for row in results["lost_by_the_cascade"]] == [
+        ("a", False, True),
+        ("b", True, False),
+    ]
+
+
+def test_room_refuses_transcripts_of_another_set(cascade_gap):
+    with pytest.raises(ValueError, match="not the same set"):
+        cascade_gap.heard_exactly([Item("a", "Hello?")], ["hello", "again"])

@@ -522,7 +522,7 @@ def selected_ablations(args: argparse.Namespace) -> list[str] | None:
 
 
 def read_result(name: str) -> dict:
-    """An `ablate` result by its file name in `RESULTS`, or by its path."""
+    """A results file (`ablate`'s, or `salad-eval`'s) by its file name in `RESULTS`, or by its path."""
     path = Path(name) if Path(name).exists() else RESULTS / name
     return json.loads(path.read_text())
 
@@ -606,7 +606,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, default=None, help="curves: a salad-train output_dir.")
     parser.add_argument(
         "--results", nargs="+", default=None,
-        help="seeds: `ablate` results of each seed (file names in benchmarks/results/cascade_gap/, or paths).",
+        help="seeds: `ablate` results of each seed; room: of the models to split by item (file names in "
+        "benchmarks/results/cascade_gap/, or paths).",
     )  # fmt: skip
     parser.add_argument(
         "--baseline", default=None, help="seeds: the `ablate` result of the model the seeds started from."

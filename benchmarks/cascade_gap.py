@@ -527,6 +527,11 @@ def read_result(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def write_results(results: dict, path: Path) -> None:
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"Wrote {path}")
+
+
 def interval(difference: dict) -> str:
     low, high = difference["ci95"]
     return f"{100 * difference['value']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
@@ -625,10 +630,8 @@ def main(argv: list[str] | None = None) -> None:
         results = room_of_results(
             args.voice, [read_result(name) for name in args.results], read_result(args.text_results)
         )
-        path = RESULTS / f"room-{args.voice}.json"
-        path.write_text(json.dumps(results, indent=1) + "\n")
         print_room(results)
-        print(f"Wrote {path}")
+        write_results(results, RESULTS / f"room-{args.voice}.json")
         return
     if args.command == "seeds":
         if not args.results or args.label is None:
@@ -637,10 +640,8 @@ def main(argv: list[str] | None = None) -> None:
             [read_result(name) for name in args.results],
             read_result(args.baseline) if args.baseline else None,
         )
-        path = RESULTS / f"seeds-{results['voice']}-{args.label}.json"
-        path.write_text(json.dumps(results, indent=1) + "\n")
         print_seeds(results)
-        print(f"Wrote {path}")
+        write_results(results, RESULTS / f"seeds-{results['voice']}-{args.label}.json")
         return
     if args.command == "curves":
         if args.run is None or args.label is None:

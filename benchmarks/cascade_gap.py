@@ -538,8 +538,9 @@ def interval(difference: dict) -> str:
 
 
 def room_of_results(voice: str, runs: list[dict], text_results: dict) -> dict:
-    """`room` from saved results: the cascade's and the models' per-item answers from `ablate` results on `voice`,
-    the text LLM's from a salad-eval results file, Whisper's 30 s transcripts from `whisper_padding.py`'s."""
+    """`room` from saved results: the cascade's and the models' per-item answers from `ablate` results on `voice`
+    (each model and each of its ablations), the text LLM's from a salad-eval results file, Whisper's 30 s
+    transcripts from `whisper_padding.py`'s."""
     if any(run["voice"] != voice for run in runs):
         raise ValueError(f"room --voice {voice}: every --results file must be measured on {voice}.")
     items = load_offline_tasks()
@@ -547,7 +548,14 @@ def room_of_results(voice: str, runs: list[dict], text_results: dict) -> dict:
     if [row["id"] for row in scored] != [item.id for item in items]:
         raise ValueError("--text_results was not scored on the built-in set in its order.")
     padding = json.loads((RESULTS.parent / f"whisper_padding-{voice}.json").read_text())
-    models = {run["model"]: [bool(v) for v in read_correct(run, "shipped")] for run in runs}
+    models = {
+        run["model"] if label == "shipped" else f"{run['model']}, {label}": [
+            bool(v) for v in read_correct(run, label)
+        ]
+        for run in runs
+        for label in run["correct_by_item"]
+        if label != "cascade"
+    }
     results = room(
         items,
         padding["runs"]["full"]["texts"],

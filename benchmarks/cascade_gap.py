@@ -65,6 +65,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -82,6 +83,7 @@ from eval.tasks import load_offline_tasks
 from trainers.assets import load_salad, resolve_checkpoint
 from trainers.assets.asterisk import asterisk_prompts
 from trainers.distillation.probes import normalize_words, word_error_rate
+from trainers.distillation.transcript_cache import frozen_fingerprint
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cascade_gap"
 VOICES = {"en-us": ("espeak-ng", "en-us"), "slt": ("flite", "slt")}
@@ -227,15 +229,26 @@ def ablate(
     model_name: str = "embedded:salad",
     ablations: list[str] | None = None,
     overrides: dict | None = None,
+    transcript_cache_dir: str | None = None,
+    cascade_from: dict | None = None,
 ) -> dict:
     """The spoken accuracy of `model_name` (the shipped model by default; loaded with the config `overrides`) with
-    each of `ablations` (labels of `ABLATIONS`; None: all of them), and the cascade's, on the same items."""
+    each of `ablations` (labels of `ABLATIONS`; None: all of them), and the cascade's, on the same items.
+
+    `transcript_cache_dir` keeps the model's Whisper transcripts across runs (`EvalArguments`). `cascade_from`, an
+    earlier `ablate` result on the same voice and items, by a model with the same frozen Whisper and search, gives
+    the cascade's answers instead of computing them again: they depend on that Whisper and SmolLM2 alone."""
+    start = time.perf_counter()
     overrides = overrides or {}
     items = load_offline_tasks()[:limit]
     backend, name = VOICES[voice]
-    args = EvalArguments(tts_backend=backend, tts_voice=name, distribution_metrics=False, dtype=dtype,
-                         systems=["cascade", "salad_speech"])  # fmt: skip
     model, processor = load_salad(model_name, getattr(torch, dtype), **overrides)
+    fingerprint = frozen_fingerprint(model)
+    if cascade_from is not None:
+        check_cascade_source(cascade_from, voice, len(items), fingerprint)
+    args = EvalArguments(tts_backend=backend, tts_voice=name, distribution_metrics=False, dtype=dtype,
+                         systems=["salad_speech"] if cascade_from else ["cascade", "salad_speech"],
+                         transcript_cache_dir=transcript_cache_dir)  # fmt: skip
     # the cascade's reader is SmolLM2 itself (as `configs/paper-cpu/eval.yaml` sets `base_model`), not the shipped
     # model's LLM, which holds merged LoRA
     reference = AutoModelForCausalLM.from_pretrained(
@@ -243,7 +256,12 @@ def ablate(
     ).eval()
     reader = TextReader.for_run(reference, processor.tokenizer, args)
     base = evaluate_task(voice, items, SaladUnderTest.for_run(model, processor, args), reader, args)
-    correct = {"cascade": _correct(base, "cascade", items), "shipped": _correct(base, "salad_speech", items)}
+    correct = {
+        "cascade": read_correct(cascade_from, "cascade").astype(bool).tolist()
+        if cascade_from
+        else _correct(base, "cascade", items),
+        "shipped": _correct(base, "salad_speech", items),
+    }
     speech_only = replace(args, systems=["salad_speech"])
     unchanged = []  # ablations that would switch off what the shipped model does not have: the shipped row
     for label in list(ABLATIONS) if ablations is None else ablations:
@@ -257,13 +275,16 @@ def ablate(
         )
         correct[label] = _correct(report, "salad_speech", items)
     return {
-        "model": model_name, "decoder_settings": overrides, "voice": voice, "items": len(items), "dtype": dtype, "same_as_shipped": unchanged,
+        "model": model_name, "decoder_settings": overrides, "voice": voice, "items": len(items), "dtype": dtype,
+        "whisper_fingerprint": fingerprint, "cascade_from": cascade_from and cascade_from["model"],
+        "same_as_shipped": unchanged,
         "accuracy": {label: accuracy_summary(values) for label, values in correct.items()},
         "minus_cascade": {label: paired_difference(values, correct["cascade"])
                           for label, values in correct.items() if label != "cascade"},
-        "cascade_wer": base.get("cascade_wer"),
+        "cascade_wer": cascade_from["cascade_wer"] if cascade_from else base["cascade_wer"],
         "correct_by_item": {label: "".join("1" if value else "0" for value in values)
                             for label, values in correct.items()},
+        "wall_seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip
 
 
@@ -276,6 +297,20 @@ def read_correct(results: dict, label: str) -> np.ndarray:
             "`cascade_gap.py ablate` on it again."
         )
     return np.array([float(flag) for flag in results["correct_by_item"][label]])
+
+
+def check_cascade_source(source: dict, voice: str, items: int, fingerprint: str) -> None:
+    """A `ValueError` unless `source`, an `ablate` result, holds the cascade's per-item answers for this run: the
+    same voice and items, and the same frozen Whisper and search (whose fingerprint it records)."""
+    found = (source.get("voice"), source.get("items"), source.get("whisper_fingerprint"))
+    if found != (voice, items, fingerprint):
+        raise ValueError(
+            f"--cascade_from holds the cascade of voice {found[0]!r} on {found[1]} items with Whisper {found[2]}; "
+            f"this run needs voice {voice!r}, {items} items and Whisper {fingerprint} (a result written before "
+            "`whisper_fingerprint` was recorded has None). Give an `ablate` result of this run's setting, or leave "
+            "--cascade_from out to compute the cascade."
+        )
+    read_correct(source, "cascade")
 
 
 def shared_cascade(runs: list[dict]) -> np.ndarray:
@@ -609,6 +644,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no_ablations", action="store_true", help="ablate: only the model and the cascade.")
     parser.add_argument(
+        "--transcript_cache_dir", default=None,
+        help="ablate: keep the model's Whisper transcripts here; later runs with the same frozen Whisper skip its search.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cascade_from", default=None,
+        help="ablate: an earlier `ablate` result of this voice and Whisper whose cascade answers to reuse.",
+    )  # fmt: skip
+    parser.add_argument(
         "--ablations", nargs="+", choices=list(ABLATION_NAMES), default=None,
         help="ablate: only these ablations (default: all of them).",
     )  # fmt: skip
@@ -675,6 +718,8 @@ def main(argv: list[str] | None = None) -> None:
                 args.model,
                 selected_ablations(args),
                 decoder_overrides(args),
+                args.transcript_cache_dir,
+                read_result(args.cascade_from) if args.cascade_from else None,
             )
         name = f"ablation-{args.voice}-{args.label}.json" if args.label else f"ablation-{args.voice}.json"
         (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")

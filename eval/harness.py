@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trainers.assets import UNTRAINED, load_salad, resolve_checkpoint
 from trainers.distillation.misalignment import forgetting_and_misalignment
 from trainers.distillation.probes import word_error_rate
+from trainers.distillation.transcript_cache import TranscriptCache
 
 from .gap import gap_report
 from .report import compare_results, markdown_table, save_plots
@@ -90,6 +91,14 @@ class EvalArguments:
     tts_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Synthesis cache (default: `tts/` under `$SALAD_CACHE` or ~/.cache/salad)."},
+    )
+    transcript_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "For a SALAD model whose adapter reads Whisper's decoder: keep each clip's Whisper transcript in "
+            "this folder (`trainers.distillation.transcript_cache`), so that evaluating another checkpoint with the "
+            "same frozen Whisper skips Whisper's search, most of `salad_speech`'s time. None: transcribe every run."
+        },
     )
     distribution_metrics: bool = field(
         default=True, metadata={"help": "Also measure forgetting F and misalignment M."}
@@ -169,10 +178,14 @@ class SaladUnderTest(TextReader):
     repeats what it heard (the self-cascade), and gives F and M from its training pairs."""
 
     processor: object = None
+    transcript_cache: TranscriptCache | None = None
 
     @classmethod
     def for_run(cls, model, processor, args: EvalArguments) -> SaladUnderTest:
-        return cls(model, processor.tokenizer, args.chat, args.batch_size, processor)
+        cache = (
+            None if args.transcript_cache_dir is None else TranscriptCache(model, args.transcript_cache_dir)
+        )
+        return cls(model, processor.tokenizer, args.chat, args.batch_size, processor, cache)
 
     @property
     def sampling_rate(self) -> int:
@@ -180,7 +193,9 @@ class SaladUnderTest(TextReader):
 
     def score_speech_items(self, items, clips, shots: str) -> list:
         prompt = self.prompt(text_prompt(self.processor.audio_token, shots))
-        return score_speech_items(self.lm, self.processor, items, clips, prompt, self.batch_size)
+        return score_speech_items(
+            self.lm, self.processor, items, clips, prompt, self.batch_size, self.transcript_cache
+        )
 
     def self_transcripts(self, items, clips) -> list[str]:
         return self_transcribe(self.lm, self.processor, items, clips, self.chat)

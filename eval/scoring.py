@@ -29,6 +29,7 @@ import torch
 
 from modeling_salad import SaladForConditionalGeneration
 from trainers.distillation.probes import audio_inputs
+from trainers.distillation.transcript_cache import TranscriptCache
 
 from .tasks import MultipleChoiceItem
 
@@ -110,12 +111,14 @@ def score_sequences(
     clips: Sequence[np.ndarray] | None = None,
     processor=None,
     batch_size: int = 16,
+    transcript_cache: TranscriptCache | None = None,
 ) -> list[tuple[list[float], list[float]]]:
     """Sum and mean log-probability of every option of every item, as `prompt + option` sequences in batches.
 
     `prompts[i]` are the token ids of item i's prompt (audio placeholders already expanded when `clips[i]` is
     its audio); `options[i]` the token ids of its options. Sequences are right-padded; only the positions that
-    predict option tokens go through the LM head.
+    predict option tokens go through the LM head. `transcript_cache` keeps the clips' Whisper transcripts
+    (`audio_inputs`).
     """
     sequences = [(i, k) for i in range(len(prompts)) for k in range(len(options[i]))]
     results = [([0.0] * len(opts), [0.0] * len(opts)) for opts in options]
@@ -131,7 +134,8 @@ def score_sequences(
             attention_mask[r, : len(row)] = 1
         inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
         if clips is not None:
-            inputs.update(audio_inputs(model, processor, clips, [i for i, _ in batch], device))
+            clip_of_row = [i for i, _ in batch]
+            inputs.update(audio_inputs(model, processor, clips, clip_of_row, device, transcript_cache))
         hidden, head = hidden_states_and_head(model, inputs)
         for r, (i, k) in enumerate(batch):
             begin, option = len(prompts[i]), options[i][k]
@@ -166,9 +170,11 @@ def score_speech_items(
     clips: Sequence[np.ndarray],
     prompt: str,
     batch_size: int = 16,
+    transcript_cache: TranscriptCache | None = None,
 ) -> list[ItemScores]:
     """Options after each spoken item (one clip at the processor's rate) in `prompt`, a prompt holding one
-    audio token where the question's text would be (`text_prompt(processor.audio_token, shots)`)."""
+    audio token where the question's text would be (`text_prompt(processor.audio_token, shots)`).
+    `transcript_cache`: see `score_sequences`."""
     prompt_ids = [
         processor.expand_placeholders([prompt], [processor.length_spec.num_tokens(clip.size)])[0]
         for clip in clips
@@ -177,7 +183,7 @@ def score_speech_items(
     option_ids = [option_token_ids(processor.tokenizer, item.options) for item in items]
     scores = score_sequences(
         model, prompt_ids, option_ids, pad_id(processor.tokenizer), clips=clips, processor=processor,
-        batch_size=batch_size,
+        batch_size=batch_size, transcript_cache=transcript_cache,
     )  # fmt: skip
     return [ItemScores(item.id, sums, means) for item, (sums, means) in zip(items, scores)]
 

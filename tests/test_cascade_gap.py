@@ -95,3 +95,14 @@ def test_room_splits_the_cascades_losses_by_whether_whisper_heard_the_words(casc
 def test_room_refuses_transcripts_of_another_set(cascade_gap):
     with pytest.raises(ValueError, match="not the same set"):
         cascade_gap.heard_exactly([Item("a", "Hello?")], ["hello", "again"])
+
+
+def test_a_cascade_is_reused_only_from_a_run_of_the_same_voice_items_and_whisper(cascade_gap):
+    source = {**ablate_result("shipped", "1100"), "whisper_fingerprint": "abc"}
+    cascade_gap.check_cascade_source(source, "en-us", 4, "abc")
+    for voice, items, fingerprint in (("slt", 4, "abc"), ("en-us", 3, "abc"), ("en-us", 4, "other")):
+        with pytest.raises(ValueError, match="--cascade_from"):
+            cascade_gap.check_cascade_source(source, voice, items, fingerprint)
+    written_before = ablate_result("shipped", "1100")  # no fingerprint recorded
+    with pytest.raises(ValueError, match="None"):
+        cascade_gap.check_cascade_source(written_before, "en-us", 4, "abc")

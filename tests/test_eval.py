@@ -120,6 +120,35 @@ def test_a_clip_is_transcribed_once_for_all_its_options(monkeypatch):
     assert calls == [3, 1]  # 3 items x 2 options in batches of 5: items 0, 0, 1, 1, 2, then 2
 
 
+def test_a_transcript_cache_scores_alike_and_spares_whisper_the_clips_it_holds(tmp_path, monkeypatch):
+    """`salad-eval --transcript_cache_dir`: the first run fills the folder and scores as without it; a later run
+    (another checkpoint of the same frozen Whisper) reads every clip's transcript back and never runs Whisper."""
+    model, processor = decoder_tiny()
+    items = [MultipleChoiceItem(str(n), "d", "q", ("yes", "no way"), 0) for n in range(3)]
+    clips = [tone(0.5 + 0.4 * n, freq=300 + 200 * n, seed=n) for n in range(3)]
+    prompt = text_prompt(processor.audio_token, "")
+    expected = score_speech_items(model, processor, items, clips, prompt, batch_size=5)
+    args = EvalArguments(transcript_cache_dir=str(tmp_path))
+    filling = harness.SaladUnderTest.for_run(model, processor, args)
+    # bitwise: the first run transcribes the same batches as the run without a cache
+    assert filling.score_speech_items(items, clips, shots="") == expected
+    assert (filling.transcript_cache.hits, filling.transcript_cache.misses) == (0, 3)
+
+    def no_whisper(*args, **kwargs):
+        raise AssertionError("Whisper ran for a clip the cache holds")
+
+    monkeypatch.setattr(model, "transcribe", no_whisper)
+    reading = harness.SaladUnderTest.for_run(model, processor, args)
+    assert reading.score_speech_items(items, clips, shots="") == expected
+    assert (reading.transcript_cache.hits, reading.transcript_cache.misses) == (3, 0)
+
+
+def test_a_transcript_cache_for_a_model_that_writes_no_transcript_is_refused(whisper_salad, tmp_path):
+    args = EvalArguments(transcript_cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="leave the transcript cache"):
+        harness.SaladUnderTest.for_run(*whisper_salad, args)
+
+
 def assert_speech_scores_equal_the_processor_path(model, processor) -> None:
     items = [MultipleChoiceItem(str(n), "d", "q", ("yes", "no way"), 0) for n in range(3)]
     clips = [tone(0.5 + 0.4 * n, freq=300 + 200 * n, seed=n) for n in range(3)]

@@ -39,6 +39,7 @@ from modeling_salad import SaladForConditionalGeneration, SaladProcessor
 from trainers.assets import load_salad
 
 from .data import decode_row_audio, pad_sequences
+from .transcript_cache import TranscriptCache
 
 REPEAT_CUE = " Repeat what was said:"
 CHOICE_OPTIONS = 4
@@ -156,11 +157,20 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return parameter.device, parameter.dtype
 
 
-def audio_inputs(model, processor, clips: Sequence[np.ndarray], items: list[int], device) -> dict:
+def audio_inputs(
+    model,
+    processor,
+    clips: Sequence[np.ndarray],
+    items: list[int],
+    device,
+    transcript_cache: TranscriptCache | None = None,
+) -> dict:
     """The audio inputs of a batch of rows, row r hearing `clips[items[r]]` (an item's options share its clip).
 
     Each distinct clip is prepared once; for a model whose adapter writes Whisper's transcript it is also
-    transcribed once (`whisper_transcript`), not once per option: the transcript depends on the clip alone."""
+    transcribed once (`whisper_transcript`), not once per option: the transcript depends on the clip alone. With a
+    `transcript_cache`, a clip that any model sharing this frozen Whisper transcribed before is not transcribed
+    again: evaluating several checkpoints of one run then pays Whisper's search once."""
     distinct = list(dict.fromkeys(items))
     prepared = processor.prepare_audio([clips[i] for i in distinct])
     features = torch.from_numpy(prepared.inputs["input_features"]).to(device, model.dtype)
@@ -177,7 +187,11 @@ def audio_inputs(model, processor, clips: Sequence[np.ndarray], items: list[int]
     inputs = {"input_features": features[rows], "input_features_mask": mask[rows]}
     adapter = getattr(model, "adapter", None)
     if adapter is not None and adapter.writes_text:
-        transcript = model.transcribe(features, mask)
+        transcript = (
+            model.transcribe(features, mask)
+            if transcript_cache is None
+            else transcript_cache.transcripts(model, features, mask)
+        )
         inputs["whisper_transcript"] = type(transcript)(*(part[rows] for part in transcript))
     return inputs
 

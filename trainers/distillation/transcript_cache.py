@@ -67,7 +67,8 @@ class TranscriptCache:
         if not model.adapter.writes_text:
             raise ValueError(
                 f"A TranscriptCache keeps the transcripts of a 'whisper_decoder' adapter; this model's adapter is "
-                f"{model.config.adapter_type!r}, which writes none."
+                f"{model.config.adapter_type!r}, which writes none: leave the transcript cache (`transcript_cache_dir`) out "
+                f"for this model."
             )
         self.fingerprint = frozen_fingerprint(model)
         self.directory = None if directory is None else Path(directory) / self.fingerprint

@@ -78,7 +78,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from eval.gap import accuracy_summary, paired_difference
 from eval.harness import EvalArguments, SaladUnderTest, TextReader, evaluate_task
 from eval.scoring import few_shot_block
-from eval.speech import synthesize_items, transcribe
+from eval.speech import HELD_OUT_VOICES, synthesize_items, transcribe
 from eval.tasks import load_offline_tasks
 from trainers.assets import load_salad, resolve_checkpoint
 from trainers.assets.asterisk import asterisk_prompts
@@ -86,7 +86,6 @@ from trainers.distillation.probes import normalize_words, word_error_rate
 from trainers.distillation.transcript_cache import frozen_fingerprint
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cascade_gap"
-VOICES = {"en-us": ("espeak-ng", "en-us"), "slt": ("flite", "slt")}
 
 
 def held_out_asterisk(eval_fraction: float = 0.1, seed: int = 0) -> list:
@@ -100,7 +99,7 @@ def clip_sets(limit: int | None) -> dict[str, tuple[list[str], list]]:
     """Each set's reference texts and clips (16 kHz)."""
     items = load_offline_tasks()[:limit]
     sets = {}
-    for name, (backend, voice) in VOICES.items():
+    for name, (backend, voice) in HELD_OUT_VOICES.items():
         sets[f"built-in, {name}"] = (
             [item.spoken_text for item in items],
             synthesize_items(items, 16000, backend=backend, voice=voice),
@@ -241,7 +240,7 @@ def ablate(
     start = time.perf_counter()
     overrides = overrides or {}
     items = load_offline_tasks()[:limit]
-    backend, name = VOICES[voice]
+    backend, name = HELD_OUT_VOICES[voice]
     model, processor = load_salad(model_name, getattr(torch, dtype), **overrides)
     fingerprint = frozen_fingerprint(model)
     if cascade_from is not None:
@@ -427,7 +426,7 @@ def nbest(voice: str, limit: int | None, dtype: str, temperature: float) -> dict
     hypotheses, weighted by each hypothesis's probability under Whisper (its summed log-probability, divided by
     `temperature`, softmaxed over the clip's hypotheses). The top hypothesis alone is the cascade."""
     items = load_offline_tasks()[:limit]
-    backend, name = VOICES[voice]
+    backend, name = HELD_OUT_VOICES[voice]
     args = EvalArguments(tts_backend=backend, tts_voice=name, dtype=dtype)
     model, processor = load_salad("embedded:salad", getattr(torch, dtype))
     reference = AutoModelForCausalLM.from_pretrained(
@@ -630,7 +629,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("command", choices=["diagnose", "ablate", "nbest", "curves", "seeds", "room"])
     parser.add_argument("--limit", type=int, default=None, help="Clips per set (default: all).")
-    parser.add_argument("--voice", choices=list(VOICES), default="en-us", help="ablate: the held-out voice.")
+    parser.add_argument(
+        "--voice", choices=list(HELD_OUT_VOICES), default="en-us", help="ablate: the held-out voice."
+    )
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16"], help="ablate: model dtype."
     )

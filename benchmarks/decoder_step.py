@@ -37,11 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "decoder_step.json"
 ROWS = (1, 2, 5)
 MEDIAN_QUESTION_SECONDS = 2.6
-#: the results' names of the steps timed on a static cache, and the `decoder_variants` each runs
-STATIC_CACHE_VARIANTS = {
-    "decoder_step_static_cache": "decoder_step",
-    "decoder_step_static_cache_compiled": "decoder_step_compiled_static",
-}
 
 
 def milliseconds(step, repeats: int) -> float:
@@ -64,14 +59,22 @@ def encoder_positions(model, seconds: float) -> int:
     return int(frames[0]) // 2  # Whisper's second convolution has stride 2
 
 
+def step_inputs(
+    decoder, prompt_ids: list[int], rows: int, positions: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a step of `rows` beams reads besides its cache, in the decoder's dtype: the window's encoder states
+    (random: only their shape matters to the time), the prompt and 8 transcript tokens that fill the cache first,
+    and each beam's new token."""
+    dtype = decoder.embed_tokens.weight.dtype
+    encoder_states = torch.randn(rows, positions, decoder.config.d_model, dtype=dtype)
+    prompt = torch.tensor(prompt_ids + [440] * 8).expand(rows, -1)
+    return encoder_states, prompt, torch.full((rows, 1), 440)
+
+
 def decoder_step_ms(decoder, prompt_ids: list[int], rows: int, positions: int, repeats: int) -> float:
     """One cached decoder step for `rows` beams, 8 tokens into the transcript, in the decoder's dtype."""
-    encoder_states = torch.randn(
-        rows, positions, decoder.config.d_model, dtype=decoder.embed_tokens.weight.dtype
-    )
-    prompt = torch.tensor(prompt_ids + [440] * 8).expand(rows, -1)
+    encoder_states, prompt, next_ids = step_inputs(decoder, prompt_ids, rows, positions)
     cache = decoder(input_ids=prompt, encoder_hidden_states=encoder_states, use_cache=True).cache
-    next_ids = torch.full((rows, 1), 440)
 
     def step():
         decoder(input_ids=next_ids, encoder_hidden_states=encoder_states, cache=cache, use_cache=True)
@@ -89,12 +92,8 @@ def static_decoder_step_ms(decoder, prompt_ids: list[int], rows: int, positions:
         StaticCache(config=config, max_cache_len=config.max_target_positions),
         StaticCache(config=config, max_cache_len=positions),
     )
-    encoder_states = torch.randn(
-        rows, positions, decoder.config.d_model, dtype=decoder.embed_tokens.weight.dtype
-    )
-    prompt = torch.tensor(prompt_ids + [440] * 8).expand(rows, -1)
+    encoder_states, prompt, next_ids = step_inputs(decoder, prompt_ids, rows, positions)
     decoder(input_ids=prompt, encoder_hidden_states=encoder_states, cache=cache, use_cache=True)
-    next_ids = torch.full((rows, 1), 440)
     position = torch.full((rows, 1), prompt.shape[1])
 
     def step():
@@ -133,37 +132,45 @@ def linear_layers_ms(decoder, rows: int, dtype: torch.dtype, repeats: int) -> fl
     return milliseconds(step, repeats)
 
 
-def decoder_variants(decoder) -> dict[str, nn.Module]:
-    """The decoder as shipped and as the levers would run it whole: transformers' eager attention in place of SDPA,
-    every weight in bf16 (attention and layer norms included, as `dtype=torch.bfloat16` loads it), `torch.compile`
-    with shapes marked dynamic (the search's cache grows every step), and `torch.compile` for a static cache
-    (`_static`: timed on one only). The copy shares one copied config among its layers, so setting its attention
-    there switches every layer."""
+def decoder_variants(decoder) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """The decoder as shipped and as the levers would run it whole, by the name of their results: on the dynamic
+    cache the search uses, transformers' eager attention in place of SDPA, every weight in bf16 (attention and layer
+    norms included, as `dtype=torch.bfloat16` loads it) and `torch.compile` with shapes marked dynamic (the cache
+    grows every step); on a static cache, the decoder as shipped and compiled. The copy shares one copied config
+    among its layers, so setting its attention there switches every layer."""
     eager = copy.deepcopy(decoder)
     eager.config._attn_implementation = "eager"
-    return {"decoder_step": decoder, "decoder_step_eager_attention": eager,
-            "decoder_step_bf16": copy.deepcopy(decoder).to(torch.bfloat16),
-            "decoder_step_compiled": torch.compile(copy.deepcopy(decoder), dynamic=True),
-            "decoder_step_compiled_static": torch.compile(copy.deepcopy(decoder))}  # fmt: skip
+    dynamic_cache = {"decoder_step": decoder, "decoder_step_eager_attention": eager,
+                     "decoder_step_bf16": copy.deepcopy(decoder).to(torch.bfloat16),
+                     "decoder_step_compiled": torch.compile(copy.deepcopy(decoder), dynamic=True)}  # fmt: skip
+    static_cache = {
+        "decoder_step_static_cache": decoder,
+        "decoder_step_static_cache_compiled": torch.compile(copy.deepcopy(decoder)),
+    }
+    return dynamic_cache, static_cache
 
 
 def step_parts_ms(
-    variants: dict[str, nn.Module], prompt_ids: list[int], rows: int, positions: int, repeats: int
+    variants: tuple[dict[str, nn.Module], dict[str, nn.Module]],
+    prompt_ids: list[int],
+    rows: int,
+    positions: int,
+    repeats: int,
 ) -> dict[str, float]:
-    """Each part of a search step for `rows` beams, in ms."""
-    decoder = variants["decoder_step"]
+    """Each part of a search step for `rows` beams, in ms (`variants`: `decoder_variants`)."""
+    dynamic_cache, static_cache = variants
+    decoder = dynamic_cache["decoder_step"]
     head = decoder.embed_tokens.weight
     states = torch.randn(rows, decoder.config.d_model)
     logits = vocabulary_logits(states, head)
     return {
         **{
             name: decoder_step_ms(variant, prompt_ids, rows, positions, repeats)
-            for name, variant in variants.items()
-            if not name.endswith("_static")
+            for name, variant in dynamic_cache.items()
         },
         **{
-            name: static_decoder_step_ms(variants[variant], prompt_ids, rows, positions, repeats)
-            for name, variant in STATIC_CACHE_VARIANTS.items()
+            name: static_decoder_step_ms(variant, prompt_ids, rows, positions, repeats)
+            for name, variant in static_cache.items()
         },
         "decoder_linear_layers_fp32": linear_layers_ms(decoder, rows, torch.float32, repeats),
         "decoder_linear_layers_bf16_weights": linear_layers_ms(decoder, rows, torch.bfloat16, repeats),

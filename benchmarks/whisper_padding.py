@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cascade_gap import VOICES
 
 from eval.scoring import text_prompt
-from eval.speech import synthesize_items
+from eval.speech import HELD_OUT_VOICES, synthesize_items
 from eval.tasks import load_offline_tasks
 from trainers.assets import load_salad
 from trainers.distillation.probes import word_error_rate
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--voice", choices=list(VOICES), default="en-us")
+    parser.add_argument("--voice", choices=list(HELD_OUT_VOICES), default="en-us")
     parser.add_argument("--pad_seconds", type=float, nargs="*", default=[4.0, 6.0, 8.0])
     parser.add_argument(
         "--reference",
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     items = load_offline_tasks()[: args.limit]
-    backend, voice = VOICES[args.voice]
+    backend, voice = HELD_OUT_VOICES[args.voice]
     clips = synthesize_items(items, 16000, backend=backend, voice=voice)
     spoken = [item.spoken_text for item in items]
     runs = {}

@@ -1,44 +1,64 @@
-"""The paper's claims at small scale, each next to its control, on the embedded default (run by hand).
+"""The paper's claims at small scale, each next to its control, from the shipped embedded default (run by hand).
 
-    python benchmarks/reproduce_small.py --output_dir benchmarks/results/reproduce_small
+    python benchmarks/reproduce_small.py --claims distillation_vs_nll active_vs_uniform gap_vs_minutes
+    python benchmarks/reproduce_small.py --claims latency        # alone on the machine
 
-Claims (of the paper, arXiv 2510.13632), each measured from the shipped embedded default on sentences it never saw, with accuracy
-on the built-in spoken task set (held-out voice espeak-ng en-us) and M/F on rows spoken by held-out voices:
+Claims (of the paper, arXiv 2510.13632), each measured from the shipped model on sentences it never saw:
 
-- `distillation_vs_nll`: cross-modal distillation (alpha 1) against plain next-token NLL (alpha 0), same
-  steps, data and LoRA: the paper says distillation keeps the text LLM (F near 0) and aligns better (lower M).
-- `active_vs_uniform`: Stage II with gamma 5 against gamma 0 (uniform over the pool's clusters) at the same
-  synthesis budget, then the same continuation: the paper says targeted speech lowers M more.
-- `gap_vs_minutes`: the text-speech gap of the shipped recipe's checkpoints against the minutes of speech they
-  were trained on (needs `save_steps` checkpoints of `configs/embedded-default.yaml`).
-- `latency`: time to first token and peak memory of the SALAD model against the Whisper tiny.en cascade on the
-  same spoken questions (each system in its own process, so peak memory is its own).
+- `distillation_vs_nll`: cross-modal distillation (alpha 1) against plain next-token NLL (alpha 0), the same steps,
+  data and LoRA: the paper says distillation keeps the text LLM (F near 0, text accuracy kept).
+- `active_vs_uniform`: Stage II with gamma 5 against gamma 0 (clusters drawn as the pool is) at the same synthesis
+  budget, then the same continuation: the paper says targeted speech lowers M more and answers better where it was
+  aimed. The report shows which clusters got the budget and why (M(c), example texts), which of the task set's
+  domains that budget reached, and how near the pool's sentences come to each domain's questions at all.
+- `gap_vs_minutes`: one continuation with a checkpoint every `curve_steps / curve_points` steps: spoken accuracy,
+  the gap to the same checkpoint on text, and spoken minus the cascade, against the minutes of speech trained on.
+- `latency`: time to first token and peak memory against the cascade (`benchmarks/latency.py`).
 
-Writes `results.json`, `results.md` and one plot per claim into `--output_dir`; claims run in separate calls
-accumulate there (each keeps the arguments it was run with).
+Accuracy is taken on the built-in set spoken by every held-out voice (`--voices`, espeak-ng `en-us` and flite `slt`,
+which training never uses); M and F on held-out rows spoken by those voices. Each arm runs with every seed of
+`--seeds`; two arms are compared on the same items by a paired bootstrap over the items, after each arm's answers
+are averaged over its seeds item by item. The cascade (the shipped model's Whisper read over 30 s, then SmolLM2)
+and SmolLM2 on text are measured once: they do not depend on the arm. Whisper's transcripts of the clips are kept
+in `--transcript_cache_dir` and shared by every arm, whose Whisper is frozen.
+
+Writes `results.json` (naming the model and the commit it was measured on), `results.md` and one plot per claim into
+`--output_dir`; claims run in separate calls accumulate there, each with its arguments and its wall time.
 """
 
 from __future__ import annotations
 
 import json
 import resource
+import subprocess
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from latency import main as measure_latency  # noqa: E402  (a sibling script: benchmarks/ is on sys.path)
+import numpy as np
+from latency import machine  # noqa: E402  (a sibling script: benchmarks/ is on sys.path)
+from latency import main as measure_latency
 from transformers import HfArgumentParser
 
+from eval.gap import accuracy_summary, paired_difference
+from eval.harness import EvalArguments, run
+from eval.speech import HELD_OUT_VOICES
+from eval.tasks import load_offline_tasks
 from hub_scripts.recipe import (
     RecipeArguments,
     continue_training,
-    evaluate,
     fresh_data,
     load_rows_list,
     stage2_selection,
 )
+from trainers.assets import resolve_checkpoint
+from trainers.selection.active_selection import sentence_encoder
 
+ROOT = Path(__file__).resolve().parents[1]
 CLAIMS = ("distillation_vs_nll", "active_vs_uniform", "gap_vs_minutes", "latency")
+#: systems that hear the clip, measured once per voice; the others read text, measured once
+SPEECH_SYSTEMS = ("salad_speech", "cascade")
 
 
 @dataclass
@@ -53,15 +73,23 @@ class ReproduceArguments:
     )
     claims: list[str] = field(default_factory=lambda: list(CLAIMS), metadata={"help": f"Subset of {CLAIMS}."})
     model: str = field(default="embedded:salad", metadata={"help": "The starting checkpoint."})
-    seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "Seeds of the continuations."})
-    train_steps: int = field(default=60, metadata={"help": "Continuation steps per run (equal across arms)."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds of every arm."})
+    train_steps: int = field(default=40, metadata={"help": "Continuation steps per arm (equal across arms)."})
+    curve_steps: int = field(default=200, metadata={"help": "gap_vs_minutes: steps of its one continuation."})
+    curve_points: int = field(
+        default=5, metadata={"help": "gap_vs_minutes: checkpoints along it (at least 5)."}
+    )
+    voices: list[str] = field(
+        default_factory=lambda: list(HELD_OUT_VOICES),
+        metadata={"help": f"Held-out voices the built-in set is spoken in, from {list(HELD_OUT_VOICES)}."},
+    )
     eval_items: int | None = field(
         default=None, metadata={"help": "Task items per evaluation (None: all 338)."}
     )
     pool_sentences: int = field(default=1500, metadata={"help": "Fresh text-pool sentences for Stage II."})
-    checkpoints_dir: str = field(
-        default="runs/embedded-default",
-        metadata={"help": "Folder with the checkpoint-N folders of the main run."},
+    transcript_cache_dir: str = field(
+        default="runs/transcript-cache",
+        metadata={"help": "Whisper transcripts of every clip, shared by the arms (their Whisper is frozen)."},
     )
     latency_questions: int = field(default=20, metadata={"help": "Spoken questions timed per system."})
 
@@ -69,83 +97,308 @@ class ReproduceArguments:
         unknown = set(self.claims) - set(CLAIMS)
         if unknown:
             raise ValueError(f"Unknown claims {sorted(unknown)}; choose from {CLAIMS}.")
+        voices = set(self.voices) - set(HELD_OUT_VOICES)
+        if voices:
+            raise ValueError(f"Unknown voices {sorted(voices)}; choose from {list(HELD_OUT_VOICES)}.")
+        if self.curve_points < 1 or self.curve_steps % self.curve_points:
+            raise ValueError(
+                f"--curve_steps ({self.curve_steps}) must be a multiple of --curve_points ({self.curve_points}), "
+                "so that the checkpoints are evenly spaced."
+            )
 
 
-def demo_arguments(args: ReproduceArguments, seed: int, alpha: float = 1.0) -> RecipeArguments:
+def recipe_arguments(args: ReproduceArguments, seed: int, alpha: float = 1.0, steps: int | None = None):
+    """The recipe's settings for one arm: fp32 everywhere, so that arms measured on different CPUs compare."""
     return RecipeArguments(
-        output_dir=args.output_dir, model=args.model, eval_items=args.eval_items, pool_sentences=args.pool_sentences,
-        train_steps=args.train_steps, seed=seed, alpha=alpha,
+        output_dir=args.work_dir, model=args.model, eval_items=args.eval_items, pool_sentences=args.pool_sentences,
+        train_steps=steps or args.train_steps, seed=seed, alpha=alpha, dtype="float32",
+        transcript_cache_dir=args.transcript_cache_dir,
     )  # fmt: skip
 
 
-def continuation_result(
-    run_dir: Path, before: dict, after: dict, log: list[dict], demo: RecipeArguments
-) -> dict:
-    accuracy = evaluate(
-        str(run_dir / "model"), ["salad_text", "salad_speech", "prior"], run_dir / "eval", demo
-    )
+def answers(model: str, systems: list[str], work: Path, args: ReproduceArguments) -> dict[str, list[float]]:
+    """Each system's per-item answers on the built-in set (1.0 right, 0.0 wrong): a text system's under its own
+    name, a speech system's as `system/voice` for every voice."""
+    text = [system for system in systems if system not in SPEECH_SYSTEMS]
+    speech = [system for system in systems if system in SPEECH_SYSTEMS]
+    found = {}
+    for index, voice in enumerate(args.voices):
+        asked = speech + (text if index == 0 else [])
+        if not asked:
+            continue
+        backend, name = HELD_OUT_VOICES[voice]
+        report = run(
+            EvalArguments(
+                model=model,
+                base_model="embedded:smollm2-135m-instruct",
+                systems=asked,
+                limit=args.eval_items,
+                tts_backend=backend,
+                tts_voice=name,
+                dtype="float32",
+                distribution_metrics=False,
+                transcript_cache_dir=args.transcript_cache_dir,
+                output_dir=str(work / f"eval-{voice}"),
+            )  # fmt: skip
+        )["tasks"]["offline"]
+        for system in asked:
+            key = f"{system}/{voice}" if system in SPEECH_SYSTEMS else system
+            found[key] = [float(item[system] == item["answer"]) for item in report["items"]]
+    return found
+
+
+def reference_answers(args: ReproduceArguments, work: Path) -> dict[str, list[float]]:
+    """What no arm changes, and where every arm starts: SmolLM2 on text, the cascade, and the starting model."""
+    path = work / "reference.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    systems = ["base_text", "salad_text", "prior", "salad_speech", "cascade"]
+    found = answers(args.model, systems, work / "reference", args)
+    path.write_text(json.dumps(found) + "\n")
+    return found
+
+
+def over_seeds(runs: list[dict[str, list[float]]], key: str) -> np.ndarray:
+    """`[items]`: the arm's answers to each item, averaged over its seeds."""
+    return np.mean([run[key] for run in runs], axis=0)
+
+
+def verdict(difference: dict, expected_sign: int) -> str:
+    """How a paired difference bears on a claim that predicts its sign."""
+    low, high = difference["ci95"]
+    if low > 0 if expected_sign > 0 else high < 0:
+        return "reproduced"
+    if difference["value"] * expected_sign > 0:
+        return "direction only"
+    return "not reproduced"
+
+
+def arm_summary(runs: list[dict], reference: dict, voices: list[str]) -> dict:
+    """One arm over its seeds: accuracy per seed and of the seed-averaged answers, against the cascade and, on
+    text, against SmolLM2; M and F before and after on the held-out rows."""
+    summary = {"seeds": len(runs)}
+    for key in ["salad_text", *(f"salad_speech/{voice}" for voice in voices)]:
+        answers_per_seed = [run["answers"][key] for run in runs]
+        mean = over_seeds([run["answers"] for run in runs], key)
+        baseline = "base_text" if key == "salad_text" else key.replace("salad_speech", "cascade")
+        summary[key] = {
+            "accuracy_per_seed": [float(np.mean(values)) for values in answers_per_seed],
+            "accuracy": accuracy_summary(mean)["accuracy"],
+            f"minus_{baseline.split('/')[0]}": paired_difference(mean, np.asarray(reference[baseline])),
+        }
+    for quantity in ("misalignment", "forgetting"):
+        summary[quantity] = {
+            "before": [run["before"][quantity] for run in runs],
+            "after": [run["after"][quantity] for run in runs],
+        }
+    return summary
+
+
+def compare_arms(arm: list[dict], control: list[dict], voices: list[str], items: list | None = None) -> dict:
+    """`arm` minus `control` on each accuracy, paired over the items (or the indices `items`), seeds averaged."""
+    keys = ["salad_text", *(f"salad_speech/{voice}" for voice in voices)]
+    chosen = slice(None) if items is None else np.asarray(items)
     return {
-        "before": before,
-        "after": after,
-        "accuracy": accuracy["systems"],
-        "gap": accuracy.get("gap"),
-        "final_train_divergence": [e["divergence"] for e in log if "divergence" in e][-1],
+        key: paired_difference(
+            over_seeds([run["answers"] for run in arm], key)[chosen],
+            over_seeds([run["answers"] for run in control], key)[chosen],
+        )
+        for key in keys
     }
 
 
-def distillation_vs_nll(args: ReproduceArguments, data: dict, output: Path) -> dict:
-    runs = {}
-    for alpha in (1.0, 0.0):
-        for seed in args.seeds:
-            demo = demo_arguments(args, seed, alpha)
-            run_dir = output / f"alpha{alpha:g}-seed{seed}"
-            log, before, after = continue_training(
-                data["shipped"], data["stage2_mix"], data["pool"], data["held_out"], run_dir, demo
-            )
-            runs[f"alpha={alpha:g}/seed={seed}"] = continuation_result(run_dir, before, after, log, demo)
-    return runs
+def seeds_in_direction(arm: dict, control: dict, quantity: str) -> str:
+    """How many seeds end with a lower `quantity` (M or F) in the arm than in the control, seed for seed."""
+    lower = sum(a < c for a, c in zip(arm[quantity]["after"], control[quantity]["after"]))
+    return f"{lower} of {len(arm[quantity]['after'])}"
 
 
-def active_vs_uniform(args: ReproduceArguments, data: dict, output: Path) -> dict:
-    runs = {}
-    for gamma in (5.0, 0.0):
-        demo = demo_arguments(args, seed=0)
-        selection = stage2_selection(
-            data["shipped"], data["pool"], data["train"], output / f"stage2-gamma{gamma:g}", demo, gamma=gamma
-        )
-        for seed in args.seeds:
-            demo = demo_arguments(args, seed)
-            run_dir = output / f"gamma{gamma:g}-seed{seed}"
-            log, before, after = continue_training(
-                data["shipped"], output / f"stage2-gamma{gamma:g}" / "synthetic.jsonl", data["pool"],
-                data["held_out"], run_dir, demo,
-            )  # fmt: skip
-            runs[f"gamma={gamma:g}/seed={seed}"] = {
-                **continuation_result(run_dir, before, after, log, demo),
-                "selected_seconds": selection["selected_seconds"],
-            }
-    return runs
-
-
-def gap_vs_minutes(args: ReproduceArguments, work: Path) -> dict:
-    """Speech and text accuracy of the main run's checkpoints, by minutes of speech seen."""
-    checkpoints = sorted(
-        Path(args.checkpoints_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])
+def continuation(
+    args: ReproduceArguments, data: dict, train_file: Path, run_dir: Path, seed: int, alpha: float = 1.0
+) -> dict:
+    """One arm's seed: the continuation, then its answers on the built-in set (kept, so a rerun resumes)."""
+    path = run_dir / "result.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    recipe = recipe_arguments(args, seed, alpha)
+    log, before, after = continue_training(
+        data["shipped"], train_file, data["pool"], data["held_out"], run_dir, recipe
     )
-    if not checkpoints:
-        return {
-            "skipped": f"no checkpoint-N folders in {args.checkpoints_dir}: train with save_steps to get them"
-        }
-    points = {}
-    for checkpoint in checkpoints:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        logged = [
-            entry["speech_minutes_seen"] for entry in state["log_history"] if "speech_minutes_seen" in entry
+    result = {
+        "before": before,
+        "after": after,
+        "answers": answers(str(run_dir / "model"), ["salad_text", "salad_speech"], run_dir, args),
+        # the last logged step's loss, and its KL where the arm distils (alpha 0 logs none)
+        "final_train_loss": [entry for entry in log if "loss" in entry][-1]["loss"],
+        "final_train_divergence": [entry for entry in log if "loss" in entry][-1].get("divergence"),
+    }
+    path.write_text(json.dumps(result) + "\n")
+    return result
+
+
+def distillation_vs_nll(args: ReproduceArguments, data: dict, reference: dict, work: Path) -> dict:
+    arms = {
+        alpha: [
+            continuation(args, data, data["stage2_mix"], work / f"alpha{alpha:g}-seed{seed}", seed, alpha)
+            for seed in args.seeds
         ]
-        minutes = logged[-1] if logged else None
-        demo = demo_arguments(args, seed=0)
-        result = evaluate(str(checkpoint), ["salad_speech", "prior"], work / f"curve-{checkpoint.name}", demo)
-        points[checkpoint.name] = {"step": state["global_step"], "speech_minutes": minutes, **result}
+        for alpha in (1.0, 0.0)
+    }
+    difference = compare_arms(arms[1.0], arms[0.0], args.voices)
+    distilled, nll = (arm_summary(arms[alpha], reference, args.voices) for alpha in (1.0, 0.0))
+    return {
+        "alpha=1": distilled,
+        "alpha=0": nll,
+        "alpha1_minus_alpha0": difference,
+        "forgetting_lower_with_distillation": seeds_in_direction(distilled, nll, "forgetting"),
+        "text_verdict": verdict(difference["salad_text"], +1),
+    }
+
+
+def domain_budget(selection_dir: Path, questions: np.ndarray, domains: list[str]) -> dict:
+    """Where a selection's budget went among the task set's domains: each question is placed in the cluster whose
+    centroid is nearest (cosine), and a domain's share is its questions' clusters' share of the selected seconds,
+    relative to an even spread over the clusters (1.0)."""
+    report = json.loads((selection_dir / "report.json").read_text())
+    with np.load(selection_dir / "clusters.npz") as clusters:
+        centroids = clusters["centroids"]
+    centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+    nearest = (questions @ centroids.T).argmax(axis=1)
+    seconds = np.array([cluster["seconds"] for cluster in report["clusters"]])
+    share = seconds / seconds.sum() * len(seconds)
+    return {
+        domain: {
+            "budget_vs_even": float(share[nearest[[d == domain for d in domains]]].mean()),
+            "clusters": dict(Counter(int(c) for c in nearest[[d == domain for d in domains]])),
+        }
+        for domain in sorted(set(domains))
+    }
+
+
+def clusters_table(selection_dir: Path) -> list[dict]:
+    """Each cluster's M(c), weights, the budget it got, and what it holds."""
+    report = json.loads((selection_dir / "report.json").read_text())
+    keys = (
+        "cluster",
+        "size",
+        "misalignment",
+        "web_weight",
+        "target_weight",
+        "samples",
+        "seconds",
+        "example_texts",
+    )
+    return [{key: cluster[key] for key in keys} for cluster in report["clusters"]]
+
+
+def pool_reach(pool: list[str], items: list, encode, own_kind: list[str]) -> dict:
+    """How near the text pool comes to each domain's questions: per domain the mean cosine similarity of a question
+    to its nearest pool sentence, with examples, next to the same for sentences of the pool's own kind (held-out rows
+    drawn from it), the yardstick of "near"."""
+    pool_vectors = encode(pool)
+    questions = encode([item.spoken_text for item in items])
+    nearest = questions @ pool_vectors.T
+    best, index = nearest.max(axis=1), nearest.argmax(axis=1)
+    own = (encode(own_kind) @ pool_vectors.T).max(axis=1)
+    reach = {"pool_sentences": len(pool), "own_kind_similarity": float(own.mean()), "domains": {}}
+    for domain in sorted({item.domain for item in items}):
+        chosen = [k for k, item in enumerate(items) if item.domain == domain]
+        reach["domains"][domain] = {
+            "similarity": float(best[chosen].mean()),
+            "examples": [
+                {"question": items[k].spoken_text, "nearest": pool[index[k]], "similarity": float(best[k])}
+                for k in chosen[:2]
+            ],
+        }
+    return reach
+
+
+def active_vs_uniform(args: ReproduceArguments, data: dict, reference: dict, work: Path) -> dict:
+    selections, arms = {}, {}
+    for gamma in (5.0, 0.0):
+        folder = work / f"stage2-gamma{gamma:g}"
+        if not (folder / "clusters.npz").exists():
+            stage2_selection(
+                data["shipped"], data["pool"], data["train"], folder, recipe_arguments(args, 0), gamma,
+                cache_dir=work / "stage2-cache",
+            )  # fmt: skip
+        selections[gamma] = folder
+        arms[gamma] = [
+            continuation(args, data, folder / "synthetic.jsonl", work / f"gamma{gamma:g}-seed{seed}", seed)
+            for seed in args.seeds
+        ]
+    items = load_offline_tasks()[: args.eval_items]
+    encode = sentence_encoder()
+    questions = encode([item.spoken_text for item in items])
+    domains = [item.domain for item in items]
+    budget = {gamma: domain_budget(folder, questions, domains) for gamma, folder in selections.items()}
+    targeted = [d for d in budget[5.0] if budget[5.0][d]["budget_vs_even"] > budget[0.0][d]["budget_vs_even"]]
+    on_targeted = [k for k, domain in enumerate(domains) if domain in targeted]
+    pool = [json.loads(line)["text"] for line in data["pool"].read_text().splitlines() if line.strip()]
+    gamma5, gamma0 = (arm_summary(arms[g], reference, args.voices) for g in (5.0, 0.0))
+    return {
+        "gamma=5": gamma5,
+        "gamma=0": gamma0,
+        "gamma5_minus_gamma0": compare_arms(arms[5.0], arms[0.0], args.voices),
+        "targeted_domains": targeted,
+        "gamma5_minus_gamma0_on_targeted_domains": compare_arms(
+            arms[5.0], arms[0.0], args.voices, on_targeted
+        )
+        if on_targeted
+        else None,
+        "misalignment_lower_with_gamma5": seeds_in_direction(gamma5, gamma0, "misalignment"),
+        "clusters": {f"gamma={g:g}": clusters_table(folder) for g, folder in selections.items()},
+        "budget_by_domain": {f"gamma={g:g}": value for g, value in budget.items()},
+        "pool_reach": pool_reach(pool, items, encode, [row["text"] for row in data["held_out"]]),
+    }
+
+
+def speech_minutes(checkpoint: Path) -> float | None:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    logged = [
+        entry["speech_minutes_seen"] for entry in state["log_history"] if "speech_minutes_seen" in entry
+    ]
+    return logged[-1] if logged else None
+
+
+def curve_point(found: dict, reference: dict, voices: list[str]) -> dict:
+    """One point of the curve: per voice, spoken accuracy, the gap to the same model on text, and spoken minus the
+    cascade, paired over the items."""
+    text = np.asarray(found["salad_text"])
+    point = {"text_accuracy": float(text.mean())}
+    for voice in voices:
+        speech = np.asarray(found[f"salad_speech/{voice}"])
+        point[voice] = {
+            "accuracy": accuracy_summary(speech),
+            "gap_to_text": paired_difference(text, speech),
+            "minus_cascade": paired_difference(speech, np.asarray(reference[f"cascade/{voice}"])),
+        }
+    return point
+
+
+def gap_vs_minutes(args: ReproduceArguments, data: dict, reference: dict, work: Path) -> dict:
+    """One continuation (seed 0, alpha 1, the gamma 5 mix) with evenly spaced checkpoints, each evaluated."""
+    run_dir = work / "curve"
+    every = args.curve_steps // args.curve_points
+    if not (run_dir / "model").exists():
+        continue_training(
+            data["shipped"], data["stage2_mix"], data["pool"], data["held_out"], run_dir,
+            recipe_arguments(args, 0, steps=args.curve_steps), save_steps=every,
+        )  # fmt: skip
+    points = {"0": {"step": 0, "speech_minutes": 0.0, **curve_point(reference, reference, args.voices)}}
+    for checkpoint in sorted(
+        (run_dir / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])
+    ):
+        path = checkpoint / "answers.json"
+        if not path.exists():
+            found = answers(str(checkpoint), ["salad_text", "salad_speech"], checkpoint, args)
+            path.write_text(json.dumps(found) + "\n")
+        step = int(checkpoint.name.split("-")[1])
+        points[str(step)] = {
+            "step": step,
+            "speech_minutes": speech_minutes(checkpoint),
+            **curve_point(json.loads(path.read_text()), reference, args.voices),
+        }
     return points
 
 
@@ -160,44 +413,96 @@ def latency(args: ReproduceArguments) -> dict:
     return {system: {key: value[key] for key in keys} for system, value in measured.items()}
 
 
-def percent(accuracy: dict, system: str) -> str:
-    value = accuracy.get(system)
-    if value is None:
-        return "-"
-    return f"{100 * value['accuracy']:.1f} [{100 * value['ci95'][0]:.1f}, {100 * value['ci95'][1]:.1f}]"
+def commit() -> str:
+    """The commit measured on, `+dirty` where the work tree differs from it."""
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()  # fmt: skip
+    return head + ("+dirty" if dirty else "")
 
 
-def continuation_table(runs: dict) -> list[str]:
+def interval(difference: dict) -> str:
+    low, high = difference["ci95"]
+    return f"{100 * difference['value']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def arm_rows(name: str, summary: dict, voices: list[str]) -> str:
+    speech = " | ".join(
+        f"{100 * summary[f'salad_speech/{v}']['accuracy']:.1f} ({interval(summary[f'salad_speech/{v}']['minus_cascade'])})"
+        for v in voices
+    )
+    text = summary["salad_text"]
+    m, f = summary["misalignment"], summary["forgetting"]
+    return (
+        f"| {name} | {np.mean(m['before']):.3f} -> {np.mean(m['after']):.3f} | "
+        f"{np.mean(f['before']):.3f} -> {np.mean(f['after']):.3f} | "
+        f"{100 * text['accuracy']:.1f} ({interval(text['minus_base_text'])}) | {speech} |"
+    )
+
+
+def comparison_table(claim: dict, arms: tuple[str, str], difference: str, voices: list[str]) -> list[str]:
+    header = " | ".join(f"speech `{v}` (minus the cascade)" for v in voices)
     lines = [
-        "| run | M before -> after | F before -> after | text acc | speech acc | prior |",
-        "|---|---|---|---|---|---|",
+        f"| arm (seeds averaged) | M before -> after | F before -> after | text (minus SmolLM2) | {header} |",
+        "|---|---|---|---|" + "---|" * len(voices),
+        *(arm_rows(arm, claim[arm], voices) for arm in arms),
     ]
-    for name, run in runs.items():
-        before, after, accuracy = run["before"], run["after"], run["accuracy"]
-        lines.append(
-            f"| {name} | {before['misalignment']:.3f} -> {after['misalignment']:.3f} | "
-            f"{before['forgetting']:.3f} -> {after['forgetting']:.3f} | {percent(accuracy, 'salad_text')} | "
-            f"{percent(accuracy, 'salad_speech')} | {percent(accuracy, 'prior')} |"
-        )
+    paired_row = " | ".join(interval(claim[difference][f"salad_speech/{v}"]) for v in voices)
+    lines.append(f"| {difference} | | | {interval(claim[difference]['salad_text'])} | {paired_row} |")
     return lines
 
 
 def markdown(results: dict) -> str:
-    claims = results["claims"]
-    lines = ["# The paper's claims at small scale (embedded default)", ""]
-    for claim in ("distillation_vs_nll", "active_vs_uniform"):
-        if claim in claims:
-            lines += [f"## {claim}", "", *continuation_table(claims[claim]), ""]
+    claims, voices = results["claims"], results.get("voices", list(HELD_OUT_VOICES))
+    lines = [
+        "# The paper's claims at small scale",
+        "",
+        f"Model: {results.get('model')}; commit {results.get('commit')}.",
+        "",
+    ]
+    if "distillation_vs_nll" in claims:
+        claim = claims["distillation_vs_nll"]
+        lines += ["## distillation_vs_nll", "",
+                  *comparison_table(claim, ("alpha=1", "alpha=0"), "alpha1_minus_alpha0", voices), "",
+                  f"F lower with distillation in {claim['forgetting_lower_with_distillation']} seeds.", ""]  # fmt: skip
+    if "active_vs_uniform" in claims:
+        claim = claims["active_vs_uniform"]
+        lines += ["## active_vs_uniform", "",
+                  *comparison_table(claim, ("gamma=5", "gamma=0"), "gamma5_minus_gamma0", voices), "",
+                  f"M lower with gamma 5 in {claim['misalignment_lower_with_gamma5']} seeds. Targeted domains: "
+                  f"{', '.join(claim['targeted_domains']) or 'none'}.", ""]  # fmt: skip
+        on_targeted = claim["gamma5_minus_gamma0_on_targeted_domains"]
+        if on_targeted:
+            lines += ["On the targeted domains, gamma 5 minus gamma 0: "
+                      + "; ".join(f"{key} {interval(value)}" for key, value in on_targeted.items()), ""]  # fmt: skip
+        lines += ["| domain | budget vs even, gamma 5 | gamma 0 | nearest pool sentence, mean cosine |",
+                  "|---|---|---|---|"]  # fmt: skip
+        reach = claim["pool_reach"]
+        for domain, value in claim["budget_by_domain"]["gamma=5"].items():
+            lines.append(f"| {domain} | {value['budget_vs_even']:.2f} | "
+                         f"{claim['budget_by_domain']['gamma=0'][domain]['budget_vs_even']:.2f} | "
+                         f"{reach['domains'][domain]['similarity']:.2f} |")  # fmt: skip
+        lines += [
+            "",
+            f"Pool-like held-out sentences: nearest pool sentence at {reach['own_kind_similarity']:.2f}.",
+            "",
+        ]
     if "gap_vs_minutes" in claims:
-        lines += ["## gap_vs_minutes", ""]
-        curve = claims["gap_vs_minutes"]
-        if "skipped" in curve:
-            lines.append(curve["skipped"])
-        else:
-            lines += ["| checkpoint | minutes of speech | speech acc | prior |", "|---|---|---|---|"]
-            for name, point in curve.items():
-                lines.append(f"| {name} | {point['speech_minutes']} | {percent(point['systems'], 'salad_speech')} | "
-                             f"{percent(point['systems'], 'prior')} |")  # fmt: skip
+        lines += ["## gap_vs_minutes", "",
+                  "| step | minutes of speech | text | " + " | ".join(
+                      f"speech `{v}` | gap to text | minus the cascade" for v in voices) + " |",
+                  "|---|---|---|" + "---|---|---|" * len(voices)]  # fmt: skip
+        for point in sorted(claims["gap_vs_minutes"].values(), key=lambda p: p["step"]):
+            cells = " | ".join(
+                f"{100 * point[v]['accuracy']['accuracy']:.1f} | {interval(point[v]['gap_to_text'])} | "
+                f"{interval(point[v]['minus_cascade'])}"
+                for v in voices
+            )
+            minutes = point["speech_minutes"]
+            lines.append(f"| {point['step']} | {'-' if minutes is None else f'{minutes:.1f}'} | "
+                         f"{100 * point['text_accuracy']:.1f} | {cells} |")  # fmt: skip
         lines.append("")
     if "latency" in claims:
         lines += [
@@ -209,54 +514,54 @@ def markdown(results: dict) -> str:
         for system, value in claims["latency"].items():
             lines.append(f"| {system} | {value['ttft_median_seconds']:.3f} | {value['ttft_p90_seconds']:.3f} | "
                          f"{value['peak_rss_mb']:.0f} |")  # fmt: skip
+        lines.append("")
+    lines.append(
+        "Wall time per claim (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_seconds"].items())
+    )
     return "\n".join(lines) + "\n"
 
 
 def plot(results: dict, output: Path) -> list[str]:
-    """One bar plot of M after the continuation per arm (both comparisons), and the gap curve."""
+    """Spoken accuracy per arm and voice (both comparisons, each seed a dot), and the curve against minutes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-    for claim in ("distillation_vs_nll", "active_vs_uniform"):
-        runs = results["claims"].get(claim)
-        if not runs:
+    claims, voices, written = results["claims"], results.get("voices", list(HELD_OUT_VOICES)), []
+    for claim, arms in (
+        ("distillation_vs_nll", ("alpha=1", "alpha=0")),
+        ("active_vs_uniform", ("gamma=5", "gamma=0")),
+    ):
+        if claim not in claims:
             continue
-        figure, axes = plt.subplots(1, 2, figsize=(8, 3))
-        names = list(runs)
-        axes[0].bar(names, [runs[n]["after"]["misalignment"] for n in names])
-        axes[0].set_ylabel("M after (nats/token)")
-        axes[1].bar(names, [runs[n]["after"]["forgetting"] for n in names])
-        axes[1].set_ylabel("F after (nats/token)")
-        for axis in axes:
-            axis.tick_params(axis="x", rotation=30, labelsize=7)
-        figure.suptitle(claim)
+        figure, axes = plt.subplots(1, len(voices) + 1, figsize=(3 * (len(voices) + 1), 3))
+        for axis, key in zip(axes, ["salad_text", *(f"salad_speech/{v}" for v in voices)]):
+            for x, arm in enumerate(arms):
+                per_seed = claims[claim][arm][key]["accuracy_per_seed"]
+                axis.scatter([x] * len(per_seed), [100 * a for a in per_seed])
+            axis.set_xticks(range(len(arms)), arms)
+            axis.set_title(key, fontsize=8)
+        axes[0].set_ylabel("accuracy (%)")
         figure.tight_layout()
         figure.savefig(output / f"{claim}.png", dpi=120)
         plt.close(figure)
         written.append(f"{claim}.png")
-    curve = results["claims"].get("gap_vs_minutes", {})
-    if curve and "skipped" not in curve:
-        points = sorted(curve.values(), key=lambda p: p["step"])
-        minutes = [p["speech_minutes"] for p in points]
+    if "gap_vs_minutes" in claims:
+        points = sorted(claims["gap_vs_minutes"].values(), key=lambda p: p["step"])
+        minutes = [p["speech_minutes"] or 0.0 for p in points]
         figure, axis = plt.subplots(figsize=(5, 3))
-        axis.plot(
-            minutes,
-            [100 * p["systems"]["salad_speech"]["accuracy"] for p in points],
-            marker="o",
-            label="speech",
-        )
-        axis.plot(
-            minutes,
-            [100 * p["systems"]["prior"]["accuracy"] for p in points],
-            linestyle="--",
-            label="option prior",
-        )
-        axis.set_xlabel("minutes of speech seen in training")
+        axis.plot(minutes, [100 * p["text_accuracy"] for p in points], marker="o", label="text")
+        for voice in voices:
+            axis.plot(minutes, [100 * p[voice]["accuracy"]["accuracy"] for p in points], marker="o",
+                      label=f"speech, {voice}")  # fmt: skip
+            cascade = 100 * (
+                points[0][voice]["accuracy"]["accuracy"] - points[0][voice]["minus_cascade"]["value"]
+            )
+            axis.axhline(cascade, linestyle="--", linewidth=0.8, label=f"cascade, {voice}")
+        axis.set_xlabel("minutes of speech trained on")
         axis.set_ylabel("accuracy (%)")
-        axis.legend()
+        axis.legend(fontsize=6)
         figure.tight_layout()
         figure.savefig(output / "gap_vs_minutes.png", dpi=120)
         plt.close(figure)
@@ -264,38 +569,45 @@ def plot(results: dict, output: Path) -> list[str]:
     return written
 
 
+def prepare_data(args: ReproduceArguments, work: Path) -> dict:
+    """Fresh rows (training voices) and held-out rows (held-out voices), the Stage II pool, and gamma 5's mix."""
+    data = {"shipped": Path(resolve_checkpoint(args.model))}
+    data["train"], held_out_file, data["pool"] = fresh_data(work, recipe_arguments(args, 0))
+    data["held_out"] = load_rows_list(held_out_file)
+    folder = work / "stage2-gamma5"
+    if not (folder / "clusters.npz").exists():
+        stage2_selection(
+            data["shipped"], data["pool"], data["train"], folder, recipe_arguments(args, 0),
+            cache_dir=work / "stage2-cache",
+        )  # fmt: skip
+    data["stage2_mix"] = folder / "train_mix.jsonl"
+    return data
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(ReproduceArguments).parse_args_into_dataclasses(args=argv)
     output, work = Path(args.output_dir), Path(args.work_dir)
     output.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     results = {"arguments": {}, "claims": {}, "timings_seconds": {}}
     previous = output / "results.json"
     if previous.exists():  # claims run separately accumulate in one results file
         results.update(json.loads(previous.read_text()))
-    for claim in args.claims:
-        results["arguments"][claim] = asdict(args)
-    data = {}
-    if {"distillation_vs_nll", "active_vs_uniform"} & set(args.claims):
-        from trainers.assets import resolve_checkpoint
-
-        demo = demo_arguments(args, seed=0)
-        data["shipped"] = Path(resolve_checkpoint(args.model))
-        data["train"], held_out_file, data["pool"] = fresh_data(work, demo)
-        data["held_out"] = load_rows_list(held_out_file)
-        stage2_selection(data["shipped"], data["pool"], data["train"], work / "stage2-gamma5", demo)
-        data["stage2_mix"] = work / "stage2-gamma5" / "train_mix.jsonl"
+    results.update(model=args.model, commit=commit(), machine=machine(), voices=args.voices)
+    data, reference = {}, {}
+    if {"distillation_vs_nll", "active_vs_uniform", "gap_vs_minutes"} & set(args.claims):
+        start = time.perf_counter()
+        data, reference = prepare_data(args, work), reference_answers(args, work)
+        results["timings_seconds"]["data_and_reference"] = round(time.perf_counter() - start, 1)
     for claim in args.claims:
         start = time.perf_counter()
-        if claim == "distillation_vs_nll":
-            results["claims"].setdefault(claim, {}).update(
-                distillation_vs_nll(args, data, work)
-            )  # seeds add up
-        elif claim == "active_vs_uniform":
-            results["claims"].setdefault(claim, {}).update(active_vs_uniform(args, data, work))
-        elif claim == "gap_vs_minutes":
-            results["claims"][claim] = gap_vs_minutes(args, work)
-        else:
+        results["arguments"][claim] = asdict(args)
+        if claim == "latency":
             results["claims"][claim] = latency(args)
+        else:
+            measure = {"distillation_vs_nll": distillation_vs_nll, "active_vs_uniform": active_vs_uniform,
+                       "gap_vs_minutes": gap_vs_minutes}[claim]  # fmt: skip
+            results["claims"][claim] = measure(args, data, reference, work)
         results["timings_seconds"][claim] = round(time.perf_counter() - start, 1)
         (output / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -83,6 +83,14 @@ class RecipeArguments:
         default=1.0, metadata={"help": "Distillation weight of the continuation (0: plain NLL)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the continuation (data order, LoRA init)."})
+    transcript_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the Whisper transcripts of a `whisper_decoder` model's clips here, for training and "
+            "evaluation alike (`trainers.distillation.transcript_cache`): every model that shares its frozen "
+            "Whisper reads them back. None: each run transcribes its clips itself."
+        },
+    )
 
     def __post_init__(self):
         fast = self.fast
@@ -95,7 +103,7 @@ class RecipeArguments:
 def evaluate(model: str, systems: list[str], output_dir: Path, args: RecipeArguments) -> dict:
     eval_args = EvalArguments(
         model=model, base_model=args.base_model, systems=systems, limit=args.eval_items, tts_voice="en-us",
-        dtype=args.dtype, output_dir=str(output_dir),
+        dtype=args.dtype, output_dir=str(output_dir), transcript_cache_dir=args.transcript_cache_dir,
         distribution_metrics="salad_speech" in systems and "salad_text" in systems,
     )  # fmt: skip
     return run(eval_args)["tasks"]["offline"]
@@ -136,11 +144,21 @@ def fresh_data(output: Path, args: RecipeArguments) -> tuple[Path, Path, Path]:
 
 
 def stage2_selection(
-    shipped: Path, pool: Path, natural: Path, output: Path, args: RecipeArguments, gamma: float = 5.0
+    shipped: Path,
+    pool: Path,
+    natural: Path,
+    output: Path,
+    args: RecipeArguments,
+    gamma: float = 5.0,
+    cache_dir: Path | None = None,
 ) -> dict:
+    """Stage II on the fresh pool. Selections that share a `cache_dir` share the pool's clusters, their probes' audio
+    and M(c), and the audio of every text both select: espeak-ng's output differs a little from run to run, and M(c)
+    with it, so two arms meant to differ only in gamma must share one."""
     report = select_synthetic_speech(
         SelectArguments(
             output_dir=str(output),
+            cache_dir=None if cache_dir is None else str(cache_dir),
             model=str(shipped),
             model_dtype=args.dtype,
             pool_data_files=[str(pool)],
@@ -188,8 +206,10 @@ def continue_training(
     held_out: list[dict],
     output: Path,
     args: RecipeArguments,
+    save_steps: int | None = None,
 ) -> tuple[list[dict], dict, dict]:
-    """LoRA distillation from the shipped checkpoint; returns the log and M/F on `held_out` before and after."""
+    """LoRA distillation from the shipped checkpoint; returns the log and M/F on `held_out` before and after.
+    With `save_steps`, a checkpoint every that many steps goes to `output/trainer/checkpoint-N` (a curve's points)."""
 
     model, processor = load_salad(str(shipped))
     config = SaladDistillationConfig(
@@ -197,8 +217,8 @@ def continue_training(
         learning_rate=5e-4, adapter_learning_rate=2e-4, warmup_steps=2, lr_scheduler_type="constant_with_warmup",
         train_llm="lora", lora_r=8, lora_alpha=16, teacher_mode="shared", text_only_ratio=0.25,
         interleave_probability=0.5, continuation="Repeat what was said: {transcript}", logging_steps=2,
-        save_strategy="no", report_to=[], use_cpu=True, bf16=args.dtype == "bfloat16", dataloader_num_workers=0,
-        seed=args.seed, alpha=args.alpha,
+        save_strategy="no" if save_steps is None else "steps", save_steps=save_steps or 500, report_to=[], use_cpu=True, bf16=args.dtype == "bfloat16", dataloader_num_workers=0,
+        seed=args.seed, alpha=args.alpha, transcript_cache_dir=args.transcript_cache_dir,
     )  # fmt: skip
     dataset = build_train_dataset(
         SaladDataArguments(data_files=[str(train_file)], text_data_files=[str(text_file)]), config

@@ -331,6 +331,9 @@ def test_salad_select_writes_a_dataset_the_trainer_reads(fake_stage2, tmp_path):
     assert sum(c["samples"] for c in report["clusters"]) == len(rows) == report["selected_utterances"]
     assert sum(c["size"] for c in report["clusters"]) == report["pool_size"]
     assert (out / "misalignment_per_cluster.png").stat().st_size > 0
+    with np.load(out / "clusters.npz") as clusters:  # where other texts can be placed among the clusters
+        assert np.bincount(clusters["labels"]).tolist() == [c["size"] for c in report["clusters"]]
+        assert clusters["centroids"].shape == (3, hashing_encoder(["x"]).shape[1])
     assert {"embedding", "clustering", "probe_synthesis", "probe_scoring", "synthesis"} <= set(
         report["timings_seconds"]
     )

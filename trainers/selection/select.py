@@ -13,7 +13,9 @@ budget of seconds of audio is spent. Writes to `output_dir`:
   `synthetic_proportion` (the Stage II `salad-train` config reads it; text-only rows are mixed in there);
 - `report.json`: per cluster its size, M(c), web and target weights, samples drawn, seconds, example texts,
   plus the time spent in each phase;
-- `misalignment_per_cluster.png`: M(c) and the weights per cluster.
+- `misalignment_per_cluster.png`: M(c) and the weights per cluster;
+- `clusters.npz`: each pool text's cluster (`labels`) and the clusters' `centroids` in the embedder's space, so
+  that other texts (a task set's questions) can be placed among the clusters the budget went to.
 
 Intermediate results live in `cache_dir` (embeddings, clusters, TTS, M(c)), so a rerun resumes.
 """
@@ -265,6 +267,7 @@ def select_synthetic_speech(args: SelectArguments) -> dict:
             {**made[i], "audio": copy_audio(made[i]["audio"], output / "audio")} for i in fill.indices
         ]
         write_rows(selected, output / "synthetic.jsonl")
+        np.savez(output / "clusters.npz", labels=clustering.labels, centroids=clustering.centroids)
         if args.natural_data_files:
             _write_mix(args, selected, output / "train_mix.jsonl")
     report = _report(args, texts, embeddings, clustering, misalignment, weights, fill, probe_texts, timings)

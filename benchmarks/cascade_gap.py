@@ -242,9 +242,10 @@ def ablate(
     items = load_offline_tasks()[:limit]
     backend, name = HELD_OUT_VOICES[voice]
     model, processor = load_salad(model_name, getattr(torch, dtype), **overrides)
-    fingerprint = frozen_fingerprint(model)
+    # the frozen Whisper's fingerprint, for a model that reads through Whisper's decoder (its cascade is that Whisper)
+    fingerprint = frozen_fingerprint(model) if model.adapter.writes_text else None
     if cascade_from is not None:
-        check_cascade_source(cascade_from, voice, len(items), fingerprint)
+        check_cascade_source(cascade_from, voice, len(items), fingerprint, dtype)
     args = EvalArguments(tts_backend=backend, tts_voice=name, distribution_metrics=False, dtype=dtype,
                          systems=["salad_speech"] if cascade_from else ["cascade", "salad_speech"],
                          transcript_cache_dir=transcript_cache_dir)  # fmt: skip
@@ -275,7 +276,7 @@ def ablate(
         correct[label] = _correct(report, "salad_speech", items)
     return {
         "model": model_name, "decoder_settings": overrides, "voice": voice, "items": len(items), "dtype": dtype,
-        "whisper_fingerprint": fingerprint, "cascade_from": cascade_from and cascade_from["model"],
+        "whisper_fingerprint": fingerprint, "cascade_from": cascade_from and cascade_from["path"],
         "same_as_shipped": unchanged,
         "accuracy": {label: accuracy_summary(values) for label, values in correct.items()},
         "minus_cascade": {label: paired_difference(values, correct["cascade"])
@@ -298,16 +299,21 @@ def read_correct(results: dict, label: str) -> np.ndarray:
     return np.array([float(flag) for flag in results["correct_by_item"][label]])
 
 
-def check_cascade_source(source: dict, voice: str, items: int, fingerprint: str) -> None:
+def check_cascade_source(source: dict, voice: str, items: int, fingerprint: str | None, dtype: str) -> None:
     """A `ValueError` unless `source`, an `ablate` result, holds the cascade's per-item answers for this run: the
-    same voice and items, and the same frozen Whisper and search (whose fingerprint it records)."""
-    found = (source.get("voice"), source.get("items"), source.get("whisper_fingerprint"))
-    if found != (voice, items, fingerprint):
+    same voice, items and dtype, and the same frozen Whisper and search (whose fingerprint it records)."""
+    if fingerprint is None:
         raise ValueError(
-            f"--cascade_from holds the cascade of voice {found[0]!r} on {found[1]} items with Whisper {found[2]}; "
-            f"this run needs voice {voice!r}, {items} items and Whisper {fingerprint} (a result written before "
-            "`whisper_fingerprint` was recorded has None). Give an `ablate` result of this run's setting, or leave "
-            "--cascade_from out to compute the cascade."
+            "--cascade_from reuses the cascade of a model that reads through Whisper's decoder; this model's "
+            "adapter writes no transcript: leave --cascade_from out."
+        )
+    found = tuple(source.get(key) for key in ("voice", "items", "whisper_fingerprint", "dtype"))
+    if found != (voice, items, fingerprint, dtype):
+        raise ValueError(
+            f"--cascade_from holds the cascade of voice {found[0]!r} on {found[1]} items with Whisper {found[2]} in "
+            f"{found[3]}; this run needs voice {voice!r}, {items} items and Whisper {fingerprint} in {dtype} (a "
+            "result written before `whisper_fingerprint` was recorded has None). Give an `ablate` result of this "
+            "run's setting, or leave --cascade_from out to compute the cascade."
         )
     read_correct(source, "cascade")
 
@@ -720,7 +726,7 @@ def main(argv: list[str] | None = None) -> None:
                 selected_ablations(args),
                 decoder_overrides(args),
                 args.transcript_cache_dir,
-                read_result(args.cascade_from) if args.cascade_from else None,
+                {**read_result(args.cascade_from), "path": args.cascade_from} if args.cascade_from else None,
             )
         name = f"ablation-{args.voice}-{args.label}.json" if args.label else f"ablation-{args.voice}.json"
         (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")

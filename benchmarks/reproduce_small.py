@@ -33,6 +33,7 @@ import resource
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,7 +78,7 @@ class ReproduceArguments:
     train_steps: int = field(default=40, metadata={"help": "Continuation steps per arm (equal across arms)."})
     curve_steps: int = field(default=200, metadata={"help": "gap_vs_minutes: steps of its one continuation."})
     curve_points: int = field(
-        default=5, metadata={"help": "gap_vs_minutes: checkpoints along it (at least 5)."}
+        default=5, metadata={"help": "gap_vs_minutes: checkpoints along it (issue 35 asks at least 5)."}
     )
     voices: list[str] = field(
         default_factory=lambda: list(HELD_OUT_VOICES),
@@ -116,9 +117,32 @@ def recipe_arguments(args: ReproduceArguments, seed: int, alpha: float = 1.0, st
     )  # fmt: skip
 
 
-def answers(model: str, systems: list[str], work: Path, args: ReproduceArguments) -> dict[str, list[float]]:
+def kept(path: Path, settings: dict, compute: Callable[[], dict]) -> dict:
+    """`compute()`'s result, kept at `path` with the `settings` that shaped it, so that a rerun resumes. A result kept
+    under other settings is refused, never reused: it would be paired with results it was not measured beside."""
+    settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("settings") != settings:
+            raise ValueError(
+                f"{path} was measured with {stored.get('settings')}, not with this run's {settings}: give another "
+                "--work_dir, or delete it to measure again."
+            )
+        return stored
+    result = {"settings": settings, **compute()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result) + "\n")
+    return result
+
+
+def evaluation_settings(args: ReproduceArguments) -> dict:
+    """What shapes an evaluation's answers: the starting model, the items and the voices."""
+    return {"model": args.model, "eval_items": args.eval_items, "voices": args.voices}
+
+
+def answers(model: str, systems: list[str], work: Path, args: ReproduceArguments) -> dict[str, list]:
     """Each system's per-item answers on the built-in set (1.0 right, 0.0 wrong): a text system's under its own
-    name, a speech system's as `system/voice` for every voice."""
+    name, a speech system's as `system/voice` for every voice; `item_ids` names the items, in order."""
     text = [system for system in systems if system not in SPEECH_SYSTEMS]
     speech = [system for system in systems if system in SPEECH_SYSTEMS]
     found = {}
@@ -141,6 +165,11 @@ def answers(model: str, systems: list[str], work: Path, args: ReproduceArguments
                 output_dir=str(work / f"eval-{voice}"),
             )  # fmt: skip
         )["tasks"]["offline"]
+        item_ids = [item["id"] for item in report["items"]]
+        if found.setdefault("item_ids", item_ids) != item_ids:
+            raise ValueError(
+                f"The {voice} evaluation of {model} answered other items than the first voice's."
+            )
         for system in asked:
             key = f"{system}/{voice}" if system in SPEECH_SYSTEMS else system
             found[key] = [float(item[system] == item["answer"]) for item in report["items"]]
@@ -149,37 +178,54 @@ def answers(model: str, systems: list[str], work: Path, args: ReproduceArguments
 
 def reference_answers(args: ReproduceArguments, work: Path) -> dict[str, list[float]]:
     """What no arm changes, and where every arm starts: SmolLM2 on text, the cascade, and the starting model."""
-    path = work / "reference.json"
-    if path.exists():
-        return json.loads(path.read_text())
     systems = ["base_text", "salad_text", "prior", "salad_speech", "cascade"]
-    found = answers(args.model, systems, work / "reference", args)
-    path.write_text(json.dumps(found) + "\n")
-    return found
+    return kept(
+        work / "reference.json",
+        evaluation_settings(args),
+        lambda: answers(args.model, systems, work / "reference", args),
+    )
 
 
-def over_seeds(runs: list[dict[str, list[float]]], key: str) -> np.ndarray:
+def same_items(*answer_sets: dict) -> None:
+    """A `ValueError` unless every set of answers is over the same items in the same order: pairs must be pairs."""
+    if len({tuple(found["item_ids"]) for found in answer_sets}) > 1:
+        raise ValueError("These results answer different items (or in another order): they cannot be paired.")
+
+
+def over_seeds(seed_answers: list[dict], key: str) -> np.ndarray:
     """`[items]`: the arm's answers to each item, averaged over its seeds."""
-    return np.mean([run[key] for run in runs], axis=0)
+    same_items(*seed_answers)
+    return np.mean([found[key] for found in seed_answers], axis=0)
 
 
-def verdict(difference: dict, expected_sign: int) -> str:
-    """How a paired difference bears on a claim that predicts its sign."""
+def verdict(difference: dict, per_seed: list[float], expected_sign: int) -> str:
+    """How an arm-minus-control difference bears on a claim that predicts its sign: "reproduced" when the paired
+    interval over the items excludes 0 on the predicted side and every seed's own difference has the predicted
+    sign (the interval alone leaves out how much the seeds' training varies), "direction only" when the seeds'
+    mean has it, else "not reproduced"."""
     low, high = difference["ci95"]
-    if low > 0 if expected_sign > 0 else high < 0:
+    excludes_zero = low > 0 if expected_sign > 0 else high < 0
+    if excludes_zero and all(value * expected_sign > 0 for value in per_seed):
         return "reproduced"
     if difference["value"] * expected_sign > 0:
         return "direction only"
     return "not reproduced"
 
 
+def text_kept(difference: dict) -> bool:
+    """Issue 33's criterion for keeping the text LLM: within 1 point of it, with a paired interval covering 0."""
+    low, high = difference["ci95"]
+    return abs(difference["value"]) <= 0.01 and low <= 0 <= high
+
+
 def arm_summary(runs: list[dict], reference: dict, voices: list[str]) -> dict:
     """One arm over its seeds: accuracy per seed and of the seed-averaged answers, against the cascade and, on
     text, against SmolLM2; M and F before and after on the held-out rows."""
+    same_items(reference, *(seed_run["answers"] for seed_run in runs))
     summary = {"seeds": len(runs)}
     for key in ["salad_text", *(f"salad_speech/{voice}" for voice in voices)]:
-        answers_per_seed = [run["answers"][key] for run in runs]
-        mean = over_seeds([run["answers"] for run in runs], key)
+        answers_per_seed = [seed_run["answers"][key] for seed_run in runs]
+        mean = over_seeds([seed_run["answers"] for seed_run in runs], key)
         baseline = "base_text" if key == "salad_text" else key.replace("salad_speech", "cascade")
         summary[key] = {
             "accuracy_per_seed": [float(np.mean(values)) for values in answers_per_seed],
@@ -188,21 +234,30 @@ def arm_summary(runs: list[dict], reference: dict, voices: list[str]) -> dict:
         }
     for quantity in ("misalignment", "forgetting"):
         summary[quantity] = {
-            "before": [run["before"][quantity] for run in runs],
-            "after": [run["after"][quantity] for run in runs],
+            "before": [seed_run["before"][quantity] for seed_run in runs],
+            "after": [seed_run["after"][quantity] for seed_run in runs],
         }
     return summary
 
 
 def compare_arms(arm: list[dict], control: list[dict], voices: list[str], items: list | None = None) -> dict:
-    """`arm` minus `control` on each accuracy, paired over the items (or the indices `items`), seeds averaged."""
+    """`arm` minus `control` on each accuracy (over the item indices `items`, or all): the seeds' answers averaged
+    item by item, then paired over the items; and seed k of the arm minus seed k of the control, which shows how
+    much the difference moves with training's randomness."""
     keys = ["salad_text", *(f"salad_speech/{voice}" for voice in voices)]
     chosen = slice(None) if items is None else np.asarray(items)
+    arm_answers, control_answers = [r["answers"] for r in arm], [r["answers"] for r in control]
+    same_items(*arm_answers, *control_answers)
     return {
-        key: paired_difference(
-            over_seeds([run["answers"] for run in arm], key)[chosen],
-            over_seeds([run["answers"] for run in control], key)[chosen],
-        )
+        key: {
+            **paired_difference(
+                over_seeds(arm_answers, key)[chosen], over_seeds(control_answers, key)[chosen]
+            ),
+            "per_seed": [
+                float(np.mean(np.asarray(a[key])[chosen]) - np.mean(np.asarray(c[key])[chosen]))
+                for a, c in zip(arm_answers, control_answers)
+            ],
+        }
         for key in keys
     }
 
@@ -217,23 +272,25 @@ def continuation(
     args: ReproduceArguments, data: dict, train_file: Path, run_dir: Path, seed: int, alpha: float = 1.0
 ) -> dict:
     """One arm's seed: the continuation, then its answers on the built-in set (kept, so a rerun resumes)."""
-    path = run_dir / "result.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    recipe = recipe_arguments(args, seed, alpha)
-    log, before, after = continue_training(
-        data["shipped"], train_file, data["pool"], data["held_out"], run_dir, recipe
-    )
-    result = {
-        "before": before,
-        "after": after,
-        "answers": answers(str(run_dir / "model"), ["salad_text", "salad_speech"], run_dir, args),
-        # the last logged step's loss, and its KL where the arm distils (alpha 0 logs none)
-        "final_train_loss": [entry for entry in log if "loss" in entry][-1]["loss"],
-        "final_train_divergence": [entry for entry in log if "loss" in entry][-1].get("divergence"),
-    }
-    path.write_text(json.dumps(result) + "\n")
-    return result
+
+    def measure() -> dict:
+        recipe = recipe_arguments(args, seed, alpha)
+        log, before, after = continue_training(
+            data["shipped"], train_file, data["pool"], data["held_out"], run_dir, recipe
+        )
+        steps = [entry for entry in log if "loss" in entry]
+        return {
+            "before": before,
+            "after": after,
+            "answers": answers(str(run_dir / "model"), ["salad_text", "salad_speech"], run_dir, args),
+            "train_loss": log[-1]["train_loss"],  # the run's mean, logged at its end
+            # the last logged step's KL where the arm distils (alpha 0 logs none)
+            "final_train_divergence": steps[-1].get("divergence") if steps else None,
+        }
+
+    settings = {**evaluation_settings(args), "train_file": train_file, "train_steps": args.train_steps,
+                "seed": seed, "alpha": alpha, "pool_sentences": args.pool_sentences}  # fmt: skip
+    return kept(run_dir / "result.json", settings, measure)
 
 
 def distillation_vs_nll(args: ReproduceArguments, data: dict, reference: dict, work: Path) -> dict:
@@ -244,14 +301,17 @@ def distillation_vs_nll(args: ReproduceArguments, data: dict, reference: dict, w
         ]
         for alpha in (1.0, 0.0)
     }
-    difference = compare_arms(arms[1.0], arms[0.0], args.voices)
     distilled, nll = (arm_summary(arms[alpha], reference, args.voices) for alpha in (1.0, 0.0))
     return {
         "alpha=1": distilled,
         "alpha=0": nll,
-        "alpha1_minus_alpha0": difference,
+        "alpha1_minus_alpha0": compare_arms(arms[1.0], arms[0.0], args.voices),
         "forgetting_lower_with_distillation": seeds_in_direction(distilled, nll, "forgetting"),
-        "text_verdict": verdict(difference["salad_text"], +1),
+        # the claim is that distillation keeps the text LLM: a margin against SmolLM2, not a difference of arms
+        "text_kept": {
+            arm: text_kept(summary["salad_text"]["minus_base_text"])
+            for arm, summary in (("alpha=1", distilled), ("alpha=0", nll))
+        },
     }
 
 
@@ -317,7 +377,7 @@ def active_vs_uniform(args: ReproduceArguments, data: dict, reference: dict, wor
     selections, arms = {}, {}
     for gamma in (5.0, 0.0):
         folder = work / f"stage2-gamma{gamma:g}"
-        if not (folder / "clusters.npz").exists():
+        if not (folder / "report.json").exists():  # written last: a selection cut short runs again
             stage2_selection(
                 data["shipped"], data["pool"], data["train"], folder, recipe_arguments(args, 0), gamma,
                 cache_dir=work / "stage2-cache",
@@ -328,11 +388,19 @@ def active_vs_uniform(args: ReproduceArguments, data: dict, reference: dict, wor
             for seed in args.seeds
         ]
     items = load_offline_tasks()[: args.eval_items]
-    encode = sentence_encoder()
+    selected_with = json.loads((selections[5.0] / "report.json").read_text())["arguments"]
+    encode = sentence_encoder(
+        selected_with["embedder"], selected_with["embedder_dtype"]
+    )  # the clusters' space
     questions = encode([item.spoken_text for item in items])
     domains = [item.domain for item in items]
     budget = {gamma: domain_budget(folder, questions, domains) for gamma, folder in selections.items()}
-    targeted = [d for d in budget[5.0] if budget[5.0][d]["budget_vs_even"] > budget[0.0][d]["budget_vs_even"]]
+    # targeted: more than an even share of gamma 5's budget, and more than gamma 0 gave it
+    targeted = [
+        domain
+        for domain, share in budget[5.0].items()
+        if share["budget_vs_even"] > max(1.0, budget[0.0][domain]["budget_vs_even"])
+    ]
     on_targeted = [k for k, domain in enumerate(domains) if domain in targeted]
     pool = [json.loads(line)["text"] for line in data["pool"].read_text().splitlines() if line.strip()]
     gamma5, gamma0 = (arm_summary(arms[g], reference, args.voices) for g in (5.0, 0.0))
@@ -354,6 +422,7 @@ def active_vs_uniform(args: ReproduceArguments, data: dict, reference: dict, wor
 
 
 def speech_minutes(checkpoint: Path) -> float | None:
+    """The minutes of speech trained on up to `checkpoint`, as last logged (every step in the curve's run)."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     logged = [
         entry["speech_minutes_seen"] for entry in state["log_history"] if "speech_minutes_seen" in entry
@@ -380,24 +449,35 @@ def gap_vs_minutes(args: ReproduceArguments, data: dict, reference: dict, work: 
     """One continuation (seed 0, alpha 1, the gamma 5 mix) with evenly spaced checkpoints, each evaluated."""
     run_dir = work / "curve"
     every = args.curve_steps // args.curve_points
-    if not (run_dir / "model").exists():
+    settings = {
+        **evaluation_settings(args),
+        "curve_steps": args.curve_steps,
+        "curve_points": args.curve_points,
+    }
+
+    def train() -> dict:
         continue_training(
             data["shipped"], data["stage2_mix"], data["pool"], data["held_out"], run_dir,
             recipe_arguments(args, 0, steps=args.curve_steps), save_steps=every,
         )  # fmt: skip
+        return {}
+
+    kept(run_dir / "trained.json", settings, train)
     points = {"0": {"step": 0, "speech_minutes": 0.0, **curve_point(reference, reference, args.voices)}}
-    for checkpoint in sorted(
-        (run_dir / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])
-    ):
-        path = checkpoint / "answers.json"
-        if not path.exists():
-            found = answers(str(checkpoint), ["salad_text", "salad_speech"], checkpoint, args)
-            path.write_text(json.dumps(found) + "\n")
-        step = int(checkpoint.name.split("-")[1])
+    for step in range(every, args.curve_steps + 1, every):
+        checkpoint = run_dir / "trainer" / f"checkpoint-{step}"
+        found = kept(
+            checkpoint / "answers.json",
+            settings,
+            lambda checkpoint=checkpoint: answers(
+                str(checkpoint), ["salad_text", "salad_speech"], checkpoint, args
+            ),
+        )
+        same_items(reference, found)
         points[str(step)] = {
             "step": step,
             "speech_minutes": speech_minutes(checkpoint),
-            **curve_point(json.loads(path.read_text()), reference, args.voices),
+            **curve_point(found, reference, args.voices),
         }
     return points
 
@@ -451,32 +531,59 @@ def comparison_table(claim: dict, arms: tuple[str, str], difference: str, voices
     ]
     paired_row = " | ".join(interval(claim[difference][f"salad_speech/{v}"]) for v in voices)
     lines.append(f"| {difference} | | | {interval(claim[difference]['salad_text'])} | {paired_row} |")
+    per_seed = " | ".join(seed_values(claim[difference][f"salad_speech/{v}"]) for v in voices)
+    lines.append(f"| ... seed by seed | | | {seed_values(claim[difference]['salad_text'])} | {per_seed} |")
     return lines
 
 
+def seed_values(difference: dict) -> str:
+    return ", ".join(f"{100 * value:+.1f}" for value in difference["per_seed"])
+
+
+def speech_verdicts(differences: dict, voices: list[str]) -> str:
+    """The claim that the arm answers spoken questions better than its control, voice by voice."""
+    return "; ".join(
+        f"`{v}`: {verdict(differences[f'salad_speech/{v}'], differences[f'salad_speech/{v}']['per_seed'], +1)}"
+        for v in voices
+    )
+
+
+def provenance(results: dict, claim: str) -> str:
+    measured = results["measured"][claim]
+    machine = measured["machine"]
+    return (
+        f"Measured on {measured['model']} at commit {measured['commit']} ({machine['cpu']}, {machine['threads']} "
+        f"threads, torch {machine['torch']})."
+    )
+
+
+def claim_voices(results: dict, claim: str) -> list[str]:
+    return results["measured"][claim]["arguments"]["voices"]
+
+
 def markdown(results: dict) -> str:
-    claims, voices = results["claims"], results.get("voices", list(HELD_OUT_VOICES))
-    lines = [
-        "# The paper's claims at small scale",
-        "",
-        f"Model: {results.get('model')}; commit {results.get('commit')}.",
-        "",
-    ]
+    claims = results["claims"]
+    lines = ["# The paper's claims at small scale", ""]
     if "distillation_vs_nll" in claims:
-        claim = claims["distillation_vs_nll"]
-        lines += ["## distillation_vs_nll", "",
+        claim, voices = claims["distillation_vs_nll"], claim_voices(results, "distillation_vs_nll")
+        kept_text = ", ".join(f"{arm} {'yes' if kept else 'no'}" for arm, kept in claim["text_kept"].items())
+        lines += ["## distillation_vs_nll", "", provenance(results, "distillation_vs_nll"), "",
                   *comparison_table(claim, ("alpha=1", "alpha=0"), "alpha1_minus_alpha0", voices), "",
-                  f"F lower with distillation in {claim['forgetting_lower_with_distillation']} seeds.", ""]  # fmt: skip
+                  f"F lower with distillation in {claim['forgetting_lower_with_distillation']} seeds. Text kept "
+                  f"(within 1 point of SmolLM2, interval covering 0): {kept_text}. Speech better with "
+                  f"distillation: {speech_verdicts(claim['alpha1_minus_alpha0'], voices)}.", ""]  # fmt: skip
     if "active_vs_uniform" in claims:
-        claim = claims["active_vs_uniform"]
-        lines += ["## active_vs_uniform", "",
+        claim, voices = claims["active_vs_uniform"], claim_voices(results, "active_vs_uniform")
+        lines += ["## active_vs_uniform", "", provenance(results, "active_vs_uniform"), "",
                   *comparison_table(claim, ("gamma=5", "gamma=0"), "gamma5_minus_gamma0", voices), "",
-                  f"M lower with gamma 5 in {claim['misalignment_lower_with_gamma5']} seeds. Targeted domains: "
+                  f"M lower with gamma 5 in {claim['misalignment_lower_with_gamma5']} seeds. Speech better with "
+                  f"gamma 5: {speech_verdicts(claim['gamma5_minus_gamma0'], voices)}. Targeted domains: "
                   f"{', '.join(claim['targeted_domains']) or 'none'}.", ""]  # fmt: skip
         on_targeted = claim["gamma5_minus_gamma0_on_targeted_domains"]
         if on_targeted:
             lines += ["On the targeted domains, gamma 5 minus gamma 0: "
-                      + "; ".join(f"{key} {interval(value)}" for key, value in on_targeted.items()), ""]  # fmt: skip
+                      + "; ".join(f"{key} {interval(value)}" for key, value in on_targeted.items())
+                      + f" ({speech_verdicts(on_targeted, voices)}).", ""]  # fmt: skip
         lines += ["| domain | budget vs even, gamma 5 | gamma 0 | nearest pool sentence, mean cosine |",
                   "|---|---|---|---|"]  # fmt: skip
         reach = claim["pool_reach"]
@@ -490,7 +597,8 @@ def markdown(results: dict) -> str:
             "",
         ]
     if "gap_vs_minutes" in claims:
-        lines += ["## gap_vs_minutes", "",
+        voices = claim_voices(results, "gap_vs_minutes")
+        lines += ["## gap_vs_minutes", "", provenance(results, "gap_vs_minutes"), "",
                   "| step | minutes of speech | text | " + " | ".join(
                       f"speech `{v}` | gap to text | minus the cascade" for v in voices) + " |",
                   "|---|---|---|" + "---|---|---|" * len(voices)]  # fmt: skip
@@ -507,6 +615,8 @@ def markdown(results: dict) -> str:
     if "latency" in claims:
         lines += [
             "## latency",
+            "",
+            provenance(results, "latency"),
             "",
             "| system | TTFT median (s) | TTFT p90 (s) | peak RSS (MB) |",
             "|---|---|---|---|",
@@ -528,13 +638,14 @@ def plot(results: dict, output: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    claims, voices, written = results["claims"], results.get("voices", list(HELD_OUT_VOICES)), []
+    claims, written = results["claims"], []
     for claim, arms in (
         ("distillation_vs_nll", ("alpha=1", "alpha=0")),
         ("active_vs_uniform", ("gamma=5", "gamma=0")),
     ):
         if claim not in claims:
             continue
+        voices = claim_voices(results, claim)
         figure, axes = plt.subplots(1, len(voices) + 1, figsize=(3 * (len(voices) + 1), 3))
         for axis, key in zip(axes, ["salad_text", *(f"salad_speech/{v}" for v in voices)]):
             for x, arm in enumerate(arms):
@@ -552,7 +663,7 @@ def plot(results: dict, output: Path) -> list[str]:
         minutes = [p["speech_minutes"] or 0.0 for p in points]
         figure, axis = plt.subplots(figsize=(5, 3))
         axis.plot(minutes, [100 * p["text_accuracy"] for p in points], marker="o", label="text")
-        for voice in voices:
+        for voice in claim_voices(results, "gap_vs_minutes"):
             axis.plot(minutes, [100 * p[voice]["accuracy"]["accuracy"] for p in points], marker="o",
                       label=f"speech, {voice}")  # fmt: skip
             cascade = 100 * (
@@ -575,7 +686,7 @@ def prepare_data(args: ReproduceArguments, work: Path) -> dict:
     data["train"], held_out_file, data["pool"] = fresh_data(work, recipe_arguments(args, 0))
     data["held_out"] = load_rows_list(held_out_file)
     folder = work / "stage2-gamma5"
-    if not (folder / "clusters.npz").exists():
+    if not (folder / "report.json").exists():  # written last: a selection cut short runs again
         stage2_selection(
             data["shipped"], data["pool"], data["train"], folder, recipe_arguments(args, 0),
             cache_dir=work / "stage2-cache",
@@ -589,11 +700,13 @@ def main(argv: list[str] | None = None) -> dict:
     output, work = Path(args.output_dir), Path(args.work_dir)
     output.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    results = {"arguments": {}, "claims": {}, "timings_seconds": {}}
+    results = {"measured": {}, "claims": {}, "timings_seconds": {}}
     previous = output / "results.json"
-    if previous.exists():  # claims run separately accumulate in one results file
-        results.update(json.loads(previous.read_text()))
-    results.update(model=args.model, commit=commit(), machine=machine(), voices=args.voices)
+    if previous.exists():  # claims run separately accumulate in one results file, each with its provenance
+        stored = json.loads(previous.read_text())
+        if "measured" in stored:  # a file from before claims recorded what they were measured on is replaced
+            results.update(stored)
+    provenance = {"model": args.model, "commit": commit(), "machine": machine()}
     data, reference = {}, {}
     if {"distillation_vs_nll", "active_vs_uniform", "gap_vs_minutes"} & set(args.claims):
         start = time.perf_counter()
@@ -601,7 +714,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["timings_seconds"]["data_and_reference"] = round(time.perf_counter() - start, 1)
     for claim in args.claims:
         start = time.perf_counter()
-        results["arguments"][claim] = asdict(args)
+        results["measured"][claim] = {**provenance, "arguments": asdict(args)}
         if claim == "latency":
             results["claims"][claim] = latency(args)
         else:

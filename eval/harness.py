@@ -185,7 +185,10 @@ class SaladUnderTest(TextReader):
         cache = (
             None if args.transcript_cache_dir is None else TranscriptCache(model, args.transcript_cache_dir)
         )
-        return cls(model, processor.tokenizer, args.chat, args.batch_size, processor, cache)
+        return cls(
+            lm=model, tokenizer=processor.tokenizer, chat=args.chat, batch_size=args.batch_size,
+            processor=processor, transcript_cache=cache,
+        )  # fmt: skip
 
     @property
     def sampling_rate(self) -> int:

@@ -216,9 +216,12 @@ def continue_training(
         output_dir=str(output / "trainer"), max_steps=args.train_steps, per_device_train_batch_size=8,
         learning_rate=5e-4, adapter_learning_rate=2e-4, warmup_steps=2, lr_scheduler_type="constant_with_warmup",
         train_llm="lora", lora_r=8, lora_alpha=16, teacher_mode="shared", text_only_ratio=0.25,
-        interleave_probability=0.5, continuation="Repeat what was said: {transcript}", logging_steps=2,
-        save_strategy="no" if save_steps is None else "steps", save_steps=save_steps or 500, report_to=[], use_cpu=True, bf16=args.dtype == "bfloat16", dataloader_num_workers=0,
+        interleave_probability=0.5, continuation="Repeat what was said: {transcript}",
+        report_to=[], use_cpu=True, bf16=args.dtype == "bfloat16", dataloader_num_workers=0,
         seed=args.seed, alpha=args.alpha, transcript_cache_dir=args.transcript_cache_dir,
+        # a curve's checkpoints log every step, so that each knows the minutes of speech up to it
+        logging_steps=2 if save_steps is None else 1,
+        **({"save_strategy": "no"} if save_steps is None else {"save_strategy": "steps", "save_steps": save_steps}),
     )  # fmt: skip
     dataset = build_train_dataset(
         SaladDataArguments(data_files=[str(train_file)], text_data_files=[str(text_file)]), config

@@ -97,12 +97,17 @@ def test_room_refuses_transcripts_of_another_set(cascade_gap):
         cascade_gap.heard_exactly([Item("a", "Hello?")], ["hello", "again"])
 
 
-def test_a_cascade_is_reused_only_from_a_run_of_the_same_voice_items_and_whisper(cascade_gap):
-    source = {**ablate_result("shipped", "1100"), "whisper_fingerprint": "abc"}
-    cascade_gap.check_cascade_source(source, "en-us", 4, "abc")
-    for voice, items, fingerprint in (("slt", 4, "abc"), ("en-us", 3, "abc"), ("en-us", 4, "other")):
-        with pytest.raises(ValueError, match="--cascade_from"):
-            cascade_gap.check_cascade_source(source, voice, items, fingerprint)
-    written_before = ablate_result("shipped", "1100")  # no fingerprint recorded
+def test_a_cascade_is_reused_only_from_a_run_of_the_same_voice_items_dtype_and_whisper(cascade_gap):
+    source = {**ablate_result("shipped", "1100"), "whisper_fingerprint": "abc", "dtype": "float32"}
+    cascade_gap.check_cascade_source(source, "en-us", 4, "abc", "float32")
+    for voice, items, fingerprint, dtype in (
+        ("slt", 4, "abc", "float32"), ("en-us", 3, "abc", "float32"), ("en-us", 4, "other", "float32"),
+        ("en-us", 4, "abc", "bfloat16"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match="--cascade_from holds"):
+            cascade_gap.check_cascade_source(source, voice, items, fingerprint, dtype)
+    written_before = {**ablate_result("shipped", "1100"), "dtype": "float32"}  # no fingerprint recorded
     with pytest.raises(ValueError, match="None"):
-        cascade_gap.check_cascade_source(written_before, "en-us", 4, "abc")
+        cascade_gap.check_cascade_source(written_before, "en-us", 4, "abc", "float32")
+    with pytest.raises(ValueError, match="writes no transcript"):  # a model without Whisper's decoder
+        cascade_gap.check_cascade_source(source, "en-us", 4, None, "float32")

@@ -705,15 +705,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.run is None or args.label is None:
             parser.error("curves needs --run (a salad-train output_dir) and --label (names the files).")
         results = curves(args.run)
-        (RESULTS / f"curves-{args.label}.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_results(results, RESULTS / f"curves-{args.label}.json")
         plot_curves(results, RESULTS / f"curves-{args.label}.png")
-        print(f"Wrote {RESULTS / f'curves-{args.label}.json'} and .png")
         return
     if args.command == "nbest":
         with torch.no_grad():
             results = nbest(args.voice, args.limit, args.dtype, args.temperature)
         name = f"nbest-{args.voice}.json" if args.limit is None else f"nbest-{args.voice}-{args.limit}.json"
-        (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")
+        write_results(results, RESULTS / name)
         print_accuracies(results)
         return
     if args.command == "ablate":
@@ -729,12 +728,12 @@ def main(argv: list[str] | None = None) -> None:
                 {**read_result(args.cascade_from), "path": args.cascade_from} if args.cascade_from else None,
             )
         name = f"ablation-{args.voice}-{args.label}.json" if args.label else f"ablation-{args.voice}.json"
-        (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")
+        write_results(results, RESULTS / name)
         print_accuracies(results)
         return
     with torch.no_grad():
         results = diagnose(args.limit)
-    (RESULTS / "diagnostic.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(results, RESULTS / "diagnostic.json")
     (RESULTS / "diagnostic.md").write_text(markdown(results))
     print(markdown(results).split("\n## ")[0])
 

@@ -147,7 +147,7 @@ def test_choice_options_take_the_next_rows_answers_and_skip_repeats():
     assert choice_options(rows, 3) == [
         ["A", "B", "C"], ["B", "A", "C"], ["A", "C", "D"], ["C", "D", "E"], ["D", "E", "A"], ["E", "A", "B"]
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="needs 6 distinct answers among the probe rows; they have 5"):
+    with pytest.raises(ValueError, match="needs 6 distinct answers among its rows; these 6 rows have 5"):
         choice_options(rows, 6)
 
 

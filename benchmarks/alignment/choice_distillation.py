@@ -45,6 +45,7 @@ from transformers import get_wsd_schedule
 
 from trainers.assets import load_salad
 from trainers.distillation.data import decode_row_audio, pad_sequences
+from trainers.distillation.losses import choice_distillation_loss, option_log_probs
 from trainers.distillation.probes import (
     ProbeRow,
     RepeatPrompt,
@@ -82,17 +83,6 @@ def training_rows(path: str, count: int, seed: int, sampling_rate: int) -> list[
     ]
 
 
-def mean_logprobs(
-    hidden: torch.Tensor, head: torch.nn.Module, ids: torch.Tensor, spans: list
-) -> torch.Tensor:
-    """Each sequence's mean log-probability per token of its scored span `(begin, length)`, as the harness scores."""
-    scores = []
-    for row, (begin, length) in enumerate(spans):
-        logits = head(hidden[row, begin - 1 : begin - 1 + length]).float()
-        scores.append(logits.log_softmax(-1).gather(1, ids[row, begin : begin + length, None]).mean())
-    return torch.stack(scores)
-
-
 def option_scores(
     model, processor, cache: TranscriptCache, rows: list[ProbeRow], with_text: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -128,23 +118,21 @@ def option_scores(
         input_features_mask=mask[per_option], whisper_transcript=type(transcript)(*(p[per_option] for p in transcript)),
         return_last_hidden_state=True,
     ).last_hidden_state  # fmt: skip
-    head = model.get_output_embeddings()
-    student_scores = mean_logprobs(hidden, head, ids, student_spans).view(len(rows), OPTIONS)
+    head = model.get_output_embeddings().weight
+
+    def scores(hidden: torch.Tensor, ids: torch.Tensor, spans: list) -> torch.Tensor:
+        return option_log_probs(hidden, head, ids, torch.tensor(spans)).view(len(rows), OPTIONS)
+
+    student_scores = scores(hidden, ids, student_spans)
     ids, attention, _ = pad_sequences(teacher, pad, "right")
     with torch.no_grad(), model.lora_disabled():
         hidden = model.language_model.get_decoder()(input_ids=ids, attention_mask=attention).last_hidden_state
-        teacher_scores = mean_logprobs(hidden, head, ids, teacher_spans).view(len(rows), OPTIONS)
+        teacher_scores = scores(hidden, ids, teacher_spans)
     text_scores = None
     if with_text:
         hidden = model.language_model.get_decoder()(input_ids=ids, attention_mask=attention).last_hidden_state
-        text_scores = mean_logprobs(hidden, head, ids, teacher_spans).view(len(rows), OPTIONS)
+        text_scores = scores(hidden, ids, teacher_spans)
     return teacher_scores, student_scores, text_scores
-
-
-def choice_kl(teacher_scores: torch.Tensor, student_scores: torch.Tensor) -> torch.Tensor:
-    """KL from the teacher's distribution over each row's options to the student's, averaged over rows."""
-    teacher = teacher_scores.log_softmax(-1)
-    return (teacher.exp() * (teacher - student_scores.log_softmax(-1))).sum(-1).mean()
 
 
 def probe(model, processor, answer_rows: list[ProbeRow], choice_rows: list[ProbeRow], step: int) -> dict:
@@ -254,19 +242,19 @@ def main() -> None:
         teacher_scores, student_scores, text_scores = option_scores(
             model, processor, cache, batch, with_text=bool(args.lora_r)
         )
-        speech_loss = choice_kl(teacher_scores, student_scores)
-        text_loss = choice_kl(teacher_scores, text_scores) if text_scores is not None else torch.zeros(())
-        loss = speech_loss + args.text_weight * text_loss
+        output = choice_distillation_loss(
+            teacher_scores, student_scores, text_scores, text_weight=args.text_weight
+        )
+        loss = output.loss
+        speech_loss, text_loss = output.divergence_sum / len(batch), output.text_divergence_sum / len(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        teacher_right = float((teacher_scores.argmax(-1) == 0).float().mean())
-        student_right = float((student_scores.argmax(-1) == 0).float().mean())
         write({"step": step, "loss": round(speech_loss.item(), 4), "text_loss": round(text_loss.item(), 4),
-               "teacher_right": teacher_right,
-               "student_right": student_right, "lr": schedule.get_last_lr()[0],
+               "teacher_right": output.teacher_right / len(batch),
+               "student_right": output.student_right / len(batch), "lr": schedule.get_last_lr()[0],
                "seconds": round(time.perf_counter() - started, 2)})  # fmt: skip
         if step % args.probe_steps == 0:
             write(probe(model, processor, answer_rows, choice_rows, step))

@@ -8,6 +8,7 @@ from transformers import TrainingArguments
 
 from .losses import DIVERGENCES, LOSS_IMPLEMENTATIONS
 
+OBJECTIVES = ("tokens", "choice")
 TEACHER_MODES = ("shared", "separate")
 LLM_TRAINING = ("frozen", "lora", "full")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -18,10 +19,37 @@ class SaladDistillationConfig(TrainingArguments):
     r"""
     Configuration of [`SaladDistillationTrainer`]: every `TrainingArguments` field plus the SALAD recipe.
 
-    The loss is `alpha * D(teacher || student) + (1 - alpha) * NLL` over the positions whose next token is
-    text, where the teacher (the original text LLM) reads the all-text version of what the student hears.
+    The loss (`objective="tokens"`, the paper's) is `alpha * D(teacher || student) + (1 - alpha) * NLL` over the
+    positions whose next token is text, where the teacher (the original text LLM) reads the all-text version of what
+    the student hears. `objective="choice"` distills, for spoken questions, the teacher's choice among each
+    question's options instead (`trainers.distillation.losses.choice_distillation_loss`).
     """
 
+    objective: str = field(
+        default="tokens",
+        metadata={
+            "help": "What is distilled. tokens: the paper's loss, the teacher's next-token distribution at every "
+            "supervised position (alpha, divergence, beta, temperature). choice: for spoken-question rows, the "
+            "teacher's distribution over each question's options (its answer and other rows' answers, scored as the "
+            "eval harness scores them, by mean log-probability per token), KL to the student's "
+            "(trainers.distillation.choice; choice_num_options, choice_text_weight).",
+            "choices": list(OBJECTIVES),
+        },
+    )
+    choice_num_options: int = field(
+        default=4,
+        metadata={
+            "help": "objective=choice: options per question, its own answer and the answers of the batch's next "
+            "rows (the batch needs as many distinct answers)."
+        },
+    )
+    choice_text_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "objective=choice with a trained LLM: weight of the same KL for the LLM reading the question's "
+            "text, against the teacher, which keeps it the text LLM it was."
+        },
+    )
     alpha: float = field(
         default=1.0,
         metadata={
@@ -53,6 +81,14 @@ class SaladDistillationConfig(TrainingArguments):
     train_llm: str = field(
         default="frozen",
         metadata={"help": "How the LLM trains: frozen, lora or full.", "choices": list(LLM_TRAINING)},
+    )
+    train_adapter: bool = field(
+        default=True,
+        metadata={
+            "help": "Train the adapter (of a 'whisper_decoder' adapter, its residual; Whisper's decoder stays frozen). "
+            "False keeps it as loaded: with the shipped model's residual at zero the LLM then reads Whisper's "
+            "transcript as the cascade does, and only the LLM's LoRA learns."
+        },
     )
     train_audio_encoder: bool = field(default=False, metadata={"help": "Also train the speech encoder."})
     cache_transcripts: bool = field(
@@ -204,6 +240,14 @@ class SaladDistillationConfig(TrainingArguments):
             )
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if self.objective == "choice":
+            self.check_choice_objective()
+        if not (self.train_adapter or self.train_audio_encoder or self.train_llm != "frozen"):
+            raise ValueError(
+                "Nothing would train: train_adapter is False, train_audio_encoder is False and train_llm is 'frozen'."
+            )
         if self.teacher_mode not in TEACHER_MODES:
             raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}.")
         if self.train_llm not in LLM_TRAINING:
@@ -246,6 +290,27 @@ class SaladDistillationConfig(TrainingArguments):
             )
         if self.loss_chunk_size < 1:
             raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}.")
+
+    def check_choice_objective(self) -> None:
+        """The settings that objective='choice' needs, or a ValueError naming the one to change."""
+        if self.choice_num_options < 2:
+            raise ValueError(f"choice_num_options must be >= 2, got {self.choice_num_options}.")
+        if self.per_device_train_batch_size < self.choice_num_options:
+            raise ValueError(
+                f"objective='choice' takes each question's distractors from its batch: per_device_train_batch_size "
+                f"({self.per_device_train_batch_size}) must be at least choice_num_options ({self.choice_num_options})."
+            )
+        if not self.dataloader_drop_last:
+            raise ValueError(
+                "objective='choice' needs dataloader_drop_last=True: an epoch's last, short batch may hold fewer "
+                "distinct answers than choice_num_options."
+            )
+        if self.cache_teacher_states:
+            raise ValueError(
+                "cache_teacher_states keeps token positions of objective='tokens'; leave it off."
+            )
+        if self.choice_text_weight < 0:
+            raise ValueError(f"choice_text_weight must be >= 0, got {self.choice_text_weight}.")
 
 
 @dataclass

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,6 +296,38 @@ def word_timestamps_with_asr(asr_pipeline, audio: np.ndarray, sampling_rate: int
     }
 
 
+def new_row_stats() -> dict:
+    """A collator's running counts: rows seen, rows skipped, and skipped rows per reason."""
+    return {"rows": 0, "bad_rows": 0, "bad_row_reasons": {}}
+
+
+def usable_rows(
+    rows: list[dict], encode: Callable[[dict], Any], stats: dict, max_bad_row_fraction: float
+) -> tuple[list, dict[str, int]]:
+    """`encode` applied to each row, skipping the rows it refuses (`BadRowError`) and counting them per reason (the
+    text before the error's first colon) in the run's `stats` and in the batch's own counts, which are returned.
+    Raises once the skipped rows pass `max_bad_row_fraction` of the rows seen (of at least 100), or when no row of
+    the batch is usable."""
+    encoded, reasons = [], {}
+    for row in rows:
+        stats["rows"] += 1
+        try:
+            encoded.append(encode(row))
+        except BadRowError as error:
+            stats["bad_rows"] += 1
+            reason = str(error).split(":")[0]
+            reasons[reason] = reasons.get(reason, 0) + 1
+            stats["bad_row_reasons"][reason] = stats["bad_row_reasons"].get(reason, 0) + 1
+            if stats["bad_rows"] > max_bad_row_fraction * max(stats["rows"], 100):
+                raise ValueError(
+                    f"{stats['bad_rows']} of {stats['rows']} rows could not be used ({stats['bad_row_reasons']}), "
+                    f"more than max_bad_row_fraction={max_bad_row_fraction}. Fix the data or raise the threshold."
+                ) from error
+    if not encoded:
+        raise ValueError(f"No usable row in this batch of {len(rows)}; see the collator's stats: {stats}")
+    return encoded, reasons
+
+
 @dataclass
 class SaladDistillationCollator:
     """Rows -> a batch of student inputs, teacher inputs and the pairs of positions to distill.
@@ -319,7 +351,7 @@ class SaladDistillationCollator:
     max_bad_row_fraction: float = 0.01
     padding_side: str = "right"
     seed: int = 0
-    stats: dict = field(default_factory=lambda: {"rows": 0, "bad_rows": 0, "bad_row_reasons": {}})
+    stats: dict = field(default_factory=new_row_stats)
 
     def row_to_segments(self, row: dict) -> list[Segment]:
         text = row.get("text")
@@ -364,26 +396,12 @@ class SaladDistillationCollator:
     def encode_rows(self, rows: list[dict]) -> tuple[list[EncodedExample], dict[str, int]]:
         """Encode the rows, skipping and counting bad ones (returned per reason); raise once they pass the
         allowed share."""
-        examples, reasons = [], {}
-        for row in rows:
-            self.stats["rows"] += 1
-            try:
-                segments = self.row_to_segments(row)
-                examples.append(encode_segments(segments, self.processor, not self.chat_format))
-            except BadRowError as error:
-                self.stats["bad_rows"] += 1
-                reason = str(error).split(":")[0]
-                reasons[reason] = reasons.get(reason, 0) + 1
-                self.stats["bad_row_reasons"][reason] = self.stats["bad_row_reasons"].get(reason, 0) + 1
-                if self.stats["bad_rows"] > self.max_bad_row_fraction * max(self.stats["rows"], 100):
-                    raise ValueError(
-                        f"{self.stats['bad_rows']} of {self.stats['rows']} rows could not be used "
-                        f"({self.stats['bad_row_reasons']}), more than max_bad_row_fraction="
-                        f"{self.max_bad_row_fraction}. Fix the data or raise the threshold."
-                    ) from error
-        if not examples:
-            raise ValueError(f"No usable row in this batch of {len(rows)}; see collator.stats: {self.stats}")
-        return examples, reasons
+        return usable_rows(
+            rows,
+            lambda row: encode_segments(self.row_to_segments(row), self.processor, not self.chat_format),
+            self.stats,
+            self.max_bad_row_fraction,
+        )
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """The batch, with `rows_in_batch` and `bad_row_reasons` (this batch's skipped rows per reason): the
@@ -575,6 +593,12 @@ def build_train_dataset(data_args: SaladDataArguments, training_args: SaladDisti
     has_text = data_args.text_dataset_name is not None or data_args.text_data_files
     if not has_text or training_args.text_only_ratio == 0:
         return speech
+    if training_args.objective == "choice":
+        raise ValueError(
+            "objective='choice' trains on spoken questions, and text-only rows have no options: leave out "
+            "text_dataset_name and text_data_files (or set text_only_ratio=0). The LLM keeps its text through "
+            "choice_text_weight instead."
+        )
     text = load_rows(
         data_args.text_dataset_name, data_args.text_data_files, data_args.text_split, data_args.streaming
     )

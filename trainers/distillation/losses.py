@@ -497,3 +497,112 @@ def distillation_loss(
         teacher_head_bias, target_ids, alpha, divergence, beta, temperature, chunk_size, num_items_in_batch,
     )  # fmt: skip
     return _IMPLEMENTATIONS[implementation](inputs)
+
+
+def option_log_probs(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    input_ids: torch.Tensor,
+    spans: torch.Tensor,
+    head_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each sequence's mean log-probability per token of its scored span, as the eval harness scores an option.
+
+    Args:
+        hidden: `[S, L, H]` final hidden states (what the LM head reads).
+        head_weight: `[V, H]` the LM head; `head_bias` `[V]` where it has one.
+        input_ids: `[S, L]` the sequences, whose span tokens are scored.
+        spans: `[S, 2]` each sequence's scored span `(begin, length)`, `begin >= 1`, `length >= 1`: the positions
+            `begin - 1 ...` predict the tokens at `begin ...`.
+
+    Returns:
+        `[S]` the mean log-probabilities (fp32), with gradients into `hidden` and the head. Only the span positions'
+        logits are built, `[sum(lengths), V]`.
+    """
+    begins, lengths = spans[:, 0], spans[:, 1]
+    if bool((begins < 1).any()) or bool((lengths < 1).any()):
+        raise ValueError(f"Every span needs begin >= 1 and length >= 1, got {spans.tolist()}.")
+    sequence = torch.repeat_interleave(torch.arange(len(spans), device=spans.device), lengths)
+    offset = torch.arange(len(sequence), device=spans.device) - torch.repeat_interleave(
+        lengths.cumsum(0) - lengths, lengths
+    )
+    targets = input_ids[sequence, begins[sequence] + offset]
+    logits = F.linear(hidden[sequence, begins[sequence] + offset - 1], head_weight, head_bias).float()
+    token_log_probs = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    sums = torch.zeros(len(spans), dtype=token_log_probs.dtype, device=token_log_probs.device)
+    return sums.index_add(0, sequence, token_log_probs) / lengths.to(sums.dtype)
+
+
+@dataclass
+class ChoiceLossOutput:
+    """The loss of `choice_distillation_loss` and detached sums to log.
+
+    Attributes:
+        loss: `(divergence_sum + text_weight * text_divergence_sum) / denominator`, a scalar with a grad_fn.
+        divergence_sum: the KL over each question's options from the teacher to the student hearing the clip,
+            summed over the questions (detached).
+        text_divergence_sum: the same for the student reading the question's text; zero without it.
+        teacher_right, student_right: questions whose own answer (option 0) the teacher / the student hearing the
+            clip scores highest.
+        num_questions: the questions in this call (Q).
+    """
+
+    loss: torch.Tensor
+    divergence_sum: torch.Tensor
+    text_divergence_sum: torch.Tensor
+    teacher_right: int
+    student_right: int
+    num_questions: int
+
+
+def choice_distillation_loss(
+    teacher_scores: torch.Tensor,
+    student_scores: torch.Tensor,
+    text_scores: torch.Tensor | None = None,
+    *,
+    text_weight: float = 1.0,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> ChoiceLossOutput:
+    """Distillation over the choice the harness makes: KL(teacher || student) between distributions over options.
+
+    Each question's options (its own answer first, then distractors) are scored by mean log-probability per token
+    (`option_log_probs`), by the teacher after the question's text and by the student after its clip; a softmax
+    over each question's scores gives the two distributions. What every option shares (that it reads like an
+    answer) cancels in that softmax, so only what tells the options apart is distilled: the token-level KL also
+    rewards the student for sounding like an answer where it misheard (benchmarks/alignment/README.md, experiments
+    23-29).
+
+    Args:
+        teacher_scores: `[Q, O]` the teacher's option scores (constants).
+        student_scores: `[Q, O]` the student's, after the clip.
+        text_scores: `[Q, O]` the student's after the question's text, or None: the term that keeps a trained LLM
+            the text LLM it was (with LoRA, the teacher is the same LLM with LoRA off).
+        text_weight: the weight of that term.
+        num_items_in_batch: the questions of all micro-batches of the optimizer step (the Trainer's); the loss is
+            the sum divided by it. Defaults to Q, the mean over this call's questions.
+    """
+    if teacher_scores.shape != student_scores.shape or teacher_scores.dim() != 2:
+        raise ValueError(
+            f"teacher_scores and student_scores must both be [questions, options], got {tuple(teacher_scores.shape)} "
+            f"and {tuple(student_scores.shape)}."
+        )
+    if text_scores is not None and text_scores.shape != teacher_scores.shape:
+        raise ValueError(
+            f"text_scores must be {tuple(teacher_scores.shape)}, got {tuple(text_scores.shape)}."
+        )
+    teacher = teacher_scores.detach().float().log_softmax(-1)
+
+    def summed_kl(scores: torch.Tensor) -> torch.Tensor:
+        return _kl(teacher, scores.float().log_softmax(-1)).sum()
+
+    divergence = summed_kl(student_scores)
+    text_divergence = summed_kl(text_scores) if text_scores is not None else torch.zeros_like(divergence)
+    denominator = len(teacher_scores) if num_items_in_batch is None else num_items_in_batch
+    return ChoiceLossOutput(
+        loss=(divergence + text_weight * text_divergence) / denominator,
+        divergence_sum=divergence.detach(),
+        text_divergence_sum=text_divergence.detach(),
+        teacher_right=int((teacher_scores.argmax(-1) == 0).sum()),
+        student_right=int((student_scores.argmax(-1) == 0).sum()),
+        num_questions=len(teacher_scores),
+    )

@@ -250,8 +250,8 @@ def choice_options(rows: list[ProbeRow], num_options: int) -> list[list[str]]:
     answers = [row.answer for row in rows]
     if len(set(answers)) < num_options:
         raise ValueError(
-            f"A {num_options}-way choice needs {num_options} distinct answers among the probe rows; they have "
-            f"{len(set(answers))}: probe more rows."
+            f"A {num_options}-way choice needs {num_options} distinct answers among its rows; these {len(rows)} rows "
+            f"have {len(set(answers))}: give more rows (more probe rows, or a larger batch) or fewer options."
         )
     options = []
     for index, answer in enumerate(answers):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import shutil
@@ -18,9 +19,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from modeling_salad import SaladForConditionalGeneration, SaladProcessor, WhisperTranscript
 
 from ..paper import CITATION, PAPER_ARXIV_ID, PAPER_TITLE
+from .choice import SaladChoiceCollator
 from .config import SaladDistillationConfig
 from .data import SaladDistillationCollator
-from .losses import distillation_loss
+from .losses import ChoiceLossOutput, choice_distillation_loss, distillation_loss, option_log_probs
 from .teacher_cache import TeacherCache
 from .transcript_cache import TranscriptCache
 
@@ -34,6 +36,8 @@ class SaladDistillationTrainer(Trainer):
     pairs of positions that predict the same text token (see `trainers.distillation.data`). The student runs up to its
     last hidden states; the loss projects the paired positions through the LM heads chunk by chunk
     (`trainers.distillation.losses`), so neither model's `[batch, seq, vocab]` logits are ever materialized.
+    With `objective="choice"` a batch holds every option of every spoken question instead
+    (`trainers.distillation.choice`), and the loss compares the teacher's and the student's choices among them.
 
     Args:
         model: a [`SaladForConditionalGeneration`].
@@ -41,7 +45,8 @@ class SaladDistillationTrainer(Trainer):
         processing_class: the model's [`SaladProcessor`].
         teacher_model: for `teacher_mode="separate"`, the frozen original LLM (`AutoModelForCausalLM`);
             default: a frozen copy of the model's LLM taken before training.
-        data_collator: default [`SaladDistillationCollator`] built from `args`.
+        data_collator: default [`SaladDistillationCollator`] built from `args`, or for `objective="choice"`
+            [`SaladChoiceCollator`].
     """
 
     _tag_names = ["salad", "speech", "cross-modal-distillation"]
@@ -67,7 +72,11 @@ class SaladDistillationTrainer(Trainer):
     ):
         set_seed(args.seed)  # before LoRA is drawn: the same command gives the same initial weights
         set_trainable_parts(model, args)
-        if data_collator is None:
+        if data_collator is None and args.objective == "choice":
+            data_collator = SaladChoiceCollator(
+                processing_class, args.choice_num_options, max_bad_row_fraction=args.max_bad_row_fraction
+            )
+        elif data_collator is None:
             data_collator = SaladDistillationCollator(
                 processing_class,
                 text_span=tuple(args.text_span),
@@ -136,11 +145,18 @@ class SaladDistillationTrainer(Trainer):
     # Private override: transformers counts `labels` here and has no public hook for another count; its public
     # caller, `get_batch_samples`, also fetches the batches, which an override there would have to repeat.
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
-        """Supervised tokens over the whole accumulated batch (and all processes), the loss's denominator."""
-        count = torch.tensor(sum(len(batch["target_ids"]) for batch in batch_samples), device=device)
+        """The loss's denominator over the whole accumulated batch (and all processes): supervised tokens, or for
+        `objective="choice"` questions."""
+        count = torch.tensor(sum(self.loss_items(batch) for batch in batch_samples), device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         return count
+
+    def loss_items(self, batch: dict) -> int:
+        """What the objective's loss is a mean over, in one batch: its supervised tokens, or its questions."""
+        if self.args.objective == "choice":
+            return len(batch["teacher_spans"]) // self.args.choice_num_options
+        return len(batch["target_ids"])
 
     def teacher_hidden_states(
         self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -197,6 +213,19 @@ class SaladDistillationTrainer(Trainer):
         return (zero, result[1]) if return_outputs else zero
 
     def objective_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss of `args.objective`, as a mean over the optimizer step's items."""
+        if self.args.objective == "choice":
+            output = self.choice_loss(model, inputs, num_items_in_batch)
+        else:
+            output = self.token_loss(model, inputs, num_items_in_batch)
+        loss = output.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        self._record_metrics(output, "train" if model.training else "eval")
+        return (loss, output) if return_outputs else loss
+
+    def token_loss(self, model, inputs, num_items_in_batch=None):
+        """SALAD's loss at every supervised position (`distillation_loss`)."""
         # At alpha = 0 the loss is the transcript's NLL alone (an ASR stage): no teacher forward pass.
         teacher_hidden, teacher_head = (
             self.teacher_states(model, inputs) if self.args.alpha > 0 else (None, None)
@@ -226,16 +255,58 @@ class SaladDistillationTrainer(Trainer):
             student_head_bias=getattr(student_head, "bias", None),
             teacher_head_bias=getattr(teacher_head, "bias", None),
         )
-        loss = output.loss
         if inputs.get("input_features") is None:
             # A text-only batch leaves the adapter out of the graph: tie it in with a zero term, so DDP sees
             # every trainable parameter used and a frozen-LLM run still has something to backpropagate.
             unwrapped = self.accelerator.unwrap_model(model)
-            loss = loss + sum(p.sum() for p in unwrapped.adapter.parameters() if p.requires_grad) * 0.0
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        self._record_metrics(output, "train" if model.training else "eval")
-        return (loss, output) if return_outputs else loss
+            tie = sum(p.sum() for p in unwrapped.adapter.parameters() if p.requires_grad) * 0.0
+            output = dataclasses.replace(output, loss=output.loss + tie)
+        return output
+
+    def choice_loss(self, model, inputs, num_items_in_batch=None):
+        """The KL between the teacher's and the student's choices among each question's options
+        (`choice_distillation_loss`), and with a trained LLM the same for it reading the question's text."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        windows = inputs["sequence_windows"]
+        transcript = self.cached_transcripts(model, inputs)  # each clip once, then repeated for its options
+        student_hidden = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            input_features=inputs["input_features"][windows],
+            input_features_mask=inputs["input_features_mask"][windows],
+            whisper_transcript=None
+            if transcript is None
+            else type(transcript)(*(p[windows] for p in transcript)),
+            return_last_hidden_state=True,
+        ).last_hidden_state
+        text_ids, text_mask = inputs["teacher_input_ids"], inputs["teacher_attention_mask"]
+        teacher = self.teacher if self.teacher is not None else unwrapped
+        teacher_scores = self.option_scores(
+            self.teacher_hidden_states(model, text_ids, text_mask), teacher, text_ids, inputs["teacher_spans"]
+        )
+        student_scores = self.option_scores(
+            student_hidden, unwrapped, inputs["input_ids"], inputs["student_spans"]
+        )
+        text_scores = None
+        if self.args.choice_text_weight > 0 and any(
+            p.requires_grad for p in unwrapped.language_model.parameters()
+        ):
+            text_hidden = model(
+                input_ids=text_ids, attention_mask=text_mask, return_last_hidden_state=True
+            ).last_hidden_state
+            text_scores = self.option_scores(text_hidden, unwrapped, text_ids, inputs["teacher_spans"])
+        return choice_distillation_loss(
+            teacher_scores, student_scores, text_scores,
+            text_weight=self.args.choice_text_weight, num_items_in_batch=num_items_in_batch,
+        )  # fmt: skip
+
+    def option_scores(
+        self, hidden: torch.Tensor, lm, input_ids: torch.Tensor, spans: torch.Tensor
+    ) -> torch.Tensor:
+        """`[questions, options]` mean log-probabilities of the options, through `lm`'s head."""
+        head = lm.get_output_embeddings()
+        scores = option_log_probs(hidden, head.weight, input_ids, spans, getattr(head, "bias", None))
+        return scores.view(-1, self.args.choice_num_options)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -245,6 +316,16 @@ class SaladDistillationTrainer(Trainer):
 
     # ------------------------------------------------------------------ logging
     def _record_metrics(self, output, mode: str) -> None:
+        if isinstance(output, ChoiceLossOutput):
+            questions = max(output.num_questions, 1)
+            self._metrics[f"{mode}_choice_divergence"].append(float(output.divergence_sum) / questions)
+            if self.args.choice_text_weight > 0:
+                self._metrics[f"{mode}_text_choice_divergence"].append(
+                    float(output.text_divergence_sum) / questions
+                )
+            self._metrics[f"{mode}_teacher_choice_accuracy"].append(output.teacher_right / questions)
+            self._metrics[f"{mode}_student_choice_accuracy"].append(output.student_right / questions)
+            return
         tokens = max(int(output.num_tokens), 1)
         if self.args.alpha > 0:  # at alpha = 0 no divergence is computed
             self._metrics[f"{mode}_divergence"].append(float(output.divergence_sum) / tokens)
@@ -414,7 +495,9 @@ class SaladDistillationTrainer(Trainer):
 def set_trainable_parts(model: SaladForConditionalGeneration, args: SaladDistillationConfig) -> None:
     """Freeze or unfreeze encoder, adapter and LLM as the config says; add LoRA when asked and missing."""
     model.audio_tower.requires_grad_(args.train_audio_encoder)
-    model.adapter.requires_grad_(True)  # but for its pretrained `frozen_parts` (Whisper's decoder)
+    model.adapter.requires_grad_(
+        args.train_adapter
+    )  # but for its pretrained `frozen_parts` (Whisper's decoder)
     if args.train_llm == "lora" and not model.has_lora():
         model.add_lora_to_language_model(
             LoraConfig(

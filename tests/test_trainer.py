@@ -277,7 +277,7 @@ def test_shipped_configs_parse(path):
         0.5 if path.relative_to(path.parents[1]).as_posix() == "embedded-default/stage1-lora.yaml" else 1.0
     )
     assert training_args.alpha == expected_alpha
-    if training_args.objective == "choice":  # the shipped default's LoRA-only recipe (experiment 31)
+    if training_args.objective == "choice":  # experiment 31's LoRA-only recipe
         assert not training_args.train_adapter and training_args.train_llm == "lora"
     assert model_args.model_name_or_path or model_args.language_model
 

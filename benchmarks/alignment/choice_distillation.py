@@ -16,8 +16,8 @@ rate and warmup) and changes one thing, the objective: each row's own answer and
 as the harness scores options (mean log-probability per token), by the teacher after the question's text and by the
 student after its clip, and the loss is the KL from the teacher's distribution over the four options to the
 student's. What every option shares (that it reads like a definition) cancels in that distribution, so only what
-tells the options apart is rewarded. A research script, not part of the package: if it beats the cascade, the
-objective moves into the trainer.
+tells the options apart is rewarded. The objective is now also the trainer's (`salad-train --objective choice`,
+`configs/embedded-default/choice-lora.yaml`); this script is the one that trained experiments 29-31.
 
 Experiment 30 adds LoRA on SmolLM2 (`--lora_r 8`), so that the LLM itself can learn to read Whisper's errors, with the
 same KL for the LLM reading the question's text next to it (`--text_weight`), against the teacher with LoRA off, so

@@ -31,7 +31,12 @@ class SaladChoiceCollator:
     each option's `(begin, length)`); `teacher_input_ids`, `teacher_attention_mask`, `teacher_spans` (the same with
     the question's text in place of the clip); `input_features`, `input_features_mask` (each clip's windows once);
     `sequence_windows` (`[W]`, the windows that the S sequences hear, in order: index `input_features` with it);
-    `speech_seconds`, `rows_in_batch`, `bad_row_reasons` (as `SaladDistillationCollator`).
+    `options_per_question`; `speech_seconds`, `rows_in_batch`, `bad_row_reasons` (as `SaladDistillationCollator`).
+
+    Args:
+        processor: the model's [`SaladProcessor`].
+        num_options: options per question (the batch needs as many distinct answers).
+        max_bad_row_fraction: the share of unusable rows (counted per reason) above which it raises.
     """
 
     processor: SaladProcessor
@@ -46,6 +51,8 @@ class SaladChoiceCollator:
             raise BadRowError("the row has no text.")
         if row.get("audio") is None:
             raise BadRowError("no audio: objective='choice' trains on spoken questions only.")
+        if row.get("prompt") is not None and not isinstance(row["prompt"], str):
+            raise BadRowError("prompt: the row's prompt must be text.")
         try:
             fields = question_fields(row, "this row")
         except ValueError as error:
@@ -97,6 +104,7 @@ class SaladChoiceCollator:
             "speech_seconds": torch.tensor(
                 sum(question.audio.size for question in questions) / self.processor.sampling_rate
             ),
+            "options_per_question": self.num_options,
             "rows_in_batch": len(rows),
             "bad_row_reasons": reasons,
         }

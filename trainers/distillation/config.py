@@ -243,7 +243,7 @@ class SaladDistillationConfig(TrainingArguments):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.objective == "choice":
-            self.check_choice_objective()
+            self._check_choice_objective()
         if not (self.train_adapter or self.train_audio_encoder or self.train_llm != "frozen"):
             raise ValueError(
                 "Nothing would train: train_adapter is False, train_audio_encoder is False and train_llm is 'frozen'."
@@ -291,14 +291,24 @@ class SaladDistillationConfig(TrainingArguments):
         if self.loss_chunk_size < 1:
             raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}.")
 
-    def check_choice_objective(self) -> None:
+    def _check_choice_objective(self) -> None:
         """The settings that objective='choice' needs, or a ValueError naming the one to change."""
         if self.choice_num_options < 2:
             raise ValueError(f"choice_num_options must be >= 2, got {self.choice_num_options}.")
-        if self.per_device_train_batch_size < self.choice_num_options:
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, name) < self.choice_num_options:
+                raise ValueError(
+                    f"objective='choice' takes each question's distractors from its batch: {name} "
+                    f"({getattr(self, name)}) must be at least choice_num_options ({self.choice_num_options})."
+                )
+        if self.auto_find_batch_size:
             raise ValueError(
-                f"objective='choice' takes each question's distractors from its batch: per_device_train_batch_size "
-                f"({self.per_device_train_batch_size}) must be at least choice_num_options ({self.choice_num_options})."
+                "objective='choice' needs a fixed batch size (its distractors); set auto_find_batch_size=False."
+            )
+        if self.chat_format:
+            raise ValueError(
+                "objective='choice' asks each question in the eval harness's raw frame (`Question: ...\\nAnswer:`); "
+                "set chat_format=False."
             )
         if not self.dataloader_drop_last:
             raise ValueError(

@@ -541,7 +541,7 @@ class ChoiceLossOutput:
         loss: `(divergence_sum + text_weight * text_divergence_sum) / denominator`, a scalar with a grad_fn.
         divergence_sum: the KL over each question's options from the teacher to the student hearing the clip,
             summed over the questions (detached).
-        text_divergence_sum: the same for the student reading the question's text; zero without it.
+        text_divergence_sum: the same for the student reading the question's text; None without it.
         teacher_right, student_right: questions whose own answer (option 0) the teacher / the student hearing the
             clip scores highest.
         num_questions: the questions in this call (Q).
@@ -549,7 +549,7 @@ class ChoiceLossOutput:
 
     loss: torch.Tensor
     divergence_sum: torch.Tensor
-    text_divergence_sum: torch.Tensor
+    text_divergence_sum: torch.Tensor | None
     teacher_right: int
     student_right: int
     num_questions: int
@@ -596,12 +596,13 @@ def choice_distillation_loss(
         return _kl(teacher, scores.float().log_softmax(-1)).sum()
 
     divergence = summed_kl(student_scores)
-    text_divergence = summed_kl(text_scores) if text_scores is not None else torch.zeros_like(divergence)
+    text_divergence = summed_kl(text_scores) if text_scores is not None else None
+    total = divergence if text_divergence is None else divergence + text_weight * text_divergence
     denominator = len(teacher_scores) if num_items_in_batch is None else num_items_in_batch
     return ChoiceLossOutput(
-        loss=(divergence + text_weight * text_divergence) / denominator,
+        loss=total / denominator,
         divergence_sum=divergence.detach(),
-        text_divergence_sum=text_divergence.detach(),
+        text_divergence_sum=None if text_divergence is None else text_divergence.detach(),
         teacher_right=int((teacher_scores.argmax(-1) == 0).sum()),
         student_right=int((student_scores.argmax(-1) == 0).sum()),
         num_questions=len(teacher_scores),

@@ -155,7 +155,7 @@ class SaladDistillationTrainer(Trainer):
     def loss_items(self, batch: dict) -> int:
         """What the objective's loss is a mean over, in one batch: its supervised tokens, or its questions."""
         if self.args.objective == "choice":
-            return len(batch["teacher_spans"]) // self.args.choice_num_options
+            return len(batch["teacher_spans"]) // batch["options_per_question"]
         return len(batch["target_ids"])
 
     def teacher_hidden_states(
@@ -265,13 +265,35 @@ class SaladDistillationTrainer(Trainer):
 
     def choice_loss(self, model, inputs, num_items_in_batch=None):
         """The KL between the teacher's and the student's choices among each question's options
-        (`choice_distillation_loss`), and with a trained LLM the same for it reading the question's text."""
+        (`choice_distillation_loss`), and with a trained LLM the same for it reading the question's text.
+
+        The student's sequences (the clips) and, with the text term, the same LLM's text sequences go through one
+        forward pass: under DDP a second pass with gradients would mark the shared parameters ready twice."""
         unwrapped = self.accelerator.unwrap_model(model)
+        options = inputs["options_per_question"]
+        text_ids, text_mask = inputs["teacher_input_ids"], inputs["teacher_attention_mask"]
+        teacher = self.teacher if self.teacher is not None else unwrapped
+        teacher_scores = self.option_scores(
+            self.teacher_hidden_states(model, text_ids, text_mask),
+            teacher,
+            text_ids,
+            inputs["teacher_spans"],
+            options,
+        )
+        with_text = self.args.choice_text_weight > 0 and any(
+            p.requires_grad for p in unwrapped.language_model.parameters()
+        )
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        if with_text:
+            pad = self.processing_class.tokenizer.pad_token_id
+            width = max(input_ids.shape[1], text_ids.shape[1])
+            input_ids = torch.cat([pad_to(input_ids, width, pad), pad_to(text_ids, width, pad)])
+            attention_mask = torch.cat([pad_to(attention_mask, width, 0), pad_to(text_mask, width, 0)])
         windows = inputs["sequence_windows"]
         transcript = self.cached_transcripts(model, inputs)  # each clip once, then repeated for its options
-        student_hidden = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
+        hidden = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             input_features=inputs["input_features"][windows],
             input_features_mask=inputs["input_features_mask"][windows],
             whisper_transcript=None
@@ -279,34 +301,28 @@ class SaladDistillationTrainer(Trainer):
             else type(transcript)(*(p[windows] for p in transcript)),
             return_last_hidden_state=True,
         ).last_hidden_state
-        text_ids, text_mask = inputs["teacher_input_ids"], inputs["teacher_attention_mask"]
-        teacher = self.teacher if self.teacher is not None else unwrapped
-        teacher_scores = self.option_scores(
-            self.teacher_hidden_states(model, text_ids, text_mask), teacher, text_ids, inputs["teacher_spans"]
-        )
+        sequences = len(inputs["input_ids"])
         student_scores = self.option_scores(
-            student_hidden, unwrapped, inputs["input_ids"], inputs["student_spans"]
+            hidden[:sequences], unwrapped, input_ids[:sequences], inputs["student_spans"], options
         )
         text_scores = None
-        if self.args.choice_text_weight > 0 and any(
-            p.requires_grad for p in unwrapped.language_model.parameters()
-        ):
-            text_hidden = model(
-                input_ids=text_ids, attention_mask=text_mask, return_last_hidden_state=True
-            ).last_hidden_state
-            text_scores = self.option_scores(text_hidden, unwrapped, text_ids, inputs["teacher_spans"])
+        if with_text:
+            text_scores = self.option_scores(
+                hidden[sequences:], unwrapped, input_ids[sequences:], inputs["teacher_spans"], options
+            )
         return choice_distillation_loss(
             teacher_scores, student_scores, text_scores,
             text_weight=self.args.choice_text_weight, num_items_in_batch=num_items_in_batch,
         )  # fmt: skip
 
+    @staticmethod
     def option_scores(
-        self, hidden: torch.Tensor, lm, input_ids: torch.Tensor, spans: torch.Tensor
+        hidden: torch.Tensor, lm, input_ids: torch.Tensor, spans: torch.Tensor, options: int
     ) -> torch.Tensor:
         """`[questions, options]` mean log-probabilities of the options, through `lm`'s head."""
         head = lm.get_output_embeddings()
         scores = option_log_probs(hidden, head.weight, input_ids, spans, getattr(head, "bias", None))
-        return scores.view(-1, self.args.choice_num_options)
+        return scores.view(-1, options)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -319,7 +335,7 @@ class SaladDistillationTrainer(Trainer):
         if isinstance(output, ChoiceLossOutput):
             questions = max(output.num_questions, 1)
             self._metrics[f"{mode}_choice_divergence"].append(float(output.divergence_sum) / questions)
-            if self.args.choice_text_weight > 0:
+            if output.text_divergence_sum is not None:
                 self._metrics[f"{mode}_text_choice_divergence"].append(
                     float(output.text_divergence_sum) / questions
                 )
@@ -490,6 +506,11 @@ class SaladDistillationTrainer(Trainer):
                 if cache is not None:
                     logs[f"{name}_cache_hit_rate"] = round(cache.hits / max(cache.hits + cache.misses, 1), 3)
         super().log(logs, *args, **kwargs)
+
+
+def pad_to(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    """`[rows, length]` padded on the right to `[rows, width]` with `value`."""
+    return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
 
 
 def set_trainable_parts(model: SaladForConditionalGeneration, args: SaladDistillationConfig) -> None:

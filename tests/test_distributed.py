@@ -166,6 +166,52 @@ def test_ddp_two_processes_train_resume_and_match_one(setup):
     assert_same_weights(setup / "ddp-resumed", setup / "single")
 
 
+CHOICE_SETTINGS = {
+    "objective": "choice", "train_llm": "lora", "lora_r": 4, "teacher_mode": "shared", "train_adapter": True,
+    "learning_rate": 1e-3, "optim": "adamw_torch", "per_device_train_batch_size": 4, "dataloader_drop_last": True,
+    "max_steps": 2, "save_strategy": "steps", "save_steps": 2, "logging_steps": 1, "seed": 0, "report_to": [],
+    "use_cpu": True, "dataloader_num_workers": 0, "disable_tqdm": True,
+}  # fmt: skip
+
+
+def test_ddp_trains_the_choice_objective_as_one_process_accumulating_the_same_batches(setup, tmp_path):
+    """objective="choice" with the adapter and LoRA training (the clips' and the text's forward pass share the
+    parameters): two processes of 4 questions each step end where one process ends that accumulates the same two
+    batches of 4 (a question's distractors come from its own batch, so the batches must match)."""
+    questions = [
+        {"text": f"what is thing {i}", "audio": {"array": tone(0.5 + 0.05 * i, SR, seed=i).tolist(), "sampling_rate": SR},
+         "prompt": "Question: ", "continuation": f"\nAnswer: the {word} {i}", "answer": f"the {word} {i}"}
+        for i, word in enumerate(WORDS * 2)
+    ]  # fmt: skip
+    (tmp_path / "questions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in questions))
+    config = {**CHOICE_SETTINGS, "model_name_or_path": str(setup / "model"),
+              "data_files": [str(tmp_path / "questions.jsonl")]}  # fmt: skip
+    (tmp_path / "choice.yaml").write_text(yaml.safe_dump(config))
+    base = ["-m", "trainers.distillation.train", "--config", str(tmp_path / "choice.yaml")]
+    run([*base, "--output_dir", str(tmp_path / "one"), "--gradient_accumulation_steps", "2"])
+    run(["-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/ddp.yaml"),
+         "--num_processes", "2", "--mixed_precision", "no", "--num_machines", "1", "--dynamo_backend", "no",
+         *base, "--output_dir", str(tmp_path / "two")])  # fmt: skip
+    logs = {}
+    for name in ("one", "two"):
+        state = json.loads((tmp_path / name / "checkpoint-2" / "trainer_state.json").read_text())
+        logs[name] = [entry for entry in state["log_history"] if "loss" in entry]
+    assert (
+        [entry["rows_seen"] for entry in logs["two"]]
+        == [entry["rows_seen"] for entry in logs["one"]]
+        == [8, 16]
+    )
+    for one, two in zip(logs["one"], logs["two"]):
+        assert two["loss"] == pytest.approx(one["loss"], rel=TOLERANCE["rtol"])
+        assert "text_choice_divergence" in two
+    trained = load_file(tmp_path / "one/model.safetensors")
+    initial = load_file(setup / "model/model.safetensors")
+    assert any(not torch.allclose(trained[key], initial[key], **TOLERANCE) for key in initial), (
+        "nothing trained"
+    )
+    assert_same_weights(tmp_path / "two", tmp_path / "one")
+
+
 def test_fsdp2_two_processes_train_resume_and_match_one(setup):
     one = fsdp_train(setup, setup / "fsdp-single", 1)
     two = fsdp_train(setup, setup / "fsdp", 2)

@@ -69,9 +69,8 @@ class SaladChoiceCollator:
         tokenizer = self.processor.tokenizer
         student, teacher, student_spans, teacher_spans = [], [], [], []
         for question, options in zip(questions, choice_options(questions, self.num_options)):
-            text_ids = tokenizer(question.prompt + question.text + question.cue, add_special_tokens=False)[
-                "input_ids"
-            ]
+            frame = question.prompt + question.text + question.cue  # the question read, not heard
+            text_ids = tokenizer(frame, add_special_tokens=False)["input_ids"]
             for option in options:
                 ids, (begin, length) = replace(question, answer=option).sequence(
                     self.processor, RepeatPrompt()

@@ -516,9 +516,8 @@ def pad_to(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
 def set_trainable_parts(model: SaladForConditionalGeneration, args: SaladDistillationConfig) -> None:
     """Freeze or unfreeze encoder, adapter and LLM as the config says; add LoRA when asked and missing."""
     model.audio_tower.requires_grad_(args.train_audio_encoder)
-    model.adapter.requires_grad_(
-        args.train_adapter
-    )  # but for its pretrained `frozen_parts` (Whisper's decoder)
+    # `requires_grad_` of an adapter leaves its pretrained `frozen_parts` (Whisper's decoder) frozen
+    model.adapter.requires_grad_(args.train_adapter)
     if args.train_llm == "lora" and not model.has_lora():
         model.add_lora_to_language_model(
             LoraConfig(
